@@ -1,0 +1,1 @@
+"""anonticket: anonymous access tokens sold for Monero."""

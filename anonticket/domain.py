@@ -1,0 +1,141 @@
+"""Payment IDs, service tokens and the derivation between them. No I/O.
+
+These values are the only secrets of the system, so their ``repr``/``str`` never
+show the value: a stray ``log.info("%s", pid)`` or an exception that captures one
+prints a placeholder, and only an explicit ``.hex()`` reveals it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from Crypto.Hash import SHA3_256
+
+from anonticket.errors import InvalidPid, InvalidToken
+
+SHORT_PID_BYTES = 8
+LONG_PID_BYTES = 32
+TOKEN_BYTES = 32
+TXID_BYTES = 32
+_HEX = frozenset("0123456789abcdefABCDEF")
+_PADDING = bytes(LONG_PID_BYTES - SHORT_PID_BYTES)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in _HEX for c in text)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PaymentId:
+    """A Monero payment ID, stored as the wallet keeps it: 32 bytes, short ones zero-padded.
+
+    ``is_short`` means an 8-byte ID, the only kind current wallets can send (through
+    an integrated address, encrypted on chain). Long IDs travelled in clear text and
+    can be front-run, so they are accepted only when the operator opts in.
+    """
+
+    raw: bytes
+
+    @classmethod
+    def parse(cls, text: object, *, accept_long: bool = False) -> PaymentId:
+        """Parse 16 or 64 hex characters exactly as given (no trimming).
+
+        Raises InvalidPid, whose message never contains the input.
+        """
+        if not isinstance(text, str) or len(text) not in (16, 64) or not _is_hex(text):
+            raise InvalidPid()
+        raw = bytes.fromhex(text)
+        if len(raw) == SHORT_PID_BYTES:
+            raw += _PADDING
+        pid = cls(raw)
+        if not any(raw):
+            # every plain or subaddress payment carries the zero PID: accepting it
+            # would let anyone redeem other people's money
+            raise InvalidPid()
+        if not pid.is_short and not accept_long:
+            raise InvalidPid("long (64 hex) payment IDs are not accepted by this service")
+        return pid
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PaymentId:
+        if len(raw) != LONG_PID_BYTES:
+            raise InvalidPid()
+        return cls(bytes(raw))
+
+    @classmethod
+    def generate(cls) -> PaymentId:
+        """A fresh random short PID; retries the (2^-64) all-zero draw."""
+        while True:
+            short = secrets.token_bytes(SHORT_PID_BYTES)
+            if any(short):
+                return cls(short + _PADDING)
+
+    @property
+    def is_short(self) -> bool:
+        return self.raw[SHORT_PID_BYTES:] == _PADDING
+
+    def hex(self) -> str:
+        """Canonical text: 16 lowercase hex for short PIDs, 64 for long ones."""
+        return (self.raw[:SHORT_PID_BYTES] if self.is_short else self.raw).hex()
+
+    def __repr__(self) -> str:
+        return "PaymentId(<redacted>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServiceToken:
+    """The bearer secret a customer gets for a redeemed payment."""
+
+    raw: bytes
+
+    @classmethod
+    def parse(cls, text: object) -> ServiceToken:
+        if not isinstance(text, str) or len(text) != 2 * TOKEN_BYTES or not _is_hex(text):
+            raise InvalidToken()
+        return cls(bytes.fromhex(text))
+
+    def hex(self) -> str:
+        return self.raw.hex()
+
+    def __repr__(self) -> str:
+        return "ServiceToken(<redacted>)"
+
+    __str__ = __repr__
+
+
+def derive_service_token(pid: PaymentId, txid_text: str) -> ServiceToken:
+    """SHA3-256 over ``canonical_pid_text|txid_text``.
+
+    The txid text is taken verbatim (the wallet reports lowercase hex), so the same
+    payment always yields the same token, which makes a redeem retry-safe.
+    """
+    digest = SHA3_256.new((pid.hex() + "|" + txid_text).encode()).digest()
+    return ServiceToken(digest)
+
+
+def parse_txid(text: object) -> bytes:
+    """A wallet txid: 64 hex characters. Raises ValueError with a fixed message."""
+    if not isinstance(text, str) or len(text) != 2 * TXID_BYTES or not _is_hex(text):
+        raise ValueError("txid must be 64 hex characters")
+    return bytes.fromhex(text)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Transfer:
+    """One confirmed incoming wallet transfer, validated, ready to be credited."""
+
+    txid: bytes
+    pid: PaymentId
+    amount: int
+    height: int
+
+    def __repr__(self) -> str:
+        return f"Transfer(<redacted>, amount={self.amount}, height={self.height})"
+
+
+def key_prefix(raw: bytes) -> int:
+    """The first 8 bytes as an unsigned int: the in-memory index key of a PID or token."""
+    return int.from_bytes(raw[:8], "big")

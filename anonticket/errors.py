@@ -1,0 +1,90 @@
+"""Errors that carry their HTTP status and machine-readable code.
+
+Handlers and lower layers raise these; one middleware renders them. Messages are
+fixed strings chosen here, never built from request data, so no PID, token or
+txid can ever reach a response body or a log line through an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every error the API turns into a JSON body."""
+
+    status: int = 500
+    code: str = "internal"
+    message: str = "internal error"
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        super().__init__(message or self.message)
+        if message is not None:
+            self.message = message
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class InvalidRequest(ServiceError):
+    status, code, message = 400, "invalid_request", "request body must be a JSON object with the documented fields"
+
+
+class InvalidPid(ServiceError):
+    status, code, message = 400, "invalid_pid", "pid must be 16 or 64 hex characters and not all zero"
+
+
+class InvalidToken(ServiceError):
+    status, code, message = 400, "invalid_token", "token must be 64 hex characters"
+
+
+class Unauthorized(ServiceError):
+    status, code, message = 401, "unauthorized", "a valid bearer token is required"
+
+
+class Underpaid(ServiceError):
+    status, code, message = 402, "underpaid", "the confirmed total for this payment is below the minimum"
+
+
+class PaymentNotFound(ServiceError):
+    status, code, message = 404, "payment_not_found", "no confirmed or pending payment for this pid"
+
+
+class TokenNotFound(ServiceError):
+    status, code, message = 404, "token_not_found", "no such service token"
+
+
+class NotFound(ServiceError):
+    status, code, message = 404, "not_found", "no such route"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code, message = 405, "method_not_allowed", "method not allowed on this route"
+
+
+class BodyTooLarge(ServiceError):
+    status, code, message = 413, "body_too_large", "request body is too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code, message = 415, "unsupported_media_type", "request body must be application/json"
+
+
+class Unavailable(ServiceError):
+    """Storage or capacity trouble that a retry may fix; always sent with Retry-After."""
+
+    status, code, message = 503, "unavailable", "service temporarily unavailable, retry later"
+
+    def __init__(self, message: str | None = None, retry_after: int = 1, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message names the variable, never a secret value."""
+
+
+class StorageUnavailable(Unavailable):
+    """The database refused a statement (locked, disk full, I/O error); nothing was committed."""

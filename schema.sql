@@ -1,0 +1,60 @@
+-- anonticket schema, applied by anonticket.storage on start inside one transaction together
+-- with PRAGMA user_version (see SCHEMA_VERSION there). Hand-written; every invariant the code
+-- relies on is a CHECK or a key here, so a bug elsewhere fails loudly instead of corrupting money.
+BEGIN IMMEDIATE;
+
+-- One row per payment ID that has received confirmed credit.
+CREATE TABLE IF NOT EXISTS payments (
+    pid          BLOB    NOT NULL PRIMARY KEY CHECK (length(pid) = 32),
+    -- the transfer the token derives from: the earliest credited (lowest height, then txid)
+    txid         BLOB    NOT NULL CHECK (length(txid) = 32),
+    amount       INTEGER NOT NULL CHECK (amount >= 0),          -- piconero, sum of transfers
+    first_height INTEGER NOT NULL CHECK (first_height >= 0),
+    status       INTEGER NOT NULL DEFAULT 0 CHECK (status IN (0, 1)),  -- 0 unclaimed, 1 claimed
+    created_at   INTEGER NOT NULL,                              -- unix seconds
+    claimed_at   INTEGER,
+    CHECK ((status = 1) = (claimed_at IS NOT NULL))
+) STRICT, WITHOUT ROWID;
+
+-- Every credited wallet transfer exactly once: the primary key makes re-ingestion harmless.
+CREATE TABLE IF NOT EXISTS transfers (
+    txid        BLOB    NOT NULL PRIMARY KEY CHECK (length(txid) = 32),
+    pid         BLOB    NOT NULL CHECK (length(pid) = 32)
+                REFERENCES payments (pid) DEFERRABLE INITIALLY DEFERRED,
+    amount      INTEGER NOT NULL CHECK (amount > 0),
+    height      INTEGER NOT NULL CHECK (height > 0),
+    credited_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS transfers_by_pid ON transfers (pid);
+
+CREATE TABLE IF NOT EXISTS service_tokens (
+    token         BLOB    NOT NULL PRIMARY KEY CHECK (length(token) = 32),
+    pid           BLOB    NOT NULL UNIQUE REFERENCES payments (pid),
+    amount        INTEGER NOT NULL CHECK (amount >= 0),
+    issued_at     INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    revoke_reason TEXT    CHECK (revoke_reason IS NULL OR length(revoke_reason) <= 256),
+    abuse_score   INTEGER NOT NULL DEFAULT 0 CHECK (abuse_score >= 0),
+    CHECK (revoke_reason IS NULL OR revoked_at IS NOT NULL)
+) STRICT, WITHOUT ROWID;
+
+-- The monitor's cursor: the last block height fully scanned (NULL until the first poll).
+CREATE TABLE IF NOT EXISTS monitor_state (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    scanned_height INTEGER CHECK (scanned_height IS NULL OR scanned_height >= -1)
+) STRICT;
+INSERT OR IGNORE INTO monitor_state (id, scanned_height) VALUES (1, NULL);
+
+-- Every revocation request, repeats included.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id          INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    action      TEXT    NOT NULL CHECK (action IN ('revoke')),
+    token       BLOB    NOT NULL CHECK (length(token) = 32) REFERENCES service_tokens (token),
+    reason      TEXT    CHECK (reason IS NULL OR length(reason) <= 256),
+    abuse_score INTEGER CHECK (abuse_score IS NULL OR abuse_score >= 0)
+) STRICT;
+CREATE INDEX IF NOT EXISTS audit_log_by_token ON audit_log (token);
+
+PRAGMA user_version = 1;
+COMMIT;
