@@ -1,0 +1,86 @@
+"""Bounded in-memory maps: the negative PID cache (with a TTL) and a FIFO record cache.
+
+Both are plain dicts underneath because the redeem and introspection hot paths call
+them on every request; the clock is injected so tests control time without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class TtlSet(Generic[K]):
+    """Keys remembered for ``ttl`` seconds, at most ``capacity`` of them (oldest go first).
+
+    Every entry lives exactly ``ttl``, so insertion order is expiry order and expired
+    entries are always at the front of the dict: purging is amortised O(1).
+    """
+
+    def __init__(self, capacity: int, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self._capacity = capacity
+        self._ttl = ttl
+        self._clock = clock
+        self._expiry: dict[K, float] = {}
+
+    def __contains__(self, key: K) -> bool:
+        expiry = self._expiry.get(key)
+        if expiry is None:
+            return False
+        if expiry <= self._clock():
+            del self._expiry[key]
+            return False
+        return True
+
+    def add(self, key: K) -> None:
+        if self._capacity <= 0 or self._ttl <= 0:
+            return
+        now = self._clock()
+        self._expiry.pop(key, None)  # re-adding moves the key to the back (newest)
+        self._expiry[key] = now + self._ttl
+        self._purge(now)
+
+    def _purge(self, now: float) -> None:
+        entries = self._expiry
+        while entries:
+            oldest = next(iter(entries))
+            if entries[oldest] > now and len(entries) <= self._capacity:
+                return
+            del entries[oldest]
+
+    def discard(self, key: K) -> None:
+        self._expiry.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+
+class BoundedMap(Generic[K, V]):
+    """A dict that forgets its oldest insertion when full: a cache with no TTL.
+
+    Used for records this process is the only writer of, so they never go stale while
+    cached; FIFO instead of LRU because a hit must stay as cheap as a dict lookup.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        items = self._items
+        if key not in items and len(items) >= self._capacity:
+            del items[next(iter(items))]
+        items[key] = value
+
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,265 @@
+"""Every setting declared once: name, default, parser, help.
+
+``anonticket config``, the README's settings table and ``Config`` all derive from
+``SETTINGS``, and a docs test checks the README against it. Variable names are the
+Rust original's, so an operator can switch implementations without rewriting units.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from anonticket.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def parse_host_port(text: str) -> HostPort:
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = _parse_int(port_text, 0, 65535)
+    return HostPort(host, port)
+
+
+def _parse_int(text: str, low: int | None = None, high: int | None = None) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if low is not None and value < low:
+        raise ValueError(f"must be at least {low}")
+    if high is not None and value > high:
+        raise ValueError(f"must be at most {high}")
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    return lambda text: _parse_int(text, low)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds (fractions allowed)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds (fractions allowed)") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
+def _file_mode(text: str) -> int:
+    try:
+        mode = int(text.strip(), 8)
+    except ValueError:
+        raise ValueError("expected an octal file mode such as 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError("must be between 0000 and 0777")
+    return mode
+
+
+def _optional_path(text: str) -> str | None:
+    return text or None
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+def _database_url(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _synchronous(text: str) -> str:
+    value = text.strip().upper()
+    if value not in ("NORMAL", "FULL"):
+        raise ValueError("expected NORMAL or FULL")
+    return value
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "database_url", "./var/anonticket.db", _database_url,
+            "SQLite file: a path or sqlite://path. Created with its directory if missing."),
+    Setting("DATABASE_SYNCHRONOUS", "database_synchronous", "NORMAL", _synchronous,
+            "NORMAL (fast; a power cut may lose the last commits) or FULL (fsync every commit)."),
+    Setting("API_BIND_ADDRESS", "api_bind_address", "127.0.0.1:8080", parse_host_port,
+            "Public listener (customer routes) as HOST:PORT; unused when API_UNIX_SOCKET is set."),
+    Setting("API_UNIX_SOCKET", "api_unix_socket", "", _optional_path,
+            "If set, the public listener is this Unix socket instead of TCP."),
+    Setting("API_UNIX_SOCKET_MODE", "api_unix_socket_mode", "0660", _file_mode,
+            "File mode of the public Unix socket (octal)."),
+    Setting("API_INTERNAL_BIND_ADDRESS", "api_internal_bind_address", "127.0.0.1:9090",
+            parse_host_port,
+            "Internal listener (/metrics, admin routes) as HOST:PORT; must be loopback unless "
+            "API_INTERNAL_TOKEN is set."),
+    Setting("API_INTERNAL_UNIX_SOCKET", "api_internal_unix_socket", "", _optional_path,
+            "If set, the internal listener is this Unix socket (mode 0600) instead of TCP."),
+    Setting("API_INTERNAL_TOKEN", "api_internal_token", "", _optional_text,
+            "Bearer token required on admin routes when set (required for a non-loopback "
+            "internal address).", secret=True),
+    Setting("API_NEGATIVE_CACHE_TTL_SECS", "api_negative_cache_ttl_secs", "0.5",
+            _non_negative_seconds, "How long an unknown PID is answered 404 without a lookup."),
+    Setting("API_NEGATIVE_CACHE_CAPACITY", "api_negative_cache_capacity", "100000",
+            _int_at_least(0), "Most unknown PIDs remembered by the negative cache."),
+    Setting("API_ACCEPT_LONG_PIDS", "api_accept_long_pids", "false", parse_bool,
+            "Accept genuine 64-hex payment IDs (clear text on chain, so they can be front-run)."),
+    Setting("API_MAX_IN_FLIGHT", "api_max_in_flight", "512", _int_at_least(1),
+            "Requests handled at once per listener; beyond it a fast 503 with Retry-After."),
+    Setting("API_ACCESS_LOG", "api_access_log", "true", parse_bool,
+            "Write an access log line per request (method, route template, status, duration)."),
+    Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
+    Setting("MONERO_RPC_URL", "monero_rpc_url", "http://127.0.0.1:18082", _http_url,
+            "monero-wallet-rpc base URL or its /json_rpc URL."),
+    Setting("MONERO_RPC_USER", "monero_rpc_user", "", _optional_text,
+            "wallet-rpc login user (HTTP digest), if --rpc-login is used."),
+    Setting("MONERO_RPC_PASSWORD", "monero_rpc_password", "", _optional_text,
+            "wallet-rpc login password (HTTP digest).", secret=True),
+    Setting("MONERO_RPC_TIMEOUT_SECS", "monero_rpc_timeout_secs", "10", _positive_seconds,
+            "Timeout of each wallet-rpc call."),
+    Setting("MONITOR_ENABLED", "monitor_enabled", "true", parse_bool,
+            "Run the wallet monitor (false/0 to serve from the database only)."),
+    Setting("MONITOR_START_HEIGHT", "monitor_start_height", "0", _int_at_least(0),
+            "First block height scanned on an empty database (later the stored cursor wins)."),
+    Setting("MONITOR_POLL_INTERVAL_SECS", "monitor_poll_interval_secs", "5", _positive_seconds,
+            "Seconds between wallet polls (fractions allowed)."),
+    Setting("MONITOR_MIN_CONFIRMATIONS", "monitor_min_confirmations", "10", _int_at_least(1),
+            "Confirmations a transfer needs before it is credited."),
+    Setting("MONITOR_MIN_PAYMENT_AMOUNT", "monitor_min_payment_amount", "10000000000",
+            _int_at_least(0), "Smallest confirmed total (piconero) a PID can redeem."),
+    Setting("MONITOR_READY_MAX_AGE_SECS", "monitor_ready_max_age_secs", "30", _positive_seconds,
+            "Readiness fails when no wallet poll succeeded for this long."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database_url: str
+    database_synchronous: str
+    api_bind_address: HostPort
+    api_unix_socket: str | None
+    api_unix_socket_mode: int
+    api_internal_bind_address: HostPort
+    api_internal_unix_socket: str | None
+    api_internal_token: str | None
+    api_negative_cache_ttl_secs: float
+    api_negative_cache_capacity: int
+    api_accept_long_pids: bool
+    api_max_in_flight: int
+    api_access_log: bool
+    log_level: str
+    monero_rpc_url: str
+    monero_rpc_user: str | None
+    monero_rpc_password: str | None
+    monero_rpc_timeout_secs: float
+    monitor_enabled: bool
+    monitor_start_height: int
+    monitor_poll_interval_secs: float
+    monitor_min_confirmations: int
+    monitor_min_payment_amount: int
+    monitor_ready_max_age_secs: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Parse every setting; the first bad one raises ConfigError naming it (not its value)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = environ.get(setting.name, setting.default)
+            try:
+                values[setting.attr] = setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.name}: {exc}") from None
+        values.update(overrides)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Rules that span settings."""
+        internal_is_tcp = self.api_internal_unix_socket is None
+        if internal_is_tcp and not self.api_internal_bind_address.is_loopback and not self.api_internal_token:
+            raise ConfigError(
+                "API_INTERNAL_BIND_ADDRESS: a non-loopback internal address needs API_INTERNAL_TOKEN"
+            )
+        if (self.monero_rpc_user is None) != (self.monero_rpc_password is None):
+            raise ConfigError("MONERO_RPC_USER: set both MONERO_RPC_USER and MONERO_RPC_PASSWORD")
+
+    def describe(self) -> dict[str, str]:
+        """Effective settings for the start-up log, with secrets masked."""
+        out = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.attr)
+            if setting.secret and value:
+                value = "***"
+            elif setting.parse is _file_mode:
+                value = f"{value:04o}"
+            out[setting.name] = "" if value is None else str(value)
+        return out
+

@@ -1,0 +1,54 @@
+"""A compact in-memory index of the 8-byte prefixes of every stored PID (or token).
+
+It answers "certainly unknown" without touching SQLite, which is what keeps a flood of
+random PIDs or tokens cheap: a sorted ``array('Q')`` costs 8 bytes per key (~8 MB for a
+million) where a set of ints would cost ~85 MB. New keys go to a small set and are merged
+into the array in bulk, so inserting stays cheap. A hit only means "maybe": the caller
+still asks the database, because distinct keys can share a prefix.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from heapq import merge
+
+from anonticket.domain import key_prefix
+
+_MERGE_AT = 65536
+
+
+class KeyIndex:
+    def __init__(self, sorted_prefixes: array | None = None) -> None:
+        self._sorted = array("Q")
+        self._recent: set[int] = set()
+        if sorted_prefixes is not None:
+            self.replace(sorted_prefixes)
+
+    def replace(self, prefixes: array) -> None:
+        """Load a full snapshot; sorts it only if it is not already in order."""
+        if any(prefixes[i] > prefixes[i + 1] for i in range(len(prefixes) - 1)):
+            prefixes = array("Q", sorted(prefixes))
+        self._sorted = prefixes
+        self._recent.clear()
+
+    def add(self, raw: bytes) -> None:
+        self._recent.add(key_prefix(raw))
+        if len(self._recent) >= _MERGE_AT:
+            self._merge()
+
+    def might_contain(self, raw: bytes) -> bool:
+        key = key_prefix(raw)
+        if key in self._recent:
+            return True
+        keys = self._sorted
+        i = bisect_left(keys, key)
+        return i < len(keys) and keys[i] == key
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+    def _merge(self) -> None:
+        # a streaming merge keeps the peak at two arrays, not a million-int list or set
+        self._sorted = array("Q", merge(self._sorted, sorted(self._recent)))
+        self._recent.clear()

@@ -1,0 +1,68 @@
+"""Every Prometheus series, declared once and pre-registered at zero.
+
+Each labelled child is created up front so the first scrape already shows every
+series (alerts on ``rate()`` need them) and so the hot path never formats a label.
+Labels are fixed vocabularies: outcomes, results, route templates — never a PID,
+token, txid or a raw path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REDEEM_OUTCOMES = ("success", "already_claimed", "pending", "underpaid", "invalid", "not_found",
+                   "unavailable")
+TOKEN_OUTCOMES = ("active", "revoked", "invalid", "not_found", "unavailable")
+POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
+                "unauthorized", "storage_error")
+TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
+                    "invalid")
+# Route templates as registered (plus two for unmatched requests); never a concrete path.
+ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revoke",
+          "/api/v1/stats",
+          "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml", "unmatched")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.redeem_requests = Counter(
+            "anonticket_redeem_requests", "Redeem requests by outcome.", ["outcome"], registry=r)
+        self.redeem = {o: self.redeem_requests.labels(o) for o in REDEEM_OUTCOMES}
+        self.token_requests = Counter(
+            "anonticket_token_requests", "Token introspections by outcome.", ["outcome"],
+            registry=r)
+        self.token = {o: self.token_requests.labels(o) for o in TOKEN_OUTCOMES}
+        self.revocations = Counter(
+            "anonticket_revocations", "Revocation requests that found their token.", registry=r)
+        self.negative_cache_hits = Counter(
+            "anonticket_negative_cache_hits", "Redeems answered 404 from the negative cache.",
+            registry=r)
+        self.negative_cache_entries = Gauge(
+            "anonticket_negative_cache_entries", "PIDs currently in the negative cache.",
+            registry=r)
+        self.request_duration = Histogram(
+            "anonticket_request_duration_seconds", "Request handling time by route template.",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.duration = {route: self.request_duration.labels(route) for route in ROUTES}
+        self.rejected_overload = Counter(
+            "anonticket_overload_rejections", "Requests refused with 503 because too many were in "
+            "flight.", registry=r)
+        self.wallet_height = Gauge(
+            "anonticket_monitor_wallet_height", "Wallet block count at the last successful poll.",
+            registry=r)
+        self.scanned_height = Gauge(
+            "anonticket_monitor_scanned_height", "Last block height fully scanned and credited.",
+            registry=r)
+        self.last_success = Gauge(
+            "anonticket_monitor_last_success_timestamp_seconds",
+            "Unix time of the last successful wallet poll.", registry=r)
+        self.polls = Counter(
+            "anonticket_monitor_polls", "Wallet polls by result.", ["result"], registry=r)
+        self.poll = {res: self.polls.labels(res) for res in POLL_RESULTS}
+        self.transfers = Counter(
+            "anonticket_monitor_transfers", "Wallet transfers by the result they reached, each "
+            "counted once per result.", ["result"], registry=r)
+        self.transfer = {res: self.transfers.labels(res) for res in TRANSFER_RESULTS}

@@ -1,0 +1,368 @@
+"""The only module with SQL: one WAL SQLite file, one writer connection, one reader.
+
+Every multi-statement change runs inside ``BEGIN IMMEDIATE`` under one asyncio lock, so
+statements from two coroutines never interleave inside one transaction. Reads go to a
+second, query-only connection: WAL lets it see the last commit without waiting for the
+writer. Errors from SQLite other than constraint bugs become ``StorageUnavailable`` (a
+503 with Retry-After) and never carry SQL parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from array import array
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from anonticket.domain import PaymentId, Transfer, derive_service_token, key_prefix
+from anonticket.errors import StorageUnavailable
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+SCHEMA_VERSION = 1
+# SQLite's default limit on bound parameters is 32766; stay well below it per statement.
+_CHUNK = 5000
+_BUSY_TIMEOUT_MS = 5000
+# A larger checkpoint interval turns many small random WAL writes into fewer big ones.
+_WAL_AUTOCHECKPOINT_PAGES = 4000
+
+log = logging.getLogger("anonticket.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    token: bytes
+    amount: int
+    issued_at: int
+    revoked_at: int | None
+    revoke_reason: str | None
+    abuse_score: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRow:
+    """A PID's state after a claim attempt: claimed (now or before) or not claimable."""
+
+    status: int  # 0 unclaimed (underpaid), 1 claimed
+    amount: int
+    token: bytes | None
+    claimed_now: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    credited_pids: list[bytes]  # PIDs that received new credit in this call
+    topped_up: dict[bytes, tuple[bytes, int]]  # pid -> (token, new amount) of claimed PIDs
+    transfers_credited: int
+
+
+@asynccontextmanager
+async def _unavailable_on_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise  # a bug, not an outage: let it surface as a 500 and in the logs
+    except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+        # sqlite messages ("database is locked", "database or disk is full") carry no parameters
+        log.warning("database unavailable: %s", exc)
+        raise StorageUnavailable() from None
+
+
+def database_path(url: str) -> str:
+    """Accept a plain path or the Rust original's ``sqlite://path[?mode=rwc]`` form."""
+    path = url.removeprefix("sqlite://").removeprefix("sqlite:")
+    return path.split("?", 1)[0]
+
+
+class Storage:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> Storage:
+        """Open (creating if needed) the database and bring its schema up to date."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            # WAL can only be switched outside a transaction; it persists in the file.
+            await writer.execute("PRAGMA journal_mode=WAL")
+            await writer.execute(f"PRAGMA synchronous={synchronous}")
+            await writer.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            await writer.execute("PRAGMA foreign_keys=ON")
+            await writer.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+            await _apply_schema(writer)
+            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        except BaseException:
+            await writer.close()
+            raise
+        await reader.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        await reader.execute("PRAGMA query_only=ON")
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        async with self._write_lock:
+            await self._writer.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock, _unavailable_on_error():
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                if self._writer.in_transaction:
+                    await self._writer.rollback()
+                raise
+            await self._writer.execute("COMMIT")
+
+    # ------------------------------------------------------------------ redeem
+    async def claim_payments(
+        self, pids: Sequence[bytes], min_amount: int, now: int
+    ) -> dict[bytes, ClaimRow]:
+        """Claim every given PID whose confirmed total reaches ``min_amount``, in one transaction.
+
+        The conditional UPDATE is the exactly-one-winner guard: a PID already claimed
+        (by this batch's predecessor or anyone) is not returned by RETURNING, so only
+        one caller ever sees ``claimed_now``. Absent PIDs are absent from the result.
+        """
+        result: dict[bytes, ClaimRow] = {}
+        async with self._transaction() as db:
+            for chunk in _chunks(pids):
+                marks = ",".join("?" * len(chunk))
+                claimed = await db.execute_fetchall(
+                    f"""UPDATE payments SET status = 1, claimed_at = ?
+                        WHERE status = 0 AND amount >= ? AND pid IN ({marks})
+                        RETURNING pid, txid, amount""",
+                    (now, min_amount, *chunk),
+                )
+                tokens = []
+                for pid, txid, amount in claimed:
+                    token = derive_service_token(PaymentId(pid), txid.hex()).raw
+                    tokens.append((token, pid, amount, now))
+                    result[pid] = ClaimRow(1, amount, token, claimed_now=True)
+                if tokens:
+                    await db.executemany(
+                        """INSERT INTO service_tokens (token, pid, amount, issued_at)
+                           VALUES (?, ?, ?, ?)""",
+                        tokens,
+                    )
+            rest = [pid for pid in pids if pid not in result]
+            for chunk in _chunks(rest):
+                marks = ",".join("?" * len(chunk))
+                rows = await db.execute_fetchall(
+                    f"""SELECT p.pid, p.status, p.amount, t.token FROM payments AS p
+                        LEFT JOIN service_tokens AS t ON t.pid = p.pid
+                        WHERE p.pid IN ({marks})""",
+                    chunk,
+                )
+                for pid, status, amount, token in rows:
+                    result[pid] = ClaimRow(status, amount, token, claimed_now=False)
+        return result
+
+    async def get_claim(self, pid: bytes) -> ClaimRow | None:
+        async with _unavailable_on_error():
+            rows = await self._reader.execute_fetchall(
+                """SELECT p.status, p.amount, t.token FROM payments AS p
+                   LEFT JOIN service_tokens AS t ON t.pid = p.pid WHERE p.pid = ?""",
+                (pid,),
+            )
+        for status, amount, token in rows:
+            return ClaimRow(status, amount, token, claimed_now=False)
+        return None
+
+    # ------------------------------------------------------------------ tokens
+    async def get_token(self, token: bytes) -> TokenRow | None:
+        async with _unavailable_on_error():
+            rows = await self._reader.execute_fetchall(
+                """SELECT token, amount, issued_at, revoked_at, revoke_reason, abuse_score
+                   FROM service_tokens WHERE token = ?""",
+                (token,),
+            )
+        return TokenRow(*rows[0]) if rows else None
+
+    async def revoke_token(
+        self, token: bytes, reason: str | None, abuse_score: int | None, now: int
+    ) -> TokenRow | None:
+        """Revoke idempotently: the first revocation's time and reason stay; every call is audited."""
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                """UPDATE service_tokens SET
+                       revoke_reason = CASE WHEN revoked_at IS NULL THEN ?1 ELSE revoke_reason END,
+                       revoked_at = coalesce(revoked_at, ?2),
+                       abuse_score = CASE WHEN ?3 IS NULL THEN abuse_score
+                                          ELSE max(abuse_score, ?3) END
+                   WHERE token = ?4
+                   RETURNING token, amount, issued_at, revoked_at, revoke_reason, abuse_score""",
+                (reason, now, abuse_score, token),
+            )
+            if not rows:
+                return None
+            await db.execute(
+                """INSERT INTO audit_log (at, action, token, reason, abuse_score)
+                   VALUES (?, 'revoke', ?, ?, ?)""",
+                (now, token, reason, abuse_score),
+            )
+        return TokenRow(*rows[0])
+
+    async def list_audit(self, token: bytes) -> list[dict[str, object]]:
+        async with _unavailable_on_error():
+            rows = await self._reader.execute_fetchall(
+                """SELECT at, action, reason, abuse_score FROM audit_log
+                   WHERE token = ? ORDER BY id""",
+                (token,),
+            )
+        return [{"at": at, "action": a, "reason": r, "abuse_score": s} for at, a, r, s in rows]
+
+    # ------------------------------------------------------------------ monitor
+    async def credit_transfers(
+        self, transfers: Iterable[Transfer], scanned_height: int | None, now: int
+    ) -> CreditResult:
+        """Credit confirmed transfers and move the cursor in ONE transaction.
+
+        A crash before COMMIT loses both, after it keeps both, so the next poll neither
+        misses nor double-counts. Transfers already stored (same txid) are skipped, which
+        makes re-scanning an overlapping window harmless.
+        """
+        incoming = {t.txid: t for t in transfers}
+        async with self._transaction() as db:
+            known: set[bytes] = set()
+            for chunk in _chunks(list(incoming)):
+                marks = ",".join("?" * len(chunk))
+                rows = await db.execute_fetchall(
+                    f"SELECT txid FROM transfers WHERE txid IN ({marks})", chunk
+                )
+                known.update(txid for (txid,) in rows)
+            fresh = [t for txid, t in incoming.items() if txid not in known]
+            per_pid: dict[bytes, list[Transfer]] = {}
+            for t in fresh:
+                per_pid.setdefault(t.pid.raw, []).append(t)
+            payments = []
+            for pid, group in per_pid.items():
+                first = min(group, key=lambda t: (t.height, t.txid))
+                payments.append((pid, first.txid, sum(t.amount for t in group), first.height, now))
+            await db.executemany(
+                """INSERT INTO payments (pid, txid, amount, first_height, created_at)
+                   VALUES (?1, ?2, ?3, ?4, ?5)
+                   ON CONFLICT (pid) DO UPDATE SET
+                       amount = amount + excluded.amount,
+                       txid = CASE WHEN status = 0
+                                    AND (excluded.first_height, excluded.txid) < (first_height, txid)
+                                   THEN excluded.txid ELSE txid END,
+                       first_height = min(first_height, excluded.first_height)""",
+                payments,
+            )
+            await db.executemany(
+                "INSERT INTO transfers (txid, pid, amount, height, credited_at) VALUES (?, ?, ?, ?, ?)",
+                [(t.txid, t.pid.raw, t.amount, t.height, now) for t in fresh],
+            )
+            topped_up: dict[bytes, tuple[bytes, int]] = {}
+            for chunk in _chunks(list(per_pid)):
+                marks = ",".join("?" * len(chunk))
+                rows = await db.execute_fetchall(
+                    f"""UPDATE service_tokens
+                        SET amount = (SELECT amount FROM payments WHERE pid = service_tokens.pid)
+                        WHERE pid IN ({marks}) RETURNING pid, token, amount""",
+                    chunk,
+                )
+                topped_up.update((pid, (token, amount)) for pid, token, amount in rows)
+            if scanned_height is not None:
+                await db.execute(
+                    "UPDATE monitor_state SET scanned_height = ? WHERE id = 1", (scanned_height,)
+                )
+        return CreditResult(list(per_pid), topped_up, len(fresh))
+
+    async def get_cursor(self) -> int | None:
+        async with _unavailable_on_error():
+            rows = await self._reader.execute_fetchall(
+                "SELECT scanned_height FROM monitor_state WHERE id = 1"
+            )
+        return rows[0][0] if rows else None
+
+    # ------------------------------------------------------------------ start-up and admin
+    async def load_pid_prefixes(self) -> array:
+        return await self._load_prefixes("SELECT substr(pid, 1, 8) FROM payments")
+
+    async def load_token_prefixes(self) -> array:
+        return await self._load_prefixes("SELECT substr(token, 1, 8) FROM service_tokens")
+
+    async def _load_prefixes(self, sql: str) -> array:
+        """Stream 8-byte key prefixes in big chunks: one list of a million rows would double RSS.
+
+        Both tables are WITHOUT ROWID on that key, so rows arrive in key order and the
+        big-endian prefixes are already sorted; ``KeyIndex`` checks that anyway.
+        """
+        prefixes = array("Q")
+        async with _unavailable_on_error():
+            cursor = await self._reader.execute(sql)
+            try:
+                while rows := await cursor.fetchmany(65536):
+                    prefixes.extend(key_prefix(raw) for (raw,) in rows)
+            finally:
+                await cursor.close()
+        return prefixes
+
+    async def get_stats(self) -> dict[str, int | None]:
+        async with _unavailable_on_error():
+            rows = await self._reader.execute_fetchall(
+                """SELECT
+                     (SELECT count(*) FROM payments WHERE status = 0),
+                     (SELECT count(*) FROM payments WHERE status = 1),
+                     (SELECT count(*) FROM service_tokens WHERE revoked_at IS NULL),
+                     (SELECT count(*) FROM service_tokens WHERE revoked_at IS NOT NULL),
+                     (SELECT coalesce(sum(amount), 0) FROM transfers),
+                     (SELECT count(*) FROM transfers),
+                     (SELECT scanned_height FROM monitor_state WHERE id = 1)"""
+            )
+        keys = ("payments_unclaimed", "payments_claimed", "tokens_active", "tokens_revoked",
+                "credited_piconero", "transfers", "scanned_height")
+        return dict(zip(keys, rows[0]))
+
+    async def backup(self, target: str | Path) -> None:
+        """Online backup: consistent even while the service keeps writing."""
+        async with _unavailable_on_error():
+            dest = await aiosqlite.connect(target)
+            try:
+                await self._writer.backup(dest)
+            finally:
+                await dest.close()
+
+    async def integrity_check(self) -> tuple[list[str], int]:
+        async with _unavailable_on_error():
+            rows = await self._reader.execute_fetchall("PRAGMA integrity_check")
+            version = await self._reader.execute_fetchall("PRAGMA user_version")
+        return [r[0] for r in rows], version[0][0]
+
+
+async def _apply_schema(db: aiosqlite.Connection) -> None:
+    """Apply schema.sql and its user_version in one transaction (the script holds BEGIN/COMMIT)."""
+    (version,) = (await db.execute_fetchall("PRAGMA user_version"))[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this program ({SCHEMA_VERSION})"
+        )
+    if version < SCHEMA_VERSION:
+        try:
+            await db.executescript(SCHEMA_PATH.read_text())
+        except BaseException:
+            if db.in_transaction:
+                await db.rollback()
+            raise
+
+
+def _chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def unix_now() -> int:
+    return int(time.time())
