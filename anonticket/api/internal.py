@@ -1,0 +1,131 @@
+"""Operator routes, only on the internal listener: metrics, revocation, details.
+
+When ``API_INTERNAL_TOKEN`` is set every route here except health needs
+``Authorization: Bearer <token>``; it is checked in constant time and before any
+lookup, so a wrong guess learns nothing, not even whether a token exists.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from anonticket.api.public import (
+    STATE,
+    json_body,
+    live,
+    lookup_token,
+    read_json_object,
+    redeem,
+    rfc3339,
+    token_view,
+)
+from anonticket.domain import ServiceToken
+from anonticket.errors import InvalidRequest, Unauthorized
+
+OPENAPI_PATH = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi.yaml"
+_OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+
+
+def make_auth_middleware(expected: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected_header = f"Bearer {expected}".encode()
+
+    @web.middleware
+    async def require_bearer(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if request.path not in _OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected_header):
+                raise Unauthorized()
+        return await handler(request)
+
+    return require_bearer
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.metrics.negative_cache_entries.set(len(state.ledger.negative_cache))
+    response = web.Response(body=generate_latest(state.metrics.registry))
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+async def inspect_token(request: web.Request) -> web.Response:
+    """Introspection plus what only the operator should see: the reason and the audit trail."""
+    state = request.app[STATE]
+    record = await lookup_token(request, state)
+    audit = await state.ledger.storage.list_audit(record.token)
+    view = token_view(record)
+    view["revoke_reason"] = record.revoke_reason
+    view["audit"] = [
+        {"at": rfc3339(entry["at"]), "action": entry["action"], "reason": entry["reason"],
+         "abuse_score": entry["abuse_score"]}
+        for entry in audit
+    ]
+    return json_body(view)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    token = ServiceToken.parse(request.match_info["token"])
+    body = await read_json_object(request, allow_empty=True)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 256):
+        raise InvalidRequest("reason must be a string of at most 256 characters")
+    score = body.get("abuse_score")
+    if score is not None and (type(score) is not int or score < 0 or score > 2**62):
+        raise InvalidRequest("abuse_score must be a non-negative integer")
+    record = await state.ledger.revoke(token, reason, score)
+    state.metrics.revocations.inc()
+    view = token_view(record)
+    view["revoke_reason"] = record.revoke_reason
+    return json_body(view)
+
+
+async def ready_details(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    monitor = state.monitor
+    problem = monitor.problem(state.config.monitor_ready_max_age_secs)
+    age = None
+    if monitor.last_success is not None:
+        age = round(time.monotonic() - monitor.last_success, 3)
+    body = {
+        "status": "ready" if problem is None else "not_ready",
+        "reason": problem,
+        "monitor": {
+            "enabled": monitor.enabled,
+            "wallet_height": monitor.wallet_height,
+            "scanned_height": monitor.scanned_height,
+            "seconds_since_success": age,
+            "last_error": monitor.last_error,
+        },
+    }
+    return json_body(body, status=200 if problem is None else 503)
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    counts = await state.ledger.storage.get_stats()
+    counts["wallet_height"] = state.monitor.wallet_height
+    counts["pending_pids"] = len(state.ledger.pending_view)
+    return json_body(counts)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/yaml")
+
+
+def add_internal_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/redeem", redeem)
+    app.router.add_get("/api/v1/token/{token}", inspect_token, allow_head=False)
+    app.router.add_post("/api/v1/token/{token}/revoke", revoke)
+    app.router.add_get("/api/v1/stats", stats, allow_head=False)
+    app.router.add_get("/health/live", live, allow_head=False)
+    app.router.add_get("/health/ready", ready_details, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/docs/openapi.yaml", openapi, allow_head=False)
