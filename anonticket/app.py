@@ -119,16 +119,14 @@ async def _start_site(
         if unix_path:
             claim_socket_path(unix_path)
             with restrictive_umask(unix_mode):
-                site: web.BaseSite = web.UnixSite(
-                    runner, unix_path, shutdown_timeout=_SHUTDOWN_TIMEOUT
-                )
+                site: web.BaseSite = web.UnixSite(runner, unix_path)
                 await site.start()
             os.chmod(unix_path, unix_mode)
             # LIFO: on exit the runner stops first, then our socket file goes
             stack.callback(remove_socket, unix_path, socket_inode(unix_path))
             where = f"unix:{unix_path}"
         else:
-            site = web.TCPSite(runner, tcp.host, tcp.port, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+            site = web.TCPSite(runner, tcp.host, tcp.port)
             await site.start()
             host, port = runner.addresses[0][:2]
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

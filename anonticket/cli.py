@@ -11,9 +11,10 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
-from anonticket.config import SETTINGS, Config
+from anonticket.config import SETTINGS, Config, settings_table_markdown
 from anonticket.domain import PaymentId, derive_service_token
 from anonticket.errors import ConfigError, InvalidPid
 
@@ -35,7 +36,7 @@ def _setup_logging(level: str) -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
         stream=sys.stderr,
     )
-    logging.Formatter.converter = __import__("time").gmtime
+    logging.Formatter.converter = time.gmtime
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -50,6 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_table_markdown(), end="")
+        return EXIT_OK
     if args.check:
         config = _load_config()
         print("configuration ok")
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="list every setting, or --check the environment")
     config.add_argument("--check", action="store_true", help="parse the environment and print "
                         "the effective settings (secrets masked); exit 2 if one is bad")
+    config.add_argument("--markdown", action="store_true",
+                        help="print the settings as the README's Markdown table")
     config.set_defaults(func=cmd_config)
 
     token = commands.add_parser("token", help="service token tools")

@@ -263,3 +263,12 @@ class Config:
             out[setting.name] = "" if value is None else str(value)
         return out
 
+
+
+def settings_table_markdown() -> str:
+    """The README's settings table, derived from SETTINGS (a docs test keeps them equal)."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for setting in SETTINGS:
+        default = f"`{setting.default}`" if setting.default else "(empty)"
+        rows.append(f"| `{setting.name}` | {default} | {setting.help} |")
+    return "\n".join(rows) + "\n"
