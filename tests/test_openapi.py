@@ -1,0 +1,50 @@
+"""docs/openapi.yaml describes exactly the routes each listener registers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from anonticket.app import Service, build_internal_app, build_public_app
+from conftest import url
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+
+
+def spec() -> dict:
+    return yaml.safe_load(SPEC_PATH.read_text())
+
+
+def registered(app: web.Application) -> set[tuple[str, str]]:
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+
+
+def documented(listener: str) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, operations in spec()["paths"].items()
+        for method, operation in operations.items()
+        if listener in operation["x-listeners"]
+    }
+
+
+def test_spec_is_openapi_3() -> None:
+    assert spec()["openapi"].startswith("3.")
+
+
+async def test_every_route_is_documented_and_vice_versa(service: Service) -> None:
+    assert registered(build_public_app(service.state)) == documented("public")
+    assert registered(build_internal_app(service.state)) == documented("internal")
+
+
+async def test_internal_listener_serves_the_spec(service: Service, http: aiohttp.ClientSession) -> None:
+    async with http.get(url(service.internal_address, "/docs/openapi.yaml")) as resp:
+        assert resp.status == 200
+        assert yaml.safe_load(await resp.read()) == spec()
