@@ -2,10 +2,15 @@
 
 The service hands each customer an integrated address (the operator's primary
 address with the customer's payment ID inside), so it must build them exactly
-as the wallet does without a round trip to wallet-rpc, and must refuse anything
-the wallet would refuse. An integrated address reveals its payment ID to anyone
-who can decode it, so it is as secret as the PID: no message here ever contains
-the input, and ``MoneroAddress`` does not show the payment ID in its ``repr``.
+as the wallet does without a round trip to wallet-rpc. An integrated address
+reveals its payment ID to anyone who can decode it, so it is as secret as the
+PID: no message here ever contains the input, and ``MoneroAddress`` does not
+show the payment ID in its ``repr``.
+
+The decoder checks the encoding (alphabet, blocks, length, prefix, checksum) but
+not that the keys are points on the curve, which the wallet also checks: keys
+with a valid checksum come from a wallet in practice, and an Ed25519 check is not
+worth its weight here.
 
 Regtest has no prefixes of its own: it uses the mainnet ones, so a regtest
 address decodes as ``mainnet``.
@@ -64,7 +69,7 @@ _BAD_CHARACTER = "text contains a character outside the Monero base58 alphabet"
 _BAD_BLOCK = "base58 text ends in a block of impossible length"
 _OVERFLOW = "a base58 block encodes a value too large for its byte count"
 _BAD_LENGTH = "address has the wrong length"
-_BAD_CHECKSUM = "address checksum does not match (mistyped or truncated address?)"
+_BAD_CHECKSUM = "address checksum does not match (mistyped address?)"
 _UNKNOWN_PREFIX = "address has an unknown network prefix"
 _NOT_PRIMARY = "integrated addresses are built from a primary address"
 _BAD_PID = "payment id must be exactly 16 hex characters and not all zero"
@@ -186,7 +191,9 @@ def make_integrated_address(address: str, pid16_hex: str) -> str:
     """The integrated address wallet-rpc would build from a primary address and a short PID.
 
     Subaddresses (and integrated addresses) are refused, as wallet-rpc refuses
-    them: Monero defines no integrated form of a subaddress.
+    them: Monero defines no integrated form of a subaddress. Unlike wallet-rpc,
+    the all-zero PID is refused too: it is what every payment without a PID
+    carries, so it could never identify one customer.
     """
     primary = decode_address(address)
     if primary.kind != "standard":

@@ -134,7 +134,7 @@ MESSAGES = {
     "base58 text ends in a block of impossible length",
     "a base58 block encodes a value too large for its byte count",
     "address has the wrong length",
-    "address checksum does not match (mistyped or truncated address?)",
+    "address checksum does not match (mistyped address?)",
     "address has an unknown network prefix",
     "integrated addresses are built from a primary address",
     "payment id must be exactly 16 hex characters and not all zero",
