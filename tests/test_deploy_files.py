@@ -1,0 +1,554 @@
+"""The deployment files, each checked by the real tool that will read it in production.
+
+systemd-analyze verifies and rates both units; monero-wallet-rpc runs the wallet unit's
+own command line; nginx runs deploy/nginx.conf in front of a Unix socket (a stand-in
+app, then the real ``bin/anonticket serve``); tor verifies deploy/torrc; the dashboard's
+queries are checked against the metrics the service really exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "systemd" / "anonticket.service"
+WALLET_UNIT = REPO / "systemd" / "monero-wallet-rpc.service"
+ENV_EXAMPLE = REPO / "systemd" / "anonticket.env.example"
+NGINX_SITE = REPO / "deploy" / "nginx.conf"
+TORRC = REPO / "deploy" / "torrc"
+DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
+PUBLIC_SOCKET = "/run/anonticket/public.sock"
+# docs/operations.md records 0.9 (systemd 252); 4.9 is the ceiling of "OK".
+MAX_EXPOSURE = 2.0
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (Debian package systemd)")
+WALLET_RPC = shutil.which("monero-wallet-rpc")
+needs_wallet_rpc = pytest.mark.skipif(
+    WALLET_RPC is None, reason="monero-wallet-rpc is not installed (Debian package monero)")
+needs_nginx = pytest.mark.skipif(
+    shutil.which("nginx") is None or shutil.which("openssl") is None,
+    reason="nginx and openssl are needed (Debian packages nginx, openssl)")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@functools.cache
+def mdwe_prefix() -> list[str]:
+    """A launcher that turns on the kernel's MDWE (what MemoryDenyWriteExecute= asks
+    for; Linux >= 6.3), inherited across exec; empty where the kernel lacks it."""
+    code = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
+            "sys.exit(3) if libc.prctl(65, 1, 0, 0, 0) else os.execvp(sys.argv[1], sys.argv[1:])")
+    launcher = [sys.executable, "-c", code]
+    probe = subprocess.run([*launcher, "true"], timeout=30)
+    return launcher if probe.returncode == 0 else []
+
+
+def exec_start(unit_text: str) -> list[str]:
+    """ExecStart= split like systemd does (continuation lines joined)."""
+    joined = re.sub(r"\\\n\s*", " ", unit_text)
+    line = re.search(r"^ExecStart=(.*)$", joined, re.M)
+    assert line, "no ExecStart="
+    return shlex.split(line.group(1))
+
+
+def env_file_values(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (no quotes used here)."""
+    pairs = (line.split("=", 1) for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited with {proc.returncode} before listening"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listened on port {port} within {timeout}s")
+
+
+async def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def _wallet_call(port: int, method: str, params: dict, login: tuple[str, str]) -> dict:
+    digest = aiohttp.DigestAuthMiddleware(*login)
+    async with aiohttp.ClientSession(middlewares=(digest,)) as session:
+        payload = {"jsonrpc": "2.0", "id": "0", "method": method, "params": params}
+        async with session.post(f"http://127.0.0.1:{port}/json_rpc", json=payload) as resp:
+            reply = await resp.json()
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+async def generate_watch_only(directory: Path, password: str, address: str, view_key: str) -> None:
+    """docs/operations.md's wallet creation: a throw-away offline wallet-rpc, then
+    generate_from_keys with the address and the private view key, no spend key."""
+    login, port = ("setup", "setup-pw"), free_port()
+    proc = subprocess.Popen(
+        [WALLET_RPC, "--offline", "--non-interactive", "--wallet-dir", str(directory),
+         "--rpc-bind-ip", "127.0.0.1", "--rpc-bind-port", str(port), "--no-dns",
+         "--log-file", str(directory / "setup.log")],
+        env={**os.environ, "RPC_LOGIN": ":".join(login)}, stdout=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_port, port, proc, 60)
+        made = await _wallet_call(port, "generate_from_keys", {
+            "filename": "anonticket", "address": address, "viewkey": view_key,
+            "password": password, "restore_height": 0}, login)
+        assert made["address"] == address
+        assert "Watch-only" in made["info"]
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 60)
+
+
+def start_wallet_unit(unit_text: str, directory: Path, rpc_login: str, password_file: str,
+                      extra: list[str], daemon: str = "127.0.0.1:9") -> tuple[subprocess.Popen, int]:
+    """The unit's own ExecStart with its paths moved into ``directory``."""
+    (directory / "creds").mkdir()
+    (directory / "creds" / "wallet-password").write_text(password_file)
+    port = free_port()
+    argv = [arg.replace("/var/lib/monero-wallet-rpc", str(directory))
+               .replace("/var/log/monero-wallet-rpc", str(directory / "log"))
+               .replace("%d", str(directory / "creds"))
+               .replace("${MONERO_DAEMON_ADDRESS}", daemon)
+            for arg in exec_start(unit_text)]
+    argv[argv.index("--rpc-bind-port") + 1] = str(port)
+    (directory / "log").mkdir()
+    with open(directory / "stdout.log", "wb") as out:  # what journald would get
+        proc = subprocess.Popen([*mdwe_prefix(), *argv, *extra], stdout=out, stderr=subprocess.STDOUT,
+                                env={"PATH": os.environ["PATH"], "RPC_LOGIN": rpc_login})
+    wait_port(port, proc, 60)
+    return proc, port
+
+
+@contextlib.contextmanager
+def nginx_running(site_text: str, directory: Path, upstream: Path) -> Iterator[str]:
+    """Debian's nginx with the site file, moved to a free port and ``directory``."""
+    port = free_port()
+    replacements = {
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{port} ssl http2;",
+        "listen [::]:443 ssl http2;": "",
+        "/etc/letsencrypt/live/tickets.example.org/": f"{directory}/tls/",
+        "/var/log/nginx/": f"{directory}/log/",
+        f"unix:{PUBLIC_SOCKET}": f"unix:{upstream}",
+    }
+    for old, new in replacements.items():
+        assert old in site_text, old
+        site_text = site_text.replace(old, new)
+    for sub in ("tls", "log", "tmp"):
+        (directory / sub).mkdir(exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", f"{directory}/tls/privkey.pem", "-out", f"{directory}/tls/fullchain.pem"],
+                   check=True, capture_output=True, timeout=60)
+    (directory / "site.conf").write_text(site_text)
+    temp = " ".join(f"{kind}_temp_path {directory}/tmp/{kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    # nginx drops to www-data as it does on Debian, so socket permissions are tested too.
+    user = "user www-data;" if os.geteuid() == 0 else ""
+    (directory / "nginx.conf").write_text(
+        f"{user} worker_processes 1; daemon off; pid {directory}/nginx.pid;\n"
+        f"error_log {directory}/log/main-error.log;\n"
+        f"events {{ worker_connections 64; }}\nhttp {{ {temp} include {directory}/site.conf; }}\n")
+    base = ["nginx", "-e", f"{directory}/log/main-error.log", "-p", str(directory),
+            "-c", str(directory / "nginx.conf")]
+    check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen(base)
+    try:
+        wait_port(port, proc, 30)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, remove the pid file
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A short, world-traversable directory: nginx workers run as www-data, and
+    sun_path holds 108 bytes (pytest's tmp_path is 0700 and can be long)."""
+    path = Path(tempfile.mkdtemp(prefix="atd-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- systemd units
+
+
+def _verifiable_copy(unit: Path, directory: Path) -> Path:
+    # verify insists that ExecStart's binary exists; /opt/anonticket is not installed here.
+    text = unit.read_text()
+    binary = exec_start(text)[0]
+    if not os.access(binary, os.X_OK):
+        text = text.replace(f"ExecStart={binary}", "ExecStart=/bin/true", 1)
+    copy = directory / unit.name
+    copy.write_text(text)
+    return copy
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", [UNIT, WALLET_UNIT], ids=lambda p: p.name)
+def test_unit_passes_systemd_analyze_verify(unit, tmp_path):
+    copy = _verifiable_copy(unit, tmp_path)
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copy)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # An unknown or misspelt directive is only a warning that names the file.
+    complaints = [line for line in result.stderr.splitlines() if copy.name in line]
+    assert complaints == []
+
+
+def _systemd_version() -> int:
+    first = subprocess.run([SYSTEMD_ANALYZE, "--version"], capture_output=True, text=True,
+                           timeout=30).stdout.split()
+    return int(first[1])
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", [UNIT, WALLET_UNIT], ids=lambda p: p.name)
+def test_unit_security_exposure_is_low(unit, tmp_path):
+    if _systemd_version() < 250:
+        pytest.skip("systemd-analyze security --offline needs systemd >= 250")
+    copy = _verifiable_copy(unit, tmp_path)
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(copy)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
+    assert found, result.stdout[-2000:]
+    assert float(found.group(1)) <= MAX_EXPOSURE, result.stdout
+    assert found.group(2) in ("OK", "SAFE")
+
+
+def test_service_unit_has_the_runtime_contract():
+    text = UNIT.read_text()
+    for line in ("Type=notify", "NotifyAccess=main", "User=anonticket", "UMask=0077",
+                 "StateDirectory=anonticket", "RuntimeDirectory=anonticket",
+                 "EnvironmentFile=/etc/anonticket/anonticket.env",
+                 "MemoryDenyWriteExecute=yes", "ProtectSystem=strict"):
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    assert exec_start(text) == ["/opt/anonticket/bin/anonticket", "serve"]
+
+
+def test_files_agree_on_paths_and_ports():
+    env = env_file_values(ENV_EXAMPLE.read_text())
+    assert env["API_UNIX_SOCKET"] == PUBLIC_SOCKET
+    assert f"server unix:{PUBLIC_SOCKET};" in NGINX_SITE.read_text()
+    assert re.search(rf"^HiddenServicePort 80 unix:{PUBLIC_SOCKET}$", TORRC.read_text(), re.M)
+    assert env["DATABASE_URL"].startswith("/var/lib/anonticket/")
+    wallet_args = exec_start(WALLET_UNIT.read_text())
+    port = wallet_args[wallet_args.index("--rpc-bind-port") + 1]
+    assert env["MONERO_RPC_URL"] == f"http://127.0.0.1:{port}"
+
+
+def test_env_example_is_a_valid_configuration():
+    from anonticket.config import SETTINGS, Config
+
+    env = env_file_values(ENV_EXAMPLE.read_text())
+    assert set(env) <= {s.name for s in SETTINGS}
+    config = Config.from_env(env)
+    assert config.api_unix_socket_mode == 0o666
+    # the documented check, as the operator runs it
+    result = subprocess.run([str(REPO / "bin" / "anonticket"), "config", "--check"],
+                            env={"PATH": os.environ["PATH"], **env},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "configuration ok" in result.stdout
+    assert env["API_INTERNAL_TOKEN"] not in result.stdout
+
+
+# ---------------------------------------------------------------- wallet-rpc unit
+
+WALLET_PASSWORD = "hunter2"
+
+
+@pytest.fixture(scope="module")
+def watch_only_wallet(tmp_path_factory) -> tuple[Path, str]:
+    """One watch-only wallet of the regtest merchant's fixed test keys (opening or
+    creating a wallet costs seconds, so the tests copy this one)."""
+    from anonticket.regtest.network import MERCHANT_KEYS
+
+    directory = tmp_path_factory.mktemp("wallet")
+    asyncio.run(generate_watch_only(directory, WALLET_PASSWORD, MERCHANT_KEYS.address,
+                                    MERCHANT_KEYS.view_key))
+    return directory, MERCHANT_KEYS.address
+
+
+def _copy_wallet(wallet: tuple[Path, str], directory: Path) -> str:
+    for name in ("anonticket", "anonticket.keys"):
+        shutil.copy(wallet[0] / name, directory / name)
+    return wallet[1]
+
+
+@needs_wallet_rpc
+async def test_wallet_unit_command_serves_the_watch_only_wallet_behind_digest(
+        open_dir, watch_only_wallet):
+    address = _copy_wallet(watch_only_wallet, open_dir)
+    # a trailing newline, as `echo > file` leaves it, must not become part of the password
+    proc, port = start_wallet_unit(WALLET_UNIT.read_text(), open_dir, "anonticket:s3cret",
+                                   WALLET_PASSWORD + "\n", ["--offline"])
+    try:
+        url = f"http://127.0.0.1:{port}/json_rpc"
+        call = {"jsonrpc": "2.0", "id": "0", "method": "get_address"}
+        async with aiohttp.ClientSession() as anonymous:
+            async with anonymous.post(url, json=call) as resp:
+                assert resp.status == 401
+        digest = aiohttp.DigestAuthMiddleware("anonticket", "s3cret")
+        async with aiohttp.ClientSession(middlewares=(digest,)) as session:
+            async with session.post(url, json=call) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["result"]["address"] == address
+            spend = {**call, "method": "query_key", "params": {"key_type": "spend_key"}}
+            async with session.post(url, json=spend) as resp:
+                assert "watch-only" in (await resp.json())["error"]["message"]
+        # The login travels in the environment: other users can read cmdline, not environ.
+        assert b"s3cret" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+
+
+@needs_wallet_rpc
+@pytest.mark.regtest
+async def test_wallet_unit_keeps_txids_out_of_its_log(open_dir, watch_only_wallet):
+    from anonticket.regtest.network import RegtestNetwork
+
+    net = await asyncio.to_thread(RegtestNetwork.start, open_dir / "net", view_only=True,
+                                  owner_pid=os.getpid())
+    try:
+        assert _copy_wallet(watch_only_wallet, open_dir) == net.merchant_address
+        daemon = net.daemon_url.removeprefix("http://")
+        proc, port = start_wallet_unit(WALLET_UNIT.read_text(), open_dir, "u:p", WALLET_PASSWORD,
+                                       [], daemon=daemon)
+        try:
+            paid = await asyncio.to_thread(net.pay, "0123456789abcdef", 10**12, mine=2)
+            digest = aiohttp.DigestAuthMiddleware("u", "p")
+            call = {"jsonrpc": "2.0", "id": "0", "method": "get_transfers", "params": {"in": True}}
+            async with aiohttp.ClientSession(middlewares=(digest,)) as session:
+                async def seen() -> bool:
+                    await session.post(f"http://127.0.0.1:{port}/json_rpc",
+                                       json={**call, "method": "refresh", "params": {}})
+                    async with session.post(f"http://127.0.0.1:{port}/json_rpc", json=call) as r:
+                        return paid["txid"] in json.dumps(await r.json())
+                await wait_until(seen, 60, "the watch-only wallet to see the payment")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        for path in (open_dir / "log" / "wallet-rpc.log", open_dir / "stdout.log"):
+            text = path.read_text()
+            assert text, path
+            assert paid["txid"] not in text, path
+    finally:
+        await asyncio.to_thread(net.stop)
+
+
+# ---------------------------------------------------------------- nginx
+
+
+def _stand_in_app(seen: list[dict]) -> web.Application:
+    async def record(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        return web.json_response({"path": request.path, "bytes": len(body)})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    return app
+
+
+async def _serve_unix(app: web.Application, path: Path) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    path.chmod(0o666)  # API_UNIX_SOCKET_MODE in systemd/anonticket.env.example
+    return runner
+
+
+@needs_nginx
+async def test_nginx_site_in_front_of_a_stand_in_app(open_dir):
+    seen: list[dict] = []
+    sock = open_dir / "public.sock"
+    runner = await _serve_unix(_stand_in_app(seen), sock)
+    token = os.urandom(32).hex()
+    try:
+        with nginx_running(NGINX_SITE.read_text(), open_dir, sock) as base:
+            async with aiohttp.ClientSession() as http:
+                async def get(method: str, path: str, **kw) -> tuple[int, dict, dict]:
+                    async with http.request(method, base + path, ssl=False, **kw) as resp:
+                        return resp.status, await resp.json(content_type=None), dict(resp.headers)
+
+                status, body, headers = await get(
+                    "POST", "/api/v1/redeem", json={"pid": "0123456789abcdef"},
+                    headers={"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9",
+                             "Cookie": "a=b", "Authorization": "Bearer x"})
+                assert (status, body["path"]) == (200, "/api/v1/redeem")
+                assert headers["Cache-Control"] == "no-store"
+                forwarded = {k.lower() for k in seen[-1]["headers"]}
+                assert not forwarded & {"x-forwarded-for", "x-real-ip", "cookie", "authorization"}
+                assert (await get("GET", "/health/live"))[0] == 200
+                assert (await get("GET", f"/api/v1/token/{token}"))[0] == 200
+                proxied = len(seen)
+                status, body, _ = await get("POST", "/api/v1/redeem", data=b"x" * 5120)
+                assert (status, body["error"]) == (413, "body_too_large")
+                for path in ("/metrics", f"/api/v1/token/{token}/revoke", "/api/v1/stats"):
+                    status, body, _ = await get("POST" if "revoke" in path else "GET", path)
+                    assert (status, body["error"]) == (404, "not_found"), path
+                assert len(seen) == proxied  # none of those reached the app
+
+                await runner.cleanup()  # upstream down: nginx answers, and logs no token
+                other = os.urandom(32).hex()
+                status, body, _ = await get("GET", f"/api/v1/token/{other}")
+                assert (status, body["error"]) == (503, "unavailable")
+        access = (open_dir / "log" / "anonticket.access.log").read_text()
+        assert len(access.splitlines()) >= 8
+        for path in (open_dir / "log").iterdir():
+            text = path.read_text()
+            for secret in (token, other, "0123456789abcdef", "/api/", "127.0.0.1"):
+                assert secret not in text, (path.name, secret)
+    finally:
+        await runner.cleanup()
+
+
+@needs_nginx
+@pytest.mark.skipif(not (REPO / "anonticket" / "cli.py").exists(),
+                    reason="anonticket/cli.py (bin/anonticket serve) is not written yet")
+async def test_nginx_site_in_front_of_the_real_service(open_dir):
+    sock = open_dir / "public.sock"
+    notify = open_dir / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.setblocking(False)
+    env = {
+        "PATH": os.environ["PATH"], "NOTIFY_SOCKET": str(notify),
+        "DATABASE_URL": str(open_dir / "db"), "API_UNIX_SOCKET": str(sock),
+        "API_UNIX_SOCKET_MODE": "0666", "API_INTERNAL_BIND_ADDRESS": f"127.0.0.1:{free_port()}",
+        "MONITOR_ENABLED": "false", "API_ACCESS_LOG": "false",
+    }
+    # MemoryDenyWriteExecute=yes, applied the way the kernel offers it without systemd.
+    with open(open_dir / "service.log", "wb") as log:
+        service = subprocess.Popen([*mdwe_prefix(), str(REPO / "bin" / "anonticket"), "serve"],
+                                   env=env, stderr=log)
+    loop = asyncio.get_running_loop()
+
+    async def datagram() -> bytes:
+        return await asyncio.wait_for(loop.sock_recv(listener, 4096), 30)
+
+    try:
+        assert await datagram() == b"READY=1"
+        assert sock.exists()
+        with nginx_running(NGINX_SITE.read_text(), open_dir, sock) as base:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(base + "/api/v1/redeem", json={"pid": os.urandom(8).hex()},
+                                     ssl=False) as resp:
+                    assert resp.status == 404
+                    assert (await resp.json())["error"] == "payment_not_found"
+                async with http.get(base + "/health/live", ssl=False) as resp:
+                    assert resp.status == 200
+                async with http.post(base + "/api/v1/redeem", data=b"{" * 5120, ssl=False) as resp:
+                    assert resp.status == 413
+        service.send_signal(signal.SIGTERM)
+        assert await datagram() == b"STOPPING=1"
+        assert await asyncio.to_thread(service.wait, 30) == 0
+        assert not sock.exists()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(10)
+        listener.close()
+
+
+# ---------------------------------------------------------------- tor
+
+
+@pytest.mark.skipif(shutil.which("tor") is None, reason="tor is not installed (Debian package tor)")
+def test_torrc_verifies_with_pow_defences(open_dir):
+    text = TORRC.read_text()
+    assert re.search(r"^HiddenServicePoWDefensesEnabled 1$", text, re.M)
+    copy = open_dir / "torrc"
+    copy.write_text(text.replace("/var/lib/tor/anonticket/", f"{open_dir}/hs/")
+                        .replace(PUBLIC_SOCKET, f"{open_dir}/public.sock"))
+    result = subprocess.run(["tor", "--verify-config", "--defaults-torrc", "/dev/null",
+                             "-f", str(copy), "--DataDirectory", str(open_dir / "data")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert "Configuration was valid" in result.stdout
+    warnings = [line for line in result.stdout.splitlines()
+                if "[warn]" in line and "as root" not in line]
+    assert warnings == []
+
+
+# ---------------------------------------------------------------- Grafana
+
+
+def test_dashboard_queries_name_exported_series():
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from anonticket.metrics import Metrics
+
+    exported: dict[str, set[tuple[str, str]]] = {}
+    for family in text_string_to_metric_families(generate_latest(Metrics().registry).decode()):
+        for sample in family.samples:  # names as Prometheus stores them: _total, _bucket…
+            exported.setdefault(sample.name, set()).update(sample.labels.items())
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    used: set[str] = set()
+    for expr in exprs:
+        assert expr.count("(") == expr.count(")"), expr
+        for name, matchers in re.findall(r"\b(anonticket_\w+)(\{[^}]*\})?", expr):
+            assert name in exported, (name, expr)
+            used.add(name)
+            for label, value in re.findall(r'(\w+)\s*=\s*"([^"]*)"', matchers):
+                assert (label, value) in exported[name], (name, label, value)
+        labels = {label for _, value in exported.items() for label, _ in value} | {"le"}
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            for label in filter(None, (g.strip() for g in group.split(","))):
+                assert label in labels, (label, expr)
+    wanted = {"anonticket_redeem_requests_total", "anonticket_request_duration_seconds_bucket",
+              "anonticket_monitor_wallet_height", "anonticket_monitor_scanned_height",
+              "anonticket_monitor_last_success_timestamp_seconds",
+              "anonticket_monitor_polls_total", "anonticket_monitor_transfers_total",
+              "anonticket_negative_cache_hits_total"}
+    assert wanted <= used
