@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ ENV_EXAMPLE = REPO / "systemd" / "anonticket.env.example"
 NGINX_SITE = REPO / "deploy" / "nginx.conf"
 TORRC = REPO / "deploy" / "torrc"
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
 PUBLIC_SOCKET = "/run/anonticket/public.sock"
 # docs/operations.md records 0.9 (systemd 252); 4.9 is the ceiling of "OK".
 MAX_EXPOSURE = 2.0
@@ -455,8 +457,9 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
     sock = open_dir / "public.sock"
     notify = open_dir / "notify"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     listener.bind(str(notify))
-    listener.setblocking(False)
+    listener.settimeout(30)
     env = {
         "PATH": os.environ["PATH"], "NOTIFY_SOCKET": str(notify),
         "DATABASE_URL": str(open_dir / "db"), "API_UNIX_SOCKET": str(sock),
@@ -467,10 +470,14 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
     with open(open_dir / "service.log", "wb") as log:
         service = subprocess.Popen([*mdwe_prefix(), str(REPO / "bin" / "anonticket"), "serve"],
                                    env=env, stderr=log)
-    loop = asyncio.get_running_loop()
 
     async def datagram() -> bytes:
-        return await asyncio.wait_for(loop.sock_recv(listener, 4096), 30)
+        """The next notification; NotifyAccess=main drops any not sent by the main PID."""
+        data, ancdata, _, _ = await asyncio.to_thread(listener.recvmsg, 4096, socket.CMSG_SPACE(12))
+        senders = [struct.unpack("iII", cdata)[0] for level, kind, cdata in ancdata
+                   if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)]
+        assert senders == [service.pid]
+        return data
 
     try:
         assert await datagram() == b"READY=1"
@@ -489,6 +496,14 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
         assert await datagram() == b"STOPPING=1"
         assert await asyncio.to_thread(service.wait, 30) == 0
         assert not sock.exists()
+        # docs/operations.md's backup and its check, on the database the service wrote
+        backup = open_dir / "backup.db"
+        for argv, extra in ((["db", "backup", str(backup)], {}),
+                            (["db", "check"], {"DATABASE_URL": str(backup)})):
+            done = subprocess.run([str(REPO / "bin" / "anonticket"), *argv], env={**env, **extra},
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        assert backup.stat().st_mode & 0o777 == 0o600
     finally:
         if service.poll() is None:
             service.kill()
@@ -519,7 +534,8 @@ def test_torrc_verifies_with_pow_defences(open_dir):
 # ---------------------------------------------------------------- Grafana
 
 
-def test_dashboard_queries_name_exported_series():
+def _exported_series() -> dict[str, set[tuple[str, str]]]:
+    """Sample name -> (label, value) pairs, as Prometheus stores them (_total, _bucket…)."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -527,28 +543,45 @@ def test_dashboard_queries_name_exported_series():
 
     exported: dict[str, set[tuple[str, str]]] = {}
     for family in text_string_to_metric_families(generate_latest(Metrics().registry).decode()):
-        for sample in family.samples:  # names as Prometheus stores them: _total, _bucket…
+        for sample in family.samples:
             exported.setdefault(sample.name, set()).update(sample.labels.items())
+    return exported
 
-    dashboard = json.loads(DASHBOARD.read_text())
-    panels = dashboard["panels"]
-    assert len({p["id"] for p in panels}) == len(panels)
-    exprs = [t["expr"] for p in panels for t in p["targets"]]
+
+def _check_queries(exprs: list[str]) -> set[str]:
+    """Every series, label matcher and ``by`` label in ``exprs`` exists; returns the names."""
+    exported = _exported_series()
     used: set[str] = set()
     for expr in exprs:
         assert expr.count("(") == expr.count(")"), expr
+        labels = {"le"}
         for name, matchers in re.findall(r"\b(anonticket_\w+)(\{[^}]*\})?", expr):
             assert name in exported, (name, expr)
             used.add(name)
+            labels |= {label for label, _ in exported[name]}
             for label, value in re.findall(r'(\w+)\s*=\s*"([^"]*)"', matchers):
                 assert (label, value) in exported[name], (name, label, value)
-        labels = {label for _, value in exported.items() for label, _ in value} | {"le"}
         for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
             for label in filter(None, (g.strip() for g in group.split(","))):
                 assert label in labels, (label, expr)
+    return used
+
+
+def test_dashboard_queries_name_exported_series():
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    used = _check_queries([t["expr"] for p in panels for t in p["targets"]])
     wanted = {"anonticket_redeem_requests_total", "anonticket_request_duration_seconds_bucket",
               "anonticket_monitor_wallet_height", "anonticket_monitor_scanned_height",
               "anonticket_monitor_last_success_timestamp_seconds",
               "anonticket_monitor_polls_total", "anonticket_monitor_transfers_total",
               "anonticket_negative_cache_hits_total"}
     assert wanted <= used
+
+
+def test_documented_alerts_name_exported_series():
+    blocks = re.findall(r"```promql\n(.*?)```", OPERATIONS_DOC.read_text(), re.S)
+    exprs = [line for block in blocks for line in block.splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert len(exprs) >= 5
+    assert len(_check_queries(exprs)) >= 5
