@@ -418,6 +418,11 @@ async def test_nginx_site_in_front_of_a_stand_in_app(open_dir):
                     async with http.request(method, base + path, ssl=False, **kw) as resp:
                         return resp.status, await resp.json(content_type=None), dict(resp.headers)
 
+                if os.geteuid() == 0:  # workers run as www-data: the socket's mode decides
+                    sock.chmod(0o660)  # (first, before nginx keeps an upstream connection)
+                    status, body, _ = await get("GET", "/health/live")
+                    assert (status, body["error"]) == (503, "unavailable")
+                    sock.chmod(0o666)
                 status, body, headers = await get(
                     "POST", "/api/v1/redeem", json={"pid": "0123456789abcdef"},
                     headers={"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9",
