@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -351,36 +352,31 @@ async def test_wallet_unit_command_serves_the_watch_only_wallet_behind_digest(
 
 @needs_wallet_rpc
 @pytest.mark.regtest
-async def test_wallet_unit_keeps_txids_out_of_its_log(open_dir, watch_only_wallet):
-    from anonticket.regtest.network import RegtestNetwork
-
-    net = await asyncio.to_thread(RegtestNetwork.start, open_dir / "net", view_only=True,
-                                  owner_pid=os.getpid())
+async def test_wallet_unit_keeps_txids_out_of_its_log(open_dir, watch_only_wallet,
+                                                      monero_regtest_view_only):
+    net = monero_regtest_view_only
+    assert _copy_wallet(watch_only_wallet, open_dir) == net.merchant_address
+    proc, port = start_wallet_unit(WALLET_UNIT.read_text(), open_dir, "u:p", WALLET_PASSWORD, [],
+                                   daemon=net.daemon_url.removeprefix("http://"))
+    url = f"http://127.0.0.1:{port}/json_rpc"
     try:
-        assert _copy_wallet(watch_only_wallet, open_dir) == net.merchant_address
-        daemon = net.daemon_url.removeprefix("http://")
-        proc, port = start_wallet_unit(WALLET_UNIT.read_text(), open_dir, "u:p", WALLET_PASSWORD,
-                                       [], daemon=daemon)
-        try:
-            paid = await asyncio.to_thread(net.pay, "0123456789abcdef", 10**12, mine=2)
-            digest = aiohttp.DigestAuthMiddleware("u", "p")
-            call = {"jsonrpc": "2.0", "id": "0", "method": "get_transfers", "params": {"in": True}}
-            async with aiohttp.ClientSession(middlewares=(digest,)) as session:
-                async def seen() -> bool:
-                    await session.post(f"http://127.0.0.1:{port}/json_rpc",
-                                       json={**call, "method": "refresh", "params": {}})
-                    async with session.post(f"http://127.0.0.1:{port}/json_rpc", json=call) as r:
-                        return paid["txid"] in json.dumps(await r.json())
-                await wait_until(seen, 60, "the watch-only wallet to see the payment")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-        for path in (open_dir / "log" / "wallet-rpc.log", open_dir / "stdout.log"):
-            text = path.read_text()
-            assert text, path
-            assert paid["txid"] not in text, path
+        paid = await asyncio.to_thread(net.pay, secrets.token_hex(8), 10**12, mine=2)
+        async with aiohttp.ClientSession(middlewares=(aiohttp.DigestAuthMiddleware("u", "p"),)) as rpc:
+            async def seen() -> bool:
+                async with rpc.post(url, json={"jsonrpc": "2.0", "id": "0", "method": "refresh"}):
+                    pass
+                transfers = {"jsonrpc": "2.0", "id": "0", "method": "get_transfers",
+                             "params": {"in": True}}
+                async with rpc.post(url, json=transfers) as resp:
+                    return paid["txid"] in json.dumps(await resp.json())
+            await wait_until(seen, 60, "the watch-only wallet to see the payment")
     finally:
-        await asyncio.to_thread(net.stop)
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 60)
+    for path in (open_dir / "log" / "wallet-rpc.log", open_dir / "stdout.log"):
+        text = path.read_text()
+        assert text, path
+        assert paid["txid"] not in text, path
 
 
 # ---------------------------------------------------------------- nginx
