@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from regtest_fixtures import DIGEST_LOGIN, random_pid16
 
-from anonticket.regtest import RegtestError, RegtestNetwork, actions
+from anonticket.regtest import RegtestError, RegtestNetwork, actions, ensure_monero_installed
 from anonticket.regtest.process import DirLock, pid_alive
 from anonticket.regtest.rpc import RpcClient, RpcError
 
@@ -267,6 +267,13 @@ def test_start_failure_raises_the_log_tail_and_leaves_nothing(tmp_path: Path, mo
     state = json.loads((tmp_path / "net" / "env.json").read_text())
     assert state["stopped"] and len(state["pids"]) == 3
     assert not [name for name, pid in state["pids"].items() if pid_alive(pid)]
+
+
+def test_a_binary_dir_without_monero_is_an_error_not_an_install(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONERO_BIN_DIR", str(tmp_path))
+    with pytest.raises(RegtestError, match="lacks monerod"):
+        ensure_monero_installed()
 
 
 def test_dir_lock_is_reentrant_and_exclusive(tmp_path: Path) -> None:
