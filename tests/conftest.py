@@ -17,10 +17,8 @@ from anonticket.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 
-try:  # the regtest network fixtures (real monerod + wallet-rpc)
-    from regtest_fixtures import *  # noqa: F401,F403
-except ImportError:  # pragma: no cover - only while that module is being written
-    pass
+# the regtest network fixtures (real monerod + wallet-rpc); tests using them are marked regtest
+from regtest_fixtures import *  # noqa: E402,F401,F403
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
