@@ -1,0 +1,85 @@
+"""The benchmark's data: a database of N confirmed unclaimed payments, built through the
+storage layer, and the lists of keys the load scripts walk.
+
+PIDs and txids come from a seeded generator, so two runs of the benchmark build the
+same database and the numbers compare. Every PID is written once to ``pids.txt``
+(16 hex a line); the load scripts read slices of it, never the database.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from pathlib import Path
+
+from anonticket.domain import PaymentId, Transfer
+from anonticket.storage import Storage
+
+AMOUNT = 10**12  # 1 XMR: above the default MONITOR_MIN_PAYMENT_AMOUNT
+HEIGHT = 100
+
+
+def make_transfers(count: int, seed: int) -> list[Transfer]:
+    """``count`` transfers to ``count`` distinct short PIDs, deterministic for a seed."""
+    rng = random.Random(seed)
+    seen: set[bytes] = set()
+    out: list[Transfer] = []
+    while len(out) < count:
+        short = rng.randbytes(8)
+        if short in seen or not any(short):
+            continue
+        seen.add(short)
+        out.append(Transfer(rng.randbytes(32), PaymentId(short + bytes(24)), AMOUNT, HEIGHT))
+    return out
+
+
+async def build_database(path: Path, count: int, seed: int = 1) -> dict[str, float]:
+    """Credit ``count`` payments in ONE ``credit_transfers`` call (one transaction).
+
+    Returns timings: generating the transfers is not the storage layer's cost, so it is
+    reported apart from the credit itself.
+    """
+    started = time.perf_counter()
+    transfers = make_transfers(count, seed)
+    generated = time.perf_counter()
+    storage = await Storage.open(path)
+    try:
+        credit_started = time.perf_counter()
+        result = await storage.credit_transfers(transfers, None, int(time.time()))
+        credited = time.perf_counter()
+    finally:
+        await storage.close()
+    if result.transfers_credited != count:
+        raise RuntimeError(f"credited {result.transfers_credited} of {count} transfers")
+    (path.parent / "pids.txt").write_text("".join(t.pid.hex() + "\n" for t in transfers))
+    credit_secs = credited - credit_started
+    return {
+        "payments": count,
+        "generate_secs": round(generated - started, 3),
+        "credit_secs": round(credit_secs, 3),
+        "credit_per_sec": round(count / credit_secs),
+        "db_bytes": path.stat().st_size,
+    }
+
+
+def read_pids(workdir: Path) -> list[str]:
+    return (workdir / "pids.txt").read_text().split()
+
+
+def write_keys(path: Path, keys: list[str]) -> Path:
+    path.write_text("".join(k + "\n" for k in keys))
+    return path
+
+
+def claimed_keys(db_path: Path, limit: int) -> tuple[list[str], list[str]]:
+    """(short PIDs, tokens) of claimed payments, read straight from the file (WAL readers
+    do not block the server), so the scripts probe what the server really issued."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT pid, token FROM service_tokens LIMIT ?", (limit,)
+        ).fetchall()
+    finally:
+        db.close()
+    return [pid[:8].hex() for pid, _ in rows], [token.hex() for _, token in rows]

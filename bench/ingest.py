@@ -1,0 +1,85 @@
+"""Monitor ingest rate: the real Monitor polling a FakeWallet (its own process) that
+answers each poll with a big batch of confirmed transfers, credited into the
+benchmark's database (1M payments already stored).
+
+Rate = transfers credited / wall time of ``poll_once`` (fetch + parse + classify +
+credit, everything a poll does); the storage part (``Ledger.credit``) is timed on
+its own too, so the report says where the time went.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from procs import BENCH
+
+from anonticket.app import open_state
+from anonticket.config import Config
+from anonticket.monitor import Monitor
+
+
+def _start_wallet(workdir: Path, batch: int, rounds: int) -> tuple[subprocess.Popen[bytes], str]:
+    log = workdir / "fake_wallet.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "fake_wallet_server.py"), "--batch", str(batch),
+             "--rounds", str(rounds)], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120 + batch * rounds / 5000
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (\S+)", log.read_text())
+        if match:
+            return proc, match.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError(f"fake wallet did not start: {log.read_text()[-500:]}")
+
+
+async def measure_ingest(db: Path, workdir: Path, batch: int, rounds: int) -> dict[str, Any]:
+    wallet, url = _start_wallet(workdir, batch, rounds)
+    try:
+        # production defaults, including the 10 s wallet timeout a big batch must fit in
+        config = Config.from_env({"DATABASE_URL": str(db), "MONERO_RPC_URL": url,
+                                  "API_ACCESS_LOG": "false"})
+        async with AsyncExitStack() as stack:
+            state = await open_state(config, stack)
+            monitor = Monitor(state)
+            await monitor.start()
+            stack.push_async_callback(monitor.aclose)
+            ledger = state.ledger
+            credit = ledger.credit
+            credit_secs = 0.0
+
+            async def timed_credit(*args: Any, **kwargs: Any) -> Any:
+                nonlocal credit_secs
+                started = time.perf_counter()
+                try:
+                    return await credit(*args, **kwargs)
+                finally:
+                    credit_secs += time.perf_counter() - started
+
+            ledger.credit = timed_credit  # type: ignore[method-assign]
+            polls = []
+            for _ in range(rounds):
+                credit_secs = 0.0
+                started = time.perf_counter()
+                credited = await monitor.poll_once()
+                secs = time.perf_counter() - started
+                if credited != batch:
+                    raise RuntimeError(f"a poll credited {credited} of {batch} transfers")
+                polls.append({"transfers": credited, "secs": round(secs, 3),
+                              "credit_secs": round(credit_secs, 3),
+                              "per_sec": round(credited / secs)})
+    finally:
+        wallet.terminate()
+        wallet.wait(10)
+    rates = sorted(p["per_sec"] for p in polls)
+    return {"batch": batch, "polls": polls, "transfers_per_sec": rates[len(rates) // 2]}

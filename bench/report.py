@@ -1,0 +1,98 @@
+"""Targets, the median-of-pairs rule, and the printed table."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from loadgen import Load
+
+# ratio to /health/live in the same run (health_vs_bare: /health/live to the bare app)
+RATIO_TARGETS = {
+    "health_vs_bare": 0.60,
+    "redeem_success": 0.20,
+    "redeem_already_claimed": 0.60,
+    "redeem_unknown_flood": 0.65,
+    "token_issued": 0.75,
+    "token_unknown": 0.75,
+}
+RSS_TARGET_MB = 150.0
+STARTUP_TARGET_SECS = 2.0
+INGEST_TARGET_PER_SEC = 20_000
+
+
+def summarise_pairs(name: str, pairs: list[tuple[Load, Load]], expect: dict[str, str],
+                    ) -> dict[str, Any]:
+    """pairs are (baseline, scenario) run back to back; the ratio is the median of the
+    per-pair ratios, and the figures shown are those of the median pair."""
+    ratios = [s.rps / b.rps if b.rps else 0.0 for b, s in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: ratios[i])
+    mid = order[len(order) // 2]
+    base, scen = pairs[mid]
+    problems = _check(scen, expect)
+    target = RATIO_TARGETS.get(name)
+    result: dict[str, Any] = {
+        "ratio": round(statistics.median(ratios), 3),
+        "target": target,
+        "met": None if target is None else statistics.median(ratios) >= target,
+        "rps": round(scen.rps, 1),
+        "baseline_rps": round(base.rps, 1),
+        "p50_ms": round(scen.p50_ms, 3),
+        "p99_ms": round(scen.p99_ms, 3),
+        "server_cpu_us_per_req": round(scen.server_cpu_us, 1),
+        "baseline_server_cpu_us_per_req": round(base.server_cpu_us, 1),
+        "client_cpu": round(scen.client_cpu, 3),
+        "checks_ok": not problems,
+        "problems": problems,
+        "pairs": [{"ratio": round(r, 3), "baseline": b.as_dict(), "scenario": s.as_dict()}
+                  for r, (b, s) in zip(ratios, pairs)],
+    }
+    return result
+
+
+def _check(load: Load, expect: dict[str, str]) -> list[str]:
+    """Each scenario must measure what it claims: every answer of the expected kind."""
+    problems = []
+    if load.errors:
+        problems.append(f"socket errors {load.errors}")
+    for key, what in expect.items():
+        got = load.outcomes.get(key, 0)
+        if what == "all" and got < load.requests - load.outcomes.get("exhausted", 0):
+            problems.append(f"only {got} of {load.requests} answers were {key}")
+        if what == "some" and got == 0:
+            problems.append(f"no answer was {key}")
+    if load.requests == 0:
+        problems.append("no request completed")
+    return problems
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{'scenario':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}"
+             f"{'ratio':>8}{'target':>8}  ok"]
+    for name, s in result["scenarios"].items():
+        target = s["target"]
+        mark = "" if target is None else ("yes" if s["met"] else "NO")
+        if not s["checks_ok"]:
+            mark += " (checks failed)"
+        lines.append(
+            f"{name:<26}{s['rps']:>9.0f}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}"
+            f"{s['server_cpu_us_per_req']:>8.0f}{s['ratio']:>8.2f}"
+            f"{'' if target is None else f'{target:.2f}':>8}  {mark}")
+    rss = result.get("rss")
+    if rss:
+        lines.append(f"{'peak RSS (VmHWM)':<26}{rss['vmhwm_mb']:>9.1f} MB after {rss['probes']} probes"
+                     f"  target <= {RSS_TARGET_MB:.0f}  {'yes' if rss['met'] else 'NO'}")
+    start = result.get("startup")
+    if start:
+        lines.append(f"{'start-up':<26}{start['median_secs']:>9.2f} s  (runs {start['runs']})"
+                     f"  target <= {STARTUP_TARGET_SECS:.0f}  {'yes' if start['met'] else 'NO'}")
+    ingest = result.get("ingest")
+    if ingest:
+        lines.append(f"{'monitor ingest':<26}{ingest['transfers_per_sec']:>9} transfers/s "
+                     f"(batch {ingest['batch']})  target >= {INGEST_TARGET_PER_SEC}  "
+                     f"{'yes' if ingest['met'] else 'NO'}")
+    build = result.get("dataset", {})
+    if build.get("credit_secs") is not None:
+        lines.append(f"{'database build':<26}{build['payments']} payments credited in "
+                     f"{build['credit_secs']:.1f} s ({build['credit_per_sec']}/s, one transaction)")
+    return "\n".join(lines)

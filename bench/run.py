@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""The anonticket benchmark: one command, a table on stdout and a JSON file.
+
+    python3 bench/run.py                       # full: 1M payments, 5 s runs, 3 pairs
+    python3 bench/run.py --quick --out x.json  # smoke: 2,000 payments, 1 s runs
+
+Builds a database of N confirmed unclaimed payments through the storage layer, starts
+the real ``bin/anonticket serve`` (production defaults, monitor off) and a bare aiohttp
+app, and drives them with wrk (TCP) and bench/uds_client.py (Unix socket), each a
+separate process. Every scenario is run as back-to-back (baseline, scenario) pairs and
+reported as the median ratio. See docs/benchmarks.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp  # noqa: E402
+
+import dataset  # noqa: E402
+import loadgen  # noqa: E402
+from ingest import measure_ingest  # noqa: E402
+from procs import REPO, Proc, start_bare, start_service  # noqa: E402
+from report import (  # noqa: E402
+    INGEST_TARGET_PER_SEC,
+    RSS_TARGET_MB,
+    STARTUP_TARGET_SECS,
+    summarise_pairs,
+    table,
+)
+
+from anonticket.app import run_event_loop  # noqa: E402
+
+LIVE = ["mode=get", "path=/health/live"]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.db = workdir / "bench.db"
+        self.pids: list[str] = []
+        self.used: dict[str, int] = {}
+        self.result: dict[str, Any] = {"scenarios": {}}
+
+    # ------------------------------------------------------------------ helpers
+    def wrk(self, target: Proc, script_args: list[str], secs: float | None = None) -> loadgen.Load:
+        return loadgen.wrk(target.address, script_args, secs or self.args.secs, server=target,
+                           cpus=self.args.client_cpus)
+
+    def take_pids(self, pool: str, runs_left: int, per_sec: int, secs: float) -> Path:
+        """A fresh slice of never-redeemed PIDs for one run, written to a file for the script.
+
+        Half of the PIDs feed redeem-success runs, half the mixed load; each run gets
+        enough for its duration at ``per_sec``, never more than its share of what is left.
+        """
+        half = len(self.pids) // 2
+        start, end = (0, half) if pool == "new" else (half, len(self.pids))
+        used = self.used.setdefault(pool, start)
+        count = max(1, min(int(secs * per_sec), (end - used) // max(runs_left, 1)))
+        chunk = self.pids[used:min(used + count, end)]
+        if not chunk:
+            raise RuntimeError("out of unredeemed PIDs; use more --payments")
+        self.used[pool] = used + len(chunk)
+        return dataset.write_keys(self.workdir / f"{pool}.txt", chunk)
+
+    def pairs(self, name: str, baseline, scenario, expect: dict[str, str],  # type: ignore[no-untyped-def]
+              warmup=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        """Warm up, then ``--pairs`` back-to-back (baseline, scenario) runs."""
+        if not self.args.quick:
+            (warmup or scenario)(min(1.0, self.args.secs))
+        runs = []
+        for _ in range(self.args.pairs):
+            runs.append((baseline(), scenario()))
+        summary = summarise_pairs(name, runs, expect)
+        self.result["scenarios"][name] = summary
+        print(f"  {name}: ratio {summary['ratio']:.2f} ({summary['rps']:.0f} req/s)"
+              + ("" if summary["checks_ok"] else f"  CHECKS: {summary['problems']}"), flush=True)
+        return summary
+
+    # ------------------------------------------------------------------ phases
+    def build(self) -> None:
+        cache = self.args.dataset_cache
+        cached = cache / f"payments-{self.args.payments}.db" if cache else None
+        if cached is not None and cached.exists():
+            shutil.copyfile(cached, self.db)
+            shutil.copyfile(cached.with_suffix(".pids"), self.workdir / "pids.txt")
+            self.result["dataset"] = {"payments": self.args.payments, "reused": str(cached)}
+        else:
+            print(f"building a database of {self.args.payments} payments ...", flush=True)
+            self.result["dataset"] = asyncio.run(dataset.build_database(self.db, self.args.payments))
+            if cached is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.db, cached)
+                shutil.copyfile(self.workdir / "pids.txt", cached.with_suffix(".pids"))
+        self.pids = dataset.read_pids(self.workdir)
+
+    def tcp_phase(self) -> None:
+        args = self.args
+        bare = start_bare(self.workdir, cpus=args.server_cpus)
+        service = start_service(self.db, self.workdir, "serve-tcp", cpus=args.server_cpus)
+        startups = [service.startup_secs]
+        try:
+            live = lambda secs=None: self.wrk(service, LIVE, secs)  # noqa: E731
+            self.pairs("health_vs_bare", lambda: self.wrk(bare, ["mode=get", "path=/"]),
+                       live, {"200": "all"}, warmup=lambda secs: (live(secs), self.wrk(bare, ["mode=get", "path=/"], secs)))
+            bare_rc = bare.stop()
+            if bare_rc != 0:
+                raise RuntimeError(f"bare app exited with {bare_rc}")
+            live(min(1.0, args.secs))
+
+            runs_left = {"new": args.pairs + 1, "mixed": args.pairs + 1}  # + the warm-up
+
+            def new(secs: float | None = None) -> loadgen.Load:
+                keys = self.take_pids("new", runs_left["new"], 20_000, secs or args.secs)
+                runs_left["new"] -= 1
+                return self.wrk(service, ["mode=redeem_new", f"keys={keys}"], secs)
+
+            self.pairs("redeem_success", live, new, {"200": "all", "success": "all"})
+            claimed_pids, tokens = dataset.claimed_keys(self.db, 100_000)
+            claimed_file = dataset.write_keys(self.workdir / "claimed.txt", claimed_pids)
+            token_file = dataset.write_keys(self.workdir / "tokens.txt", tokens)
+            self.result["issued_tokens_probed"] = len(tokens)
+            self.pairs("redeem_already_claimed", live,
+                       lambda secs=None: self.wrk(service, ["mode=redeem_claimed", f"keys={claimed_file}"], secs),
+                       {"200": "all", "already_claimed": "all"})
+            self.pairs("redeem_unknown_flood", live,
+                       lambda secs=None: self.wrk(service, ["mode=redeem_unknown"], secs),
+                       {"404": "all"})
+            self.pairs("token_issued", live,
+                       lambda secs=None: self.wrk(service, ["mode=token", f"keys={token_file}"], secs),
+                       {"200": "all", "active": "all"})
+            self.pairs("token_unknown", live,
+                       lambda secs=None: self.wrk(service, ["mode=token_unknown"], secs),
+                       {"404": "all"})
+
+            def mixed(secs: float | None = None) -> loadgen.Load:
+                keys = self.take_pids("mixed", runs_left["mixed"], 4_000, secs or args.secs)
+                runs_left["mixed"] -= 1
+                return self.wrk(service, ["mode=mixed", f"new={keys}", f"claimed={claimed_file}",
+                                          f"tokens={token_file}"], secs)
+
+            self.pairs("mixed", live, mixed, {"success": "some", "already_claimed": "some",
+                                              "404": "some", "active": "some"})
+            self.rss(service)
+        finally:
+            rc = service.stop()
+            bare.stop()
+        if rc != 0:
+            raise RuntimeError(f"anonticket serve exited with {rc} on SIGTERM")
+        self.result["startup_runs_tcp"] = startups
+
+    def rss(self, service: Proc) -> None:
+        probes = self.args.probes
+        cap = min(600.0, probes / 2000 + 10)
+        print(f"  {probes} random probes for the peak RSS ...", flush=True)
+        load = self.wrk(service, ["mode=probe", f"limit={probes}"], cap)
+        hwm = service.status_kb("VmHWM") / 1024
+        self.result["rss"] = {
+            "probes": load.requests, "answered_404": load.outcomes.get("404", 0), "probe_rps": round(load.rps, 1),
+            "vmhwm_mb": round(hwm, 1), "vmrss_mb": round(service.status_kb("VmRSS") / 1024, 1),
+            "target_mb": RSS_TARGET_MB, "met": hwm <= RSS_TARGET_MB and load.outcomes.get("404", 0) >= probes,
+        }
+        print(f"  peak RSS {hwm:.1f} MB", flush=True)
+
+    def uds_phase(self) -> None:
+        """Start-up over the Unix socket listener (3 starts) and the UDS client scenarios."""
+        args = self.args
+        sock = Path(tempfile.mkdtemp(prefix="atb-", dir="/tmp")) / "public.sock"
+        token_file = self.workdir / "tokens.txt"
+        startups = []
+        try:
+            for attempt in range(args.starts):
+                service = start_service(self.db, self.workdir, f"serve-uds-{attempt}",
+                                        unix_socket=sock, cpus=args.server_cpus)
+                startups.append(round(service.startup_secs, 3))
+                try:
+                    if attempt == 0:
+                        self.uds_scenarios(service, str(sock), token_file)
+                finally:
+                    rc = service.stop()
+                if rc != 0:
+                    raise RuntimeError(f"anonticket serve (unix socket) exited with {rc}")
+        finally:
+            shutil.rmtree(sock.parent, ignore_errors=True)
+        median = sorted(startups)[len(startups) // 2]
+        self.result["startup"] = {"runs": startups, "median_secs": median,
+                                  "target_secs": STARTUP_TARGET_SECS,
+                                  "met": median <= STARTUP_TARGET_SECS}
+
+    def uds_scenarios(self, service: Proc, sock: str, token_file: Path) -> None:
+        def uds(script: list[str]):  # type: ignore[no-untyped-def]
+            return lambda secs=None: loadgen.uds(sock, script, secs or self.args.secs,
+                                                 server=service, cpus=self.args.client_cpus)
+
+        live = uds(["--mode", "get", "--path", "/health/live"])
+        self.pairs("uds_redeem_unknown_flood", live, uds(["--mode", "redeem_unknown"]), {"404": "all"})
+        self.pairs("uds_token_issued", live, uds(["--mode", "token", "--keys", str(token_file)]),
+                   {"200": "all", "active": "all"})
+
+    def ingest_phase(self) -> None:
+        args = self.args
+        print(f"  monitor ingest: {args.ingest_rounds} polls of {args.ingest_batch} transfers ...",
+              flush=True)
+        result = run_event_loop(measure_ingest(self.db, self.workdir, args.ingest_batch,
+                                               args.ingest_rounds))
+        result["target_per_sec"] = INGEST_TARGET_PER_SEC
+        result["met"] = result["transfers_per_sec"] >= INGEST_TARGET_PER_SEC
+        self.result["ingest"] = result
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    try:
+        import uvloop  # noqa: F401
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "command": " ".join(["python3 bench/run.py", *sys.argv[1:]]),
+        "quick": args.quick, "payments": args.payments, "secs_per_run": args.secs,
+        "pairs": args.pairs, "connections": loadgen.CONNECTIONS,
+        "client": "wrk -t1 -c32" + (f" pinned to CPU {args.client_cpus}" if args.client_cpus else ""),
+        "server_cpus": args.server_cpus or "any",
+        "event_loop": loop, "python": platform.python_version(), "aiohttp": aiohttp.__version__,
+        "cpus": os.cpu_count(), "git": commit, "loadavg_before": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="anonticket benchmark (see docs/benchmarks.md)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke mode: 2,000 payments, 1 s runs, 1 pair, small ingest")
+    parser.add_argument("--out", type=Path, help="write the JSON result here")
+    parser.add_argument("--payments", type=int)
+    parser.add_argument("--secs", type=float, help="seconds per measured run")
+    parser.add_argument("--pairs", type=int, help="(baseline, scenario) pairs per scenario")
+    parser.add_argument("--probes", type=int, help="random probes before reading the peak RSS")
+    parser.add_argument("--starts", type=int, help="server starts timed for the start-up figure")
+    parser.add_argument("--ingest-batch", type=int)
+    parser.add_argument("--ingest-rounds", type=int)
+    parser.add_argument("--client-cpus", default="1", help="taskset CPU list for the load "
+                        "generator ('' for none)")
+    parser.add_argument("--server-cpus", default="", help="taskset CPU list for the servers")
+    parser.add_argument("--dataset-cache", type=Path,
+                        help="keep/reuse the built database here (skips the build when present)")
+    parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: a "
+                        "temporary directory, removed afterwards)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "payments": 2_000 if quick else 1_000_000, "secs": 1.0 if quick else 5.0,
+        "pairs": 1 if quick else 3, "probes": 5_000 if quick else 1_000_000,
+        "starts": 1 if quick else 3, "ingest_batch": 1_000 if quick else 100_000,
+        "ingest_rounds": 1 if quick else 3,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.client_cpus = args.client_cpus or None
+    args.server_cpus = args.server_cpus or None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="anonticket-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, workdir)
+    bench.result["meta"] = _meta(args)
+    try:
+        bench.build()
+        bench.tcp_phase()
+        bench.uds_phase()
+        bench.ingest_phase()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    bench.result["meta"]["loadavg_after"] = os.getloadavg()
+    print(table(bench.result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(bench.result, indent=2) + "\n")
+        print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
