@@ -51,14 +51,20 @@ class AccessLogBuffer:
 
 
 def make_access_logger_class(buffer: AccessLogBuffer, listener: str) -> type[AbstractAccessLogger]:
+    prefix = f"Z INFO anonticket.access {listener} "
+    # formatting the time costs more than the rest of the line: once per second is enough
+    stamp_second, stamp = -1, ""
+
     class BufferedAccessLogger(AbstractAccessLogger):
         def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+            nonlocal stamp_second, stamp
             template = route_template(request) if isinstance(request, web.Request) else "unmatched"
             method = request.method if request.method in _METHODS else "OTHER"
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            now = int(time.time())
+            if now != stamp_second:
+                stamp_second, stamp = now, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
             buffer.append(
-                f"{stamp}Z INFO anonticket.access {listener} {method} {template} "
-                f"{response.status} {elapsed * 1000:.2f}ms\n"
+                f"{stamp}{prefix}{method} {template} {response.status} {elapsed * 1000:.2f}ms\n"
             )
 
         @property

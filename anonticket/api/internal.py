@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from anonticket.api.public import (
     STATE,
+    add_token_routes,
     json_body,
     live,
     lookup_token,
@@ -122,7 +123,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def add_internal_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/redeem", redeem)
-    app.router.add_get("/api/v1/token/{token}", inspect_token, allow_head=False)
+    add_token_routes(app, inspect_token)
     app.router.add_post("/api/v1/token/{token}/revoke", revoke)
     app.router.add_get("/api/v1/stats", stats, allow_head=False)
     app.router.add_get("/health/live", live, allow_head=False)
