@@ -14,7 +14,7 @@ REDEEM_OUTCOMES = ("success", "already_claimed", "pending", "underpaid", "invali
                    "unavailable")
 TOKEN_OUTCOMES = ("active", "revoked", "invalid", "not_found", "unavailable")
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
-                "unauthorized", "storage_error")
+                "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
                     "invalid")
 # Route templates as registered (plus two for unmatched requests); never a concrete path.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,24 @@ def generate(net: RegtestNetwork, n: int, address: str | None = None) -> list[st
     reply = net.daemon.call("generateblocks", {"amount_of_blocks": n, "wallet_address": address or net.payer_address},
                             timeout=60.0 + n)
     return list(reply.get("blocks") or [])
+
+
+def wait_until_minable(net: RegtestNetwork, txids: list[str], timeout: float = 20.0) -> None:
+    """Wait until the next block template includes every txid.
+
+    monerod leaves a just-relayed transaction out of new block templates for a moment,
+    so mining right after a transfer can miss it and land it one block later.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        template = net.daemon.call("get_block_template",
+                                   {"wallet_address": net.payer_address, "reserve_size": 0})
+        blob = str(template.get("blocktemplate_blob", ""))
+        if all(txid in blob for txid in txids):
+            return
+        if time.monotonic() > deadline:
+            raise RegtestError("a transaction did not reach the block template in time")
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -131,6 +150,7 @@ def _transfer(net: RegtestNetwork, address: str, amount: int, *, mine: int, doub
                 attempt = _double_spend(net, sent["tx_hash"], "attempt")
                 result["double_spend_attempt_txid"] = attempt["double_spend_txid"]
         if mine:
+            wait_until_minable(net, [sent["tx_hash"]])
             generate(net, mine)
         sync(net)
         result["height"] = net.height()
@@ -200,9 +220,14 @@ def reorg(net: RegtestNetwork, depth: int, *, drop: list[str] | tuple[str, ...] 
                 net.daemon.call("flush_txpool", {"txids": txids})
             offset = 0
             while offset < new_blocks:
+                accepted = []
                 for txid in schedule.get(offset, []):
                     reply = net.daemon.path("/send_raw_transaction", {"tx_as_hex": blobs[txid]}, check=False)
                     rejected += reply.get("status") != "OK"
+                    if reply.get("status") == "OK":
+                        accepted.append(txid)
+                if accepted:
+                    wait_until_minable(net, accepted)
                 following = min([o for o in schedule if o > offset] + [new_blocks])
                 mined += generate(net, following - offset)
                 offset = following
