@@ -81,9 +81,12 @@ def database_path(url: str) -> str:
 
 
 class Storage:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+    ) -> None:
         self._writer = writer
         self._reader = reader
+        self._path = path
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -92,6 +95,7 @@ class Storage:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await aiosqlite.connect(path, isolation_level=None)
+        reader = None
         try:
             # WAL can only be switched outside a transaction; it persists in the file.
             await writer.execute("PRAGMA journal_mode=WAL")
@@ -100,13 +104,13 @@ class Storage:
             await writer.execute("PRAGMA foreign_keys=ON")
             await writer.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
             await _apply_schema(writer)
-            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            reader = await _connect_read_only(path)
         except BaseException:
+            if reader is not None:
+                await reader.close()
             await writer.close()
             raise
-        await reader.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        await reader.execute("PRAGMA query_only=ON")
-        return cls(writer, reader)
+        return cls(writer, reader, path)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -116,14 +120,30 @@ class Storage:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock, _unavailable_on_error():
-            await self._writer.execute("BEGIN IMMEDIATE")
+            # BEGIN and COMMIT are inside the try: a BEGIN whose await was cancelled still
+            # runs on aiosqlite's thread, and a failed COMMIT (a deferred foreign key, a
+            # full disk) leaves the transaction open; either way, without the ROLLBACK every
+            # later BEGIN fails with "cannot start a transaction within a transaction".
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
+                await self._writer.execute("COMMIT")
             except BaseException:
-                if self._writer.in_transaction:
-                    await self._writer.rollback()
+                await self._rollback()
                 raise
-            await self._writer.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        """Roll back whatever is open, after every statement already queued on the writer.
+
+        ``in_transaction`` is only trustworthy once the queue has drained, so the ROLLBACK
+        is sent unconditionally (aiosqlite runs statements in order) and "no transaction
+        is active" is the expected answer when BEGIN itself failed.
+        """
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            if self._writer.in_transaction:
+                log.error("rollback failed; the writer connection is unusable")
 
     # ------------------------------------------------------------------ redeem
     async def claim_payments(
@@ -290,16 +310,20 @@ class Storage:
 
     # ------------------------------------------------------------------ start-up and admin
     async def load_pid_prefixes(self) -> array:
-        return await self._load_prefixes("SELECT substr(pid, 1, 8) FROM payments")
+        return await self._load_prefixes("SELECT substr(pid, 1, 8) FROM payments ORDER BY pid")
 
     async def load_token_prefixes(self) -> array:
-        return await self._load_prefixes("SELECT substr(token, 1, 8) FROM service_tokens")
+        # ORDER BY pins the primary-key scan: the planner may otherwise pick the smaller
+        # UNIQUE(pid) index, which covers the token too but yields pid order
+        return await self._load_prefixes(
+            "SELECT substr(token, 1, 8) FROM service_tokens ORDER BY token"
+        )
 
     async def _load_prefixes(self, sql: str) -> array:
         """Stream 8-byte key prefixes in big chunks: one list of a million rows would double RSS.
 
-        Both tables are WITHOUT ROWID on that key, so rows arrive in key order and the
-        big-endian prefixes are already sorted; ``KeyIndex`` checks that anyway.
+        Both tables are WITHOUT ROWID on that key, so ORDER BY key costs no sort and the
+        big-endian prefixes arrive sorted; ``KeyIndex`` checks that anyway.
         """
         prefixes = array("Q")
         async with _unavailable_on_error():
@@ -328,19 +352,43 @@ class Storage:
         return dict(zip(keys, rows[0]))
 
     async def backup(self, target: str | Path) -> None:
-        """Online backup: consistent even while the service keeps writing."""
+        """Online backup: consistent even while the service keeps writing.
+
+        The copy is read through a connection of its own, never the writer: from the
+        writer, a backup taken while a transaction is open would copy its uncommitted
+        (and maybe later rolled back) rows; nor does it make redeems wait behind the reader.
+        """
         async with _unavailable_on_error():
-            dest = await aiosqlite.connect(target)
+            source = await _connect_read_only(self._path)
             try:
-                await self._writer.backup(dest)
+                dest = await aiosqlite.connect(target)
+                try:
+                    await source.backup(dest)
+                finally:
+                    await dest.close()
             finally:
-                await dest.close()
+                await source.close()
 
     async def integrity_check(self) -> tuple[list[str], int]:
         async with _unavailable_on_error():
             rows = await self._reader.execute_fetchall("PRAGMA integrity_check")
             version = await self._reader.execute_fetchall("PRAGMA user_version")
         return [r[0] for r in rows], version[0][0]
+
+
+async def _connect_read_only(path: Path) -> aiosqlite.Connection:
+    """A query-only connection; WAL lets it read the last commit while the writer works."""
+    # as_uri() percent-encodes the path: a "#" or "%" in a directory name would
+    # otherwise end or corrupt the URI and open some other file
+    uri = path.absolute().as_uri() + "?mode=ro"
+    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA query_only=ON")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 async def _apply_schema(db: aiosqlite.Connection) -> None:

@@ -1,0 +1,441 @@
+"""Storage on real SQLite files: schema and version, pragmas, constraints, crediting, claims,
+revocation, persistence across a restart, backup and recovery of the one write path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import anonticket.storage as storage_module
+from anonticket.domain import PaymentId, derive_service_token, key_prefix
+from anonticket.storage import SCHEMA_VERSION, Storage, database_path
+from conftest import transfer
+
+NOW = 1_700_000_000
+MIN = 1000
+TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
+
+
+@contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection, as another process (or an operator's sqlite3 shell) would have."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        yield conn
+
+
+def tables(path: Path) -> set[str]:
+    with raw(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+def user_version(path: Path) -> int:
+    with raw(path) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+# ---------------------------------------------------------------------- schema and pragmas
+async def test_fresh_file_gets_schema_version_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "fresh.db"  # the directory is created too
+    store = await Storage.open(path)
+    await store.close()
+    assert TABLES <= tables(path)
+    assert user_version(path) == SCHEMA_VERSION
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persisted in the file
+        strict = {name for (name, strict) in conn.execute(
+            "SELECT name, strict FROM pragma_table_list WHERE schema = 'main'") if strict}
+    assert strict == TABLES
+
+
+def _broken_schema(tmp_path: Path, marker: str, garbage: str) -> Path:
+    text = storage_module.SCHEMA_PATH.read_text()
+    assert marker in text
+    bad = tmp_path / "broken-schema.sql"
+    bad.write_text(text.replace(marker, marker + "\n" + garbage, 1))
+    return bad
+
+
+@pytest.mark.parametrize("marker", [
+    "PRAGMA user_version = 1;",  # the version is already set when the script breaks
+    ") STRICT, WITHOUT ROWID;",  # right after the first table
+])
+async def test_broken_schema_applies_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    path = tmp_path / "anonticket.db"
+    monkeypatch.setattr(storage_module, "SCHEMA_PATH", _broken_schema(tmp_path, marker, "CREATE TABLE (;"))
+    with pytest.raises(sqlite3.OperationalError):
+        await Storage.open(path)
+    assert user_version(path) == 0
+    assert tables(path) == set()
+    # the file is not poisoned: the real schema applies on the next start
+    monkeypatch.undo()
+    store = await Storage.open(path)
+    await store.close()
+    assert (user_version(path), TABLES <= tables(path)) == (SCHEMA_VERSION, True)
+
+
+async def test_current_schema_is_not_reapplied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "anonticket.db"
+    await (await Storage.open(path)).close()
+    # with the version already current, the schema file is not even read
+    monkeypatch.setattr(storage_module, "SCHEMA_PATH", tmp_path / "missing.sql")
+    store = await Storage.open(path)
+    await store.close()
+    assert user_version(path) == SCHEMA_VERSION
+
+
+async def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "anonticket.db"
+    with raw(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(RuntimeError, match="newer"):
+        await Storage.open(path)
+    assert (user_version(path), tables(path)) == (99, set())
+
+
+@pytest.mark.parametrize(("synchronous", "code"), [("NORMAL", 1), ("FULL", 2)])
+async def test_connection_pragmas(tmp_path: Path, synchronous: str, code: int) -> None:
+    # these pragmas are per connection, so only the service's own connection can show them
+    store = await Storage.open(tmp_path / "anonticket.db", synchronous=synchronous)
+    try:
+        writer = store._writer
+        assert (await writer.execute_fetchall("PRAGMA synchronous"))[0][0] == code
+        assert (await writer.execute_fetchall("PRAGMA foreign_keys"))[0][0] == 1
+        assert (await writer.execute_fetchall("PRAGMA busy_timeout"))[0][0] > 0
+        assert (await writer.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
+        assert (await store._reader.execute_fetchall("PRAGMA query_only"))[0][0] == 1
+    finally:
+        await store.close()
+
+
+async def test_foreign_keys_are_enforced_on_the_writer(storage: Storage) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        async with storage._transaction() as db:
+            await db.execute(
+                "INSERT INTO service_tokens (token, pid, amount, issued_at) VALUES (?, ?, 1, 1)",
+                (bytes(32), PaymentId.generate().raw),
+            )
+    assert (await storage.get_stats())["tokens_active"] == 0
+
+
+async def test_odd_characters_in_the_directory_name(tmp_path: Path) -> None:
+    # the read-only connection is opened by URI, where "#" and "%" mean something
+    path = tmp_path / "we#ird %41 dir" / "anonticket.db"
+    store = await Storage.open(path)
+    try:
+        await store.credit_transfers([transfer(PaymentId.generate())], 42, NOW)
+        assert await store.get_cursor() == 42  # read back through the read-only connection
+    finally:
+        await store.close()
+
+
+def test_database_url_forms() -> None:
+    assert database_path("sqlite://var/a.db?mode=rwc") == "var/a.db"
+    assert database_path("sqlite:///srv/a.db") == "/srv/a.db"
+    assert database_path("/srv/a.db") == "/srv/a.db"
+
+
+# ---------------------------------------------------------------------- constraints
+_PID, _PID2, _NEW = b"\x01" * 32, b"\x05" * 32, b"\x06" * 32
+_TXID, _TOKEN, _TOKEN2 = b"\x02" * 32, b"\x03" * 32, b"\x04" * 32
+_PAYMENT = ("INSERT INTO payments (pid, txid, amount, first_height, status, created_at, claimed_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)")
+_TOKEN_ROW = ("INSERT INTO service_tokens (token, pid, amount, issued_at, revoked_at, revoke_reason)"
+              " VALUES (?, ?, 5, 1, ?, ?)")
+CHECK, TYPE, FK = "CHECK constraint failed", "cannot store", "FOREIGN KEY constraint failed"
+
+
+@pytest.mark.parametrize(("sql", "params", "why"), [
+    (_PAYMENT, (b"\x06" * 31, _TXID, 5, 1, 0, 1, None), CHECK),  # 31-byte pid
+    (_PAYMENT, (_NEW, b"\x02" * 33, 5, 1, 0, 1, None), CHECK),  # 33-byte txid
+    (_PAYMENT, (_NEW.hex(), _TXID, 5, 1, 0, 1, None), TYPE),  # text where a blob belongs (STRICT)
+    (_PAYMENT, (_NEW, _TXID, "five", 1, 0, 1, None), TYPE),  # text amount (STRICT)
+    (_PAYMENT, (_NEW, _TXID, -1, 1, 0, 1, None), CHECK),  # negative amount
+    (_PAYMENT, (_NEW, _TXID, 5, 1, 2, 1, 1), CHECK),  # unknown status
+    (_PAYMENT, (_NEW, _TXID, 5, 1, 1, 1, None), CHECK),  # claimed without a claim time
+    (_PAYMENT, (_NEW, _TXID, 5, 1, 0, 1, 7), CHECK),  # a claim time on an unclaimed payment
+    ("INSERT INTO transfers VALUES (?, ?, 0, 5, 1)", (_TXID, _PID), CHECK),  # zero amount
+    ("INSERT INTO transfers VALUES (?, ?, 5, 0, 1)", (_TXID, _PID), CHECK),  # height 0
+    ("INSERT INTO transfers VALUES (?, ?, 5, 5, 1)", (_TXID, _NEW), FK),  # unknown payment
+    (_TOKEN_ROW, (_TOKEN2, _NEW, None, None), FK),  # token for a payment that does not exist
+    (_TOKEN_ROW, (_TOKEN2, _PID, None, None), "UNIQUE"),  # a second token for one payment
+    (_TOKEN_ROW, (_TOKEN2, _PID2, 2, "x" * 257), CHECK),  # reason too long
+    (_TOKEN_ROW, (_TOKEN2, _PID2, None, "why"), CHECK),  # a reason without a revocation
+    ("INSERT INTO monitor_state VALUES (2, 5)", (), CHECK),  # a second cursor
+    ("INSERT INTO audit_log (at, action, token) VALUES (1, 'delete', ?)", (_TOKEN,), CHECK),
+    ("INSERT INTO audit_log (at, action, token) VALUES (1, 'revoke', ?)", (_TOKEN2,), FK),
+])
+async def test_constraints_reject_bad_rows(
+    storage: Storage, tmp_path: Path, sql: str, params: Any, why: str
+) -> None:
+    with raw(tmp_path / "anonticket.db") as conn:
+        conn.execute("BEGIN")
+        conn.execute(_PAYMENT, (_PID, _TXID, 5, 1, 0, 1, None))  # valid rows to refer to
+        conn.execute(_PAYMENT, (_PID2, _TXID, 5, 1, 0, 1, None))
+        conn.execute(_TOKEN_ROW, (_TOKEN, _PID, None, None))
+        with pytest.raises(sqlite3.IntegrityError, match=why):
+            conn.execute(sql, params)
+            conn.execute("COMMIT")  # deferred foreign keys are checked here
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+async def test_a_bad_transfer_rolls_back_the_whole_batch(storage: Storage) -> None:
+    pid = PaymentId.generate()
+    with pytest.raises(sqlite3.IntegrityError):  # a bug, not an outage: not a 503
+        await storage.credit_transfers([transfer(pid, 5000), transfer(pid, 0)], 50, NOW)
+    assert await storage.get_cursor() is None
+    assert await storage.claim_payments([pid.raw], MIN, NOW) == {}
+    await storage.credit_transfers([transfer(pid, 5000)], 50, NOW)  # the write path still works
+    assert await storage.get_cursor() == 50
+
+
+# ---------------------------------------------------------------------- crediting and claiming
+async def test_credit_is_idempotent_by_txid(storage: Storage) -> None:
+    pid = PaymentId.generate()
+    batch = [transfer(pid, 3000, 10), transfer(pid, 2000, 11)]
+    first = await storage.credit_transfers(batch, 20, NOW)
+    again = await storage.credit_transfers(batch, 30, NOW)
+    assert (first.transfers_credited, first.credited_pids) == (2, [pid.raw])
+    assert (again.transfers_credited, again.credited_pids) == (0, [])
+    assert await storage.get_cursor() == 30  # the cursor moves even when nothing was new
+    stats = await storage.get_stats()
+    assert (stats["transfers"], stats["credited_piconero"]) == (2, 5000)
+    assert (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw].amount == 5000
+
+
+async def test_duplicate_txid_within_one_batch_counts_once(storage: Storage) -> None:
+    pid = PaymentId.generate()
+    one = transfer(pid, 4000)
+    result = await storage.credit_transfers([one, one], None, NOW)
+    assert result.transfers_credited == 1
+    assert (await storage.get_stats())["credited_piconero"] == 4000
+
+
+async def test_several_transfers_to_one_pid_are_summed(storage: Storage) -> None:
+    pid, other = PaymentId.generate(), PaymentId.generate()
+    await storage.credit_transfers([transfer(pid, 100, 5), transfer(pid, 200, 6), transfer(other, 7)], None, NOW)
+    await storage.credit_transfers([transfer(pid, 300, 9)], None, NOW)
+    rows = await storage.claim_payments([pid.raw, other.raw], 0, NOW)
+    assert (rows[pid.raw].amount, rows[other.raw].amount) == (600, 7)
+
+
+@pytest.mark.parametrize("together", [False, True])
+async def test_token_derives_from_the_earliest_transfer(storage: Storage, together: bool) -> None:
+    pid = PaymentId.generate()
+    late = transfer(pid, 3000, height=200, txid=b"\x00" * 32)
+    same_height_high = transfer(pid, 3000, height=100, txid=b"\xff" * 32)
+    earliest = transfer(pid, 3000, height=100, txid=b"\x11" * 32)
+    if together:
+        await storage.credit_transfers([late, same_height_high, earliest], None, NOW)
+    else:  # credited out of order, one call each
+        for t in (late, same_height_high, earliest):
+            await storage.credit_transfers([t], None, NOW)
+    row = (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw]
+    assert row.token == derive_service_token(pid, earliest.txid.hex()).raw
+    assert row.amount == 9000
+
+
+async def test_an_earlier_transfer_after_the_claim_does_not_change_the_token(storage: Storage) -> None:
+    pid = PaymentId.generate()
+    first = transfer(pid, 5000, height=100)
+    await storage.credit_transfers([first], None, NOW)
+    token = (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw].token
+    await storage.credit_transfers([transfer(pid, 10, height=50)], None, NOW)  # a reorg shows an older one
+    row = (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw]
+    assert (row.token, row.amount, row.claimed_now) == (token, 5010, False)
+    assert token == derive_service_token(pid, first.txid.hex()).raw
+
+
+async def test_claim_once_then_top_up(storage: Storage) -> None:
+    pid = PaymentId.generate()
+    await storage.credit_transfers([transfer(pid, 5000)], None, NOW)
+    first = (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw]
+    second = (await storage.claim_payments([pid.raw], MIN, NOW + 5))[pid.raw]
+    assert (first.status, first.claimed_now, second.claimed_now) == (1, True, False)
+    assert first.token is not None and second.token == first.token
+    result = await storage.credit_transfers([transfer(pid, 700, height=120)], None, NOW)
+    assert result.topped_up == {pid.raw: (first.token, 5700)}
+    record = await storage.get_token(first.token)
+    assert record is not None and (record.amount, record.issued_at) == (5700, NOW)
+    assert (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw].amount == 5700
+
+
+async def test_claim_below_minimum_claims_nothing(storage: Storage) -> None:
+    pid, absent = PaymentId.generate(), PaymentId.generate()
+    await storage.credit_transfers([transfer(pid, MIN - 1)], None, NOW)
+    rows = await storage.claim_payments([pid.raw, absent.raw], MIN, NOW)
+    assert set(rows) == {pid.raw}  # an unknown PID is simply absent
+    row = rows[pid.raw]
+    assert (row.status, row.amount, row.token, row.claimed_now) == (0, MIN - 1, None, False)
+    assert (await storage.get_stats())["tokens_active"] == 0
+    await storage.credit_transfers([transfer(pid, 1, height=101)], None, NOW)  # exactly the minimum now
+    row = (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw]
+    assert (row.status, row.amount, row.claimed_now) == (1, MIN, True)
+
+
+async def test_restart_keeps_claims_amounts_and_cursor(tmp_path: Path) -> None:
+    path = tmp_path / "anonticket.db"
+    claimed, unclaimed = PaymentId.generate(), PaymentId.generate()
+    store = await Storage.open(path)
+    await store.credit_transfers([transfer(claimed, 5000), transfer(unclaimed, 10)], 77, NOW)
+    token = (await store.claim_payments([claimed.raw], MIN, NOW))[claimed.raw].token
+    await store.credit_transfers([transfer(claimed, 250, height=150)], 88, NOW)
+    await store.close()
+
+    store = await Storage.open(path)
+    try:
+        assert await store.get_cursor() == 88
+        rows = await store.claim_payments([claimed.raw, unclaimed.raw], MIN, NOW + 60)
+        assert (rows[claimed.raw].token, rows[claimed.raw].amount, rows[claimed.raw].claimed_now) == (token, 5250, False)
+        assert (rows[unclaimed.raw].status, rows[unclaimed.raw].amount) == (0, 10)
+        assert token is not None
+        record = await store.get_token(token)
+        assert record is not None and record.amount == 5250
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------- revocation
+async def _claimed_token(storage: Storage) -> bytes:
+    pid = PaymentId.generate()
+    await storage.credit_transfers([transfer(pid, 5000)], None, NOW)
+    token = (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw].token
+    assert token is not None
+    return token
+
+
+async def test_revoke_is_idempotent_and_every_call_is_audited(storage: Storage) -> None:
+    token = await _claimed_token(storage)
+    first = await storage.revoke_token(token, "fraud", None, NOW + 1)
+    assert first is not None
+    assert (first.revoked_at, first.revoke_reason, first.abuse_score) == (NOW + 1, "fraud", 0)
+    second = await storage.revoke_token(token, "other", 5, NOW + 2)
+    assert second is not None
+    assert (second.revoked_at, second.revoke_reason, second.abuse_score) == (NOW + 1, "fraud", 5)
+    third = await storage.revoke_token(token, None, None, NOW + 3)  # no score given: kept
+    lower = await storage.revoke_token(token, None, 3, NOW + 4)  # a lower score never lowers it
+    assert third is not None and lower is not None
+    assert (third.abuse_score, lower.abuse_score, lower.revoked_at) == (5, 5, NOW + 1)
+    audit = await storage.list_audit(token)
+    assert [(a["at"], a["reason"], a["abuse_score"]) for a in audit] == [
+        (NOW + 1, "fraud", None), (NOW + 2, "other", 5), (NOW + 3, None, None), (NOW + 4, None, 3)]
+    assert {a["action"] for a in audit} == {"revoke"}
+    assert (await storage.get_stats())["tokens_revoked"] == 1
+
+
+async def test_revoking_an_unknown_token_changes_nothing(storage: Storage) -> None:
+    assert await storage.revoke_token(b"\x07" * 32, "x", 1, NOW) is None
+    assert await storage.list_audit(b"\x07" * 32) == []
+
+
+# ---------------------------------------------------------------------- maintenance
+async def test_integrity_check(storage: Storage) -> None:
+    await _claimed_token(storage)
+    assert await storage.integrity_check() == (["ok"], SCHEMA_VERSION)
+
+
+async def _assert_backup(dest: Path, present: PaymentId, absent: PaymentId) -> None:
+    copy = await Storage.open(dest)
+    try:
+        assert await copy.integrity_check() == (["ok"], SCHEMA_VERSION)
+        rows = await copy.claim_payments([present.raw, absent.raw], 0, NOW)
+        assert set(rows) == {present.raw}
+    finally:
+        await copy.close()
+
+
+async def test_backup_while_another_process_writes(storage: Storage, tmp_path: Path) -> None:
+    committed, uncommitted = PaymentId.generate(), PaymentId.generate()
+    await storage.credit_transfers([transfer(committed, 5000)], 9, NOW)
+    with raw(tmp_path / "anonticket.db") as other:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock for the whole backup
+        other.execute(_PAYMENT, (uncommitted.raw, _TXID, 5, 1, 0, 1, None))
+        await asyncio.wait_for(storage.backup(tmp_path / "copy.db"), 10)
+        other.execute("ROLLBACK")
+    await _assert_backup(tmp_path / "copy.db", committed, uncommitted)
+
+
+async def test_backup_during_our_own_open_transaction(storage: Storage, tmp_path: Path) -> None:
+    """A backup copies committed data only, even while this process is mid-transaction."""
+    committed, rolled_back = PaymentId.generate(), PaymentId.generate()
+    await storage.credit_transfers([transfer(committed, 5000)], 9, NOW)
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        async with storage._transaction() as db:
+            await db.execute(_PAYMENT, (rolled_back.raw, _TXID, 5, 1, 0, 1, None))
+            await asyncio.wait_for(storage.backup(tmp_path / "copy.db"), 10)
+            raise Abort
+    await _assert_backup(tmp_path / "copy.db", committed, rolled_back)
+
+
+async def test_prefixes_load_sorted(storage: Storage) -> None:
+    pids = [PaymentId.generate() for _ in range(300)]
+    await storage.credit_transfers([transfer(p) for p in pids], None, NOW)
+    rows = await storage.claim_payments([p.raw for p in pids], MIN, NOW)
+    tokens = [row.token for row in rows.values() if row.token is not None]
+    assert len(tokens) == 300
+    assert list(await storage.load_pid_prefixes()) == sorted(key_prefix(p.raw) for p in pids)
+    # tokens are unrelated to their PIDs' order, so pid-order would show up here
+    assert list(await storage.load_token_prefixes()) == sorted(key_prefix(t) for t in tokens)
+
+
+# ---------------------------------------------------------------------- recovery of the write path
+async def test_failed_commit_leaves_the_writer_usable(storage: Storage) -> None:
+    # a transfer whose payment does not exist passes its INSERT (the key is deferred)
+    # and fails at COMMIT: the transaction must not stay open behind our back
+    with pytest.raises(sqlite3.IntegrityError):
+        async with storage._transaction() as db:
+            await db.execute("INSERT INTO transfers VALUES (?, ?, 5, 5, 0)", (_TXID, _PID))
+    await storage.credit_transfers([transfer(PaymentId.generate())], 12, NOW)
+    assert await storage.get_cursor() == 12
+    assert (await storage.get_stats())["transfers"] == 1
+
+
+async def test_a_cancelled_write_leaves_the_writer_usable(storage: Storage) -> None:
+    task = asyncio.create_task(storage.credit_transfers([transfer(PaymentId.generate())], 5, NOW))
+    await asyncio.sleep(0)  # one step: the task is now awaiting its BEGIN on the writer thread
+    assert storage._write_lock.locked()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await storage.credit_transfers([transfer(PaymentId.generate())], 6, NOW)
+    assert await storage.get_cursor() == 6
+    assert (await storage.get_stats())["transfers"] == 1  # the cancelled one was rolled back
+
+
+async def test_cancelled_at_any_point_a_credit_is_all_or_nothing(storage: Storage, tmp_path: Path) -> None:
+    for steps in range(12):
+        pid = PaymentId.generate()
+        batch = [transfer(pid, 100, 10), transfer(pid, 200, 11), transfer(PaymentId.generate(), 300)]
+        task = asyncio.create_task(storage.credit_transfers(batch, 1000 + steps, NOW))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        cursor = await storage.get_cursor()
+        with raw(tmp_path / "anonticket.db") as conn:
+            (mine,) = conn.execute("SELECT count(*) FROM transfers WHERE pid = ?", (pid.raw,)).fetchone()
+            payments, transfers = conn.execute(
+                "SELECT (SELECT sum(amount) FROM payments), (SELECT sum(amount) FROM transfers)").fetchone()
+        assert mine in (0, 2)
+        assert (mine == 2) == (cursor == 1000 + steps)  # transfers and cursor move together
+        assert payments == transfers
+    # and the writer is still usable after every cut
+    await storage.credit_transfers([transfer(PaymentId.generate())], 5000, NOW)
+    assert await storage.get_cursor() == 5000
