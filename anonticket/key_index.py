@@ -33,6 +33,10 @@ class KeyIndex:
         self._recent.clear()
 
     def add(self, raw: bytes) -> None:
+        # every top-up re-adds its PID: without this check each one would become a
+        # duplicate in the sorted array at the next merge, growing it without bound
+        if self.might_contain(raw):
+            return
         self._recent.add(key_prefix(raw))
         if len(self._recent) >= _MERGE_AT:
             self._merge()
