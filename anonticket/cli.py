@@ -36,6 +36,7 @@ from anonticket.command import (
 )
 from anonticket.errors import ConfigError
 from anonticket.payment_uri import parse_xmr
+from anonticket.sandbox import SandboxError, add_sandbox_parser
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 _MAX_REASON = 256
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = db.add_parser("check", help="PRAGMA integrity_check and the schema version; exit 1 "
                           "if not ok")
     check.set_defaults(func=cmd_db_check)
+
+    add_sandbox_parser(commands, _amount)
     return parser
 
 
@@ -205,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"anonticket: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except CommandFailed as exc:
+    except (CommandFailed, SandboxError) as exc:
         print(f"anonticket: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
