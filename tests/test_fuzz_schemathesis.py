@@ -324,6 +324,7 @@ HOSTILE = [
                  id="bad-chunk-size", marks=UNPARSED),
     pytest.param(http_request("POST", "/api/v1/redeem", {"Content-Encoding": "br"}, b"abc"),
                  id="unsupported-encoding", marks=UNPARSED),
+    pytest.param(http_request("GET", "*"), id="asterisk-form", marks=UNPARSED),
     pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", id="http2-preface", marks=UNPARSED),
     pytest.param(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(64) + b"\r\n\r\n", id="tls-hello",
                  marks=UNPARSED),
