@@ -146,7 +146,7 @@ class Sandbox:
 
     def __init__(self, directory: Path, **env: str) -> None:
         self.directory = directory
-        self.stderr_path = directory.parent / (directory.name + ".stderr")
+        self.stderr_path = directory / "test-stderr.log"  # removed with the directory
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen([BIN, "sandbox", "--dir", str(directory)], cwd=REPO, text=True,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
