@@ -172,6 +172,10 @@ class RegtestNetwork:
         procs["payer"] = spawn(_wallet_argv(root, "payer", p_port, d_port, None), logs["payer"], root / "payer")
         state["pids"] = {name: proc.pid for name, proc in procs.items()}
         write_state(root, state)  # pids first, so a stop from anywhere can clean up
+        if owner_pid:  # watch from the start: a start can take a minute and be SIGKILLed
+            procs["watchdog"] = _start_watchdog(root, owner_pid)
+            state["pids"]["watchdog"] = procs["watchdog"].pid
+            write_state(root, state)
         net = cls(state, procs, lock)
         try:
             _wait_rpc(net.daemon, "get_info", procs["monerod"], logs["monerod"], deadline)
@@ -193,9 +197,6 @@ class RegtestNetwork:
         net.auto_refresh_seconds = state["auto_refresh"] = MERCHANT_AUTO_REFRESH_SECONDS
         net.start_height = state["start_height"] = net.height()
         state["started_in_seconds"] = round(time.monotonic() - started, 2)
-        if owner_pid:
-            procs["watchdog"] = net._procs["watchdog"] = _start_watchdog(root, owner_pid)
-            state["pids"]["watchdog"] = procs["watchdog"].pid
         write_state(root, state)
         log.info("regtest network up in %.1fs at height %d (payer unlocked %.1f XMR, view_only=%s) in %s",
                  state["started_in_seconds"], net.start_height, unlocked / 1e12, view_only, root)
