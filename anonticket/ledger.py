@@ -132,13 +132,15 @@ class Ledger:
         if claimed is not None:
             return Claimed("already_claimed", *claimed)
         pending = self._pending.get(raw)
-        if pending is None:
-            if raw in self.negative_cache:
-                self._on_negative_cache_hit()
-                raise PaymentNotFound()
-            if not self._known_pids.might_contain(raw):
-                self._remember_unknown(raw)
-                raise PaymentNotFound()
+        if pending is None and raw in self.negative_cache:
+            self._on_negative_cache_hit()
+            raise PaymentNotFound()
+        if not self._known_pids.might_contain(raw):
+            # nothing credited yet: answer from memory, no SQLite round trip
+            if pending is not None:
+                return Pending(pending, self.min_confirmations)
+            self._remember_unknown(raw)
+            raise PaymentNotFound()
         row, won = await self._claims.claim(raw)
         if row is not None and row.status == 1 and row.token is not None:
             return Claimed("success" if won else "already_claimed", row.token, row.amount)

@@ -89,6 +89,18 @@ async def test_pending_for_a_payment_not_yet_confirmed(ledger: Ledger) -> None:
     assert await ledger.redeem(pid) == Pending(3, CONFIRMATIONS)
 
 
+async def test_a_pending_only_pid_is_answered_without_a_write(
+    ledger: Ledger, storage: Storage, tmp_path: Path
+) -> None:
+    pid = PaymentId.generate()
+    ledger.set_pending({pid.raw: 1})
+    await storage._writer.execute("PRAGMA busy_timeout=50")
+    with closing(sqlite3.connect(tmp_path / "anonticket.db", isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # any write would now fail with "database is locked"
+        assert await ledger.redeem(pid) == Pending(1, CONFIRMATIONS)
+        other.execute("ROLLBACK")
+
+
 async def test_pending_wins_over_underpaid(ledger: Ledger) -> None:
     pid = PaymentId.generate()
     await credit(ledger, pid, 10)
