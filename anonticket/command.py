@@ -52,6 +52,9 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.Formatter.converter = time.gmtime
+    # aiosqlite logs every statement with its bound parameters (PIDs, txids, tokens) at
+    # DEBUG: LOG_LEVEL=DEBUG is for our own loggers, third-party ones stay at INFO or above
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 # ---------------------------------------------------------------------- serve, config, token derive
