@@ -32,7 +32,7 @@ def database_file(config: Config) -> Path:
 
 async def _open(path: Path, config: Config) -> Storage:
     try:
-        return await Storage.open(path, synchronous=config.database_synchronous)
+        return await Storage.open(path, synchronous=config.database_synchronous, apply_schema=False)
     except sqlite3.Error as exc:
         raise MaintenanceError(f"cannot open the database {path}: {exc}") from None
     except RuntimeError as exc:  # a schema newer than this program

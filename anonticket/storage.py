@@ -28,7 +28,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 SCHEMA_VERSION = 1
 # SQLite's default limit on bound parameters is 32766; stay well below it per statement.
 _CHUNK = 5000
-_BUSY_TIMEOUT_MS = 5000
+DEFAULT_BUSY_TIMEOUT_MS = 5000
 # A larger checkpoint interval turns many small random WAL writes into fewer big ones.
 _WAL_AUTOCHECKPOINT_PAGES = 4000
 
@@ -90,8 +90,19 @@ class Storage:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> Storage:
-        """Open (creating if needed) the database and bring its schema up to date."""
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        apply_schema: bool = True,
+    ) -> Storage:
+        """Open (creating if needed) the database and bring its schema up to date.
+
+        ``apply_schema=False`` is for maintenance commands: checking some other SQLite
+        file must never add our tables to it.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await aiosqlite.connect(path, isolation_level=None)
@@ -100,11 +111,12 @@ class Storage:
             # WAL can only be switched outside a transaction; it persists in the file.
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute(f"PRAGMA synchronous={synchronous}")
-            await writer.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            await writer.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             await writer.execute("PRAGMA foreign_keys=ON")
             await writer.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
-            await _apply_schema(writer)
-            reader = await _connect_read_only(path)
+            if apply_schema:
+                await _apply_schema(writer)
+            reader = await _connect_read_only(path, busy_timeout_ms)
         except BaseException:
             if reader is not None:
                 await reader.close()
@@ -359,7 +371,7 @@ class Storage:
         (and maybe later rolled back) rows; nor does it make redeems wait behind the reader.
         """
         async with _unavailable_on_error():
-            source = await _connect_read_only(self._path)
+            source = await _connect_read_only(self._path, DEFAULT_BUSY_TIMEOUT_MS)
             try:
                 dest = await aiosqlite.connect(target)
                 try:
@@ -376,14 +388,14 @@ class Storage:
         return [r[0] for r in rows], version[0][0]
 
 
-async def _connect_read_only(path: Path) -> aiosqlite.Connection:
+async def _connect_read_only(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     """A query-only connection; WAL lets it read the last commit while the writer works."""
     # as_uri() percent-encodes the path: a "#" or "%" in a directory name would
     # otherwise end or corrupt the URI and open some other file
     uri = path.absolute().as_uri() + "?mode=ro"
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
     try:
-        await conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         await conn.execute("PRAGMA query_only=ON")
     except BaseException:
         await conn.close()

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+from contextlib import closing
 import stat
 import subprocess
 from pathlib import Path
@@ -393,6 +394,20 @@ def test_db_check_on_a_file_that_is_not_a_database(tmp_path: Path, settings_env:
     settings_env.setenv("DATABASE_URL", str(junk))
     assert main(["db", "check"]) == 1
     assert "not a database" in one_error_line(capsys.readouterr().err)
+
+
+def test_db_check_leaves_another_sqlite_file_as_it_is(tmp_path: Path, settings_env: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.commit()
+    settings_env.setenv("DATABASE_URL", str(other))
+    assert main(["db", "check"]) == 1  # schema version 0, not ours: reported, not migrated
+    assert "schema version: 0" in capsys.readouterr().out
+    with closing(sqlite3.connect(other)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"notes"}
 
 
 @pytest.mark.parametrize("command", [["db", "check"], ["db", "backup", "out.db"]])

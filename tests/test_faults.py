@@ -48,7 +48,7 @@ from crash_helpers import (
 from fake_wallet import Failure
 
 RPC_TIMEOUT = 2.0  # the wallet timeout the API must never come near
-BUSY_TIMEOUT = storage_module._BUSY_TIMEOUT_MS / 1000  # how long a write waits for the lock
+BUSY_TIMEOUT = storage_module.DEFAULT_BUSY_TIMEOUT_MS / 1000  # how long a write waits for the lock
 MONITOR = {
     "MONITOR_POLL_INTERVAL_SECS": "0.02",
     "MONITOR_MIN_CONFIRMATIONS": "1",
