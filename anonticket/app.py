@@ -13,13 +13,14 @@ import os
 import signal
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from anonticket import sd_notify
 from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
-from anonticket.api.errors import make_middleware
+from anonticket.api.errors import JsonErrorRunner, make_middleware
 from anonticket.api.internal import add_internal_routes, make_auth_middleware
 from anonticket.api.public import MAX_BODY_BYTES, STATE, add_public_routes
 from anonticket.cache import TtlSet
@@ -32,16 +33,18 @@ from anonticket.storage import Storage, database_path
 from anonticket.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
 
 log = logging.getLogger("anonticket")
+T = TypeVar("T")
 
-# Slow clients (slowloris) must not hold a connection forever; values in seconds.
-_KEEPALIVE_TIMEOUT = 15.0
+# After an early error answer aiohttp waits this long for the rest of a body it will discard.
+_LINGERING_SECS = 2.0
 _SHUTDOWN_TIMEOUT = 10.0
 _INTERNAL_SOCKET_MODE = 0o600
 
 
 async def open_state(config: Config, stack: AsyncExitStack) -> State:
     storage = await Storage.open(
-        database_path(config.database_url), synchronous=config.database_synchronous
+        database_path(config.database_url), synchronous=config.database_synchronous,
+        busy_timeout_ms=config.database_busy_timeout_ms,
     )
     stack.push_async_callback(storage.close)
     metrics = Metrics()
@@ -100,6 +103,7 @@ async def _start_site(
     unix_mode: int,
     tcp: HostPort,
     access_log: AccessLogBuffer | None,
+    keepalive_secs: float,
 ) -> str:
     """Start one listener; returns where it listens (the real port when 0 was asked)."""
     if access_log is not None:
@@ -109,9 +113,10 @@ async def _start_site(
         }
     else:
         logging_args = {"access_log": None}
-    runner = web.AppRunner(
-        app, handle_signals=False, keepalive_timeout=_KEEPALIVE_TIMEOUT,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT, **logging_args,
+    # the keep-alive timer is also aiohttp's header-read deadline: slowloris is bounded by it
+    runner = JsonErrorRunner(
+        app, handle_signals=False, keepalive_timeout=keepalive_secs,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT, lingering_time=_LINGERING_SECS, **logging_args,
     )
     await runner.setup()
     async with AsyncExitStack() as site_stack:
@@ -146,12 +151,13 @@ async def start_service(config: Config) -> Service:
         service.public_address = await _start_site(
             stack, build_public_app(state), name="public", unix_path=config.api_unix_socket,
             unix_mode=config.api_unix_socket_mode, tcp=config.api_bind_address,
-            access_log=access_log,
+            access_log=access_log, keepalive_secs=config.api_keepalive_timeout_secs,
         )
         service.internal_address = await _start_site(
             stack, build_internal_app(state), name="internal",
             unix_path=config.api_internal_unix_socket, unix_mode=_INTERNAL_SOCKET_MODE,
             tcp=config.api_internal_bind_address, access_log=access_log,
+            keepalive_secs=config.api_keepalive_timeout_secs,
         )
         if config.monitor_enabled:
             monitor = Monitor(state)
@@ -191,3 +197,13 @@ async def serve(config: Config) -> int:
         await service.aclose()
     log.info("stopped")
     return 0
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop when it is installed (a cheaper loop per request), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

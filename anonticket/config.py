@@ -149,6 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             "SQLite file: a path or sqlite://path. Created with its directory if missing."),
     Setting("DATABASE_SYNCHRONOUS", "database_synchronous", "NORMAL", _synchronous,
             "NORMAL (fast; a power cut may lose the last commits) or FULL (fsync every commit)."),
+    Setting("DATABASE_BUSY_TIMEOUT_MS", "database_busy_timeout_ms", "5000", _int_at_least(0),
+            "How long a write waits for a lock held by another process before answering 503."),
     Setting("API_BIND_ADDRESS", "api_bind_address", "127.0.0.1:8080", parse_host_port,
             "Public listener (customer routes) as HOST:PORT; unused when API_UNIX_SOCKET is set."),
     Setting("API_UNIX_SOCKET", "api_unix_socket", "", _optional_path,
@@ -172,6 +174,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Accept genuine 64-hex payment IDs (clear text on chain, so they can be front-run)."),
     Setting("API_MAX_IN_FLIGHT", "api_max_in_flight", "512", _int_at_least(1),
             "Requests handled at once per listener; beyond it a fast 503 with Retry-After."),
+    Setting("API_KEEPALIVE_TIMEOUT_SECS", "api_keepalive_timeout_secs", "15", _positive_seconds,
+            "An idle or slowly-sent-headers connection is closed after this long."),
+    Setting("API_BODY_TIMEOUT_SECS", "api_body_timeout_secs", "10", _positive_seconds,
+            "A request body must arrive within this long, or the answer is 408."),
     Setting("API_ACCESS_LOG", "api_access_log", "true", parse_bool,
             "Write an access log line per request (method, route template, status, duration)."),
     Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
@@ -202,6 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
 class Config:
     database_url: str
     database_synchronous: str
+    database_busy_timeout_ms: int
     api_bind_address: HostPort
     api_unix_socket: str | None
     api_unix_socket_mode: int
@@ -212,6 +219,8 @@ class Config:
     api_negative_cache_capacity: int
     api_accept_long_pids: bool
     api_max_in_flight: int
+    api_keepalive_timeout_secs: float
+    api_body_timeout_secs: float
     api_access_log: bool
     log_level: str
     monero_rpc_url: str

@@ -68,6 +68,10 @@ class BodyTooLarge(ServiceError):
     status, code, message = 413, "body_too_large", "request body is too large"
 
 
+class RequestTimeout(ServiceError):
+    status, code, message = 408, "request_timeout", "the request body did not arrive in time"
+
+
 class UnsupportedMediaType(ServiceError):
     status, code, message = 415, "unsupported_media_type", "request body must be application/json"
 

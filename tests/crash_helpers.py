@@ -338,7 +338,7 @@ def database_locked(database: Path) -> Iterator[None]:
 
 @asynccontextmanager
 async def in_process(tmp_path: Path, **settings: object) -> AsyncIterator[tuple[str, int]]:
-    """The service in this process, for timeouts that are constants rather than settings."""
+    """The service in this process, for tests that read its sockets byte by byte."""
     service = await start_service(make_config(tmp_path, **settings))
     try:
         host, port = service.public_address.rsplit(":", 1)

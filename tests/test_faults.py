@@ -20,9 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-import anonticket.api.public as public_module
-import anonticket.app as app_module
-import anonticket.storage as storage_module
 from anonticket.domain import PaymentId
 from crash_helpers import (
     Filler,
@@ -48,7 +45,8 @@ from crash_helpers import (
 from fake_wallet import Failure
 
 RPC_TIMEOUT = 2.0  # the wallet timeout the API must never come near
-BUSY_TIMEOUT = storage_module.DEFAULT_BUSY_TIMEOUT_MS / 1000  # how long a write waits for the lock
+BUSY_TIMEOUT_MS = 1000  # DATABASE_BUSY_TIMEOUT_MS for the lock tests: how long a write waits
+BUSY_TIMEOUT = BUSY_TIMEOUT_MS / 1000
 MONITOR = {
     "MONITOR_POLL_INTERVAL_SECS": "0.02",
     "MONITOR_MIN_CONFIRMATIONS": "1",
@@ -258,7 +256,8 @@ async def test_locked_database_answers_503_keeps_reading_and_recovers(
     database = tmp_path / "a.db"
     blocked, fresh, old = new_pid(), new_pid(), new_pid()
     old_token = (await seed(database, [blocked, fresh, old], claim=[old]))[old]
-    async with running(service_env(database, MONITOR_ENABLED="false")) as service:
+    async with running(service_env(database, MONITOR_ENABLED="false",
+                                   DATABASE_BUSY_TIMEOUT_MS=str(BUSY_TIMEOUT_MS))) as service:
         status, _, body, _ = await redeem(session, service.public, fresh)
         assert (status, body["status"]) == (200, "success")
         fresh_token = body["service_token"]
@@ -339,12 +338,11 @@ async def test_overload_is_refused_fast_with_retry_after(
 
 
 async def test_idle_silent_and_slowloris_connections_are_closed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     # aiohttp closes a connection that has not delivered a complete request within the
     # keep-alive timeout of its start or of its last answer, however it trickles bytes
     keepalive = 0.5
-    monkeypatch.setattr(app_module, "_KEEPALIVE_TIMEOUT", keepalive)
-    async with in_process(tmp_path) as (host, port):
+    async with in_process(tmp_path, API_KEEPALIVE_TIMEOUT_SECS=keepalive) as (host, port):
         idle_r, idle_w = await asyncio.open_connection(host, port)
         idle_w.write(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = await asyncio.wait_for(idle_r.readuntil(b'{"status":"ok"}'), 5)
@@ -373,12 +371,8 @@ async def test_idle_silent_and_slowloris_connections_are_closed(
         assert after < 4 * keepalive, (what, after)
 
 
-@pytest.mark.xfail(strict=True, reason="no request body deadline yet: a stalled body holds its "
-                   "in-flight slot forever (fix proposed: public._BODY_READ_TIMEOUT_SECS)")
-async def test_a_stalled_body_gives_its_slot_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(public_module, "_BODY_READ_TIMEOUT_SECS", 0.3, raising=False)
-    async with in_process(tmp_path, API_MAX_IN_FLIGHT=2) as (host, port):
+async def test_a_stalled_body_gives_its_slot_back(tmp_path: Path) -> None:
+    async with in_process(tmp_path, API_MAX_IN_FLIGHT=2, API_BODY_TIMEOUT_SECS=0.3) as (host, port):
         stalled = [await asyncio.open_connection(host, port) for _ in range(2)]
         try:
             for _, writer in stalled:
@@ -388,9 +382,9 @@ async def test_a_stalled_body_gives_its_slot_back(
                 async def live() -> int:
                     async with http.get(f"http://{host}:{port}/health/live") as resp:
                         return resp.status
-                # today both slots stay taken, so every other customer gets 503
+                # while both bodies stall, both slots are taken and every other customer gets 503
                 await wait_until(lambda: _is(live(), 503), "the slots to be taken")
-                # wanted: the stalled requests are answered 408 and their slots come back
+                # then the stalled requests are answered 408 and their slots come back
                 await wait_until(lambda: _is(live(), 200), "the slots to come back", timeout=3)
             for reader, writer in stalled:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 1)

@@ -364,19 +364,9 @@ def check_log(log: str, secret: Secrets) -> None:
     for number, (logger, line) in enumerate(records(lines), 1):
         if found := secret.found_in(line):
             leaks.setdefault(logger, []).append((number, found))
-    known = {name: leaks.pop(name) for name in KNOWN_LEAKY_LOGGERS if name in leaks}
     assert leaks == {}, f"secrets in the log (logger: [(line, which)]): {leaks}"
-    if known:
-        pytest.xfail(f"known leak awaiting the logging fix in command._setup_logging: "
-                     f"{sorted(known)} ({sum(map(len, known.values()))} lines)")
 
 
-# aiosqlite's DEBUG lines quote every statement with its bound parameters (PIDs, txids,
-# tokens as bytes). The fix (third-party loggers kept at INFO whatever LOG_LEVEL says)
-# belongs in command._setup_logging; until it lands these lines make the test xfail
-# instead of failing, and every other logger is still held to the rule. Empty this set
-# with that fix.
-KNOWN_LEAKY_LOGGERS = frozenset({"aiosqlite"})
 _RECORD_START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ [A-Z]+ (\S+) ")
 
 

@@ -12,10 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 
-from aiohttp import web
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError
 
 from anonticket.errors import (
     BodyTooLarge,
+    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     ServiceError,
@@ -72,6 +74,8 @@ def route_template(request: web.Request) -> str:
 
 
 def make_middleware(metrics: Metrics, max_in_flight: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """One middleware per listener, each with its own in-flight bound: a flood of
+    customers can never lock the operator out of /metrics and the admin routes."""
     in_flight = 0
     durations = metrics.duration
     overload = metrics.rejected_overload
@@ -90,6 +94,12 @@ def make_middleware(metrics: Metrics, max_in_flight: int) -> Callable[..., Await
             response = error_response(exc)
         except web.HTTPException as exc:
             response = error_response(_from_http_exception(exc))
+        except ConnectionResetError:
+            # the client went away mid-request: nobody to answer, nothing to log
+            response = web.Response(status=499)
+        except (HttpProcessingError, web.RequestPayloadError):
+            # raised while reading the body (bad gzip, a broken chunk): the client's fault
+            response = error_response(InvalidRequest("request body could not be read"))
         except Exception:
             # the request's path and body are never logged: they can hold a PID or token
             log.exception("unhandled error on %s %s", request.method, route_template(request))
@@ -101,3 +111,39 @@ def make_middleware(metrics: Metrics, max_in_flight: int) -> Callable[..., Await
         return response
 
     return middleware
+
+
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp answers a request its parser refuses (a bad request line, header or
+    Content-Length) by itself, before any middleware: a text/plain body quoting the raw
+    request line — a token path — and an ERROR log line with a traceback quoting it
+    again. Keep its status; answer in our shape and log the exception type only."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        kind = type(exc).__name__ if exc is not None else "-"
+        if status >= 500:
+            log.error("unhandled error outside the request handlers (%s)", kind)
+        else:
+            log.info("refused a request that is not valid HTTP (%s)", kind)
+        if request.writer.output_size > 0:  # part of a response went out: only closing is left
+            raise ConnectionError("response already started")
+        error = ServiceError() if status >= 500 else InvalidRequest("request is not valid HTTP/1.1")
+        error.status = status
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorRunner(web.AppRunner):
+    """An AppRunner whose connections answer even unparsable requests in the JSON shape."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # aiohttp has no parameter for the handler class
+        return server
