@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 import time
 from array import array
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 import aiosqlite
 
-from anonticket.domain import PaymentId, Transfer, derive_service_token, key_prefix
+from anonticket.domain import PaymentId, Transfer, derive_service_token
 from anonticket.errors import StorageUnavailable
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
@@ -268,13 +270,16 @@ class Storage:
         incoming = {t.txid: t for t in transfers}
         async with self._transaction() as db:
             known: set[bytes] = set()
-            for chunk in _chunks(list(incoming)):
+            # every list below is sorted by the key its statement walks: consecutive rows
+            # then land in the same B-tree pages, which is most of the cost on a big table
+            for chunk in _chunks(sorted(incoming)):
                 marks = ",".join("?" * len(chunk))
                 rows = await db.execute_fetchall(
                     f"SELECT txid FROM transfers WHERE txid IN ({marks})", chunk
                 )
                 known.update(txid for (txid,) in rows)
-            fresh = [t for txid, t in incoming.items() if txid not in known]
+            fresh = sorted((t for txid, t in incoming.items() if txid not in known),
+                           key=_by_pid)
             per_pid: dict[bytes, list[Transfer]] = {}
             for t in fresh:
                 per_pid.setdefault(t.pid.raw, []).append(t)
@@ -282,6 +287,7 @@ class Storage:
             for pid, group in per_pid.items():
                 first = min(group, key=lambda t: (t.height, t.txid))
                 payments.append((pid, first.txid, sum(t.amount for t in group), first.height, now))
+            payments.sort()
             await db.executemany(
                 """INSERT INTO payments (pid, txid, amount, first_height, created_at)
                    VALUES (?1, ?2, ?3, ?4, ?5)
@@ -342,7 +348,15 @@ class Storage:
             cursor = await self._reader.execute(sql)
             try:
                 while rows := await cursor.fetchmany(65536):
-                    prefixes.extend(key_prefix(raw) for (raw,) in rows)
+                    # one join and one byteswap per chunk, not int.from_bytes per row:
+                    # this halves start-up with a million payments (docs/benchmarks.md)
+                    raw = b"".join(map(itemgetter(0), rows))
+                    if len(raw) != 8 * len(rows):
+                        raise RuntimeError("a stored key is shorter than 8 bytes")
+                    chunk = array("Q", raw)
+                    if sys.byteorder == "little":
+                        chunk.byteswap()  # the prefixes are big-endian (domain.key_prefix)
+                    prefixes.extend(chunk)
             finally:
                 await cursor.close()
         return prefixes
@@ -417,6 +431,12 @@ async def _apply_schema(db: aiosqlite.Connection) -> None:
             if db.in_transaction:
                 await db.rollback()
             raise
+
+
+def _by_pid(transfer: Transfer) -> bytes:
+    # transfers go in PID order: the transfers_by_pid index and the foreign-key probe of
+    # payments then walk their pages in order; the txid key takes the random order
+    return transfer.pid.raw
 
 
 def _chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
