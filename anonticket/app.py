@@ -13,8 +13,7 @@ import os
 import signal
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
@@ -33,7 +32,6 @@ from anonticket.storage import Storage, database_path
 from anonticket.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
 
 log = logging.getLogger("anonticket")
-T = TypeVar("T")
 
 # After an early error answer aiohttp waits this long for the rest of a body it will discard.
 _LINGERING_SECS = 2.0
@@ -197,13 +195,3 @@ async def serve(config: Config) -> int:
         await service.aclose()
     log.info("stopped")
     return 0
-
-
-def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop when it is installed (a cheaper loop per request), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)

@@ -65,9 +65,10 @@ async def read_body(request: web.Request) -> bytes:
 
     Same limit and same 413 as ``request.read()``, which the slow path still uses.
     """
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+    declared = request.content_length  # parsed from the header on each access: read once
+    if declared is not None and declared > MAX_BODY_BYTES:
         # refuse on the declared size: reading first would wait for a body that may never come
-        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length)
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, declared)
     payload = request.content
     if payload.is_eof():
         raw = payload.read_nowait()
