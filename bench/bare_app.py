@@ -1,7 +1,7 @@
 """The ceiling for ``/health/live``: a bare aiohttp app answering a constant GET.
 
-Same aiohttp, same event loop kind as ``bin/anonticket serve`` (uvloop when
-installed, see ``anonticket.app.event_loop_policy``), no middleware, no access log.
+Same aiohttp, same event loop kind as ``bin/anonticket serve`` (asyncio's default
+loop: the service does not use uvloop, see docs/benchmarks.md), no middleware, no access log.
 If ``/health/live`` of the real service falls far below this, something shared by
 every request (middleware, logging, metrics) is heavy, and the scenario ratios to
 ``/health/live`` would flatter the handlers. Prints ``listening on HOST:PORT`` once bound.
@@ -14,12 +14,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from pathlib import Path
 
 from aiohttp import web
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from anonticket.app import run_event_loop  # noqa: E402
 
 _BODY = b'{"status":"ok"}'
 
@@ -49,4 +45,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_event_loop(main()))
+    sys.exit(asyncio.run(main()))

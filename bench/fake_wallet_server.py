@@ -1,8 +1,9 @@
 """tests/fake_wallet.py's FakeWallet as a separate process, serving big rounds of transfers.
 
-Round r is ``--batch`` fresh confirmed transfers at height BASE + 20 r, and the r-th
-``get_height`` answers BASE + 20 r + 10, so the monitor's r-th poll (asking from its
-cursor to the wallet height) sees exactly round r, all of it confirmed. A separate
+Round r is ``--batch`` fresh transfers at height BASE + 20 r. They appear in the wallet
+with the r-th ``get_height`` (the first call of each poll), which answers BASE + 20 r + 10,
+so the monitor's r-th poll (everything above its cursor) sees exactly round r, all of it
+confirmed, as if 20 blocks full of payments had arrived since the last poll. A separate
 process, so encoding the answer does not share the monitor's event loop.
 
     python3 bench/fake_wallet_server.py --batch 100000 --rounds 3
@@ -24,28 +25,28 @@ BASE_HEIGHT = 1000
 AMOUNT = 10**12
 
 
-def rounds_of_transfers(batch: int, rounds: int, seed: int) -> list[dict[str, object]]:
+def rounds_of_transfers(batch: int, rounds: int, seed: int) -> list[list[dict[str, object]]]:
     rng = random.Random(seed)
-    entries = []
-    for r in range(rounds):
-        height = BASE_HEIGHT + 20 * r
-        for _ in range(batch):
-            pid = rng.randbytes(8).hex()
-            entries.append(make_transfer(pid, AMOUNT, height, txid=rng.randbytes(32).hex()))
-    return entries
+    return [
+        [make_transfer(rng.randbytes(8).hex(), AMOUNT, BASE_HEIGHT + 20 * r,
+                       txid=rng.randbytes(32).hex()) for _ in range(batch)]
+        for r in range(rounds)
+    ]
 
 
 async def main(args: argparse.Namespace) -> int:
     wallet = FakeWallet(height=BASE_HEIGHT)
-    wallet.incoming = rounds_of_transfers(args.batch, args.rounds, args.seed)
+    rounds = rounds_of_transfers(args.batch, args.rounds, args.seed)
     wallet.live_confirmations = False  # entries as stored: no per-entry copy per answer
     calls = 0
 
     def get_height(params: dict[str, object]) -> dict[str, int]:
         nonlocal calls
-        height = BASE_HEIGHT + 20 * min(calls, args.rounds - 1) + 10
+        r = min(calls, args.rounds - 1)
+        if calls < args.rounds:
+            wallet.incoming.extend(rounds[r])
         calls += 1
-        return {"height": height}
+        return {"height": BASE_HEIGHT + 20 * r + 10}
 
     wallet.methods["get_height"] = get_height
     await wallet.start()

@@ -61,6 +61,9 @@ def _check(load: Load, expect: dict[str, str]) -> list[str]:
             problems.append(f"only {got} of {load.requests} answers were {key}")
         if what == "some" and got == 0:
             problems.append(f"no answer was {key}")
+    if load.outcomes.get("exhausted"):
+        # wrk reports its full -d duration even when the script stops early: rate understated
+        problems.append("the slice of unredeemed PIDs ran out before the end of the run")
     if load.requests == 0:
         problems.append("no request completed")
     return problems
@@ -91,6 +94,9 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{'monitor ingest':<26}{ingest['transfers_per_sec']:>9} transfers/s "
                      f"(batch {ingest['batch']})  target >= {INGEST_TARGET_PER_SEC}  "
                      f"{'yes' if ingest['met'] else 'NO'}")
+    empty = result.get("ingest_empty_db")
+    if empty:
+        lines.append(f"{'  (into an empty DB)':<26}{empty['transfers_per_sec']:>9} transfers/s")
     build = result.get("dataset", {})
     if build.get("credit_secs") is not None:
         lines.append(f"{'database build':<26}{build['payments']} payments credited in "

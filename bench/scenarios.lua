@@ -20,9 +20,6 @@ function setup(thread)
 end
 
 local opts = {}
-local requests_made = 0
-local new_keys, claimed_keys, token_keys = {}, {}, {}
-local next_new = 1
 counts = {}  -- global: read by done() through thread:get
 
 local function load_keys(path, slice_index, slice_count)
@@ -54,20 +51,53 @@ local function token_get(token)
   return wrk.format("GET", "/api/v1/token/" .. token)
 end
 
+-- Requests are built in init(), not per request: the client then costs the same per
+-- request in every mode, and the server, not wrk's Lua, is what a run measures.
+local POOL = 131072  -- random unknown keys per thread, cycled: each reappears > 2 s later,
+                     -- long after the 0.5 s negative-cache TTL, so each is a fresh miss
+local pools = {}
+local cursors = {}
+
+local function build_pool(name, keys, make)
+  local reqs = {}
+  for i, key in ipairs(keys) do reqs[i] = make(key) end
+  pools[name] = reqs
+  cursors[name] = 0
+end
+
+local function random_keys(n, words)
+  local keys = {}
+  for i = 1, n do
+    local parts = {}
+    for w = 1, words do parts[w] = hex16() end
+    keys[i] = table.concat(parts)
+  end
+  return keys
+end
+
+local function cycle(name)
+  local reqs = pools[name]
+  local i = cursors[name] % #reqs + 1
+  cursors[name] = i
+  return reqs[i]
+end
+
+local function pick(name)
+  local reqs = pools[name]
+  return reqs[math.random(1, #reqs)]
+end
+
 local function redeem_new()
-  local pid = new_keys[next_new]
-  if pid == nil then
+  local reqs = pools.redeem_new
+  local i = cursors.redeem_new + 1
+  cursors.redeem_new = i
+  if reqs[i] == nil then
     -- the list is spent: stop rather than re-redeem (that would measure already_claimed)
     count("exhausted")
     wrk.thread:stop()
-    pid = hex16()
+    return redeem(hex16())
   end
-  next_new = next_new + 1
-  return redeem(pid)
-end
-
-local function random_of(keys)
-  return keys[math.random(1, #keys)]
+  return reqs[i]
 end
 
 local constant_request
@@ -75,10 +105,10 @@ local build
 local builders = {
   get = function() return constant_request end,
   redeem_new = redeem_new,
-  redeem_claimed = function() return redeem(random_of(claimed_keys)) end,
-  redeem_unknown = function() return redeem(hex16()) end,
-  token = function() return token_get(random_of(token_keys)) end,
-  token_unknown = function() return token_get(hex16() .. hex16() .. hex16() .. hex16()) end,
+  redeem_claimed = function() return pick("redeem_claimed") end,
+  redeem_unknown = function() return cycle("redeem_unknown") end,
+  token = function() return pick("token") end,
+  token_unknown = function() return cycle("token_unknown") end,
 }
 
 -- mixed: 10% new redeems, 20% already claimed, 30% unknown PIDs, 30% issued tokens,
@@ -95,10 +125,12 @@ builders.mixed = function()
   return builders.token_unknown()
 end
 
-local probe_kinds = { "redeem_unknown", "token_unknown" }
+-- probe (peak RSS): every key freshly random, so a million probes are a million keys
+local probe_turn = 0
 builders.probe = function()
-  requests_made = requests_made + 1
-  return builders[probe_kinds[requests_made % 2 + 1]]()
+  probe_turn = probe_turn + 1
+  if probe_turn % 2 == 0 then return redeem(hex16()) end
+  return token_get(hex16() .. hex16() .. hex16() .. hex16())
 end
 
 function init(args)
@@ -112,13 +144,19 @@ function init(args)
   local mode = opts.mode
   if builders[mode] == nil then error("unknown mode " .. tostring(mode)) end
   if mode == "get" then constant_request = wrk.format("GET", opts.path or "/") end
-  if mode == "redeem_new" then new_keys = load_keys(opts.keys, thread_index, threads_total) end
-  if mode == "redeem_claimed" then claimed_keys = load_keys(opts.keys, 0, 1) end
-  if mode == "token" then token_keys = load_keys(opts.keys, 0, 1) end
-  if mode == "mixed" then
-    new_keys = load_keys(opts.new, thread_index, threads_total)
-    claimed_keys = load_keys(opts.claimed, 0, 1)
-    token_keys = load_keys(opts.tokens, 0, 1)
+  local new_file = (mode == "redeem_new" and opts.keys) or (mode == "mixed" and opts.new)
+  if new_file then
+    build_pool("redeem_new", load_keys(new_file, thread_index, threads_total), redeem)
+  end
+  local claimed_file = (mode == "redeem_claimed" and opts.keys) or (mode == "mixed" and opts.claimed)
+  if claimed_file then build_pool("redeem_claimed", load_keys(claimed_file, 0, 1), redeem) end
+  local token_file = (mode == "token" and opts.keys) or (mode == "mixed" and opts.tokens)
+  if token_file then build_pool("token", load_keys(token_file, 0, 1), token_get) end
+  if mode == "redeem_unknown" or mode == "mixed" then
+    build_pool("redeem_unknown", random_keys(POOL, 1), redeem)
+  end
+  if mode == "token_unknown" or mode == "mixed" then
+    build_pool("token_unknown", random_keys(POOL, 4), token_get)
   end
   build = builders[mode]
 end
