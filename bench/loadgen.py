@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from procs import BENCH, Proc
@@ -47,16 +51,25 @@ class Load:
         }
 
 
-def _run(command: list[str], timeout: float, server: Proc | None) -> tuple[dict[str, Any], float, float]:
-    """Run a load generator; returns (its BENCH_JSON, its CPU fraction, server CPU secs)."""
+def _run(command: list[str], timeout: float, server: Proc | None,
+         done_file: Path | None = None) -> tuple[dict[str, Any], float, float]:
+    """Run a load generator; returns (its BENCH_JSON, its CPU fraction, server CPU secs).
+
+    When ``done_file`` appears (the script ran out of work), the generator is sent
+    SIGINT, on which wrk stops and reports the time actually run.
+    """
     server_cpu = server.cpu_secs() if server is not None else 0.0
     started = time.monotonic()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = started + timeout
+    interrupted = False
     while True:  # wait4 instead of communicate(): it also returns the child's rusage
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        if done_file is not None and not interrupted and done_file.exists():
+            proc.send_signal(signal.SIGINT)
+            interrupted = True
         if time.monotonic() > deadline:
             proc.kill()
             os.wait4(proc.pid, 0)
@@ -76,12 +89,16 @@ def _run(command: list[str], timeout: float, server: Proc | None) -> tuple[dict[
 
 def wrk(address: str, script_args: list[str], secs: float, *, server: Proc | None = None,
         cpus: str | None = None, threads: int = 1) -> Load:
+    done_file = Path(tempfile.mkdtemp(prefix="wrk-")) / "done"
     command = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{max(1, round(secs))}s",
                "--timeout", "5s", "-s", str(BENCH / "scenarios.lua"), f"http://{address}",
-               "--", f"threads={threads}", *script_args]
+               "--", f"threads={threads}", f"done_file={done_file}", *script_args]
     if cpus:
-        command = ["taskset", "-c", cpus, *command]
-    doc, client_cpu, server_cpu = _run(command, secs + 60, server)
+        command = ["taskset", "-c", cpus, *command]  # taskset execs wrk: same pid for SIGINT
+    try:
+        doc, client_cpu, server_cpu = _run(command, secs + 60, server, done_file)
+    finally:
+        shutil.rmtree(done_file.parent, ignore_errors=True)
     requests = doc["requests"]
     return Load(
         requests=requests, secs=doc["duration_us"] / 1e6, p50_ms=doc["p50_us"] / 1000,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The anonticket benchmark: one command, a table on stdout and a JSON file.
 
-    python3 bench/run.py                       # full: 1M payments, 3 s runs, 5 pairs
+    python3 bench/run.py                       # full: 1M payments, 2 s runs, 7 pairs
     python3 bench/run.py --quick --out x.json  # smoke: 2,000 payments, 1 s runs
 
 Builds a database of N confirmed unclaimed payments through the storage layer, starts
@@ -269,8 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {
-        "payments": 2_000 if quick else 1_000_000, "secs": 1.0 if quick else 3.0,
-        "pairs": 1 if quick else 5, "probes": 5_000 if quick else 1_000_000,
+        "payments": 2_000 if quick else 1_000_000, "secs": 1.0 if quick else 2.0,
+        "pairs": 1 if quick else 7, "probes": 5_000 if quick else 1_000_000,
         "starts": 1 if quick else 3, "ingest_batch": 1_000 if quick else 100_000,
         "ingest_rounds": 1 if quick else 5,
     }

@@ -36,6 +36,16 @@ local function count(name)
   counts[name] = (counts[name] or 0) + 1
 end
 
+-- wrk waits out its whole -d even after every thread stopped, so a thread that is done
+-- says so in a file; bench/loadgen.py then ends wrk with SIGINT (which wrk reports as usual)
+local function finish()
+  if opts.done_file then
+    local f = io.open(opts.done_file, "w")
+    if f then f:write("done\n"); f:close() end
+  end
+  wrk.thread:stop()
+end
+
 local function hex16()
   return string.format("%04x%04x%04x%04x", math.random(0, 65535), math.random(0, 65535),
                        math.random(0, 65535), math.random(0, 65535))
@@ -94,7 +104,7 @@ local function redeem_new()
   if reqs[i] == nil then
     -- the list is spent: stop rather than re-redeem (that would measure already_claimed)
     count("exhausted")
-    wrk.thread:stop()
+    finish()
     return redeem(hex16())
   end
   return reqs[i]
@@ -169,7 +179,7 @@ local answered = 0
 
 function response(status, headers, body)
   answered = answered + 1
-  if answered == opts.limit then wrk.thread:stop() end  -- probe mode: exactly limit answers
+  if answered == opts.limit then finish() end  -- probe mode: exactly limit answers
   count(tostring(status))
   if body:find('"success"', 1, true) then count("success")
   elseif body:find('"already_claimed"', 1, true) then count("already_claimed")
