@@ -127,6 +127,14 @@ class Ledger:
 
     # ------------------------------------------------------------------ redeem
     async def redeem(self, pid: PaymentId) -> Claimed | Pending:
+        answer = await self.redeem_or_none(pid)
+        if answer is None:
+            raise PaymentNotFound()
+        return answer
+
+    async def redeem_or_none(self, pid: PaymentId) -> Claimed | Pending | None:
+        """``redeem``, with None for an unknown PID: in a flood of random PIDs raising
+        and catching the 404 cost more than finding out (docs/benchmarks.md)."""
         raw = pid.raw
         claimed = self._claimed.get(raw)
         if claimed is not None:
@@ -134,13 +142,13 @@ class Ledger:
         pending = self._pending.get(raw)
         if pending is None and raw in self.negative_cache:
             self._on_negative_cache_hit()
-            raise PaymentNotFound()
+            return None
         if not self._known_pids.might_contain(raw):
             # nothing credited yet: answer from memory, no SQLite round trip
             if pending is not None:
                 return Pending(pending, self.min_confirmations)
             self._remember_unknown(raw)
-            raise PaymentNotFound()
+            return None
         row, won = await self._claims.claim(raw)
         if row is not None and row.status == 1 and row.token is not None:
             return Claimed("success" if won else "already_claimed", row.token, row.amount)
@@ -148,7 +156,7 @@ class Ledger:
             return Pending(pending, self.min_confirmations)
         if row is None:
             self._remember_unknown(raw)
-            raise PaymentNotFound()
+            return None
         raise Underpaid(balance=row.amount, minimum=self.min_payment)
 
     def _remember_unknown(self, raw: bytes) -> None:
@@ -171,16 +179,23 @@ class Ledger:
 
     # ------------------------------------------------------------------ tokens
     async def introspect(self, token: ServiceToken) -> TokenRow:
+        record = await self.find_token(token)
+        if record is None:
+            raise TokenNotFound()
+        return record
+
+    async def find_token(self, token: ServiceToken) -> TokenRow | None:
+        """``introspect``, with None for an unknown token (no exception on the hot 404)."""
         raw = token.raw
         record = self._records.get(raw)
         if record is not None:
             return record
         if not self._known_tokens.might_contain(raw):
-            raise TokenNotFound()
+            return None
         version = self._write_version
         record = await self.storage.get_token(raw)
         if record is None:
-            raise TokenNotFound()
+            return None
         if version == self._write_version:
             self._records.put(raw, record)
         return record
