@@ -37,7 +37,7 @@ _HTTP_ERRORS: dict[int, type[ServiceError]] = {
 
 
 @lru_cache(maxsize=256)
-def _plain_error_body(code: str, message: str) -> bytes:
+def plain_error_body(code: str, message: str) -> bytes:
     # codes and messages are fixed texts (errors.py, aiohttp's reasons): a small set,
     # and a 404 flood should not pay for json.dumps on every answer
     return json.dumps({"error": code, "message": message}).encode()
@@ -47,7 +47,7 @@ def error_response(error: ServiceError) -> web.Response:
     if error.extra:
         body = json.dumps(error.body()).encode()
     else:
-        body = _plain_error_body(error.code, error.message)
+        body = plain_error_body(error.code, error.message)
     return web.Response(
         status=error.status, body=body, content_type="application/json",
         headers=error.headers or None,
