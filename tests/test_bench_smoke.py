@@ -37,7 +37,7 @@ from anonticket.storage import TokenRow
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_already_claimed", "redeem_unknown_flood",
              "token_issued", "token_unknown", "mixed", "uds_redeem_unknown_flood",
-             "uds_token_issued")
+             "uds_token_issued_cold")
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (Debian package wrk)")
