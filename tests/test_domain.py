@@ -49,7 +49,7 @@ def test_genuine_long_pid_needs_opt_in() -> None:
 @pytest.mark.parametrize(
     "text",
     [" " + SHORT[1:], SHORT + " ", SHORT[:-1], SHORT + "0", "g" * 16, "", None, 123, ["x"],
-     "0x" + SHORT[2:], "１" * 16],
+     "0x" + SHORT[2:], "１" * 16, "0123 4567 89abcd", SHORT[:8] + "\t" + SHORT[9:], "٣" * 16],
 )
 def test_malformed_pids_are_rejected_without_trimming(text: object) -> None:
     with pytest.raises(InvalidPid) as info:
@@ -94,6 +94,27 @@ def test_pid_parsing_never_raises_anything_but_invalid_pid(text: str) -> None:
         assert len(text) < 8 or text not in exc.message  # the input is never echoed
     else:
         assert any(pid.raw) and len(pid.raw) == 32
+
+
+HEX_DIGITS = set("0123456789abcdefABCDEF")
+# hex digits mixed with what bytes.fromhex would skip or misread
+NEAR_HEX = st.text(alphabet=st.sampled_from("0123456789abcdefABCDEF \t\n\r\x0b\x0cgG１٣"),
+                   min_size=62, max_size=66)
+
+
+@given(NEAR_HEX)
+def test_txids_and_tokens_are_exactly_64_hex_digits(text: str) -> None:
+    exact = len(text) == 64 and set(text) <= HEX_DIGITS
+    try:
+        txid = parse_txid(text)
+    except ValueError:
+        txid = None
+    try:
+        token = ServiceToken.parse(text).raw
+    except InvalidToken:
+        token = None
+    expected = bytes.fromhex(text) if exact else None
+    assert (txid, token) == (expected, expected)
 
 
 @given(st.binary(min_size=8, max_size=8).filter(any), st.binary(min_size=32, max_size=32))
