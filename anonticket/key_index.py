@@ -13,11 +13,13 @@ from array import array
 from bisect import bisect_left
 from heapq import merge
 from itertools import islice
+from typing import Iterable
 from operator import gt
 
 from anonticket.domain import key_prefix
 
-_MERGE_AT = 65536
+# ~70 bytes a key in the set: at most ~9 MB before the merge folds them into the array
+_MERGE_AT = 131072
 # Keys are bucketed by their top 16 bits: a lookup bisects ~15 keys of one bucket, not
 # the whole array, which on a million keys halves its cost (fewer cache misses).
 _BUCKET_SHIFT = 48
@@ -40,12 +42,23 @@ class KeyIndex:
         self._recent.clear()
 
     def add(self, raw: bytes) -> None:
-        # every top-up re-adds its PID: without this check each one would become a
-        # duplicate in the sorted array at the next merge, growing it without bound
-        if self.might_contain(raw):
-            return
-        self._recent.add(key_prefix(raw))
-        if len(self._recent) >= _MERGE_AT:
+        self.add_many((raw,))
+
+    def add_many(self, raws: Iterable[bytes]) -> None:
+        """Add keys, merging at most once: a monitor poll credits up to 100k PIDs at a time."""
+        recent, keys, bounds = self._recent, self._sorted, self._bounds
+        for raw in raws:
+            key = int.from_bytes(raw[:8], "big")  # key_prefix, inlined for the bulk case
+            if key in recent:
+                continue
+            # every top-up re-adds its PID: without this check each one would become a
+            # duplicate in the sorted array at the next merge, growing it without bound
+            bucket = key >> _BUCKET_SHIFT
+            end = bounds[bucket + 1]
+            i = bisect_left(keys, key, bounds[bucket], end)
+            if i == end or keys[i] != key:
+                recent.add(key)
+        if len(recent) >= _MERGE_AT:
             self._merge()
 
     def might_contain(self, raw: bytes) -> bool:
@@ -63,6 +76,7 @@ class KeyIndex:
 
     def _merge(self) -> None:
         # a streaming merge keeps the peak at two arrays, not a million-int list or set
+        # (a list of 1.1M ints would add ~40 MB for the length of the merge)
         self._sorted = array("Q", merge(self._sorted, sorted(self._recent)))
         self._bounds = _bucket_bounds(self._sorted)
         self._recent.clear()

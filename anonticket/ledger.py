@@ -232,9 +232,10 @@ class Ledger:
             result = await self.storage.credit_transfers(transfers, scanned_height, self._clock())
         finally:
             self._write_version += 1
+        self._known_pids.add_many(result.credited_pids)
+        discard = self.negative_cache.discard
         for pid in result.credited_pids:
-            self._known_pids.add(pid)
-            self.negative_cache.discard(pid)
+            discard(pid)
         for pid, (token, amount) in result.topped_up.items():
             if self._claimed.get(pid) is not None:
                 self._claimed.put(pid, (token, amount))

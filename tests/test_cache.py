@@ -163,3 +163,19 @@ def test_adding_a_known_key_again_does_not_grow_the_index(monkeypatch: pytest.Mo
             index.add(key(n))
     assert len(index) == 9
     assert sorted(list(index._sorted) + sorted(index._recent)) == list(range(1, 10))
+
+
+def test_add_many_is_adding_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the monitor adds a poll's PIDs in bulk: top-ups, repeats and a merge in the middle
+    monkeypatch.setattr(key_index_module, "_MERGE_AT", 16)
+    snapshot = array("Q", range(0, 400, 4))
+    batch = [key(n) for n in [*range(0, 200, 3), 5, 5, 7, *range(0, 60, 4)]]
+    one_by_one, bulk = KeyIndex(array("Q", snapshot)), KeyIndex(array("Q", snapshot))
+    for raw in batch:
+        one_by_one.add(raw)
+    bulk.add_many(batch)
+    expected = sorted(set(snapshot) | {key_prefix(raw) for raw in batch})
+    assert len(bulk._recent) < 16  # the bulk add merged too
+    assert sorted([*bulk._sorted, *bulk._recent]) == expected
+    assert sorted([*one_by_one._sorted, *one_by_one._recent]) == expected
+    assert [n for n in range(400) if bulk.might_contain(key(n))] == expected
