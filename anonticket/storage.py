@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -27,7 +28,7 @@ from anonticket.domain import PaymentId, Transfer, derive_service_token
 from anonticket.errors import StorageUnavailable
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # SQLite's default limit on bound parameters is 32766; stay well below it per statement.
 _CHUNK = 5000
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -272,22 +273,27 @@ class Storage:
             known: set[bytes] = set()
             # every list below is sorted by the key its statement walks: consecutive rows
             # then land in the same B-tree pages, which is most of the cost on a big table
-            for chunk in _chunks(sorted(incoming)):
+            in_txid_order = sorted(incoming)
+            for chunk in _chunks(in_txid_order):
                 marks = ",".join("?" * len(chunk))
                 rows = await db.execute_fetchall(
                     f"SELECT txid FROM transfers WHERE txid IN ({marks})", chunk
                 )
                 known.update(txid for (txid,) in rows)
-            fresh = sorted((t for txid, t in incoming.items() if txid not in known),
-                           key=_by_pid)
-            per_pid: dict[bytes, list[Transfer]] = {}
+            # txid order: the transfers primary key; the foreign-key probes of payments
+            # take the random order, which measured cheaper than the other way round
+            fresh = [incoming[txid] for txid in in_txid_order if txid not in known]
+            # one row per PID: the sum, and the earliest transfer (lowest height, then txid)
+            per_pid: dict[bytes, list[Any]] = {}
             for t in fresh:
-                per_pid.setdefault(t.pid.raw, []).append(t)
-            payments = []
-            for pid, group in per_pid.items():
-                first = min(group, key=lambda t: (t.height, t.txid))
-                payments.append((pid, first.txid, sum(t.amount for t in group), first.height, now))
-            payments.sort()
+                row = per_pid.get(t.pid.raw)
+                if row is None:
+                    per_pid[t.pid.raw] = [t.pid.raw, t.txid, t.amount, t.height, now]
+                    continue
+                row[2] += t.amount
+                if (t.height, t.txid) < (row[3], row[1]):
+                    row[1], row[3] = t.txid, t.height
+            payments = sorted(per_pid.values())  # PIDs are unique: only the first item compares
             await db.executemany(
                 """INSERT INTO payments (pid, txid, amount, first_height, created_at)
                    VALUES (?1, ?2, ?3, ?4, ?5)
@@ -431,12 +437,6 @@ async def _apply_schema(db: aiosqlite.Connection) -> None:
             if db.in_transaction:
                 await db.rollback()
             raise
-
-
-def _by_pid(transfer: Transfer) -> bytes:
-    # transfers go in PID order: the transfers_by_pid index and the foreign-key probe of
-    # payments then walk their pages in order; the txid key takes the random order
-    return transfer.pid.raw
 
 
 def _chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:

@@ -64,7 +64,7 @@ def _broken_schema(tmp_path: Path, marker: str, garbage: str) -> Path:
 
 
 @pytest.mark.parametrize("marker", [
-    "PRAGMA user_version = 1;",  # the version is already set when the script breaks
+    f"PRAGMA user_version = {SCHEMA_VERSION};",  # the version is already set when the script breaks
     ") STRICT, WITHOUT ROWID;",  # right after the first table
 ])
 async def test_broken_schema_applies_nothing(
@@ -100,6 +100,28 @@ async def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="newer"):
         await Storage.open(path)
     assert (user_version(path), tables(path)) == (99, set())
+
+
+async def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    # version 1 differed only by an index on transfers(pid): build one and open it
+    path = tmp_path / "anonticket.db"
+    store = await Storage.open(path)
+    await store.credit_transfers([transfer(PaymentId.generate(), amount=7), transfer(PaymentId.generate(), amount=9)], 42, 1000)
+    await store.close()
+    with raw(path) as conn:
+        conn.execute("CREATE INDEX transfers_by_pid ON transfers (pid)")
+        conn.execute("PRAGMA user_version = 1")
+        before = conn.execute("SELECT * FROM transfers ORDER BY txid").fetchall()
+    store = await Storage.open(path)
+    await store.close()
+    with raw(path) as conn:
+        indexes = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'transfers'"
+            " AND sql IS NOT NULL")}
+        after = conn.execute("SELECT * FROM transfers ORDER BY txid").fetchall()
+        cursor = conn.execute("SELECT scanned_height FROM monitor_state").fetchone()[0]
+    assert (user_version(path), indexes, after, cursor) == (SCHEMA_VERSION, set(), before, 42)
+    assert len(before) == 2
 
 
 @pytest.mark.parametrize(("synchronous", "code"), [("NORMAL", 1), ("FULL", 2)])
