@@ -1,10 +1,15 @@
-"""tests/fake_wallet.py's FakeWallet as a separate process, serving big rounds of transfers.
+"""A wallet-rpc stand-in, its own process, serving big rounds of transfers for the ingest run.
 
-Round r is ``--batch`` fresh transfers at height BASE + 20 r. They appear in the wallet
-with the r-th ``get_height`` (the first call of each poll), which answers BASE + 20 r + 10,
-so the monitor's r-th poll (everything above its cursor) sees exactly round r, all of it
-confirmed, as if 20 blocks full of payments had arrived since the last poll. A separate
-process, so encoding the answer does not share the monitor's event loop.
+Round r is ``--batch`` fresh transfers at height BASE + 20 r, entries with every field
+wallet-rpc returns (tests/fake_wallet.py's ``make_transfer``). They appear with the r-th
+``get_height`` (the first call of each poll), which answers BASE + 20 r + 10, so the
+monitor's r-th poll (everything above its cursor) sees exactly round r, all of it
+confirmed, as if 20 blocks full of payments had arrived since the last poll.
+
+Each round's JSON is encoded once, before the wallet listens: the benchmark measures
+the service's ingest, so the stand-in must not spend the poll's time encoding 50 MB
+(tests/fake_wallet.py's FakeWallet does, per answer). A real monero-wallet-rpc's own
+time to build such an answer is the operator's wallet's cost, outside this figure.
 
     python3 bench/fake_wallet_server.py --batch 100000 --rounds 3
 """
@@ -13,44 +18,79 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import signal
 import sys
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fake_wallet import FakeWallet, make_transfer  # noqa: E402
+from fake_wallet import make_transfer  # noqa: E402
 
 BASE_HEIGHT = 1000
 AMOUNT = 10**12
 
 
-def rounds_of_transfers(batch: int, rounds: int, seed: int) -> list[list[dict[str, object]]]:
+def encoded_rounds(batch: int, rounds: int, seed: int) -> list[bytes]:
+    """Each round's ``"in"`` list as JSON bytes, ready to be spliced into an answer."""
     rng = random.Random(seed)
     return [
-        [make_transfer(rng.randbytes(8).hex(), AMOUNT, BASE_HEIGHT + 20 * r,
-                       txid=rng.randbytes(32).hex()) for _ in range(batch)]
+        json.dumps([make_transfer(rng.randbytes(8).hex(), AMOUNT, BASE_HEIGHT + 20 * r,
+                                  txid=rng.randbytes(32).hex()) for _ in range(batch)]).encode()
         for r in range(rounds)
     ]
 
 
+class RoundsWallet:
+    """Answers ``get_version``, ``get_height`` and ``get_transfers`` as wallet-rpc does."""
+
+    def __init__(self, rounds: list[bytes]) -> None:
+        self.rounds = rounds
+        self.released = 0  # rounds whose blocks have "arrived"
+
+    def answer(self, method: str, params: dict[str, Any], request_id: Any) -> bytes:
+        head = b'{"jsonrpc":"2.0","id":' + json.dumps(request_id).encode() + b',"result":'
+        if method == "get_version":
+            return head + b'{"release":true,"version":65561}}'
+        if method == "get_height":
+            r = min(self.released, len(self.rounds) - 1)
+            self.released = min(self.released + 1, len(self.rounds))
+            return head + json.dumps({"height": BASE_HEIGHT + 20 * r + 10}).encode() + b"}"
+        if method == "get_transfers":
+            # min_height exclusive, as in wallet2: the rounds above the caller's cursor
+            low = params.get("min_height", 0)
+            chosen = [self.rounds[r] for r in range(self.released) if BASE_HEIGHT + 20 * r > low]
+            if not chosen:
+                return head + b"{}}"  # wallet-rpc leaves an empty category out
+            return head + b'{"in":' + _concat_lists(chosen) + b"}}"
+        error = b'{"code":-32601,"message":"Method not found"}'
+        return b'{"jsonrpc":"2.0","id":' + json.dumps(request_id).encode() + b',"error":' + error + b"}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        doc = json.loads(await request.read())
+        body = self.answer(doc["method"], doc.get("params") or {}, doc.get("id", 0))
+        return web.Response(body=body, content_type="application/json")
+
+
+def _concat_lists(encoded: list[bytes]) -> bytes:
+    if len(encoded) == 1:
+        return encoded[0]
+    return b"[" + b",".join(e[1:-1] for e in encoded) + b"]"
+
+
 async def main(args: argparse.Namespace) -> int:
-    wallet = FakeWallet(height=BASE_HEIGHT)
-    rounds = rounds_of_transfers(args.batch, args.rounds, args.seed)
-    wallet.live_confirmations = False  # entries as stored: no per-entry copy per answer
-    calls = 0
-
-    def get_height(params: dict[str, object]) -> dict[str, int]:
-        nonlocal calls
-        r = min(calls, args.rounds - 1)
-        if calls < args.rounds:
-            wallet.incoming.extend(rounds[r])
-        calls += 1
-        return {"height": BASE_HEIGHT + 20 * r + 10}
-
-    wallet.methods["get_height"] = get_height
-    await wallet.start()
-    print(f"listening on {wallet.url}", flush=True)
+    wallet = RoundsWallet(encoded_rounds(args.batch, args.rounds, args.seed))
+    app = web.Application(client_max_size=1 << 20)
+    app.router.add_post("/json_rpc", wallet.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"listening on http://127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -60,7 +100,7 @@ async def main(args: argparse.Namespace) -> int:
     except TimeoutError:
         pass
     finally:
-        await wallet.close()
+        await runner.cleanup()
     return 0
 
 
