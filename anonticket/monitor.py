@@ -26,6 +26,7 @@ from typing import Any
 from anonticket.cache import BoundedMap
 from anonticket.domain import PaymentId, Transfer, parse_txid
 from anonticket.errors import InvalidPid, StorageUnavailable
+from anonticket.gc_pause import paused_gc
 from anonticket.state import State
 from anonticket.wallet_rpc import WalletError, WalletRpc, WalletTransfers
 
@@ -114,7 +115,8 @@ class Scan:
 
     credited: dict[bytes, Transfer] = field(default_factory=dict)  # txid -> transfer
     pending: dict[bytes, int] = field(default_factory=dict)  # pid -> highest confirmations
-    verdicts: list[Classified] = field(default_factory=list)
+    # every verdict but "credited" (those are counted by the credit's result)
+    reportable: list[Classified] = field(default_factory=list)
 
 
 def scan(batch: WalletTransfers, wallet_height: int, cursor: int, min_confirmations: int,
@@ -123,8 +125,9 @@ def scan(batch: WalletTransfers, wallet_height: int, cursor: int, min_confirmati
     for entries, in_pool in ((batch.incoming, False), (batch.pool, True)):
         for entry in entries:
             verdict = classify(entry, wallet_height, min_confirmations, accept_long, in_pool)
-            out.verdicts.append(verdict)
             transfer = verdict.transfer
+            if verdict.result != "credited":
+                out.reportable.append(verdict)
             if transfer is None:
                 continue
             if verdict.result == "credited" and transfer.height > cursor:
@@ -216,15 +219,16 @@ class Monitor:
         height = await self._wallet.get_height()
         need = config.monitor_min_confirmations
         batch = await self._wallet.get_transfers(max(cursor, 0), _NO_MAX_HEIGHT, pool=True)
-        found = scan(batch, height, cursor, need, config.api_accept_long_pids)
+        with paused_gc():
+            found = scan(batch, height, cursor, need, config.api_accept_long_pids)
+        del batch  # the raw entries: the credit below should not carry them (or walk them)
         new_cursor = max(cursor, height - need)
         result = await ledger.credit(found.credited.values(),
                                      new_cursor if new_cursor != cursor else None)
         self._cursor = new_cursor
         ledger.set_pending(found.pending)
-        for verdict in found.verdicts:
-            if verdict.result != "credited":
-                self._count_once(verdict)
+        for verdict in found.reportable:
+            self._count_once(verdict)
         state.metrics.transfer["credited"].inc(result.transfers_credited)
         self._record_success(height)
         return result.transfers_credited

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from anonticket.gc_pause import paused_gc
+
 JSON_RPC_PATH = "/json_rpc"
 
 #: Every value ``WalletError.reason`` can take, for metrics that pre-register labels.
@@ -264,7 +266,8 @@ class WalletRpc:
 def _result(method: str, request_id: int, raw: bytes) -> dict[str, Any]:
     """The ``result`` object of a JSON-RPC answer, every shape problem a WalletError."""
     try:
-        doc = json.loads(raw)
+        with paused_gc():  # a get_transfers answer can be 100k entries
+            doc = json.loads(raw)
     except (ValueError, RecursionError):
         # `from None`: a JSONDecodeError carries the whole body on `.doc`
         raise WalletBadResponse(method, "body is not JSON") from None
