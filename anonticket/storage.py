@@ -293,7 +293,7 @@ class Storage:
                 row[2] += t.amount
                 if (t.height, t.txid) < (row[3], row[1]):
                     row[1], row[3] = t.txid, t.height
-            payments = sorted(per_pid.values())  # PIDs are unique: only the first item compares
+            payments = [per_pid[pid] for pid in sorted(per_pid)]
             await db.executemany(
                 """INSERT INTO payments (pid, txid, amount, first_height, created_at)
                    VALUES (?1, ?2, ?3, ?4, ?5)
