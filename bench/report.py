@@ -102,3 +102,59 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{'database build':<26}{build['payments']} payments credited in "
                      f"{build['credit_secs']:.1f} s ({build['credit_per_sec']}/s, one transaction)")
     return "\n".join(lines)
+
+
+_LABELS = {
+    "health_vs_bare": "`/health/live` vs the bare aiohttp app",
+    "redeem_success": "redeem success (each PID once)",
+    "redeem_already_claimed": "redeem, already claimed",
+    "redeem_unknown_flood": "redeem flood of random unknown PIDs",
+    "token_issued": "token introspection, issued tokens",
+    "token_unknown": "token introspection, unknown tokens",
+    "mixed": "mixed load (10/20/30/30/10, see scenarios.lua)",
+    "uds_redeem_unknown_flood": "Unix socket: unknown-PID flood",
+    "uds_token_issued_cold": "Unix socket: issued tokens, cache cold after restart",
+}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The docs/benchmarks.md tables of one run's JSON: ``python3 bench/report.py run.json``."""
+    rows = ["| Scenario | Ratio (median of pairs) | Target | Met | req/s | p50 / p99 ms "
+            "| server CPU µs/req | client CPU |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, s in result["scenarios"].items():
+        target = "—" if s["target"] is None else f"≥ {s['target']:.2f}"
+        met = "—" if s["met"] is None else ("yes" if s["met"] else "**no**")
+        rows.append(f"| {_LABELS.get(name, name)} | {s['ratio']:.3f} | {target} | {met} "
+                    f"| {s['rps']:,.0f} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} "
+                    f"| {s['server_cpu_us_per_req']:.0f} | {s['client_cpu']:.2f} |")
+    rss, start, ingest = result["rss"], result["startup"], result["ingest"]
+    empty, build = result.get("ingest_empty_db"), result.get("dataset", {})
+    rows += ["", "| Resource | Measured | Target | Met |", "| --- | --- | --- | --- |",
+             f"| peak RSS (VmHWM) after {rss['answered_404']:,} random probes, 1M payments stored "
+             f"| {rss['vmhwm_mb']:.1f} MB | ≤ {RSS_TARGET_MB:.0f} MB | {_yes(rss['met'])} |",
+             f"| start-up with 1M payments, process start → `/health/live` answers "
+             f"| {start['median_secs']:.2f} s (median of {start['runs']}) "
+             f"| ≤ {STARTUP_TARGET_SECS:.0f} s | {_yes(start['met'])} |",
+             f"| monitor ingest, polls of {ingest['batch']:,} transfers into the 1M database "
+             f"| {ingest['transfers_per_sec']:,} transfers/s (median poll) "
+             f"| ≥ {INGEST_TARGET_PER_SEC:,} | {_yes(ingest['met'])} |"]
+    if empty:
+        rows.append(f"| monitor ingest into an empty database (context) "
+                    f"| {empty['transfers_per_sec']:,} transfers/s | — | — |")
+    if build.get("credit_secs") is not None:
+        rows.append(f"| building the 1M database: one `credit_transfers` call, one transaction "
+                    f"| {build['credit_secs']:.1f} s ({build['credit_per_sec']:,} payments/s) "
+                    f"| — | — |")
+    return "\n".join(rows) + "\n"
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(open(sys.argv[1]).read())), end="")
