@@ -212,7 +212,7 @@ async def test_plain_and_subaddress_payments_credit_nothing_and_the_zero_pid_sta
         for pid in ("0000000000000000", "0" * 64):
             status, body = await redeem(http, service, pid)
             assert status == 400 and body["error"] == "invalid_pid"
-        assert state.metrics.redeem["invalid"]._value.get() == 2
+        assert state.metrics.redeem["invalid"].value == 2
 
 
 async def test_two_payments_are_summed_and_a_top_up_raises_the_claimed_token(
