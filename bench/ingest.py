@@ -1,6 +1,10 @@
-"""Monitor ingest rate: the real Monitor polling a FakeWallet (its own process) that
+"""Monitor ingest rate: the real Monitor polling a wallet stand-in (its own process) that
 answers each poll with a big batch of confirmed transfers, credited into the
 benchmark's database (1M payments already stored).
+
+The Monitor runs in a process of its own too (``run_in_own_process``), as it does inside
+``anonticket serve``: in the benchmark driver it would share the interpreter with the
+driver's million-PID lists, and every garbage collection during a poll would walk them.
 
 Rate = transfers credited / wall time of ``poll_once`` (fetch + parse + classify +
 credit, everything a poll does); the storage part (``Ledger.credit``) is timed on
@@ -9,6 +13,9 @@ its own too, so the report says where the time went.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -17,11 +24,13 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from procs import BENCH
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anonticket.app import open_state
-from anonticket.config import Config
-from anonticket.monitor import Monitor
+from procs import BENCH  # noqa: E402
+
+from anonticket.app import open_state  # noqa: E402
+from anonticket.config import Config  # noqa: E402
+from anonticket.monitor import Monitor  # noqa: E402
 
 
 def _start_wallet(workdir: Path, batch: int, rounds: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -87,3 +96,25 @@ async def measure_ingest(db: Path, workdir: Path, batch: int, rounds: int) -> di
         wallet.wait(10)
     rates = sorted(p["per_sec"] for p in polls)
     return {"batch": batch, "polls": polls, "transfers_per_sec": rates[len(rates) // 2]}
+
+
+def run_in_own_process(db: Path, workdir: Path, batch: int, rounds: int) -> dict[str, Any]:
+    """``measure_ingest`` in a fresh interpreter; its JSON result on the last stdout line."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--db", str(db), "--workdir", str(workdir),
+         "--batch", str(batch), "--rounds", str(rounds)],
+        capture_output=True, text=True, timeout=300 + batch * rounds / 1000, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"ingest run failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="one ingest measurement, JSON on stdout")
+    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    options = parser.parse_args()
+    print(json.dumps(asyncio.run(measure_ingest(options.db, options.workdir, options.batch,
+                                                options.rounds))))

@@ -32,7 +32,7 @@ import aiohttp  # noqa: E402
 
 import dataset  # noqa: E402
 import loadgen  # noqa: E402
-from ingest import measure_ingest  # noqa: E402
+from ingest import run_in_own_process  # noqa: E402
 from procs import REPO, Proc, start_bare, start_service  # noqa: E402
 from report import (  # noqa: E402
     INGEST_TARGET_PER_SEC,
@@ -225,16 +225,15 @@ class Bench:
         args = self.args
         print(f"  monitor ingest: {args.ingest_rounds} polls of {args.ingest_batch} transfers ...",
               flush=True)
-        result = asyncio.run(measure_ingest(self.db, self.workdir, args.ingest_batch,
-                                            args.ingest_rounds))
+        result = run_in_own_process(self.db, self.workdir, args.ingest_batch, args.ingest_rounds)
         result["database"] = f"the benchmark's, {args.payments} payments and more"
         result["target_per_sec"] = INGEST_TARGET_PER_SEC
         result["met"] = result["transfers_per_sec"] >= INGEST_TARGET_PER_SEC
         self.result["ingest"] = result
         # context, not the target's figure: the same polls into an empty database, where
         # every B-tree still fits in memory
-        empty = asyncio.run(measure_ingest(self.workdir / "empty.db", self.workdir,
-                                           args.ingest_batch, max(1, args.ingest_rounds // 2 + 1)))
+        empty = run_in_own_process(self.workdir / "empty.db", self.workdir, args.ingest_batch,
+                                   max(1, args.ingest_rounds // 2 + 1))
         empty["database"] = "empty at the first poll"
         self.result["ingest_empty_db"] = empty
 
