@@ -184,6 +184,14 @@ class Ledger:
             raise TokenNotFound()
         return record
 
+    def cached_token(self, raw: bytes) -> TokenRow | None:
+        """The record if this process has it in memory; None says nothing either way."""
+        return self._records.get(raw)
+
+    def token_certainly_unknown(self, raw: bytes) -> bool:
+        """True when no issued token has this one's prefix: a 404 without I/O."""
+        return not self._known_tokens.might_contain(raw)
+
     async def find_token(self, token: ServiceToken) -> TokenRow | None:
         """``introspect``, with None for an unknown token (no exception on the hot 404)."""
         raw = token.raw
