@@ -266,14 +266,18 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
     config = _load_config()
     try:
-        problems, version, expected = asyncio.run(check_database(config))
+        problems, ledger, version, expected = asyncio.run(check_database(config))
     except MaintenanceError as exc:
         raise CommandFailed(str(exc)) from None
     print(f"integrity_check: {'ok' if not problems else f'{len(problems)} problem(s)'}")
     for problem in problems[:20]:
         for line in problem.splitlines():  # one row can hold several lines
             print(f"  {line}")
+    if not problems and version == expected:
+        print(f"ledger (payments = sum of their transfers): {'ok' if not ledger else 'WRONG'}")
+        for line in ledger:
+            print(f"  {line}")
     print(f"schema version: {version} (this program: {expected})")
-    if problems or version != expected:
+    if problems or ledger or version != expected:
         raise CommandFailed("database check failed")
     return EXIT_OK

@@ -46,17 +46,23 @@ def _sqlite_reason(exc: BaseException) -> str:
     return str(context) if isinstance(context, sqlite3.Error) else "the database is unreadable"
 
 
-async def check_database(config: Config) -> tuple[list[str], int, int]:
-    """(problems, schema version found, schema version of this program); no problems = ok."""
+async def check_database(config: Config) -> tuple[list[str], list[str], int, int]:
+    """(integrity problems, ledger problems, schema version found, schema version of this
+    program); ok when both lists are empty and the versions agree."""
     path = database_file(config)
     storage = await _open(path, config)
     try:
         rows, version = await storage.integrity_check()
+        problems = [] if rows == ["ok"] else rows
+        ledger: list[str] = []
+        if not problems and version == SCHEMA_VERSION:
+            # the money check reads our tables: only on a sound file of our schema
+            ledger = await storage.ledger_problems()
     except StorageUnavailable as exc:
         raise MaintenanceError(f"database check failed: {_sqlite_reason(exc)}") from None
     finally:
         await storage.close()
-    return ([] if rows == ["ok"] else rows), version, SCHEMA_VERSION
+    return problems, ledger, version, SCHEMA_VERSION
 
 
 async def backup_database(config: Config, target: str | Path, *, force: bool = False) -> None:

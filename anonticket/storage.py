@@ -401,6 +401,27 @@ class Storage:
             finally:
                 await source.close()
 
+    async def ledger_problems(self) -> list[str]:
+        """What the schema no longer enforces: every transfer has its payment, and every
+        payment's amount is the sum of its transfers. One grouped scan, no index needed."""
+        async with _unavailable_on_error():
+            rows = await self._reader.execute_fetchall(
+                """WITH sums AS MATERIALIZED (
+                       SELECT pid, sum(amount) AS total FROM transfers GROUP BY pid)
+                   SELECT
+                     (SELECT count(*) FROM sums
+                        WHERE NOT EXISTS (SELECT 1 FROM payments AS p WHERE p.pid = sums.pid)),
+                     (SELECT count(*) FROM payments AS p LEFT JOIN sums USING (pid)
+                        WHERE sums.total IS NULL OR sums.total != p.amount)"""
+            )
+        orphans, mismatched = rows[0]
+        problems = []
+        if orphans:
+            problems.append(f"{orphans} PIDs have transfers but no payment row")
+        if mismatched:
+            problems.append(f"{mismatched} payments differ from the sum of their transfers")
+        return problems
+
     async def integrity_check(self) -> tuple[list[str], int]:
         async with _unavailable_on_error():
             rows = await self._reader.execute_fetchall("PRAGMA integrity_check")

@@ -366,7 +366,30 @@ def test_db_check_on_a_good_database(tmp_path: Path, settings_env: pytest.Monkey
     settings_env.setenv("DATABASE_URL", f"sqlite://{db}")
     assert main(["db", "check"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "integrity_check: ok", f"schema version: {SCHEMA_VERSION} (this program: {SCHEMA_VERSION})"]
+        "integrity_check: ok", "ledger (payments = sum of their transfers): ok",
+        f"schema version: {SCHEMA_VERSION} (this program: {SCHEMA_VERSION})"]
+
+
+@pytest.mark.parametrize(("damage", "reported"), [
+    # a transfer whose payment row is gone, and a payment that no longer adds up
+    ("DELETE FROM payments WHERE pid = (SELECT pid FROM payments LIMIT 1)",
+     "1 PIDs have transfers but no payment row"),
+    ("UPDATE payments SET amount = amount + 1 WHERE pid = (SELECT pid FROM payments LIMIT 1)",
+     "1 payments differ from the sum of their transfers"),
+])
+def test_db_check_finds_money_that_does_not_add_up(
+        tmp_path: Path, settings_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        damage: str, reported: str) -> None:
+    db = tmp_path / "damaged.db"
+    make_database(db, payments=50)
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute(damage)  # what a bug (or a hand edit) could do: no constraint stops it
+        conn.commit()
+    settings_env.setenv("DATABASE_URL", str(db))
+    assert main(["db", "check"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["integrity_check: ok", "ledger (payments = sum of their transfers): WRONG",
+                       f"  {reported}"]
 
 
 def test_db_check_on_a_corrupted_copy_fails(tmp_path: Path, settings_env: pytest.MonkeyPatch,
