@@ -26,6 +26,7 @@ import aiosqlite
 
 from anonticket.domain import PaymentId, Transfer, derive_service_token
 from anonticket.errors import StorageUnavailable
+from anonticket.wal_checkpoint import BackgroundCheckpointer
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 SCHEMA_VERSION = 2
@@ -34,6 +35,9 @@ _CHUNK = 5000
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # A larger checkpoint interval turns many small random WAL writes into fewer big ones.
 _WAL_AUTOCHECKPOINT_PAGES = 4000
+# From this many transfers in one credit, COMMIT leaves the WAL copy to the background
+# checkpointer (anonticket/wal_checkpoint.py); smaller ones checkpoint as usual.
+_BULK_CREDIT_TRANSFERS = 1000
 
 log = logging.getLogger("anonticket.storage")
 
@@ -85,12 +89,14 @@ def database_path(url: str) -> str:
 
 class Storage:
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
         self._writer = writer
         self._reader = reader
         self._path = path
         self._write_lock = asyncio.Lock()
+        self.checkpointer = BackgroundCheckpointer(path, busy_timeout_ms)
 
     @classmethod
     async def open(
@@ -125,16 +131,26 @@ class Storage:
                 await reader.close()
             await writer.close()
             raise
-        return cls(writer, reader, path)
+        return cls(writer, reader, path, busy_timeout_ms)
 
     async def close(self) -> None:
+        await self.checkpointer.aclose()
         await self._reader.close()
         async with self._write_lock:
             await self._writer.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, *, checkpoint_later: bool = False
+                           ) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction under the write lock.
+
+        ``checkpoint_later`` is for a transaction that rewrites much of the file: its COMMIT
+        does not copy the WAL back into the database itself; the background checkpointer
+        does, once the lock is released (anonticket/wal_checkpoint.py).
+        """
         async with self._write_lock, _unavailable_on_error():
+            if checkpoint_later:
+                await self._writer.execute("PRAGMA wal_autocheckpoint=0")
             # BEGIN and COMMIT are inside the try: a BEGIN whose await was cancelled still
             # runs on aiosqlite's thread, and a failed COMMIT (a deferred foreign key, a
             # full disk) leaves the transaction open; either way, without the ROLLBACK every
@@ -146,6 +162,12 @@ class Storage:
             except BaseException:
                 await self._rollback()
                 raise
+            finally:
+                if checkpoint_later:
+                    await self._writer.execute(
+                        f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+        if checkpoint_later:
+            self.checkpointer.request()
 
     async def _rollback(self) -> None:
         """Roll back whatever is open, after every statement already queued on the writer.
@@ -269,7 +291,9 @@ class Storage:
         makes re-scanning an overlapping window harmless.
         """
         incoming = {t.txid: t for t in transfers}
-        async with self._transaction() as db:
+        # a bulk credit rewrites pages all over the tables: its WAL copy goes to the background
+        bulk = len(incoming) >= _BULK_CREDIT_TRANSFERS
+        async with self._transaction(checkpoint_later=bulk) as db:
             known: set[bytes] = set()
             # every list below is sorted by the key its statement walks: consecutive rows
             # then land in the same B-tree pages, which is most of the cost on a big table
