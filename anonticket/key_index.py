@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterable
 from heapq import merge
 from itertools import islice
-from typing import Iterable
 from operator import gt
 
 from anonticket.domain import key_prefix
