@@ -258,6 +258,21 @@ async def test_credit_is_idempotent_by_txid(storage: Storage) -> None:
     assert (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw].amount == 5000
 
 
+async def test_a_batch_mixing_stored_and_new_transfers_credits_only_the_new(storage: Storage) -> None:
+    # the optimistic one-pass insert meets a stored txid: undone, then only the new ones
+    pid, other = PaymentId.generate(), PaymentId.generate()
+    stored = transfer(pid, 3000, 10)
+    await storage.credit_transfers([stored], 20, NOW)
+    new = [transfer(pid, 500, 21), transfer(other, 700, 22)]
+    result = await storage.credit_transfers([*new, stored], 30, NOW)
+    assert result.transfers_credited == 2
+    assert sorted(result.credited_pids) == sorted([pid.raw, other.raw])
+    rows = await storage.claim_payments([pid.raw, other.raw], 0, NOW)
+    assert (rows[pid.raw].amount, rows[other.raw].amount) == (3500, 700)
+    stats = await storage.get_stats()
+    assert (stats["transfers"], stats["credited_piconero"], stats["scanned_height"]) == (3, 4200, 30)
+
+
 async def test_duplicate_txid_within_one_batch_counts_once(storage: Storage) -> None:
     pid = PaymentId.generate()
     one = transfer(pid, 4000)
