@@ -119,27 +119,60 @@ class Scan:
     reportable: list[Classified] = field(default_factory=list)
 
 
+def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -> Transfer | None:
+    """The transfer of a mined entry of the one common shape, when ``classify`` would call it
+    "credited"; None for anything else, which then goes through ``classify``.
+
+    Most of a big poll is this shape: checking it in one function, without a verdict
+    object or a count key, halves the time a poll spends classifying (docs/benchmarks.md).
+    tests/test_monitor_classify.py checks it against ``classify`` on arbitrary entries.
+    """
+    if type(entry) is not dict:
+        return None
+    amount, height = entry.get("amount"), entry.get("height")
+    if type(amount) is not int or type(height) is not int or amount <= 0 or height <= 0:
+        return None
+    unlock_time = entry.get("unlock_time", 0)
+    if type(unlock_time) is not int or unlock_time != 0:
+        return None
+    if entry.get("double_spend_seen", False) is not False or wallet_height - height < min_confirmations:
+        return None
+    txid_text, pid_text = entry.get("txid"), entry.get("payment_id")
+    if type(pid_text) is not str or len(pid_text) != 16:
+        return None  # long and malformed PIDs take the general path
+    try:
+        return Transfer(parse_txid(txid_text), PaymentId.parse(pid_text), amount, height)
+    except (ValueError, InvalidPid):
+        return None
+
+
 def scan(batch: WalletTransfers, wallet_height: int, cursor: int, min_confirmations: int,
          accept_long: bool) -> Scan:
     out = Scan()
     for entries, in_pool in ((batch.incoming, False), (batch.pool, True)):
         for entry in entries:
-            verdict = classify(entry, wallet_height, min_confirmations, accept_long, in_pool)
-            transfer = verdict.transfer
-            if verdict.result != "credited":
-                out.reportable.append(verdict)
+            transfer = None if in_pool else confirmed_transfer(entry, wallet_height,
+                                                                min_confirmations)
+            if transfer is not None:
+                result, confirmations = "credited", 0
+            else:
+                verdict = classify(entry, wallet_height, min_confirmations, accept_long, in_pool)
+                transfer, result, confirmations = (verdict.transfer, verdict.result,
+                                                   verdict.confirmations)
+                if result != "credited":
+                    out.reportable.append(verdict)
             if transfer is None:
                 continue
-            if verdict.result == "credited" and transfer.height > cursor:
+            if result == "credited" and transfer.height > cursor:
                 earlier = out.credited.get(transfer.txid)
                 if earlier is not None and earlier.pid == transfer.pid:
                     # one tx paying two of our addresses shows as two entries: credit the sum
                     transfer = Transfer(transfer.txid, transfer.pid,
                                         earlier.amount + transfer.amount, transfer.height)
                 out.credited[transfer.txid] = transfer
-            elif verdict.result == "pending":
+            elif result == "pending":
                 pid = transfer.pid.raw
-                out.pending[pid] = max(out.pending.get(pid, 0), verdict.confirmations)
+                out.pending[pid] = max(out.pending.get(pid, 0), confirmations)
     return out
 
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anonticket.domain import PaymentId
-from anonticket.monitor import classify, scan
+from anonticket.monitor import classify, confirmed_transfer, scan
 from anonticket.wallet_rpc import WalletTransfers
 from fake_wallet import make_transfer, make_txid
 
@@ -195,3 +195,18 @@ def test_scan_reports_the_highest_confirmations_per_pid() -> None:
                         make_transfer(PID, 1, height=0, type="pool")), 200, 0, N, False)
     assert found.pending == {PaymentId.parse(PID).raw: 8}
     assert not found.credited
+
+
+@given(entry=fields | json_values, height=st.integers(0, 400))
+def test_the_common_shape_shortcut_agrees_with_classify(entry: Any, height: int) -> None:
+    shortcut = confirmed_transfer(entry, height, N)
+    verdict = classify(entry, height, N, False, False)
+    if shortcut is not None:
+        assert (verdict.result, verdict.transfer) == ("credited", shortcut)
+
+
+def test_the_shortcut_takes_the_entries_the_real_wallet_sends() -> None:
+    # so the property above is not vacuous: the wallet's own shape goes the short way
+    entry = make_transfer(PID, 5000, height=100)
+    assert confirmed_transfer(entry, 100 + N, N) == classify(entry, 100 + N, N, False, False).transfer
+    assert confirmed_transfer(entry, 100 + N - 1, N) is None  # not yet confirmed: classify says
