@@ -92,6 +92,13 @@ class ClaimBatcher:
                         future.cancel()
 
 
+class _AskStorage:
+    """``Ledger.redeem_from_memory``'s "memory cannot tell": the claim must reach SQLite."""
+
+
+ASK_STORAGE = _AskStorage()
+
+
 class Ledger:
     def __init__(
         self,
@@ -135,7 +142,14 @@ class Ledger:
     async def redeem_or_none(self, pid: PaymentId) -> Claimed | Pending | None:
         """``redeem``, with None for an unknown PID: in a flood of random PIDs raising
         and catching the 404 cost more than finding out (docs/benchmarks.md)."""
-        raw = pid.raw
+        answer = self.redeem_from_memory(pid.raw)
+        if answer is ASK_STORAGE:
+            return await self.redeem_from_storage(pid.raw)
+        return answer  # type: ignore[return-value]
+
+    def redeem_from_memory(self, raw: bytes) -> Claimed | Pending | None | _AskStorage:
+        """What memory alone can answer (already claimed, pending, certainly unknown), or
+        ``ASK_STORAGE``; synchronous, so the hot answers cost no coroutine."""
         claimed = self._claimed.get(raw)
         if claimed is not None:
             return Claimed("already_claimed", *claimed)
@@ -149,6 +163,11 @@ class Ledger:
                 return Pending(pending, self.min_confirmations)
             self._remember_unknown(raw)
             return None
+        return ASK_STORAGE
+
+    async def redeem_from_storage(self, raw: bytes) -> Claimed | Pending | None:
+        """The rest of ``redeem_or_none``, after ``redeem_from_memory`` said ``ASK_STORAGE``."""
+        pending = self._pending.get(raw)
         row, won = await self._claims.claim(raw)
         if row is not None and row.status == 1 and row.token is not None:
             return Claimed("success" if won else "already_claimed", row.token, row.amount)

@@ -31,7 +31,7 @@ from anonticket.errors import (
     Unavailable,
 )
 from anonticket.api.errors import plain_error_body
-from anonticket.ledger import Claimed
+from anonticket.ledger import ASK_STORAGE, Claimed
 from anonticket.state import State
 from anonticket.storage import TokenRow
 
@@ -174,8 +174,11 @@ async def redeem(request: web.Request) -> web.Response:
     state = request.app[STATE]
     counters = state.metrics.redeem
     try:
-        pid = _redeem_pid(await read_body(request), state.config.api_accept_long_pids)
-        result = await state.ledger.redeem_or_none(pid)
+        raw = _redeem_pid(await read_body(request), state.config.api_accept_long_pids).raw
+        # already claimed, pending and unknown PIDs are answered without a coroutine
+        result = state.ledger.redeem_from_memory(raw)
+        if result is ASK_STORAGE:
+            result = await state.ledger.redeem_from_storage(raw)
     except (InvalidRequest, InvalidPid):
         counters["invalid"].inc()
         raise
