@@ -480,9 +480,8 @@ async def _insert_fresh_transfers(
     already stored (a rescan after a restart, a reorg) is the pass undone and the stored
     ones looked up first; that lookup would otherwise cost every poll ~5 % of its time.
     """
-    in_txid_order = sorted(incoming)
-    rows = [(txid, t.pid.raw, t.amount, t.height, now)
-            for txid, t in zip(in_txid_order, map(incoming.__getitem__, in_txid_order))]
+    in_txid_order = [incoming[txid] for txid in sorted(incoming)]
+    rows = [(t.txid, t.pid.raw, t.amount, t.height, now) for t in in_txid_order]
     await db.execute("SAVEPOINT fresh_transfers")
     before = db.total_changes
     await db.executemany(
@@ -490,18 +489,18 @@ async def _insert_fresh_transfers(
         " ON CONFLICT (txid) DO NOTHING", rows)
     if db.total_changes - before == len(rows):
         await db.execute("RELEASE fresh_transfers")
-        return [incoming[txid] for txid in in_txid_order]
+        return in_txid_order
     await db.execute("ROLLBACK TO fresh_transfers")
     await db.execute("RELEASE fresh_transfers")
     known: set[bytes] = set()
-    for chunk in _chunks(in_txid_order):
+    for chunk in _chunks([t.txid for t in in_txid_order]):
         marks = ",".join("?" * len(chunk))
         found = await db.execute_fetchall(f"SELECT txid FROM transfers WHERE txid IN ({marks})", chunk)
         known.update(txid for (txid,) in found)
     await db.executemany(
         "INSERT INTO transfers (txid, pid, amount, height, credited_at) VALUES (?, ?, ?, ?, ?)",
         [row for row in rows if row[0] not in known])
-    return [incoming[txid] for txid in in_txid_order if txid not in known]
+    return [t for t in in_txid_order if t.txid not in known]
 
 
 def _chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
