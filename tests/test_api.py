@@ -156,8 +156,13 @@ async def test_token_introspection(service: Service, http: aiohttp.ClientSession
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["issued_at"])
     status, body = await get(http, service.public_address, "/api/v1/token/" + "ab" * 32)
     assert_error(status, body, 404, "token_not_found")
+    # same 8-byte prefix as the issued token: memory cannot rule it out, SQLite answers 404
+    lookalike = token[:16] + ("0" * 48 if token[16:] != "0" * 48 else "1" * 48)
+    status, body = await get(http, service.public_address, f"/api/v1/token/{lookalike}")
+    assert_error(status, body, 404, "token_not_found")
     status, body = await get(http, service.public_address, "/api/v1/token/xyz")
     assert_error(status, body, 400, "invalid_token")
+    assert service.state.metrics.token["not_found"].value == 2
 
 
 async def test_revoke_is_idempotent_and_audited(service: Service, http: aiohttp.ClientSession) -> None:
