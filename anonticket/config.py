@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from anonticket.amount import parse_xmr
 from anonticket.errors import ConfigError
 
 
@@ -127,6 +128,20 @@ def _http_url(text: str) -> str:
     return text
 
 
+def parse_piconero_or_xmr(text: str) -> int:
+    """A price: whole piconero (``50000000000``) or XMR with a decimal point (``0.05``),
+    parsed exactly (never through float)."""
+    text = text.strip()
+    if "." in text:
+        return parse_xmr(text)
+    value = _parse_int(text, 1)
+    return value
+
+
+def _optional_price(text: str) -> int | None:
+    return parse_piconero_or_xmr(text) if text.strip() else None
+
+
 def _log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -201,6 +216,12 @@ SETTINGS: tuple[Setting, ...] = (
             _int_at_least(0), "Smallest confirmed total (piconero) a PID can redeem."),
     Setting("MONITOR_READY_MAX_AGE_SECS", "monitor_ready_max_age_secs", "30", _positive_seconds,
             "Readiness fails when no wallet poll succeeded for this long."),
+    Setting("ACCESS_PRICE_PER_DAY", "access_price_per_day", "", _optional_price,
+            "Price of one day of access, in piconero or XMR with a decimal point (0.01); "
+            "empty: tokens never expire."),
+    Setting("DEBIT_IDEMPOTENCY_TTL_SECS", "debit_idempotency_ttl_secs", "86400",
+            _int_at_least(86400),
+            "How long a debit's Idempotency-Key is remembered (at least 24 h)."),
 )
 
 
@@ -233,6 +254,8 @@ class Config:
     monitor_min_confirmations: int
     monitor_min_payment_amount: int
     monitor_ready_max_age_secs: float
+    access_price_per_day: int | None
+    debit_idempotency_ttl_secs: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
