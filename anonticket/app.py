@@ -18,12 +18,14 @@ from typing import Any
 from aiohttp import web
 
 from anonticket import sd_notify
+from anonticket.api.balance import add_topup_route
 from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
 from anonticket.api.errors import JsonErrorRunner, make_middleware
 from anonticket.api.internal import add_internal_routes, make_auth_middleware
 from anonticket.api.public import MAX_BODY_BYTES, STATE, add_public_routes
 from anonticket.cache import TtlSet
 from anonticket.config import Config, HostPort
+from anonticket.housekeeping import Housekeeper
 from anonticket.ledger import Ledger
 from anonticket.metrics import Metrics
 from anonticket.monitor import Monitor
@@ -51,6 +53,7 @@ async def open_state(config: Config, stack: AsyncExitStack) -> State:
         min_payment=config.monitor_min_payment_amount,
         min_confirmations=config.monitor_min_confirmations,
         negative_cache=TtlSet(config.api_negative_cache_capacity, config.api_negative_cache_ttl_secs),
+        price_per_day=config.access_price_per_day,
         on_negative_cache_hit=metrics.negative_cache_hits.inc,
     )
     await ledger.load()
@@ -65,6 +68,7 @@ def build_public_app(state: State) -> web.Application:
     )
     app[STATE] = state
     add_public_routes(app)
+    add_topup_route(app)
     return app
 
 
@@ -138,6 +142,19 @@ async def _start_site(
     return where
 
 
+async def _start_task(stack: AsyncExitStack, work: Any, name: str) -> asyncio.Task[None]:
+    """A background task whose stop (cancel, then wait for it) is on the exit stack."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+    return task
+
+
 async def start_service(config: Config) -> Service:
     stack = AsyncExitStack()
     try:
@@ -157,6 +174,7 @@ async def start_service(config: Config) -> Service:
             tcp=config.api_internal_bind_address, access_log=access_log,
             keepalive_secs=config.api_keepalive_timeout_secs,
         )
+        await _start_task(stack, Housekeeper(state).run(), "anonticket-housekeeping")
         if config.monitor_enabled:
             monitor = Monitor(state)
             await monitor.start()

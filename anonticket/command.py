@@ -217,6 +217,8 @@ _STAT_LABELS = {
     "tokens_revoked": "tokens revoked",
     "transfers": "transfers credited",
     "credited_piconero": "credited piconero",
+    "debits": "debits applied",
+    "debited_piconero": "debited piconero",
     "scanned_height": "scanned height",
     "wallet_height": "wallet height",
 }
@@ -233,7 +235,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for key in keys:
         value = stats[key]
         text = "unknown" if value is None else str(value)
-        if key == "credited_piconero" and isinstance(value, int):
+        if key in ("credited_piconero", "debited_piconero") and isinstance(value, int):
             text += f" ({format_xmr(value)} XMR)"
         if key == "wallet_height" and isinstance(value, int) and isinstance(scanned, int):
             text += f" (cursor {value - scanned} blocks behind)"

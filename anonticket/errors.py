@@ -48,6 +48,31 @@ class Underpaid(ServiceError):
     status, code, message = 402, "underpaid", "the confirmed total for this payment is below the minimum"
 
 
+class IdempotencyKeyRequired(ServiceError):
+    status, code, message = 400, "idempotency_key_required", "an Idempotency-Key header is required"
+
+
+class InsufficientBalance(ServiceError):
+    status, code, message = 402, "insufficient_balance", "the token's remaining balance is too low"
+
+
+class TokenExpired(ServiceError):
+    status, code, message = 403, "token_expired", "the token's access time has run out"
+
+
+class TokenRevoked(ServiceError):
+    status, code, message = 403, "token_revoked", "the token has been revoked"
+
+
+class PidAlreadyClaimed(ServiceError):
+    status, code, message = 409, "pid_already_claimed", "this payment was already redeemed or added to a token"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status, code, message = (422, "idempotency_key_reused",
+                             "this Idempotency-Key was used with a different request")
+
+
 class PaymentNotFound(ServiceError):
     status, code, message = 404, "payment_not_found", "no confirmed or pending payment for this pid"
 

@@ -6,90 +6,60 @@ keep the hot paths off SQLite:
 
 - ``KeyIndex`` of every stored PID and token prefix: an unknown one is answered 404
   without a query (a prefix hit still asks the database);
-- bounded maps PID → token and token → record for claimed PIDs, filled on first use;
+- bounded maps PID → token and token → record (balance, expiry) for claimed PIDs,
+  filled on first use and replaced after every write that changes a record;
 - the pending view (PIDs the wallet shows unconfirmed), replaced by each monitor poll.
 
-Concurrent claims are grouped: while one batch is in SQLite, new ones queue for the
-next, so N concurrent redeems cost one transaction, not N.
+Concurrent claims and debits are grouped (``batching``): while one batch is in SQLite,
+new ones queue for the next, so N concurrent redeems cost one transaction, not N.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
+from anonticket.batching import KeyedBatcher, SequenceBatcher
 from anonticket.cache import BoundedMap, TtlSet
 from anonticket.domain import PaymentId, ServiceToken, Transfer
 from anonticket.errors import PaymentNotFound, TokenNotFound, Underpaid
 from anonticket.key_index import KeyIndex
-from anonticket.storage import ClaimRow, CreditResult, Storage, TokenRow, unix_now
+from anonticket.storage import (
+    ClaimRow,
+    CreditResult,
+    DebitOutcome,
+    DebitRequest,
+    Storage,
+    TokenRow,
+    TopupOutcome,
+    unix_now,
+)
 
 log = logging.getLogger("anonticket.ledger")
 
-_MAX_CLAIM_BATCH = 256
 _RECORD_CACHE_CAPACITY = 200_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Claimed:
     status: str  # "success" | "already_claimed"
     token: bytes
-    balance: int
+    record: TokenRow
+
+    @property
+    def balance(self) -> int:
+        """What was credited in all (the name the redeem answer has always used)."""
+        return self.record.amount
+
+    def __repr__(self) -> str:
+        return f"Claimed({self.status}, <redacted>)"
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
     confirmations: int
     required: int
-
-
-class ClaimBatcher:
-    """Groups concurrent claims into one storage call per batch."""
-
-    def __init__(self, run: Callable[[list[bytes]], Awaitable[Mapping[bytes, ClaimRow]]]) -> None:
-        self._run = run
-        self._queue: dict[bytes, list[asyncio.Future[ClaimRow | None]]] = {}
-        self._worker: asyncio.Task[None] | None = None
-
-    async def claim(self, pid: bytes) -> tuple[ClaimRow | None, bool]:
-        """Returns the PID's row and whether THIS caller is the one that claimed it."""
-        future: asyncio.Future[ClaimRow | None] = asyncio.get_running_loop().create_future()
-        waiters = self._queue.setdefault(pid, [])
-        waiters.append(future)
-        first_in_batch = len(waiters) == 1
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._drain())
-        row = await future
-        return row, first_in_batch and row is not None and row.claimed_now
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = dict(list(self._queue.items())[:_MAX_CLAIM_BATCH])
-                for pid in batch:
-                    del self._queue[pid]
-                try:
-                    rows = await self._run(list(batch))
-                except BaseException as exc:
-                    for futures in batch.values():
-                        for future in futures:
-                            if not future.done():
-                                future.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                for pid, futures in batch.items():
-                    for future in futures:
-                        if not future.done():
-                            future.set_result(rows.get(pid))
-        finally:
-            self._worker = None
-            for futures in self._queue.values():  # only left if we were cancelled
-                for future in futures:
-                    if not future.done():
-                        future.cancel()
 
 
 class _AskStorage:
@@ -107,24 +77,29 @@ class Ledger:
         min_payment: int,
         min_confirmations: int,
         negative_cache: TtlSet[bytes],
+        price_per_day: int | None = None,
         on_negative_cache_hit: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = unix_now,
     ) -> None:
         self.storage = storage
         self.min_payment = min_payment
         self.min_confirmations = min_confirmations
+        self.price_per_day = price_per_day
         self.negative_cache = negative_cache
         self._on_negative_cache_hit = on_negative_cache_hit
-        self._clock = clock
+        self.clock = clock
         self._known_pids = KeyIndex()
         self._known_tokens = KeyIndex()
-        self._claimed: BoundedMap[bytes, tuple[bytes, int]] = BoundedMap(_RECORD_CACHE_CAPACITY)
+        self._claimed: BoundedMap[bytes, bytes] = BoundedMap(_RECORD_CACHE_CAPACITY)
         self._records: BoundedMap[bytes, TokenRow] = BoundedMap(_RECORD_CACHE_CAPACITY)
         self._pending: dict[bytes, int] = {}
         # bumped after every commit that changes a cached record, so a read that raced
         # with a write does not put the stale row it read into the cache
         self._write_version = 0
-        self._claims = ClaimBatcher(self._claim_batch)
+        self._claims: KeyedBatcher[bytes, ClaimRow] = KeyedBatcher(
+            self._claim_batch, lambda row: row.claimed_now)
+        self._debits: SequenceBatcher[DebitRequest, DebitOutcome] = SequenceBatcher(
+            self._debit_batch)
 
     async def load(self) -> None:
         """Build the prefix indexes from the database (start-up)."""
@@ -150,9 +125,12 @@ class Ledger:
     def redeem_from_memory(self, raw: bytes) -> Claimed | Pending | None | _AskStorage:
         """What memory alone can answer (already claimed, pending, certainly unknown), or
         ``ASK_STORAGE``; synchronous, so the hot answers cost no coroutine."""
-        claimed = self._claimed.get(raw)
-        if claimed is not None:
-            return Claimed("already_claimed", *claimed)
+        token = self._claimed.get(raw)
+        if token is not None:
+            record = self._records.get(token)
+            if record is not None:
+                return Claimed("already_claimed", token, record)
+            return ASK_STORAGE
         pending = self._pending.get(raw)
         if pending is None and raw in self.negative_cache:
             self._on_negative_cache_hit()
@@ -168,9 +146,9 @@ class Ledger:
     async def redeem_from_storage(self, raw: bytes) -> Claimed | Pending | None:
         """The rest of ``redeem_or_none``, after ``redeem_from_memory`` said ``ASK_STORAGE``."""
         pending = self._pending.get(raw)
-        row, won = await self._claims.claim(raw)
-        if row is not None and row.status == 1 and row.token is not None:
-            return Claimed("success" if won else "already_claimed", row.token, row.amount)
+        row, won = await self._claims.submit(raw)
+        if row is not None and row.status == 1 and row.record is not None:
+            return Claimed("success" if won else "already_claimed", row.record.token, row.record)
         if pending is not None or (pending := self._pending.get(raw)) is not None:
             return Pending(pending, self.min_confirmations)
         if row is None:
@@ -182,19 +160,40 @@ class Ledger:
         self.negative_cache.add(raw)
 
     async def _claim_batch(self, pids: list[bytes]) -> Mapping[bytes, ClaimRow]:
-        now = self._clock()
         try:
-            rows = await self.storage.claim_payments(pids, self.min_payment, now)
+            rows = await self.storage.claim_payments(pids, self.min_payment, self.clock())
         finally:
             self._write_version += 1
         # no await from here on: the caches are updated before any other write can start
         for pid, row in rows.items():
-            if row.status == 1 and row.token is not None:
+            record = row.record
+            if row.status == 1 and record is not None:
                 if row.claimed_now:
-                    self._known_tokens.add(row.token)
-                    self._records.put(row.token, TokenRow(row.token, row.amount, now, None, None, 0))
-                self._claimed.put(pid, (row.token, row.amount))
+                    self._known_tokens.add(record.token)
+                self._records.put(record.token, record)
+                self._claimed.put(pid, record.token)
         return rows
+
+    # ------------------------------------------------------------------ top-ups
+    async def topup(self, token: ServiceToken, pid: PaymentId) -> TopupOutcome | Pending | None:
+        """Add a paid PID's credit to a token. None: the PID is unknown (nothing confirmed
+        or pending); ``Pending`` while its payment waits for confirmations."""
+        if not self._known_tokens.might_contain(token.raw):
+            return TopupOutcome("token_not_found")
+        try:
+            outcome = await self.storage.topup_token(
+                token.raw, pid.raw, self.min_payment, self.clock())
+        finally:
+            self._write_version += 1
+        pending = self._pending.get(pid.raw)
+        if outcome.kind == "pending_or_unknown":
+            return None if pending is None else Pending(pending, self.min_confirmations)
+        if outcome.kind == "topped_up" and outcome.record is not None:
+            self._records.put(token.raw, outcome.record)
+            self._claimed.put(pid.raw, token.raw)
+        elif outcome.kind == "underpaid" and pending is not None:
+            return Pending(pending, self.min_confirmations)  # more is on its way, as redeem says
+        return outcome
 
     # ------------------------------------------------------------------ tokens
     async def introspect(self, token: ServiceToken) -> TokenRow:
@@ -231,7 +230,7 @@ class Ledger:
         self, token: ServiceToken, reason: str | None, abuse_score: int | None
     ) -> TokenRow:
         try:
-            record = await self.storage.revoke_token(token.raw, reason, abuse_score, self._clock())
+            record = await self.storage.revoke_token(token.raw, reason, abuse_score, self.clock())
         finally:
             self._write_version += 1
             self._records.pop(token.raw)
@@ -239,6 +238,27 @@ class Ledger:
             raise TokenNotFound()
         self._records.put(token.raw, record)
         return record
+
+    # ------------------------------------------------------------------ debits
+    async def debit(self, request: DebitRequest) -> DebitOutcome:
+        """Apply one debit exactly once (batched with concurrent ones into one transaction).
+
+        An unknown token is answered without a transaction; everything else, replays
+        included, is decided inside one, so a replay can never race its original.
+        """
+        if not self._known_tokens.might_contain(request.token):
+            return DebitOutcome(404, {"error": "token_not_found"})
+        return await self._debits.submit(request)
+
+    async def _debit_batch(self, requests: list[DebitRequest]) -> list[DebitOutcome]:
+        try:
+            outcomes = await self.storage.apply_debits(requests, self.clock())
+        finally:
+            self._write_version += 1
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if outcome.record is not None:
+                self._records.put(request.token, outcome.record)
+        return outcomes
 
     # ------------------------------------------------------------------ monitor
     @property
@@ -256,17 +276,15 @@ class Ledger:
     async def credit(self, transfers: Iterable[Transfer], scanned_height: int | None) -> CreditResult:
         """Credit confirmed transfers and move the cursor atomically, then refresh the views."""
         try:
-            result = await self.storage.credit_transfers(transfers, scanned_height, self._clock())
+            result = await self.storage.credit_transfers(
+                transfers, scanned_height, self.clock(), self.price_per_day)
         finally:
             self._write_version += 1
         self._known_pids.add_many(result.credited_pids)
         discard = self.negative_cache.discard
         for pid in result.credited_pids:
             discard(pid)
-        for pid, (token, amount) in result.topped_up.items():
-            if self._claimed.get(pid) is not None:
-                self._claimed.put(pid, (token, amount))
-            record = self._records.get(token)
-            if record is not None:
-                self._records.put(token, replace(record, amount=amount))
+        for token, record in result.topped_up.items():
+            if self._records.get(token) is not None:
+                self._records.put(token, record)
         return result

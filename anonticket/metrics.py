@@ -16,14 +16,18 @@ from prometheus_client.registry import Collector
 
 REDEEM_OUTCOMES = ("success", "already_claimed", "pending", "underpaid", "invalid", "not_found",
                    "unavailable")
-TOKEN_OUTCOMES = ("active", "revoked", "invalid", "not_found", "unavailable")
+TOKEN_OUTCOMES = ("active", "expired", "revoked", "invalid", "not_found", "unavailable")
+TOPUP_OUTCOMES = ("topped_up", "pending", "underpaid", "pid_already_claimed", "token_revoked",
+                  "invalid", "not_found", "unavailable")
+DEBIT_OUTCOMES = ("success", "replayed", "insufficient_balance", "token_expired",
+                  "token_revoked", "not_found", "key_reused", "invalid", "unavailable")
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
                     "invalid")
 # Route templates as registered (plus two for unmatched requests); never a concrete path.
 ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revoke",
-          "/api/v1/stats",
+          "/api/v1/token/{token}/topup", "/api/v1/token/{token}/debit", "/api/v1/stats",
           "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml", "unmatched")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -69,6 +73,14 @@ class Metrics:
                                    "outcome", REDEEM_OUTCOMES, r).tallies
         self.token = TallyCounter("anonticket_token_requests", "Token introspections by outcome.",
                                   "outcome", TOKEN_OUTCOMES, r).tallies
+        self.topup = TallyCounter("anonticket_topup_requests", "Top-up requests by outcome.",
+                                  "outcome", TOPUP_OUTCOMES, r).tallies
+        self.debit = TallyCounter("anonticket_debit_requests", "Debit requests by outcome "
+                                  "(replayed: an Idempotency-Key's stored answer).",
+                                  "outcome", DEBIT_OUTCOMES, r).tallies
+        self.debited = Counter(
+            "anonticket_debited_piconero", "Piconero drawn from token balances by debits.",
+            registry=r)
         self.revocations = Counter(
             "anonticket_revocations", "Revocation requests that found their token.", registry=r)
         self.negative_cache_hits = Counter(

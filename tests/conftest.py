@@ -70,3 +70,10 @@ def random_txid() -> bytes:
 
 def transfer(pid: PaymentId, amount: int = 5000, height: int = 100, txid: bytes | None = None) -> Transfer:
     return Transfer(txid or random_txid(), pid, amount, height)
+
+
+def claim_summary(answer: object) -> tuple[str, bytes, int]:
+    """A redeem's Claimed answer as (status, token, credited balance), for comparisons."""
+    from anonticket.ledger import Claimed
+    assert isinstance(answer, Claimed), answer
+    return answer.status, answer.token, answer.balance

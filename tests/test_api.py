@@ -52,10 +52,11 @@ async def test_redeem_success_then_already_claimed(service: Service, http: aioht
     txid = await credit(service, PID, 5000)
     expected = derive_service_token(PaymentId.parse(PID), txid.hex()).hex()
     status, body = await post(http, service.public_address, "/api/v1/redeem", {"pid": PID})
-    assert (status, body) == (200, {"status": "success", "service_token": expected, "balance": 5000})
+    assert (status, body) == (200, {"status": "success", "service_token": expected, "balance": 5000,
+                                    "remaining": 5000, "expires_at": None})
     status, again = await post(http, service.public_address, "/api/v1/redeem", {"pid": PID.upper()})
     assert (status, again) == (200, {"status": "already_claimed", "service_token": expected,
-                                     "balance": 5000})
+                                     "balance": 5000, "remaining": 5000, "expires_at": None})
 
 
 async def test_balance_includes_top_ups(service: Service, http: aiohttp.ClientSession) -> None:

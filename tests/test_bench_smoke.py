@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from anonticket.api.public import (
     _claimed_bytes,
+    claimed_view,
     _json_object,
     _redeem_pid,
     _token_view_bytes,
@@ -111,18 +112,22 @@ def test_pid_fast_path_is_payment_id_parse(text: object) -> None:
     assert _outcome(parse_pid, text, False) == _outcome(PaymentId.parse, text)
 
 
-@given(
-    amount=st.integers(0, 2**62), issued=st.integers(0, 2**33),
-    revoked=st.none() | st.integers(0, 2**33), score=st.integers(0, 2**62),
-)
-def test_token_answer_bytes_equal_the_dict(amount: int, issued: int, revoked: int | None,
-                                           score: int) -> None:
-    record = TokenRow(b"t" * 32, amount, issued, revoked, "why" if revoked else None, score)
-    assert json.loads(_token_view_bytes(record)) == token_view(record)
+@st.composite
+def token_rows(draw: st.DrawFn) -> TokenRow:
+    amount = draw(st.integers(0, 2**62))
+    revoked = draw(st.none() | st.integers(0, 2**33))
+    return TokenRow(draw(st.binary(min_size=32, max_size=32)), amount, draw(st.integers(0, 2**33)),
+                    revoked, "why" if revoked else None, draw(st.integers(0, 2**62)),
+                    draw(st.integers(0, amount)), draw(st.none() | st.integers(0, 2**33)))
 
 
-@given(status=st.sampled_from(["success", "already_claimed"]), balance=st.integers(0, 2**62),
-       token=st.binary(min_size=32, max_size=32))
-def test_redeem_answer_bytes_equal_the_dict(status: str, balance: int, token: bytes) -> None:
-    body = json.loads(_claimed_bytes(Claimed(status, token, balance)))
-    assert body == {"status": status, "service_token": token.hex(), "balance": balance}
+@given(record=token_rows(), now=st.integers(0, 2**33))
+def test_token_answer_bytes_equal_the_dict(record: TokenRow, now: int) -> None:
+    assert json.loads(_token_view_bytes(record, now)) == token_view(record, now)
+
+
+@given(status=st.sampled_from(["success", "already_claimed"]), record=token_rows())
+def test_redeem_answer_bytes_equal_the_dict(status: str, record: TokenRow) -> None:
+    result = Claimed(status, record.token, record)
+    assert json.loads(_claimed_bytes(result)) == claimed_view(result)
+    assert claimed_view(result)["service_token"] == record.token.hex()

@@ -165,7 +165,7 @@ async def test_stats(running: Running) -> None:
     assert json.loads(out) == {
         "payments_unclaimed": 1, "payments_claimed": 2, "tokens_active": 1, "tokens_revoked": 1,
         "credited_piconero": 12600, "transfers": 3, "scanned_height": 130, "wallet_height": 140,
-        "pending_pids": 1}
+        "pending_pids": 1, "debits": 0, "debited_piconero": 0}
 
     code, out, err = await cli(env, "stats")
     assert (code, err) == (0, "")
@@ -174,7 +174,8 @@ async def test_stats(running: Running) -> None:
     assert rows == {
         "payments unclaimed": "1", "payments claimed": "2", "payments pending": "1",
         "tokens active": "1", "tokens revoked": "1", "transfers credited": "3",
-        "credited piconero": "12600 (0.0000000126 XMR)", "scanned height": "130",
+        "credited piconero": "12600 (0.0000000126 XMR)", "debits applied": "0",
+        "debited piconero": "0 (0 XMR)", "scanned height": "130",
         "wallet height": "140 (cursor 10 blocks behind)"}
     columns = {len(line) - len(line[line.index("  "):].lstrip()) for line in lines}
     assert len(columns) == 1  # every value starts in the same column

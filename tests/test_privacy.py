@@ -267,7 +267,8 @@ async def customer_and_operator_run(client: Client, chain: Chain, secret: Secret
                               lambda s, b: s == 200, chain.timeout)
     token = derive_service_token(PaymentId.parse(pid), txid).hex()
     secret.add("token", token)
-    assert body == {"status": "success", "service_token": token, "balance": 2 * MIN_PAYMENT}
+    assert body == {"status": "success", "service_token": token, "balance": 2 * MIN_PAYMENT,
+                    "remaining": 2 * MIN_PAYMENT, "expires_at": None}
     status, again = await client.redeem(pid.upper())
     assert (status, again["status"], again["service_token"]) == (200, "already_claimed", token)
 

@@ -285,7 +285,8 @@ def test_the_printed_flow_works_and_ctrl_c_leaves_nothing(sandbox_dir: Path) -> 
         # 4. success, with the token the payment derives
         token = derive_service_token(PaymentId.parse(pid), paid["txid"]).hex()
         success = poll(steps[3], "success", {"pending"})
-        assert success == {"status": "success", "service_token": token, "balance": XMR // 2}
+        assert success == {"status": "success", "service_token": token, "balance": XMR // 2,
+                           "remaining": XMR // 2, "expires_at": None}
         assert answers(shell(steps[3]).stdout)[0]["status"] == "already_claimed"
         # 5. introspect
         (active,) = answers(shell(steps[4], token).stdout)

@@ -231,7 +231,7 @@ async def test_sigterm_finishes_the_request_in_flight(sockdir: Path, started: li
     head, _, payload = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), response
     answer = json.loads(payload)
-    assert answer == {"status": "success", "balance": 5000,
+    assert answer == {"status": "success", "balance": 5000, "remaining": 5000, "expires_at": None,
                       "service_token": derive_service_token(pid, payment.txid.hex()).hex()}
     assert await server.finish() == 0
     assert not public.exists()

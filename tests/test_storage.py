@@ -12,14 +12,16 @@ from typing import Any
 
 import pytest
 
-import anonticket.storage as storage_module
+import anonticket.storage.schema as schema_module
 from anonticket.domain import PaymentId, derive_service_token, key_prefix
 from anonticket.storage import SCHEMA_VERSION, Storage, database_path
 from conftest import transfer
 
 NOW = 1_700_000_000
 MIN = 1000
-TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
+TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log", "debits",
+          "idempotency_keys"}
+V2_TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
 
 
 @contextmanager
@@ -55,8 +57,8 @@ async def test_fresh_file_gets_schema_version_and_wal(tmp_path: Path) -> None:
     assert strict == TABLES
 
 
-def _broken_schema(tmp_path: Path, marker: str, garbage: str) -> Path:
-    text = storage_module.SCHEMA_PATH.read_text()
+def _broken_schema(tmp_path: Path, script: Path, marker: str, garbage: str) -> Path:
+    text = script.read_text()
     assert marker in text
     bad = tmp_path / "broken-schema.sql"
     bad.write_text(text.replace(marker, marker + "\n" + garbage, 1))
@@ -64,14 +66,15 @@ def _broken_schema(tmp_path: Path, marker: str, garbage: str) -> Path:
 
 
 @pytest.mark.parametrize("marker", [
-    f"PRAGMA user_version = {SCHEMA_VERSION};",  # the version is already set when the script breaks
+    "PRAGMA user_version = 2;",  # the version is already set when the script breaks
     ") STRICT, WITHOUT ROWID;",  # right after the first table
 ])
 async def test_broken_schema_applies_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
 ) -> None:
     path = tmp_path / "anonticket.db"
-    monkeypatch.setattr(storage_module, "SCHEMA_PATH", _broken_schema(tmp_path, marker, "CREATE TABLE (;"))
+    broken = _broken_schema(tmp_path, schema_module.SCHEMA_PATH, marker, "CREATE TABLE (;")
+    monkeypatch.setattr(schema_module, "SCHEMA_PATH", broken)
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(path)
     assert user_version(path) == 0
@@ -83,11 +86,31 @@ async def test_broken_schema_applies_nothing(
     assert (user_version(path), TABLES <= tables(path)) == (SCHEMA_VERSION, True)
 
 
+@pytest.mark.parametrize("marker", [
+    f"PRAGMA user_version = {SCHEMA_VERSION};",
+    "ALTER TABLE service_tokens ADD COLUMN expires_at INTEGER;",
+])
+async def test_broken_migration_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    path = tmp_path / "anonticket.db"
+    broken = _broken_schema(tmp_path, schema_module.MIGRATIONS[3], marker, "CREATE TABLE (;")
+    monkeypatch.setitem(schema_module.MIGRATIONS, 3, broken)
+    with pytest.raises(sqlite3.OperationalError):
+        await Storage.open(path)
+    assert (user_version(path), tables(path)) == (2, V2_TABLES)
+    monkeypatch.undo()
+    store = await Storage.open(path)
+    await store.close()
+    assert (user_version(path), tables(path)) == (SCHEMA_VERSION, TABLES)
+
+
 async def test_current_schema_is_not_reapplied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "anonticket.db"
     await (await Storage.open(path)).close()
     # with the version already current, the schema file is not even read
-    monkeypatch.setattr(storage_module, "SCHEMA_PATH", tmp_path / "missing.sql")
+    monkeypatch.setattr(schema_module, "SCHEMA_PATH", tmp_path / "missing.sql")
+    monkeypatch.setitem(schema_module.MIGRATIONS, 3, tmp_path / "missing.sql")
     store = await Storage.open(path)
     await store.close()
     assert user_version(path) == SCHEMA_VERSION
@@ -115,10 +138,14 @@ V1_TRANSFERS = """CREATE TABLE transfers (
 async def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     # version 1's transfers table had a foreign key to payments and an index on pid
     path = tmp_path / "anonticket.db"
-    store = await Storage.open(path)
-    await store.credit_transfers([transfer(PaymentId.generate(), amount=7),
-                                  transfer(PaymentId.generate(), amount=9)], 42, 1000)
-    await store.close()
+    with raw(path) as conn:
+        conn.executescript(schema_module.SCHEMA_PATH.read_text())  # version 2
+        for t in (transfer(PaymentId.generate(), amount=7), transfer(PaymentId.generate(), amount=9)):
+            conn.execute("INSERT INTO payments (pid, txid, amount, first_height, created_at)"
+                         " VALUES (?, ?, ?, ?, 1000)", (t.pid.raw, t.txid, t.amount, t.height))
+            conn.execute("INSERT INTO transfers VALUES (?, ?, ?, ?, 1000)",
+                         (t.txid, t.pid.raw, t.amount, t.height))
+        conn.execute("UPDATE monitor_state SET scanned_height = 42")
     with raw(path) as conn:
         before = conn.execute("SELECT * FROM transfers ORDER BY txid").fetchall()
         conn.execute("ALTER TABLE transfers RENAME TO current_transfers")
@@ -324,7 +351,7 @@ async def test_claim_once_then_top_up(storage: Storage) -> None:
     assert (first.status, first.claimed_now, second.claimed_now) == (1, True, False)
     assert first.token is not None and second.token == first.token
     result = await storage.credit_transfers([transfer(pid, 700, height=120)], None, NOW)
-    assert result.topped_up == {pid.raw: (first.token, 5700)}
+    assert {t: r.amount for t, r in result.topped_up.items()} == {first.token: 5700}
     record = await storage.get_token(first.token)
     assert record is not None and (record.amount, record.issued_at) == (5700, NOW)
     assert (await storage.claim_payments([pid.raw], MIN, NOW))[pid.raw].amount == 5700

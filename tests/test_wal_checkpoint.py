@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import anonticket.storage as storage_module
+import anonticket.storage.payments as storage_module
 from anonticket.domain import PaymentId
 from anonticket.storage import Storage
 from anonticket.wal_checkpoint import BackgroundCheckpointer
@@ -57,7 +57,7 @@ async def test_failed_credit_restores_the_automatic_checkpoint(storage: Storage)
 
 async def test_requests_during_a_checkpoint_run_one_more(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage_module, "_BULK_CREDIT_TRANSFERS", 1)
+    monkeypatch.setattr(storage_module, "BULK_CREDIT_TRANSFERS", 1)
     store = await Storage.open(tmp_path / "anonticket.db")
     try:
         for height in range(3):  # back to back: the later requests land mid-checkpoint

@@ -26,6 +26,7 @@ from anonticket.api.public import (
     rfc3339,
     token_view,
 )
+from anonticket.api.balance import add_debit_route, add_topup_route
 from anonticket.domain import ServiceToken
 from anonticket.errors import InvalidRequest, Unauthorized
 
@@ -57,12 +58,22 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def inspect_token(request: web.Request) -> web.Response:
-    """Introspection plus what only the operator should see: the reason and the audit trail."""
+    """Introspection plus what only the operator should see: the reason, the audit trail,
+    what was credited and spent, and the most recent debits."""
     state = request.app[STATE]
     record = await lookup_token(request, state)
-    audit = await state.ledger.storage.list_audit(record.token)
+    storage = state.ledger.storage
+    audit = await storage.list_audit(record.token)
+    debits = await storage.list_debits(record.token)
     view = token_view(record)
     view["revoke_reason"] = record.revoke_reason
+    view["credited"] = record.amount
+    view["spent"] = record.spent
+    view["debits"] = [
+        {"debit_id": entry["debit_id"], "amount": entry["amount"], "memo": entry["memo"],
+         "at": rfc3339(entry["at"])}
+        for entry in debits
+    ]
     view["audit"] = [
         {"at": rfc3339(entry["at"]), "action": entry["action"], "reason": entry["reason"],
          "abuse_score": entry["abuse_score"]}
@@ -125,6 +136,8 @@ def add_internal_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/redeem", redeem)
     add_token_routes(app, inspect_token)
     app.router.add_post("/api/v1/token/{token}/revoke", revoke)
+    add_topup_route(app)
+    add_debit_route(app)
     app.router.add_get("/api/v1/stats", stats, allow_head=False)
     app.router.add_get("/health/live", live, allow_head=False)
     app.router.add_get("/health/ready", ready_details, allow_head=False)

@@ -144,30 +144,46 @@ def rfc3339(unix_seconds: int | None) -> str | None:
     return None if unix_seconds is None else _format_stamp(unix_seconds)
 
 
-def token_view(record: TokenRow) -> dict[str, Any]:
+def token_view(record: TokenRow, now: int | None = None) -> dict[str, Any]:
     return {
-        "status": "revoked" if record.revoked_at is not None else "active",
+        "status": record.status(int(time.time()) if now is None else now),
         "amount": record.amount,
         "issued_at": rfc3339(record.issued_at),
         "revoked_at": rfc3339(record.revoked_at),
         "abuse_score": record.abuse_score,
+        "expires_at": rfc3339(record.expires_at),
+        "remaining": record.remaining,
     }
 
 
-def _token_view_bytes(record: TokenRow) -> bytes:
+def _stamp_or_null(unix_seconds: int | None) -> str:
+    return "null" if unix_seconds is None else f'"{_format_stamp(unix_seconds)}"'
+
+
+def _token_view_bytes(record: TokenRow, now: int) -> bytes:
     """``json.dumps(token_view(record))`` without the encoder: ints and our own stamps only."""
-    if record.revoked_at is None:
-        head, revoked = '{"status":"active","amount":', "null"
-    else:
-        head, revoked = '{"status":"revoked","amount":', f'"{_format_stamp(record.revoked_at)}"'
-    return (f'{head}{int(record.amount)},"issued_at":"{_format_stamp(record.issued_at)}",'
-            f'"revoked_at":{revoked},"abuse_score":{int(record.abuse_score)}}}').encode()
+    return (f'{{"status":"{record.status(now)}","amount":{int(record.amount)},'
+            f'"issued_at":"{_format_stamp(record.issued_at)}",'
+            f'"revoked_at":{_stamp_or_null(record.revoked_at)},'
+            f'"abuse_score":{int(record.abuse_score)},'
+            f'"expires_at":{_stamp_or_null(record.expires_at)},'
+            f'"remaining":{int(record.remaining)}}}').encode()
+
+
+def claimed_view(result: Claimed) -> dict[str, Any]:
+    record = result.record
+    return {"status": result.status, "service_token": result.token.hex(),
+            "balance": record.amount, "remaining": record.remaining,
+            "expires_at": rfc3339(record.expires_at)}
 
 
 def _claimed_bytes(result: Claimed) -> bytes:
+    """``json.dumps(claimed_view(result))`` without the encoder."""
     status = "success" if result.status == "success" else "already_claimed"
+    record = result.record
     return (f'{{"status":"{status}","service_token":"{result.token.hex()}",'
-            f'"balance":{int(result.balance)}}}').encode()
+            f'"balance":{int(record.amount)},"remaining":{int(record.remaining)},'
+            f'"expires_at":{_stamp_or_null(record.expires_at)}}}').encode()
 
 
 async def redeem(request: web.Request) -> web.Response:
@@ -225,8 +241,9 @@ async def introspect(request: web.Request) -> web.Response:
         if record is None:
             counters["not_found"].inc()
             return _json_bytes(_TOKEN_NOT_FOUND, 404)
-    counters["revoked" if record.revoked_at is not None else "active"].inc()
-    return _json_bytes(_token_view_bytes(record))
+    now = int(time.time())
+    counters[record.status(now)].inc()
+    return _json_bytes(_token_view_bytes(record, now))
 
 
 def _matched_token(request: web.Request) -> ServiceToken:
@@ -244,7 +261,7 @@ async def lookup_token(request: web.Request, state: State) -> TokenRow:
     except Unavailable:
         counters["unavailable"].inc()
         raise
-    counters["revoked" if record.revoked_at is not None else "active"].inc()
+    counters[record.status(int(time.time()))].inc()
     return record
 
 

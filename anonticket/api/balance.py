@@ -1,0 +1,182 @@
+"""Top-ups (public) and debits (internal): the routes that move a token's balance.
+
+A debit answer is stored with its Idempotency-Key, as raw values, and rendered here the
+same way for the first answer and every replay, so a retry sees the bytes it would have
+seen the first time (plus ``Idempotent-Replayed: true``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from anonticket.api.public import (
+    STATE,
+    TOKEN_PATTERN,
+    json_body,
+    parse_pid,
+    read_json_object,
+    rfc3339,
+)
+from anonticket.domain import ServiceToken
+from anonticket.errors import (
+    IdempotencyKeyRequired,
+    IdempotencyKeyReused,
+    InsufficientBalance,
+    InvalidPid,
+    InvalidRequest,
+    PaymentNotFound,
+    PidAlreadyClaimed,
+    ServiceError,
+    TokenExpired,
+    TokenNotFound,
+    TokenRevoked,
+    Unavailable,
+    Underpaid,
+)
+from anonticket.ledger import Pending
+from anonticket.storage import DebitRequest
+
+MAX_MEMO_CHARS = 128
+MAX_KEY_CHARS = 128
+# amounts are SQLite INTEGERs (signed 64-bit); sums of them must fit too
+MAX_DEBIT = 2**62
+# every refusal a debit can be answered with, by its stored code
+_REFUSALS: dict[str, type[ServiceError]] = {
+    cls.code: cls for cls in (InsufficientBalance, TokenExpired, TokenRevoked, TokenNotFound,
+                              IdempotencyKeyReused)
+}
+_TOPUP_REFUSALS: dict[str, type[ServiceError]] = {
+    "token_not_found": TokenNotFound, "pid_already_claimed": PidAlreadyClaimed,
+    "token_revoked": TokenRevoked,
+}
+
+
+def _token(request: web.Request) -> ServiceToken:
+    return ServiceToken(bytes.fromhex(request.match_info["token"]))  # TOKEN_PATTERN: 64 hex
+
+
+def utf8_text(value: object) -> bool:
+    """A string SQLite can store: JSON may carry lone surrogates (``"\\ud800"``) that no
+    UTF-8 encoder accepts."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- top-up
+async def topup(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    counters = state.metrics.topup
+    try:
+        body = await read_json_object(request)
+        if "pid" not in body:
+            raise InvalidRequest("field 'pid' is required")
+        pid = parse_pid(body["pid"], state.config.api_accept_long_pids)
+        result = await state.ledger.topup(_token(request), pid)
+    except (InvalidRequest, InvalidPid):
+        counters["invalid"].inc()
+        raise
+    except Unavailable:
+        counters["unavailable"].inc()
+        raise
+    if result is None:
+        counters["not_found"].inc()
+        raise PaymentNotFound()
+    if isinstance(result, Pending):
+        counters["pending"].inc()
+        return json_body({"status": "pending", "confirmations": result.confirmations,
+                          "required": result.required}, status=202)
+    if result.kind == "underpaid":
+        counters["underpaid"].inc()
+        raise Underpaid(balance=result.amount, minimum=state.ledger.min_payment)
+    refusal = _TOPUP_REFUSALS.get(result.kind)
+    if refusal is not None or result.record is None:
+        counters["not_found" if result.kind == "token_not_found" else result.kind].inc()
+        raise (refusal or TokenNotFound)()
+    counters["topped_up"].inc()
+    record = result.record
+    return json_body({"status": "topped_up", "credited": result.amount, "balance": record.amount,
+                      "remaining": record.remaining, "expires_at": rfc3339(record.expires_at)})
+
+
+# ---------------------------------------------------------------------- debit
+def idempotency_key(request: web.Request) -> str:
+    """The Idempotency-Key header, verbatim: 1 to 128 visible ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise IdempotencyKeyRequired()
+    if not 1 <= len(key) <= MAX_KEY_CHARS or not all("!" <= c <= "~" for c in key):
+        raise InvalidRequest("Idempotency-Key must be 1 to 128 visible ASCII characters")
+    return key
+
+
+def parse_debit(body: dict[str, Any]) -> tuple[int, str | None]:
+    amount = body.get("amount")
+    if type(amount) is not int or not 0 < amount <= MAX_DEBIT:
+        raise InvalidRequest("amount must be a whole number of piconero greater than zero")
+    memo = body.get("memo")
+    if memo is not None and (not utf8_text(memo) or len(memo) > MAX_MEMO_CHARS):
+        raise InvalidRequest("memo must be a string of at most 128 characters")
+    return amount, memo
+
+
+def request_digest(amount: int, memo: str | None) -> bytes:
+    """What "the same request" means for a key: the same amount and memo."""
+    return hashlib.sha256(json.dumps([amount, memo]).encode()).digest()
+
+
+def render_debit(status: int, body: dict[str, Any], replayed: bool) -> web.Response:
+    if status == 200:
+        payload = {"debit_id": body["debit_id"], "amount": body["amount"],
+                   "remaining": body["remaining"], "expires_at": rfc3339(body["expires_at"])}
+    else:
+        code = body["error"]
+        refusal = _REFUSALS[code]
+        payload = {"error": code, "message": refusal.message,
+                   **{k: v for k, v in body.items() if k != "error"}}
+    response = json_body(payload, status=status)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def debit(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    counters = state.metrics.debit
+    try:
+        key = idempotency_key(request)
+        amount, memo = parse_debit(await read_json_object(request))
+        outcome = await state.ledger.debit(DebitRequest(
+            _token(request).raw, amount, key, request_digest(amount, memo), memo))
+    except (InvalidRequest, IdempotencyKeyRequired):
+        counters["invalid"].inc()
+        raise
+    except Unavailable:
+        counters["unavailable"].inc()
+        raise
+    if outcome.replayed:
+        counters["replayed"].inc()
+    elif outcome.status == 200:
+        counters["success"].inc()
+        state.metrics.debited.inc(amount)
+    else:
+        code = str(outcome.body["error"])
+        counters[{"token_not_found": "not_found", "idempotency_key_reused": "key_reused"}
+                 .get(code, code)].inc()
+    return render_debit(outcome.status, outcome.body, outcome.replayed)
+
+
+def add_topup_route(app: web.Application) -> None:
+    app.router.add_post(f"/api/v1/token/{TOKEN_PATTERN}/topup", topup)
+
+
+def add_debit_route(app: web.Application) -> None:
+    app.router.add_post(f"/api/v1/token/{TOKEN_PATTERN}/debit", debit)

@@ -1,0 +1,267 @@
+"""Payments and claims: crediting the wallet's transfers, redeeming a PID, top-ups.
+
+A payment row sums a PID's credited transfers. Claiming it (a redeem) issues its token;
+a top-up claims it onto an existing token instead. Either way ``payments.token`` then
+names the token its credit belongs to, so a later transfer to the same PID tops that
+token up in the monitor's own transaction.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+
+from anonticket.domain import PaymentId, Transfer, derive_service_token
+from anonticket.storage.core import StorageCore, chunks, marks
+from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
+
+SECONDS_PER_DAY = 86400
+# From this many transfers in one credit, COMMIT leaves the WAL copy to the background
+# checkpointer (anonticket/wal_checkpoint.py); smaller ones checkpoint as usual.
+BULK_CREDIT_TRANSFERS = 1000
+
+# expires_at after crediting ``?1`` more seconds at time ``?2``: the clock restarts from
+# now for an expired token; a token without a time limit, or a credit that buys unlimited
+# time (NULL seconds: no price was in force), has none afterwards
+_EXTEND_EXPIRY = """CASE WHEN expires_at IS NULL OR ?1 IS NULL THEN NULL
+                         ELSE max(expires_at, ?2) + ?1 END"""
+
+
+def seconds_bought(amount: int, price_per_day: int | None) -> int | None:
+    """What ``amount`` piconero buys at the price in force; None is unlimited time."""
+    return None if price_per_day is None else amount * SECONDS_PER_DAY // price_per_day
+
+
+class PaymentStore(StorageCore):
+    # ------------------------------------------------------------------ redeem
+    async def claim_payments(
+        self, pids: Sequence[bytes], min_amount: int, now: int
+    ) -> dict[bytes, ClaimRow]:
+        """Claim every given PID whose confirmed total reaches ``min_amount``, in one transaction.
+
+        The conditional UPDATE is the exactly-one-winner guard: a PID already claimed
+        (by this batch's predecessor, a top-up, anyone) is not returned by RETURNING, so
+        only one caller ever sees ``claimed_now``. Absent PIDs are absent from the result.
+        The clock of a time-limited token starts here, at issue, not when it was paid.
+        """
+        result: dict[bytes, ClaimRow] = {}
+        async with self._transaction() as db:
+            for chunk in chunks(pids):
+                claimed = await db.execute_fetchall(
+                    f"""UPDATE payments SET status = 1, claimed_at = ?
+                        WHERE status = 0 AND amount >= ? AND pid IN ({marks(len(chunk))})
+                        RETURNING pid, txid, amount, seconds""",
+                    (now, min_amount, *chunk),
+                )
+                tokens, links = [], []
+                for pid, txid, amount, seconds in claimed:
+                    token = derive_service_token(PaymentId(pid), txid.hex()).raw
+                    expires_at = None if seconds is None else now + seconds
+                    tokens.append((token, pid, amount, now, expires_at))
+                    links.append((token, pid))
+                    record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                    result[pid] = ClaimRow(1, amount, token, claimed_now=True, record=record)
+                if tokens:
+                    await db.executemany(
+                        """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
+                           VALUES (?, ?, ?, ?, ?)""",
+                        tokens,
+                    )
+                    await db.executemany("UPDATE payments SET token = ? WHERE pid = ?", links)
+            rest = [pid for pid in pids if pid not in result]
+            for chunk in chunks(rest):
+                rows = await db.execute_fetchall(
+                    f"""SELECT p.pid, p.status, p.amount, {_prefixed('t', TOKEN_COLUMNS)}
+                        FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
+                        WHERE p.pid IN ({marks(len(chunk))})""",
+                    chunk,
+                )
+                for pid, status, amount, *token_columns in rows:
+                    result[pid] = _claim_row(status, amount, token_columns)
+        return result
+
+    async def get_claim(self, pid: bytes) -> ClaimRow | None:
+        """A PID's state without claiming it (the checkout's status page reads this)."""
+        rows = await self._read(
+            f"""SELECT p.status, p.amount, {_prefixed('t', TOKEN_COLUMNS)}
+                FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
+                WHERE p.pid = ?""",
+            (pid,),
+        )
+        for status, amount, *token_columns in rows:
+            return _claim_row(status, amount, token_columns)
+        return None
+
+    async def topup_token(
+        self, token: bytes, pid: bytes, min_amount: int, now: int
+    ) -> TopupOutcome:
+        """Claim a paid PID onto an existing token: its credit and the time it bought move
+        onto the token in one transaction, or nothing changes.
+
+        A retry of the same top-up finds the PID already on this token and answers as
+        the first time did; on any other token it is ``pid_already_claimed``.
+        """
+        async with self._transaction() as db:
+            found = await db.execute_fetchall(
+                f"SELECT pid, {TOKEN_COLUMNS} FROM service_tokens WHERE token = ?", (token,))
+            if not found:
+                return TopupOutcome("token_not_found")
+            own_pid, *columns = found[0]
+            record = TokenRow(*columns)
+            payment = await db.execute_fetchall(
+                "SELECT status, amount, seconds, token FROM payments WHERE pid = ?", (pid,))
+            if not payment:
+                return TopupOutcome("pending_or_unknown")
+            status, amount, seconds, owner = payment[0]
+            if status == 1:
+                if owner == token and pid != own_pid:
+                    return TopupOutcome("topped_up", amount, record)
+                return TopupOutcome("pid_already_claimed", amount)
+            if record.revoked_at is not None:
+                return TopupOutcome("token_revoked", amount)
+            if amount < min_amount:
+                return TopupOutcome("underpaid", amount)
+            await db.execute(
+                "UPDATE payments SET status = 1, claimed_at = ?, token = ? WHERE pid = ?",
+                (now, token, pid))
+            updated = await db.execute_fetchall(
+                f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY}
+                    WHERE token = ?4 RETURNING {TOKEN_COLUMNS}""",
+                (seconds, now, amount, token))
+        return TopupOutcome("topped_up", amount, TokenRow(*updated[0]))
+
+    # ------------------------------------------------------------------ monitor
+    async def credit_transfers(
+        self, transfers: Iterable[Transfer], scanned_height: int | None, now: int,
+        price_per_day: int | None = None,
+    ) -> CreditResult:
+        """Credit confirmed transfers and move the cursor in ONE transaction.
+
+        A crash before COMMIT loses both, after it keeps both, so the next poll neither
+        misses nor double-counts. Transfers already stored (same txid) are skipped, which
+        makes re-scanning an overlapping window harmless. Each transfer buys time at
+        ``price_per_day``, the price in force now; a claimed PID's token is topped up.
+        """
+        incoming = {t.txid: t for t in transfers}
+        # a bulk credit rewrites pages all over the tables: its WAL copy goes to the background
+        bulk = len(incoming) >= BULK_CREDIT_TRANSFERS
+        async with self._transaction(checkpoint_later=bulk) as db:
+            # every list below is sorted by the key its statement walks: consecutive rows
+            # then land in the same B-tree pages, which is most of the cost on a big table
+            fresh = await _insert_fresh_transfers(db, incoming, now)
+            # one row per PID: the sum, the earliest transfer (lowest height, then txid),
+            # and the seconds bought (each transfer priced on its own)
+            per_pid: dict[bytes, list[Any]] = {}
+            for t in fresh:
+                bought = seconds_bought(t.amount, price_per_day)
+                row = per_pid.get(t.pid.raw)
+                if row is None:
+                    per_pid[t.pid.raw] = [t.pid.raw, t.txid, t.amount, t.height, now, bought]
+                    continue
+                row[2] += t.amount
+                if bought is not None:
+                    row[5] += bought
+                if (t.height, t.txid) < (row[3], row[1]):
+                    row[1], row[3] = t.txid, t.height
+            payments = [per_pid[pid] for pid in sorted(per_pid)]
+            await db.executemany(
+                """INSERT INTO payments (pid, txid, amount, first_height, created_at, seconds)
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                   ON CONFLICT (pid) DO UPDATE SET
+                       amount = amount + excluded.amount,
+                       txid = CASE WHEN status = 0
+                                    AND (excluded.first_height, excluded.txid) < (first_height, txid)
+                                   THEN excluded.txid ELSE txid END,
+                       first_height = min(first_height, excluded.first_height),
+                       seconds = CASE WHEN seconds IS NULL OR excluded.seconds IS NULL THEN NULL
+                                      ELSE seconds + excluded.seconds END""",
+                payments,
+            )
+            topped_up = await _top_up_claimed(db, per_pid, now)
+            if scanned_height is not None:
+                await db.execute(
+                    "UPDATE monitor_state SET scanned_height = ? WHERE id = 1", (scanned_height,)
+                )
+        return CreditResult(list(per_pid), topped_up, len(fresh))
+
+    async def get_cursor(self) -> int | None:
+        rows = await self._read("SELECT scanned_height FROM monitor_state WHERE id = 1")
+        return rows[0][0] if rows else None
+
+    async def load_pid_prefixes(self) -> array:
+        return await self._load_prefixes("SELECT substr(pid, 1, 8) FROM payments ORDER BY pid")
+
+
+async def _top_up_claimed(
+    db: aiosqlite.Connection, per_pid: dict[bytes, list[Any]], now: int
+) -> dict[bytes, TokenRow]:
+    """Move new credit of claimed PIDs onto their tokens (several PIDs may share one)."""
+    owners: list[tuple[bytes, bytes]] = []
+    for chunk in chunks(list(per_pid)):
+        owners += await db.execute_fetchall(
+            f"""SELECT pid, token FROM payments
+                WHERE token IS NOT NULL AND pid IN ({marks(len(chunk))})""",
+            chunk,
+        )
+    deltas: dict[bytes, list[Any]] = {}
+    for pid, token in owners:
+        _, _, amount, _, _, bought = per_pid[pid]
+        delta = deltas.setdefault(token, [0, 0])
+        delta[0] += amount
+        delta[1] = None if delta[1] is None or bought is None else delta[1] + bought
+    topped_up: dict[bytes, TokenRow] = {}
+    for token in sorted(deltas):
+        amount, bought = deltas[token]
+        rows = await db.execute_fetchall(
+            f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY}
+                WHERE token = ?4 RETURNING {TOKEN_COLUMNS}""",
+            (bought, now, amount, token),
+        )
+        topped_up[token] = TokenRow(*rows[0])
+    return topped_up
+
+
+async def _insert_fresh_transfers(
+    db: aiosqlite.Connection, incoming: dict[bytes, Transfer], now: int
+) -> list[Transfer]:
+    """Insert the transfers not stored yet, in txid order (their key); return those.
+
+    Optimistic: a poll's transfers are nearly always all new, so they are inserted in one
+    pass and the count of inserted rows says whether that was so. Only when some txid was
+    already stored (a rescan after a restart, a reorg) is the pass undone and the stored
+    ones looked up first; that lookup would otherwise cost every poll ~5 % of its time.
+    """
+    in_txid_order = [incoming[txid] for txid in sorted(incoming)]
+    rows = [(t.txid, t.pid.raw, t.amount, t.height, now) for t in in_txid_order]
+    await db.execute("SAVEPOINT fresh_transfers")
+    before = db.total_changes
+    await db.executemany(
+        "INSERT INTO transfers (txid, pid, amount, height, credited_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (txid) DO NOTHING", rows)
+    if db.total_changes - before == len(rows):
+        await db.execute("RELEASE fresh_transfers")
+        return in_txid_order
+    await db.execute("ROLLBACK TO fresh_transfers")
+    await db.execute("RELEASE fresh_transfers")
+    known: set[bytes] = set()
+    for chunk in chunks([t.txid for t in in_txid_order]):
+        found = await db.execute_fetchall(
+            f"SELECT txid FROM transfers WHERE txid IN ({marks(len(chunk))})", chunk)
+        known.update(txid for (txid,) in found)
+    await db.executemany(
+        "INSERT INTO transfers (txid, pid, amount, height, credited_at) VALUES (?, ?, ?, ?, ?)",
+        [row for row in rows if row[0] not in known])
+    return [t for t in in_txid_order if t.txid not in known]
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+def _claim_row(status: int, amount: int, token_columns: Sequence[Any]) -> ClaimRow:
+    token = token_columns[0]
+    record = TokenRow(*token_columns) if token is not None else None
+    return ClaimRow(status, amount, token, claimed_now=False, record=record)

@@ -1,0 +1,116 @@
+"""What storage returns: plain rows whose repr never shows a PID, token or key.
+
+They hold raw secrets (a token, a PID) for the ledger to use, so a stray ``log.info("%r",
+row)`` or an exception that captures one must print a placeholder, as ``PaymentId`` and
+``ServiceToken`` do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TokenRow:
+    token: bytes
+    amount: int  # credited in all, piconero
+    issued_at: int
+    revoked_at: int | None
+    revoke_reason: str | None
+    abuse_score: int
+    spent: int = 0
+    expires_at: int | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.spent
+
+    def status(self, now: int) -> str:
+        """``revoked`` wins over ``expired``, which wins over ``active``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    def __repr__(self) -> str:
+        return (f"TokenRow(<redacted>, amount={self.amount}, spent={self.spent}, "
+                f"issued_at={self.issued_at}, expires_at={self.expires_at}, "
+                f"revoked_at={self.revoked_at})")
+
+
+# the columns of a TokenRow, in field order, for SELECT and RETURNING
+TOKEN_COLUMNS = "token, amount, issued_at, revoked_at, revoke_reason, abuse_score, spent, expires_at"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ClaimRow:
+    """A PID's state after a claim attempt: claimed (now or before) or not claimable."""
+
+    status: int  # 0 unclaimed (underpaid), 1 claimed (redeemed or added to a token by a top-up)
+    amount: int
+    token: bytes | None
+    claimed_now: bool
+    record: TokenRow | None = None  # the token's row, when the claim reached it
+
+    def __repr__(self) -> str:
+        return (f"ClaimRow(status={self.status}, amount={self.amount}, token=<redacted>, "
+                f"claimed_now={self.claimed_now})")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class CreditResult:
+    credited_pids: list[bytes]  # PIDs that received new credit in this call
+    topped_up: dict[bytes, TokenRow]  # token -> its row after this credit, for claimed PIDs
+    transfers_credited: int
+
+    def __repr__(self) -> str:
+        return (f"CreditResult(<{len(self.credited_pids)} PIDs>, <{len(self.topped_up)} tokens>, "
+                f"transfers_credited={self.transfers_credited})")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DebitRequest:
+    """One debit to apply; ``key`` None is a gateway check's debit (no replay, no record
+    of the answer), otherwise the caller's Idempotency-Key."""
+
+    token: bytes
+    amount: int
+    key: str | None = None
+    request_digest: bytes = b""
+    memo: str | None = None
+
+    def __repr__(self) -> str:
+        return f"DebitRequest(<redacted>, amount={self.amount})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DebitOutcome:
+    """What a debit answered: ``status`` is the HTTP status, ``body`` its JSON fields.
+
+    ``body`` holds raw values (``expires_at`` in unix seconds) so that a replay renders
+    exactly as the first answer did. ``replayed`` marks the stored answer of an earlier
+    request with the same key; ``record`` is the token's row after this debit (None for
+    an unknown token, a conflict or a replay).
+    """
+
+    status: int
+    body: dict[str, object]
+    replayed: bool = False
+    record: TokenRow | None = None
+
+    def __repr__(self) -> str:
+        return f"DebitOutcome(status={self.status}, replayed={self.replayed})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TopupOutcome:
+    """A top-up's result: ``kind`` is topped_up | pending_or_unknown | underpaid |
+    pid_already_claimed | token_not_found | token_revoked."""
+
+    kind: str
+    amount: int = 0  # the PID's confirmed total
+    record: TokenRow | None = None
+
+    def __repr__(self) -> str:
+        return f"TopupOutcome({self.kind}, amount={self.amount})"

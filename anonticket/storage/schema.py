@@ -1,0 +1,45 @@
+"""Schema versions: each script moves the schema and ``user_version`` in one transaction.
+
+``schema.sql`` brings any database (new, version 1) to version 2; each later version is
+a script of its own applied in order, so a crash between two leaves a valid database of
+the earlier version that the next start migrates on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+_ROOT = Path(__file__).resolve().parent.parent.parent
+SCHEMA_PATH = _ROOT / "schema.sql"  # versions 0 and 1 → 2
+# version reached → script that reaches it from the one before
+MIGRATIONS = {3: _ROOT / "schema_v3.sql"}
+SCHEMA_VERSION = 3
+
+
+async def user_version(db: aiosqlite.Connection) -> int:
+    return (await db.execute_fetchall("PRAGMA user_version"))[0][0]
+
+
+async def apply_schema(db: aiosqlite.Connection) -> None:
+    """Apply every script the database has not seen (each holds its BEGIN/COMMIT)."""
+    version = await user_version(db)
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this program ({SCHEMA_VERSION})"
+        )
+    if version < 2:
+        await _run(db, SCHEMA_PATH)
+    for target in sorted(MIGRATIONS):
+        if await user_version(db) < target:
+            await _run(db, MIGRATIONS[target])
+
+
+async def _run(db: aiosqlite.Connection, script: Path) -> None:
+    try:
+        await db.executescript(script.read_text())
+    except BaseException:
+        if db.in_transaction:
+            await db.rollback()
+        raise

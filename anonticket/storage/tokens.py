@@ -1,0 +1,179 @@
+"""Tokens: introspection, revocation with its audit trail, and debits.
+
+Debits of concurrent requests arrive in batches (``Ledger``'s batcher) and each batch is
+one transaction: the tokens and keys it touches are read once, every debit is decided in
+order in Python against the balance as the earlier ones left it, and the results are
+written in a few statements. Inside ``BEGIN IMMEDIATE`` nothing else writes, so what was
+read stays true until COMMIT; the CHECK on ``spent <= amount`` is the last guard.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import aiosqlite
+
+from anonticket.storage.core import StorageCore, chunks, marks
+from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
+
+_RECENT_DEBITS = 20
+
+
+class TokenStore(StorageCore):
+    async def get_token(self, token: bytes) -> TokenRow | None:
+        rows = await self._read(
+            f"SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token = ?", (token,))
+        return TokenRow(*rows[0]) if rows else None
+
+    async def revoke_token(
+        self, token: bytes, reason: str | None, abuse_score: int | None, now: int
+    ) -> TokenRow | None:
+        """Revoke idempotently: the first revocation's time and reason stay; every call is audited."""
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                f"""UPDATE service_tokens SET
+                       revoke_reason = CASE WHEN revoked_at IS NULL THEN ?1 ELSE revoke_reason END,
+                       revoked_at = coalesce(revoked_at, ?2),
+                       abuse_score = CASE WHEN ?3 IS NULL THEN abuse_score
+                                          ELSE max(abuse_score, ?3) END
+                   WHERE token = ?4
+                   RETURNING {TOKEN_COLUMNS}""",
+                (reason, now, abuse_score, token),
+            )
+            if not rows:
+                return None
+            await db.execute(
+                """INSERT INTO audit_log (at, action, token, reason, abuse_score)
+                   VALUES (?, 'revoke', ?, ?, ?)""",
+                (now, token, reason, abuse_score),
+            )
+        return TokenRow(*rows[0])
+
+    async def list_audit(self, token: bytes) -> list[dict[str, object]]:
+        rows = await self._read(
+            """SELECT at, action, reason, abuse_score FROM audit_log
+               WHERE token = ? ORDER BY id""",
+            (token,),
+        )
+        return [{"at": at, "action": a, "reason": r, "abuse_score": s} for at, a, r, s in rows]
+
+    async def list_debits(self, token: bytes, limit: int = _RECENT_DEBITS) -> list[dict[str, Any]]:
+        """The token's most recent debits, newest first."""
+        rows = await self._read(
+            """SELECT id, amount, memo, at FROM debits WHERE token = ?
+               ORDER BY id DESC LIMIT ?""",
+            (token, limit),
+        )
+        return [{"debit_id": i, "amount": a, "memo": m, "at": at} for i, a, m, at in rows]
+
+    async def load_token_prefixes(self) -> array:
+        # ORDER BY pins the primary-key scan: the planner may otherwise pick the smaller
+        # UNIQUE(pid) index, which covers the token too but yields pid order
+        return await self._load_prefixes(
+            "SELECT substr(token, 1, 8) FROM service_tokens ORDER BY token"
+        )
+
+    # ------------------------------------------------------------------ debits
+    async def apply_debits(self, requests: Sequence[DebitRequest], now: int) -> list[DebitOutcome]:
+        """Decide and apply a batch of debits in one transaction, in the order given.
+
+        Per (token, key) the first answer is stored with a digest of its request: the same
+        request again replays it, another one is a 422 conflict. Refusals are stored and
+        replayed too; an unknown token is not (it has no scope to keep a key in).
+        """
+        async with self._transaction() as db:
+            records = await _fetch_tokens(db, {r.token for r in requests})
+            answers = await _fetch_keys(db, [(r.token, r.key) for r in requests if r.key])
+            (last_id,) = (await db.execute_fetchall("SELECT coalesce(max(id), 0) FROM debits"))[0]
+            outcomes: list[DebitOutcome] = []
+            debit_rows: list[tuple[Any, ...]] = []
+            key_rows: list[tuple[Any, ...]] = []
+            for request in requests:
+                scope = (request.token, request.key)
+                if request.key is not None and scope in answers:
+                    digest, status, body = answers[scope]
+                    if digest != request.request_digest:
+                        outcomes.append(DebitOutcome(422, {"error": "idempotency_key_reused"}))
+                    else:
+                        outcomes.append(DebitOutcome(status, body, replayed=True))
+                    continue
+                record = records.get(request.token)
+                if record is None:
+                    outcomes.append(DebitOutcome(404, {"error": "token_not_found"}))
+                    continue
+                status, body = _decide(record, request.amount, now)
+                if status == 200:
+                    last_id += 1
+                    record = replace(record, spent=record.spent + request.amount)
+                    records[request.token] = record
+                    debit_rows.append((last_id, request.token, request.amount, request.memo, now))
+                    body = {"debit_id": last_id, "amount": request.amount,
+                            "remaining": record.remaining, "expires_at": record.expires_at}
+                if request.key is not None:
+                    answers[scope] = (request.request_digest, status, body)
+                    key_rows.append((request.token, request.key, request.request_digest,
+                                     status, json.dumps(body), now))
+                outcomes.append(DebitOutcome(status, body, record=record))
+            if debit_rows:
+                await db.executemany(
+                    "INSERT INTO debits (id, token, amount, memo, at) VALUES (?, ?, ?, ?, ?)",
+                    debit_rows)
+                spent = {row[1]: records[row[1]].spent for row in debit_rows}
+                await db.executemany("UPDATE service_tokens SET spent = ? WHERE token = ?",
+                                     [(value, token) for token, value in sorted(spent.items())])
+            if key_rows:
+                await db.executemany(
+                    """INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    key_rows)
+        return outcomes
+
+    async def prune_idempotency_keys(self, older_than: int) -> int:
+        """Forget answers stored before ``older_than``; returns how many."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,))
+            return cursor.rowcount
+
+
+def _decide(record: TokenRow, amount: int, now: int) -> tuple[int, dict[str, Any]]:
+    """A debit's refusal, or 200 with the body to be filled in once applied."""
+    status = record.status(now)
+    if status == "revoked":
+        return 403, {"error": "token_revoked"}
+    if status == "expired":
+        return 403, {"error": "token_expired"}
+    if record.remaining < amount:
+        return 402, {"error": "insufficient_balance", "remaining": record.remaining}
+    return 200, {}
+
+
+async def _fetch_tokens(db: aiosqlite.Connection, tokens: set[bytes]) -> dict[bytes, TokenRow]:
+    found: dict[bytes, TokenRow] = {}
+    ordered = sorted(tokens)
+    for chunk in chunks(ordered):
+        rows = await db.execute_fetchall(
+            f"SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token IN ({marks(len(chunk))})",
+            chunk)
+        found.update((row[0], TokenRow(*row)) for row in rows)
+    return found
+
+
+async def _fetch_keys(
+    db: aiosqlite.Connection, scopes: list[tuple[bytes, str | None]]
+) -> dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]:
+    found: dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]] = {}
+    for chunk in chunks(sorted(set(scopes))):
+        pairs = ",".join("(?, ?)" * 1 for _ in chunk)
+        flat = [value for scope in chunk for value in scope]
+        rows = await db.execute_fetchall(
+            f"""SELECT token, key, request, status, body FROM idempotency_keys
+                WHERE (token, key) IN (VALUES {pairs})""",
+            flat)
+        for token, key, digest, status, body in rows:
+            found[(token, key)] = (digest, status, json.loads(body))
+    return found
