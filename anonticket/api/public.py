@@ -95,9 +95,11 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False) -
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
+    # RecursionError: 4 KiB of "[[[[" nests deeper than json's C scanner may recurse; it
+    # unwinds cleanly, and it is the client's malformed body, not a 500 with a traceback
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
