@@ -196,3 +196,47 @@ async def test_deeply_nested_bodies_are_400(target: Target) -> None:
             assert status == 413 or error_code(answer) == "invalid_request", answer
 
     await in_thread(check)
+
+
+# ---------------------------------------------------------------------- lone surrogates
+surrogates = st.characters(categories=["Cs"])
+unicode_text = st.builds(lambda a, s, b: a + s + b, st.text(max_size=12), surrogates, st.text(max_size=12))
+
+
+def encode_json(value: object, spelling: str) -> bytes:
+    """JSON lets a lone surrogate arrive escaped (\\ud800) or, since json.loads decodes
+    bytes with surrogatepass, as the three raw bytes UTF-8 would give it."""
+    if spelling == "escaped":
+        return json.dumps(value).encode()
+    text = json.dumps(value, ensure_ascii=False)
+    return text.encode("utf-16" if spelling == "utf-16" else "utf-8", "surrogatepass")
+
+
+async def test_lone_surrogates_in_every_string_field_are_400(target: Target) -> None:
+    @SETTINGS
+    @given(where=st.sampled_from(STRING_FIELDS + [("internal", "/api/v1/token/{token}/revoke", "(key)"),
+                                                  ("public", "/api/v1/redeem", "(key)")]),
+           text=unicode_text, spelling=st.sampled_from(["escaped", "raw", "utf-16"]))
+    @example(where=("internal", "/api/v1/token/{token}/revoke", "reason"), text="\ud800",
+             spelling="escaped")  # the report
+    def check(where: tuple[str, str, str], text: str, spelling: str) -> None:
+        listener, path, field = where
+        fields = {name: VALID[name] for l, p, name in STRING_FIELDS if (l, p) == (listener, path)}
+        if field == "(key)":
+            fields[text] = 1
+        else:
+            fields[field] = text
+        request = raw_request("POST", path.format(token=target.token), bearer(),
+                              encode_json(fields, spelling))
+        status, _, answer = target.send(listener, request)
+        assert (status, error_code(answer)) == (400, "invalid_request"), answer
+
+    await in_thread(check)
+
+
+async def test_a_surrogate_pair_is_an_ordinary_character(target: Target) -> None:
+    """Only a lone surrogate is refused: an escaped pair is one character, stored as such."""
+    request = raw_request("POST", f"/api/v1/token/{target.token}/revoke", bearer(),
+                          b'{"reason": "emoji \\ud83d\\ude00"}')
+    status, _, answer = await asyncio.to_thread(target.send, "internal", request)
+    assert status == 200 and json.loads(answer)["revoke_reason"] == "emoji \U0001f600"
