@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import http.client
 import io
 import json
 import logging
 import socket
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ from hypothesis import strategies as st
 from anonticket.app import Service, start_service
 from anonticket.domain import PaymentId
 from conftest import make_config, transfer
-from test_fuzz_schemathesis import SPEC_PATH, assert_json_error
+from test_fuzz_schemathesis import HOSTILE, SPEC_PATH, assert_json_error
 
 OPERATOR = "op-bearer-" + "7c" * 12
 PAID_PID = "5eed5eed5eed5eed"
@@ -289,3 +291,51 @@ async def test_header_bytes_that_are_not_utf8_never_5xx(target: Target) -> None:
                 assert error_code(answer) == "unauthorized"
 
     await in_thread(check)
+
+
+# ---------------------------------------------------------------------- content encodings
+ENCODINGS = ["gzip", "deflate", "br", "zstd", "x-gzip", "GZIP", "gzip, gzip", "gzip, deflate",
+             "identity", "compress", "bogus", ""]
+json_bodies = st.sampled_from([b'{"pid":"%s"}' % PAID_PID.encode(), b'{"reason":"x"}', b"{}",
+                               b"[" * 3000, b'{"reason":"\\udfff"}'])
+
+
+def _compressed(data: bytes, how: str, cut: int | None) -> bytes:
+    packed = {"gzip": gzip.compress, "zlib": zlib.compress,
+              "raw": lambda d: zlib.compressobj(wbits=-15).compress(d)}[how](data)
+    return packed if cut is None else packed[:cut]
+
+
+bodies = (st.binary(max_size=600)
+          | st.builds(_compressed, json_bodies, st.sampled_from(["gzip", "zlib", "raw"]),
+                      st.none() | st.integers(0, 40))
+          | st.just(gzip.compress(b"0" * 2_000_000)))  # 2 KB on the wire, 2 MB inflated
+
+
+async def test_bodies_that_do_not_decode_never_5xx_or_traceback(target: Target) -> None:
+    routes = [(listener, "POST", path) for listener, path in BODY_ROUTES]
+    routes += [(listener, "GET", path) for listener, path in GET_ROUTES]  # never read: lingering
+
+    @SETTINGS
+    @given(route=st.sampled_from(routes), encoding=st.sampled_from(ENCODINGS), body=bodies,
+           chunked=st.booleans())
+    @example(route=("public", "POST", "/api/v1/redeem"), encoding="gzip", body=b"not gzip",
+             chunked=False)  # the report
+    @example(route=("public", "GET", "/health/live"), encoding="gzip", body=b"not gzip", chunked=False)
+    @example(route=("internal", "POST", "/api/v1/token/{token}/revoke"), encoding="deflate",
+             body=b"\x00" * 100, chunked=True)
+    def check(route: tuple[str, str, str], encoding: str, body: bytes, chunked: bool) -> None:
+        listener, method, path = route
+        request = raw_request(method, path.format(token=target.token),
+                              bearer() + [("Content-Encoding", encoding.encode())], body, chunked=chunked)
+        target.send(listener, request)
+
+    await in_thread(check)
+
+
+# ---------------------------------------------------------------------- the known list
+@pytest.mark.parametrize("request_bytes", HOSTILE)
+async def test_hostile_requests_leave_no_traceback(target: Target, request_bytes: bytes) -> None:
+    """The raw-garbage list of the schemathesis module, with its log read record by record."""
+    for listener in ("public", "internal"):
+        await asyncio.to_thread(target.send, listener, request_bytes)
