@@ -11,7 +11,8 @@ The service runs in the test process so ``caplog`` sees its records. Every reque
 says ``Connection: close`` and sends its whole body, so the server closes the
 connection only after it has finished with it, lingering read included: reading to
 EOF is the synchronisation, and the records a request left are known before the next
-one is sent. The check is strict: no ERROR record and no record with ``exc_info``.
+one is sent. The check is strict: no ERROR record, and no record at any level, DEBUG
+included, with ``exc_info``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Target:
 
 @pytest.fixture
 async def target(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Target]:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     service = await start_service(make_config(tmp_path, API_INTERNAL_TOKEN=OPERATOR))
     try:
         await service.state.ledger.credit([transfer(PaymentId.parse(PAID_PID), 5000)], None)
@@ -209,7 +210,7 @@ unicode_text = st.builds(lambda a, s, b: a + s + b, st.text(max_size=12), surrog
 
 def encode_json(value: object, spelling: str) -> bytes:
     """JSON lets a lone surrogate arrive escaped (\\ud800) or, since json.loads decodes
-    bytes with surrogatepass, as the three raw bytes UTF-8 would give it."""
+    bytes with surrogatepass, raw: the three bytes UTF-8 would give it, or one UTF-16 unit."""
     if spelling == "escaped":
         return json.dumps(value).encode()
     text = json.dumps(value, ensure_ascii=False)
@@ -225,7 +226,7 @@ async def test_lone_surrogates_in_every_string_field_are_400(target: Target) -> 
              spelling="escaped")  # the report
     def check(where: tuple[str, str, str], text: str, spelling: str) -> None:
         listener, path, field = where
-        fields = {name: VALID[name] for l, p, name in STRING_FIELDS if (l, p) == (listener, path)}
+        fields = {name: VALID[name] for at, route, name in STRING_FIELDS if (at, route) == (listener, path)}
         if field == "(key)":
             fields[text] = 1
         else:
