@@ -261,6 +261,10 @@ def raw_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     asyncio.run(served.start())
     yield served
     assert asyncio.run(served.stop()) == 0
+    # the real binary's own log, after every garbage request of the module: no traceback
+    # (tests/test_hostile_input.py finds the request that wrote one, record by record)
+    log = served.log()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
 BOMB = gzip.compress(b"0" * 2_000_000)  # 2 KB on the wire, 2 MB if inflated

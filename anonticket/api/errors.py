@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
+from typing import Any
 
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
@@ -113,6 +115,10 @@ def make_middleware(metrics: Metrics, max_in_flight: int) -> Callable[..., Await
     return middleware
 
 
+# what reading a request body raises when the client sent a broken one or went away
+_CLIENT_BODY_ERRORS = (web.RequestPayloadError, HttpProcessingError, ConnectionError)
+
+
 class _RequestHandler(web_protocol.RequestHandler):
     """aiohttp answers a request its parser refuses (a bad request line, header or
     Content-Length) by itself, before any middleware: a text/plain body quoting the raw
@@ -133,6 +139,24 @@ class _RequestHandler(web_protocol.RequestHandler):
         response = error_response(error)
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's other traceback, outside ``handle_error``: after an answer went out,
+        ``start()`` drains the unread rest of the body (the lingering read), and that read
+        raises again whatever broke the body — a Content-Encoding that does not decode, a
+        bad chunk — though the client already had its 400 for it, or the route never read
+        a body at all. The client's doing: one debug line. Anything else aiohttp logs here
+        (a handler returning no response) is ours: ERROR, by exception type only."""
+        exc = kw.get("exc_info")
+        if not isinstance(exc, BaseException):
+            exc = sys.exc_info()[1]
+        kind = type(exc).__name__ if exc is not None else "-"
+        if isinstance(exc, _CLIENT_BODY_ERRORS):
+            cause = exc.__cause__ or exc.__context__
+            log.debug("dropped a request body that could not be read (%s%s)", kind,
+                      f" from {type(cause).__name__}" if cause is not None else "")
+        else:
+            log.error("unhandled error outside the request handlers (%s)", kind)
 
 
 class _Server(web.Server):

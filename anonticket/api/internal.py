@@ -35,12 +35,15 @@ _OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
 
 
 def make_auth_middleware(expected: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    expected_header = f"Bearer {expected}".encode()
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape, and so does Python an
+    # environment variable: encoding back the same way gives the bytes as sent, and a
+    # header that is not UTF-8 (``Bearer \xff\xfe``) is a wrong token, not a 500
+    expected_header = f"Bearer {expected}".encode("utf-8", "surrogateescape")
 
     @web.middleware
     async def require_bearer(request: web.Request, handler):  # type: ignore[no-untyped-def]
         if request.path not in _OPEN_PATHS:
-            given = request.headers.get("Authorization", "").encode()
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected_header):
                 raise Unauthorized()
         return await handler(request)

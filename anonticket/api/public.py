@@ -95,13 +95,44 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False) -
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
+    # RecursionError: 4 KiB of "[[[[" nests deeper than json's C scanner may recurse; it
+    # unwinds cleanly, and it is the client's malformed body, not a 500 with a traceback
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if not is_utf8_text(body):
+        raise InvalidRequest("request body holds a string that is not valid Unicode")
     return body
+
+
+def is_utf8_text(value: object) -> bool:
+    """True when every string in a parsed JSON value, keys included, encodes as UTF-8.
+
+    A ``\\ud800`` escape, or the raw bytes of one (json.loads decodes bytes with
+    surrogatepass), gives Python a lone surrogate: a str that SQLite cannot bind and a
+    UTF-8 log cannot write, so it would fail far from the edge, as a 500. Every JSON body
+    passes here, so a string field added later is covered without a line of its own;
+    text taken from elsewhere (a header, a form) needs the same check. A loop, not
+    recursion: the value may be nested as deep as json.loads allowed.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is str:
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return False
+        elif type(item) is dict:
+            pending.extend(item)
+            pending.extend(item.values())
+        elif type(item) is list:
+            pending.extend(item)
+    return True
 
 
 def parse_pid(text: object, accept_long: bool) -> PaymentId:
