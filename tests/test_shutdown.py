@@ -1,30 +1,37 @@
-"""Stopping: a credit the monitor was committing when it was cancelled still reaches the views.
+"""Stopping in order: the listeners stop accepting and drain their requests while the monitor
+still runs; then the monitor stops, and a credit it was committing still reaches the views.
 
-Real sockets, a real SQLite file and aiosqlite's real writer thread. The monitor's COMMIT is
-held on purpose instead of waited for, by an SQLite trace callback that blocks aiosqlite's
-thread at that statement — the one moment a cancel cannot undo.
+Real sockets, a real SQLite file and aiosqlite's real writer thread. Two things are held on
+purpose instead of waited for: a redeem, by another connection's write lock (as in
+test_serve_process.py), and the monitor's COMMIT, by an SQLite trace callback that blocks
+aiosqlite's thread at that statement — the one moment a cancel cannot undo.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import shutil
+import sqlite3
+import struct
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack, closing, suppress
 from pathlib import Path
 
 import pytest
 
 from anonticket.app import open_state, start_service
 from anonticket.config import Config
-from anonticket.domain import PaymentId
+from anonticket.domain import PaymentId, derive_service_token
 from anonticket.ledger import ASK_STORAGE, Claimed
 from anonticket.monitor import Monitor
 from anonticket.storage import Storage
-from conftest import make_config
+from conftest import make_config, transfer
 from fake_wallet import FakeWallet, make_transfer
 
 DEADLINE = 10.0
@@ -53,6 +60,12 @@ def config(sockdir: Path, fake: FakeWallet) -> Config:
     )
 
 
+def unread_bytes(writer: asyncio.StreamWriter) -> int:
+    """Bytes we sent on a Unix socket that the peer has not read yet (Linux SIOCOUTQ)."""
+    sock = writer.get_extra_info("socket")
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0])
+
+
 async def until(condition: object, what: str) -> None:
     """Poll ``condition()`` (sync or async) until true, failing after DEADLINE."""
     deadline = time.monotonic() + DEADLINE
@@ -64,6 +77,19 @@ async def until(condition: object, what: str) -> None:
             return
         assert time.monotonic() < deadline, f"not within {DEADLINE}s: {what}"
         await asyncio.sleep(0.01)
+
+
+_SO_ACCEPTCON = 0x10000  # the Flags bit /proc/net/unix shows on a listening socket
+
+
+def listening(path: Path) -> bool:
+    """Whether a socket listens on ``path``, read from /proc/net/unix: a probe connection
+    would itself be one more request for the draining listener to deal with."""
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[7] == str(path) and int(fields[3], 16) & _SO_ACCEPTCON:
+            return True
+    return False
 
 
 class CommitGate:
@@ -82,6 +108,50 @@ class CommitGate:
 
     async def wait_reached(self) -> None:
         assert await asyncio.to_thread(self.reached.wait, DEADLINE), "no COMMIT reached the gate"
+
+
+async def test_listeners_drain_before_the_monitor_stops(sockdir: Path, fake: FakeWallet) -> None:
+    db, public = sockdir / "anonticket.db", sockdir / "public.sock"
+    pid = PaymentId.generate()
+    payment = transfer(pid, 5000)
+    store = await Storage.open(db)
+    await store.credit_transfers([payment], None, 1)
+    await store.close()
+    service = await start_service(config(sockdir, fake))
+    monitor = service.monitor_task
+    assert monitor is not None
+    closing_task: asyncio.Task[None] | None = None
+    body = json.dumps({"pid": pid.hex()}).encode()
+    try:
+        with closing(sqlite3.connect(db, isolation_level=None)) as other_writer:
+            other_writer.execute("BEGIN IMMEDIATE")  # the redeem's claim waits for it
+            reader, writer = await asyncio.open_unix_connection(str(public))
+            try:
+                writer.write(b"POST /api/v1/redeem HTTP/1.1\r\nHost: localhost\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+                await until(lambda: unread_bytes(writer) == 0, "the service read the request")
+                closing_task = asyncio.create_task(service.aclose())
+                assert listening(public)
+                await until(lambda: not listening(public), "the listener stopped accepting")
+                # the listener is draining the redeem: the monitor must still be running
+                assert not monitor.done() and monitor.cancelling() == 0
+                assert public.exists()  # our socket file goes after the drain
+                other_writer.execute("ROLLBACK")
+                response = await asyncio.wait_for(reader.read(), DEADLINE)
+            finally:
+                writer.close()
+                with suppress(ConnectionError):
+                    await writer.wait_closed()
+    finally:
+        if closing_task is None:
+            closing_task = asyncio.create_task(service.aclose())
+        await asyncio.wait_for(closing_task, DEADLINE)
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), response
+    assert json.loads(payload)["service_token"] == derive_service_token(pid, payment.txid.hex()).hex()
+    assert monitor.done()  # stopped, after the listener had finished
+    assert not public.exists()
 
 
 async def test_a_credit_committing_during_shutdown_reaches_the_views(sockdir: Path,
