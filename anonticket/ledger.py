@@ -260,7 +260,8 @@ class Ledger:
         stopping) waits for it before it propagates. aiosqlite commits on its own thread,
         so a cancel arriving during the COMMIT stops only the await, not the commit: the
         credit would be in the database but not in the views, and its PID answered 404
-        from memory until a restart. The wait is one transaction at most.
+        from memory until a restart. The wait is that one write at most, bounded like any
+        write by the write lock and the busy timeout.
         """
 
         async def write_then_refresh() -> CreditResult:
