@@ -247,7 +247,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Write an access log line per request (method, route template, status, duration)."),
     Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
     Setting("MONERO_RPC_URL", "monero_rpc_url", "http://127.0.0.1:18082", _wallet_url,
-            "monero-wallet-rpc base URL or its /json_rpc URL."),
+            "monero-wallet-rpc base URL or its /json_rpc URL; no user:password@ in it (the "
+            "login goes in MONERO_RPC_USER and MONERO_RPC_PASSWORD), no query or fragment."),
     Setting("MONERO_RPC_USER", "monero_rpc_user", "", _wallet_user,
             "wallet-rpc login user (HTTP digest), if --rpc-login is used."),
     Setting("MONERO_RPC_PASSWORD", "monero_rpc_password", "", _optional_text,
