@@ -1,8 +1,10 @@
 """Wiring: open the database, build both applications, start and stop everything in order.
 
-Start order: database → indexes → listeners → monitor → READY. Stop order is the
-reverse (an ``AsyncExitStack``): stop accepting, let in-flight requests finish, stop
-the monitor, flush the access log, close the database, remove our sockets.
+Start order: database → indexes → listeners → monitor → READY. Stop order (one
+``AsyncExitStack``): both listeners stop accepting at once and let their in-flight
+requests finish, then our socket files go; only then does the monitor stop (a credit it
+is committing completes first, see ``Ledger.credit``), so whatever a draining request
+reads is still kept current; then the access log is flushed and the database closed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,8 +99,10 @@ class Service:
         await self._stack.aclose()
 
 
+Closer = Callable[[], Awaitable[None]]
+
+
 async def _start_site(
-    stack: AsyncExitStack,
     app: web.Application,
     *,
     name: str,
@@ -106,8 +111,9 @@ async def _start_site(
     tcp: HostPort,
     access_log: AccessLogBuffer | None,
     keepalive_secs: float,
-) -> str:
-    """Start one listener; returns where it listens (the real port when 0 was asked)."""
+) -> tuple[str, Closer]:
+    """Start one listener; returns where it listens (the real port when 0 was asked) and
+    how to stop it: stop accepting, drain the requests in flight, remove our socket file."""
     if access_log is not None:
         logging_args: dict[str, Any] = {
             "access_log": logging.getLogger("anonticket.access"),
@@ -121,6 +127,7 @@ async def _start_site(
         shutdown_timeout=_SHUTDOWN_TIMEOUT, lingering_time=_LINGERING_SECS, **logging_args,
     )
     await runner.setup()
+    socket_file: tuple[str, int] | None = None
     async with AsyncExitStack() as site_stack:
         site_stack.push_async_callback(runner.cleanup)
         if unix_path:
@@ -128,18 +135,35 @@ async def _start_site(
             with restrictive_umask(unix_mode):
                 site: web.BaseSite = web.UnixSite(runner, unix_path)
                 await site.start()
+            socket_file = (unix_path, socket_inode(unix_path))
+            # LIFO: on a failure below the runner stops first, then our socket file goes
+            site_stack.callback(remove_socket, *socket_file)
             os.chmod(unix_path, unix_mode)
-            # LIFO: on exit the runner stops first, then our socket file goes
-            stack.callback(remove_socket, unix_path, socket_inode(unix_path))
             where = f"unix:{unix_path}"
         else:
             site = web.TCPSite(runner, tcp.host, tcp.port)
             await site.start()
             host, port = runner.addresses[0][:2]
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        stack.push_async_callback(runner.cleanup)
         site_stack.pop_all()
-    return where
+
+    async def close() -> None:
+        try:
+            await runner.cleanup()
+        finally:
+            if socket_file is not None:
+                remove_socket(*socket_file)
+
+    return where, close
+
+
+async def _close_together(closers: list[Closer]) -> None:
+    """Stop every listener at once: one still accepting while the other drains would only
+    take in requests for the drain to wait on."""
+    results = await asyncio.gather(*(close() for close in closers), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _start_task(stack: AsyncExitStack, work: Any, name: str) -> asyncio.Task[None]:
@@ -163,21 +187,30 @@ async def start_service(config: Config) -> Service:
         access_log = AccessLogBuffer() if config.api_access_log else None
         if access_log is not None:
             stack.callback(access_log.flush)
-        service.public_address = await _start_site(
-            stack, build_public_app(state), name="public", unix_path=config.api_unix_socket,
+        # the monitor's slot is pushed before the listeners, so it is closed after they
+        # have drained: requests in flight at SIGTERM still read credits and pending as they land
+        monitor_stack = AsyncExitStack()
+        stack.push_async_callback(monitor_stack.aclose)
+        listeners: list[Closer] = []
+        stack.push_async_callback(_close_together, listeners)
+        service.public_address, close = await _start_site(
+            build_public_app(state), name="public", unix_path=config.api_unix_socket,
             unix_mode=config.api_unix_socket_mode, tcp=config.api_bind_address,
             access_log=access_log, keepalive_secs=config.api_keepalive_timeout_secs,
         )
-        service.internal_address = await _start_site(
-            stack, build_internal_app(state), name="internal",
+        listeners.append(close)
+        service.internal_address, close = await _start_site(
+            build_internal_app(state), name="internal",
             unix_path=config.api_internal_unix_socket, unix_mode=_INTERNAL_SOCKET_MODE,
             tcp=config.api_internal_bind_address, access_log=access_log,
             keepalive_secs=config.api_keepalive_timeout_secs,
         )
-        await _start_task(stack, Housekeeper(state).run(), "anonticket-housekeeping")
+        listeners.append(close)
+        await _start_task(monitor_stack, Housekeeper(state).run(), "anonticket-housekeeping")
         if config.monitor_enabled:
             monitor = Monitor(state)
             await monitor.start()
+            monitor_stack.push_async_callback(monitor.aclose)
             task = asyncio.create_task(monitor.run(), name="anonticket-monitor")
             service.monitor_task = task
 
@@ -185,9 +218,8 @@ async def start_service(config: Config) -> Service:
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
-                await monitor.aclose()
 
-            stack.push_async_callback(stop_monitor)
+            monitor_stack.push_async_callback(stop_monitor)
     except BaseException:
         await stack.aclose()
         raise

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from anonticket.amount import parse_xmr
 from anonticket.errors import ConfigError
@@ -122,9 +123,57 @@ def _synchronous(text: str) -> str:
     return value
 
 
-def _http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("expected an http:// or https:// URL")
+JSON_RPC_PATH = "/json_rpc"
+_WALLET_URL_RULE = ("expected an http or https URL of a host, with an optional port and path, "
+                    "and no credentials (set MONERO_RPC_USER and MONERO_RPC_PASSWORD instead), "
+                    "query, fragment or whitespace")
+
+
+def json_rpc_url(url: str) -> str:
+    """The wallet's /json_rpc endpoint for a base URL or a /json_rpc URL; ValueError otherwise.
+
+    The one rule for the wallet URL: ``MONERO_RPC_URL`` is parsed with it and the wallet
+    client applies it again, so a URL ``config --check`` accepts never fails at start-up.
+    epee answers 404 to ``/json_rpc/`` and to ``/``, so both are rewritten. Credentials in
+    the URL are refused: they belong in the user and password settings, where they are
+    never printed. The message is fixed: the URL may hold a password.
+    """
+    # urlsplit silently drops tabs and newlines, and yarl keeps a space in a host name
+    if not isinstance(url, str) or not url.isprintable() or any(c.isspace() for c in url):
+        raise ValueError(_WALLET_URL_RULE)
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # its messages quote the port text
+        raise ValueError(_WALLET_URL_RULE) from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+        or parts.username is not None
+        or parts.password is not None
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(_WALLET_URL_RULE)
+    path = parts.path.rstrip("/")
+    if not path.endswith(JSON_RPC_PATH):
+        path += JSON_RPC_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def check_wallet_user(user: str) -> str:
+    """The wallet login user as HTTP digest auth can send it, or ValueError (fixed text).
+
+    Applied by ``MONERO_RPC_USER``'s parser and by the wallet client, like ``json_rpc_url``.
+    """
+    if not user or ":" in user or not user.isprintable():
+        raise ValueError("must be non-empty, without ':' or control characters")
+    return user
+
+
+def _wallet_url(text: str) -> str:
+    json_rpc_url(text)
     return text
 
 
@@ -140,6 +189,22 @@ def parse_piconero_or_xmr(text: str) -> int:
 
 def _optional_price(text: str) -> int | None:
     return parse_piconero_or_xmr(text) if text.strip() else None
+
+
+def _wallet_user(text: str) -> str | None:
+    return check_wallet_user(text) if text else None
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with anything between ``://`` and the last ``@`` shown as ``***``.
+
+    For log lines: a ``user:password@`` URL must never be printed, even one that slipped
+    past its parser. It errs on the side of hiding (an ``@`` in a path hides the path too).
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
 def _log_level(text: str) -> str:
@@ -196,9 +261,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("API_ACCESS_LOG", "api_access_log", "true", parse_bool,
             "Write an access log line per request (method, route template, status, duration)."),
     Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
-    Setting("MONERO_RPC_URL", "monero_rpc_url", "http://127.0.0.1:18082", _http_url,
-            "monero-wallet-rpc base URL or its /json_rpc URL."),
-    Setting("MONERO_RPC_USER", "monero_rpc_user", "", _optional_text,
+    Setting("MONERO_RPC_URL", "monero_rpc_url", "http://127.0.0.1:18082", _wallet_url,
+            "monero-wallet-rpc base URL or its /json_rpc URL; no user:password@ in it (the "
+            "login goes in MONERO_RPC_USER and MONERO_RPC_PASSWORD), no query or fragment."),
+    Setting("MONERO_RPC_USER", "monero_rpc_user", "", _wallet_user,
             "wallet-rpc login user (HTTP digest), if --rpc-login is used."),
     Setting("MONERO_RPC_PASSWORD", "monero_rpc_password", "", _optional_text,
             "wallet-rpc login password (HTTP digest).", secret=True),
@@ -267,7 +333,10 @@ class Config:
             try:
                 values[setting.attr] = setting.parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"{setting.name}: {exc}") from None
+                problem = redact_userinfo(str(exc))
+                if setting.secret and raw and raw in problem:
+                    problem = "not a valid value (not shown: it is a secret)"
+                raise ConfigError(f"{setting.name}: {problem}") from None
         values.update(overrides)
         config = cls(**values)
         config.check()
@@ -284,7 +353,8 @@ class Config:
             raise ConfigError("MONERO_RPC_USER: set both MONERO_RPC_USER and MONERO_RPC_PASSWORD")
 
     def describe(self) -> dict[str, str]:
-        """Effective settings for the start-up log, with secrets masked."""
+        """Effective settings for the start-up log and ``config --check``: a secret setting
+        shows as ``***``, and so does the userinfo of any URL in the others."""
         out = {}
         for setting in SETTINGS:
             value = getattr(self, setting.attr)
@@ -292,7 +362,7 @@ class Config:
                 value = "***"
             elif setting.parse is _file_mode:
                 value = f"{value:04o}"
-            out[setting.name] = "" if value is None else str(value)
+            out[setting.name] = "" if value is None else redact_userinfo(str(value))
         return out
 
 

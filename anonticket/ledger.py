@@ -16,6 +16,7 @@ new ones queue for the next, so N concurrent redeems cost one transaction, not N
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -274,17 +275,40 @@ class Ledger:
         return new
 
     async def credit(self, transfers: Iterable[Transfer], scanned_height: int | None) -> CreditResult:
-        """Credit confirmed transfers and move the cursor atomically, then refresh the views."""
+        """Credit confirmed transfers and move the cursor atomically, then refresh the views.
+
+        The write and the refresh run as one shielded task, and a cancel (the monitor
+        stopping) waits for it before it propagates. aiosqlite commits on its own thread,
+        so a cancel arriving during the COMMIT stops only the await, not the commit: the
+        credit would be in the database but not in the views, and its PID answered 404
+        from memory until a restart. The wait is that one write at most, bounded like any
+        write by the write lock and the busy timeout.
+        """
+
+        async def write_then_refresh() -> CreditResult:
+            try:
+                result = await self.storage.credit_transfers(
+                    transfers, scanned_height, self.clock(), self.price_per_day)
+            finally:
+                self._write_version += 1
+            self._known_pids.add_many(result.credited_pids)
+            discard = self.negative_cache.discard
+            for pid in result.credited_pids:
+                discard(pid)
+            for token, record in result.topped_up.items():
+                if self._records.get(token) is not None:
+                    self._records.put(token, record)
+            return result
+
+        work = asyncio.ensure_future(write_then_refresh())
         try:
-            result = await self.storage.credit_transfers(
-                transfers, scanned_height, self.clock(), self.price_per_day)
-        finally:
-            self._write_version += 1
-        self._known_pids.add_many(result.credited_pids)
-        discard = self.negative_cache.discard
-        for pid in result.credited_pids:
-            discard(pid)
-        for token, record in result.topped_up.items():
-            if self._records.get(token) is not None:
-                self._records.put(token, record)
-        return result
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            while not work.done():
+                try:
+                    await asyncio.wait((work,))  # a wait, unlike an await, never cancels work
+                except asyncio.CancelledError:
+                    pass  # cancelled again: still the same answer, after the write
+            if not work.cancelled():
+                work.exception()  # retrieved: a failed write was rolled back, the cancel wins
+            raise

@@ -24,18 +24,14 @@ import math
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from anonticket.config import check_wallet_user, json_rpc_url
 from anonticket.gc_pause import paused_gc
-
-JSON_RPC_PATH = "/json_rpc"
 
 #: Every value ``WalletError.reason`` can take, for metrics that pre-register labels.
 REASONS = ("unreachable", "timeout", "unauthorized", "http_error", "bad_response", "rpc_error")
-
-_URL_HELP = "wallet RPC URL must be http(s)://host:port with an optional /json_rpc path, no credentials"
 
 
 class WalletError(Exception):
@@ -105,36 +101,6 @@ class WalletTransfers:
         return f"WalletTransfers(incoming=<{len(self.incoming)} entries>, pool=<{len(self.pool)} entries>)"
 
 
-def json_rpc_url(url: str) -> str:
-    """The /json_rpc endpoint for a base URL or a /json_rpc URL.
-
-    epee answers 404 to ``/json_rpc/`` and to ``/``, so both are rewritten.
-    Credentials in the URL are refused: they belong in ``user``/``password``,
-    where they are never printed.
-    """
-    if not isinstance(url, str):
-        raise ValueError(_URL_HELP)
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        raise ValueError(_URL_HELP) from None
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or not port_ok
-        or parts.username is not None
-        or parts.password is not None
-        or parts.query
-        or parts.fragment
-    ):
-        raise ValueError(_URL_HELP)
-    path = parts.path.rstrip("/")
-    if not path.endswith(JSON_RPC_PATH):
-        path += JSON_RPC_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -151,15 +117,15 @@ class WalletRpc:
         user: str | None = None,
         password: str | None = None,
     ) -> None:
-        self.url = json_rpc_url(url)
+        self.url = json_rpc_url(url)  # the rule MONERO_RPC_URL was parsed with
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
             math.isfinite(timeout) and timeout > 0
         ):
             raise ValueError("wallet RPC timeout must be a positive number of seconds")
         if user is None and password is not None:
             raise ValueError("wallet RPC password given without a user")
-        if user is not None and (not user or ":" in user):
-            raise ValueError("wallet RPC user must be non-empty and contain no ':'")
+        if user is not None:
+            check_wallet_user(user)  # the rule MONERO_RPC_USER was parsed with
         self.timeout = float(timeout)
         self._user = user
         self._password = password or ""

@@ -273,3 +273,38 @@ async def test_a_live_socket_is_refused_by_the_process(sockdir: Path, started: l
             client.connect(str(public))
             conn, _ = other.accept()  # still the other server's socket, still accepting
             conn.close()
+
+
+WALLET_SECRET = "s3cr3t-wallet-Pw"
+OPERATOR_SECRET = "op-" + "c4" * 16
+
+
+async def test_wallet_credentials_in_the_url_stop_serve_before_it_binds(
+    sockdir: Path, started: list[ServeProcess]
+) -> None:
+    """Refused like any bad setting (exit 2, one line, the secret not in it), not by the
+    wallet client after both listeners were bound and the URL was logged."""
+    server = await spawn(serve_env(sockdir, MONITOR_ENABLED="true",
+                                   MONERO_RPC_URL=f"http://anon:{WALLET_SECRET}@127.0.0.1:18082"))
+    started.append(server)
+    assert await server.finish(START_TIMEOUT) == 2
+    lines = server.stderr.strip().splitlines()
+    assert len(lines) == 1, server.stderr
+    assert "MONERO_RPC_URL" in lines[0] and "Traceback" not in server.stderr
+    assert WALLET_SECRET not in server.stderr
+    assert not (sockdir / "public.sock").exists()
+    assert not (sockdir / "anonticket.db").exists()
+
+
+async def test_the_start_up_log_shows_no_secret(sockdir: Path, started: list[ServeProcess]) -> None:
+    server = await spawn(serve_env(sockdir, MONERO_RPC_USER="anon", MONERO_RPC_PASSWORD=WALLET_SECRET,
+                                   API_INTERNAL_TOKEN=OPERATOR_SECRET))
+    started.append(server)
+    await server.wait_line(READY_LINE)
+    server.proc.send_signal(signal.SIGTERM)
+    assert await server.finish() == 0
+    settings = [line for line in server.lines if "starting with " in line]
+    assert len(settings) == 1, server.stderr
+    assert " MONERO_RPC_PASSWORD=*** " in settings[0] and " API_INTERNAL_TOKEN=*** " in settings[0]
+    assert " MONERO_RPC_USER=anon " in settings[0]
+    assert WALLET_SECRET not in server.stderr and OPERATOR_SECRET not in server.stderr

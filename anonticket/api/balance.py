@@ -59,18 +59,6 @@ def _token(request: web.Request) -> ServiceToken:
     return ServiceToken(bytes.fromhex(request.match_info["token"]))  # TOKEN_PATTERN: 64 hex
 
 
-def utf8_text(value: object) -> bool:
-    """A string SQLite can store: JSON may carry lone surrogates (``"\\ud800"``) that no
-    UTF-8 encoder accepts."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------- top-up
 async def topup(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -123,7 +111,8 @@ def parse_debit(body: dict[str, Any]) -> tuple[int, str | None]:
     if type(amount) is not int or not 0 < amount <= MAX_DEBIT:
         raise InvalidRequest("amount must be a whole number of piconero greater than zero")
     memo = body.get("memo")
-    if memo is not None and (not utf8_text(memo) or len(memo) > MAX_MEMO_CHARS):
+    # lone surrogates were refused with the whole body (api.public.is_utf8_text)
+    if memo is not None and (not isinstance(memo, str) or len(memo) > MAX_MEMO_CHARS):
         raise InvalidRequest("memo must be a string of at most 128 characters")
     return amount, memo
 
@@ -152,8 +141,9 @@ async def debit(request: web.Request) -> web.Response:
     state = request.app[STATE]
     counters = state.metrics.debit
     try:
-        key = idempotency_key(request)
+        # the body first: one that cannot be read is refused whatever the headers say
         amount, memo = parse_debit(await read_json_object(request))
+        key = idempotency_key(request)
         outcome = await state.ledger.debit(DebitRequest(
             _token(request).raw, amount, key, request_digest(amount, memo), memo))
     except (InvalidRequest, IdempotencyKeyRequired):
