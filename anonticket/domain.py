@@ -7,6 +7,7 @@ prints a placeholder, and only an explicit ``.hex()`` reveals it.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -152,3 +153,23 @@ class Transfer:
 def key_prefix(raw: bytes) -> int:
     """The first 8 bytes as an unsigned int: the in-memory index key of a PID or token."""
     return int.from_bytes(raw[:8], "big")
+
+
+def _pseudonym(domain: bytes, token: bytes) -> str:
+    # a token is 256 random bits: its SHA-256 under a fixed domain tag cannot be inverted,
+    # and the tag keeps one pseudonym from being computed from another
+    return hashlib.sha256(domain + b"\x00" + token).hexdigest()[:32]
+
+
+def token_id(token: bytes) -> str:
+    """The token's name in webhooks and internal introspection: stable, and the token
+    cannot be recovered from it, so a backend can key its records on it without holding
+    the bearer secret."""
+    return _pseudonym(b"anonticket token id v1", token)
+
+
+def token_subject(token: bytes) -> str:
+    """The pseudonym the gateway hands a protected service: stable across restarts, not
+    the bearer secret, and different from ``token_id`` so the service's logs and the
+    webhook receiver's records cannot be joined without the operator's help."""
+    return _pseudonym(b"anonticket subject v1", token)

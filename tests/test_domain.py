@@ -124,3 +124,14 @@ def test_token_derivation_matches_its_definition(short: bytes, txid: bytes) -> N
     pid = PaymentId.parse(short.hex())
     expected = SHA3_256.new(f"{short.hex()}|{txid.hex()}".encode()).hexdigest()
     assert derive_service_token(pid, txid.hex()).hex() == expected
+
+
+def test_token_pseudonyms_are_stable_distinct_and_pinned() -> None:
+    import hashlib
+
+    from anonticket.domain import token_id, token_subject
+    token = bytes(range(32))
+    assert token_id(token) == hashlib.sha256(b"anonticket token id v1\x00" + token).hexdigest()[:32]
+    assert token_subject(token) == hashlib.sha256(b"anonticket subject v1\x00" + token).hexdigest()[:32]
+    assert token_id(token) != token_subject(token) and token_id(token) == token_id(bytes(token))
+    assert token_id(token) != token_id(bytes(31) + b"\x01")
