@@ -32,11 +32,13 @@ class Housekeeper:
         return pruned
 
     async def run(self) -> None:
+        # the first round waits too: start-up (and the monitor's first credit) goes first,
+        # and keys younger than the retention period have nothing to prune anyway
         while True:
+            await self._sleep(PRUNE_INTERVAL_SECS)
             try:
                 await self.prune_once()
             except StorageUnavailable:
                 pass  # storage already logged it; the next round retries
             except Exception as exc:  # noqa: BLE001 - a bug must not end the task silently
                 log.error("housekeeping failed (%s)", type(exc).__name__)
-            await self._sleep(PRUNE_INTERVAL_SECS)

@@ -27,7 +27,20 @@ from anonticket.errors import ConfigError
 from conftest import REPO, transfer, url
 
 SPEC = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())
-ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/stats", "/docs/openapi.yaml"}
+ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/token/{token}/debit",
+               "/api/v1/stats", "/docs/openapi.yaml"}
+TOPUP_PID = "00000000000000a1"  # paid, never redeemed: what a top-up adds to the token
+
+
+def valid_call(path: str, method: str) -> tuple[Any, dict[str, str]]:
+    """The body and headers that make ``method path`` succeed (200) for a redeemed token."""
+    if path == "/api/v1/redeem":
+        return {"pid": PID}, {}
+    if path.endswith("/debit"):
+        return {"amount": 1}, {"Idempotency-Key": "matrix-1"}
+    if path.endswith("/topup"):
+        return {"pid": TOPUP_PID}, {}
+    return ({} if method == "POST" else None), {}
 # what an HTTP client can put on the request line; aiohttp's parser refuses the rest itself
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 OPEN_PATHS = {"/health/live", "/health/ready"}
@@ -63,7 +76,10 @@ async def redeemed_token(service: Service, http: aiohttp.ClientSession, pid: str
     await service.state.ledger.credit([transfer(PaymentId.parse(pid), 5000)], None)
     status, _, body = await call(http, "POST", service.public_address, "/api/v1/redeem", body={"pid": pid})
     assert status == 200, body
-    return str(body["service_token"])
+    token = str(body["service_token"])
+    # a second paid PID, so a top-up of the token can succeed too
+    await service.state.ledger.credit([transfer(PaymentId.parse(TOPUP_PID), 5000)], None)
+    return token
 
 
 def fill(path: str, token: str) -> str:
@@ -90,14 +106,16 @@ async def test_public_routes_answer_on_both_listeners(service: Service, http: ai
     expected = {
         ("/api/v1/redeem", "POST"): (200, "already_claimed"),
         ("/api/v1/token/{token}", "GET"): (200, "active"),
+        ("/api/v1/token/{token}/topup", "POST"): (200, "topped_up"),
         ("/health/live", "GET"): (200, "ok"),
         ("/health/ready", "GET"): (200, "ready"),
     }
     assert set(operations("public")) == set(expected)
     for address in (service.public_address, service.internal_address):
         for (path, method), (want_status, want_state) in expected.items():
-            body = {"pid": PID} if method == "POST" else None
-            status, ctype, answer = await call(http, method, address, fill(path, token), body=body)
+            body, headers = valid_call(path, method)
+            status, ctype, answer = await call(http, method, address, fill(path, token),
+                                               body=body, headers=headers)
             assert (status, ctype, answer["status"]) == (want_status, "application/json", want_state), (
                 address, path, answer)
 
@@ -113,8 +131,9 @@ async def test_admin_routes_are_not_found_publicly_for_every_method(
         if method != "HEAD":
             assert answer == {"error": "not_found", "message": "no such route"}, (method, path)
     # and the route does exist, on the internal listener
+    body, headers = valid_call(path, SPEC_METHOD[path])
     status, _, answer = await call(http, SPEC_METHOD[path], service.internal_address, fill(path, token),
-                                   body={} if SPEC_METHOD[path] == "POST" else None)
+                                   body=body, headers=headers)
     assert status == 200, answer
     # the public revoke attempt above changed nothing: only the internal call revoked
     _, _, info = await call(http, "GET", service.internal_address, f"/api/v1/token/{token}")
@@ -175,10 +194,11 @@ async def test_unknown_internal_paths_are_401_too(guarded: Service, http: aiohtt
 async def test_the_right_bearer_opens_every_internal_route(guarded: Service, http: aiohttp.ClientSession) -> None:
     token = await redeemed_token(guarded, http)
     good = {"Authorization": f"Bearer {OPERATOR}"}
-    for path, method in operations("internal"):
-        body = {"pid": PID} if path == "/api/v1/redeem" else ({} if method == "POST" else None)
+    # the revocation last: a revoked token refuses top-ups and debits
+    for path, method in sorted(operations("internal"), key=lambda op: op[0].endswith("/revoke")):
+        body, headers = valid_call(path, method)
         status, _, answer = await call(http, method, guarded.internal_address, fill(path, token),
-                                       headers=good, body=body)
+                                       headers={**good, **headers}, body=body)
         assert status == 200, (path, answer)
     status, _, info = await call(http, "GET", guarded.public_address, f"/api/v1/token/{token}")
     assert info["status"] == "revoked"  # the authorised revoke did land
