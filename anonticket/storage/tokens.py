@@ -168,7 +168,7 @@ async def _fetch_keys(
 ) -> dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]:
     found: dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]] = {}
     for chunk in chunks(sorted(set(scopes))):
-        pairs = ",".join("(?, ?)" * 1 for _ in chunk)
+        pairs = ",".join(["(?, ?)"] * len(chunk))
         flat = [value for scope in chunk for value in scope]
         rows = await db.execute_fetchall(
             f"""SELECT token, key, request, status, body FROM idempotency_keys
