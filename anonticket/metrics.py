@@ -21,6 +21,11 @@ TOPUP_OUTCOMES = ("topped_up", "pending", "underpaid", "pid_already_claimed", "t
                   "invalid", "not_found", "unavailable")
 DEBIT_OUTCOMES = ("success", "replayed", "insufficient_balance", "token_expired",
                   "token_revoked", "not_found", "key_reused", "invalid", "unavailable")
+# the gateway check's answers: allowed, or the reason it sends in X-Anonticket-Reason;
+# invalid_cost and gateway_unauthorized are the proxy's configuration, unavailable storage
+GATEWAY_OUTCOMES = ("allowed", "token_missing", "invalid_token", "token_not_found",
+                    "token_revoked", "token_expired", "insufficient_balance", "invalid_cost",
+                    "gateway_unauthorized", "unavailable")
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
@@ -28,7 +33,8 @@ TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "do
 # Route templates as registered (plus two for unmatched requests); never a concrete path.
 ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revoke",
           "/api/v1/token/{token}/topup", "/api/v1/token/{token}/debit", "/api/v1/stats",
-          "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml", "unmatched")
+          "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml", "/api/v1/check",
+          "/access", "/access/logout", "unmatched")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -81,6 +87,12 @@ class Metrics:
         self.debited = Counter(
             "anonticket_debited_piconero", "Piconero drawn from token balances by debits.",
             registry=r)
+        self.gateway = TallyCounter("anonticket_gateway_checks", "Gateway checks (proxy "
+                                    "auth requests) by outcome.", "outcome", GATEWAY_OUTCOMES,
+                                    r).tallies
+        self.gateway_debited = Counter(
+            "anonticket_gateway_debited_piconero", "Piconero drawn from token balances by "
+            "metered gateway checks.", registry=r)
         self.revocations = Counter(
             "anonticket_revocations", "Revocation requests that found their token.", registry=r)
         self.negative_cache_hits = Counter(
