@@ -32,6 +32,8 @@ ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/token/{token
 # internal only, with a credential of its own for the proxy (tests/test_gateway.py): the
 # Authorization header there is the customer's, so the admin bearer neither opens nor closes it
 GATEWAY_PATHS = {"/api/v1/check"}
+# HTML pages for browsers: the public listener only (nothing on the internal one)
+PAGE_PATHS = {"/access", "/access/logout"}
 TOPUP_PID = "00000000000000a1"  # paid, never redeemed: what a top-up adds to the token
 
 
@@ -115,7 +117,7 @@ async def test_public_routes_answer_on_both_listeners(service: Service, http: ai
         ("/health/live", "GET"): (200, "ok"),
         ("/health/ready", "GET"): (200, "ready"),
     }
-    assert set(operations("public")) == set(expected)
+    assert {op for op in operations("public") if op[0] not in PAGE_PATHS} == set(expected)
     for address in (service.public_address, service.internal_address):
         for (path, method), (want_status, want_state) in expected.items():
             body, headers = valid_call(path, method)
@@ -215,6 +217,28 @@ async def test_the_right_bearer_opens_every_internal_route(guarded: Service, htt
         status, _, answer = await call(http, "GET", guarded.internal_address, path, headers=good)
         assert (status, answer["error"]) == (407, "gateway_unauthorized")
 
+
+@pytest.mark.parametrize("path", sorted(PAGE_PATHS))
+async def test_pages_exist_on_the_public_listener_only(
+        service: Service, http: aiohttp.ClientSession, path: str) -> None:
+    async with http.get(url(service.public_address, path), allow_redirects=False) as resp:
+        assert resp.status in (200, 303) and resp.headers["Cache-Control"] == "no-store"
+    for method in METHODS:
+        status, ctype, _ = await call(http, method, service.internal_address, path)
+        assert (status, ctype) == (404, "application/json"), (method, path)
+
+
+async def test_health_stays_open_and_public_listener_ignores_the_bearer(
+        guarded: Service, http: aiohttp.ClientSession) -> None:
+    """Probes (systemd, a load balancer) have no secret; the public side never asks for one."""
+    for path in sorted(OPEN_PATHS):
+        for headers in (None, {"Authorization": "Bearer wrong"}):
+            status, _, answer = await call(http, "GET", guarded.internal_address, path, headers=headers)
+            assert status == 200, (path, answer)
+    token = await redeemed_token(guarded, http)
+    status, _, answer = await call(http, "GET", guarded.public_address, f"/api/v1/token/{token}",
+                                   headers={"Authorization": "Bearer wrong"})
+    assert (status, answer["status"]) == (200, "active")
 
 
 # ---------------------------------------------------------------------- binding rules
