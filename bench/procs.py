@@ -73,6 +73,7 @@ class Proc:
         self.log = log
         self.started = started
         self.address = ""
+        self.internal_address = ""
         self.startup_secs = 0.0
 
     @property
@@ -132,11 +133,11 @@ def start_service(
         address = f"unix:{unix_socket}"
         _wait_for(lambda: http_get_ok(address, timeout=0.5), deadline, proc, name, log)
     else:
-        def listening() -> str | None:
+        def listening() -> tuple[str, str] | None:
             match = _PUBLIC_LINE.search(log.read_text(errors="replace"))
-            return match.group(1) if match else None
+            return (match.group(1), match.group(2).rstrip(",")) if match else None
 
-        address = _wait_for(listening, deadline, proc, name, log)
+        address, service.internal_address = _wait_for(listening, deadline, proc, name, log)
         _wait_for(lambda: http_get_ok(address), deadline, proc, name, log)
     service.startup_secs = time.monotonic() - started
     service.address = address

@@ -7,6 +7,8 @@
 --   mode=token_unknown                  random 64-hex tokens
 --   mode=mixed new=F claimed=F tokens=F a weighted mix of the above
 --   mode=probe limit=N                  unknown PIDs and tokens alternately, N in all
+--   mode=bearer keys=FILE path=P        GET P with "Authorization: Bearer" and a random
+--                                       token of FILE (the gateway check, nginx in front)
 -- Every mode defines response(), so the client pays the same per-response cost in the
 -- baselines as in the scenarios. done() prints one line "BENCH_JSON {...}" for run.py.
 
@@ -124,6 +126,7 @@ local builders = {
   redeem_unknown = function() return cycle("redeem_unknown") end,
   token = function() return pick("token") end,
   token_unknown = function() return cycle("token_unknown") end,
+  bearer = function() return pick("bearer") end,
 }
 
 -- mixed: 10% new redeems, 20% already claimed, 30% unknown PIDs, 30% issued tokens,
@@ -172,6 +175,12 @@ function init(args)
   end
   if mode == "token_unknown" or mode == "mixed" then
     build_pool("token_unknown", random_keys(TOKEN_POOL, 4), token_get)
+  end
+  if mode == "bearer" then
+    local path = opts.path or "/"
+    build_pool("bearer", load_keys(opts.keys, 0, 1), function(token)
+      return wrk.format("GET", path, { Authorization = "Bearer " .. token })
+    end)
   end
   build = builders[mode]
 end
