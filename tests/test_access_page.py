@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from anonticket.api.access import next_from_query, safe_next
+from anonticket.api.access import log_in_form, next_from_query, safe_next
 from anonticket.app import Service, start_service
 from anonticket.domain import PaymentId
 from conftest import make_config, transfer, url
@@ -103,6 +103,15 @@ def test_only_a_path_of_this_site_is_a_next(target: str) -> None:
 ])
 def test_next_is_the_rest_of_the_query_verbatim(query: str, expected: str | None) -> None:
     assert next_from_query(query) == expected
+
+
+async def test_any_query_gives_the_form(service: Service, http: aiohttp.ClientSession) -> None:
+    """A query the proxy never writes (garbage, many fields, bad escapes) is not an error."""
+    for query in ("&" * 50 + "a=1", "reason=%ZZ&x=%FF", "reason", "=&=&=&next=", "next=%FF%FE",
+                  "&".join(f"f{i}=v" for i in range(200)) + "&reason=token_expired"):
+        status, headers, body = await get(http, service, f"/access?{query}")
+        assert status == 200, query
+        assert_page(headers, body)
 
 
 async def test_unsafe_targets_are_dropped_from_the_form(service: Service, http: aiohttp.ClientSession) -> None:
@@ -227,3 +236,16 @@ async def test_the_page_has_no_external_reference(service: Service, http: aiohtt
     _, _, body = await get(http, service, "/access?next=/x")
     targets = re.findall(r'(?:href|src|action)="([^"]*)"', body)
     assert set(targets) <= {"/access", "/access/logout", "/pay", "/x", "data:,"}, targets
+
+
+async def test_the_checkout_button_logs_in_through_the_form(
+        service: Service, http: aiohttp.ClientSession) -> None:
+    """The markup the checkout's token page shows (issue 13's ``access_login_form``)."""
+    token = await issue(service)
+    button = log_in_form(token, next_path="//evil.example")
+    fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', button))
+    assert '<form method="post" action="/access">' in button
+    assert fields == {"token": token, "next": "/"}
+    status, headers, _ = await post(http, service, "/access", fields)
+    assert (status, headers["Location"]) == (303, "/")  # type: ignore[index]
+    assert set_cookie(headers)[0] == token
