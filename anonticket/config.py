@@ -197,6 +197,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between wallet polls (fractions allowed)."),
     Setting("MONITOR_MIN_CONFIRMATIONS", "monitor_min_confirmations", "10", _int_at_least(1),
             "Confirmations a transfer needs before it is credited."),
+    Setting("MONITOR_RESCAN_MARGIN_BLOCKS", "monitor_rescan_margin_blocks", "100",
+            _int_at_least(0),
+            "How many of the last scanned blocks are re-read when a reorg may have changed them "
+            "(and every 2 min), so a payment a reorg deeper than MONITOR_MIN_CONFIRMATIONS mines "
+            "there is still credited; 0 turns it off."),
     Setting("MONITOR_MIN_PAYMENT_AMOUNT", "monitor_min_payment_amount", "10000000000",
             _int_at_least(0), "Smallest confirmed total (piconero) a PID can redeem."),
     Setting("MONITOR_READY_MAX_AGE_SECS", "monitor_ready_max_age_secs", "30", _positive_seconds,
@@ -231,6 +236,7 @@ class Config:
     monitor_start_height: int
     monitor_poll_interval_secs: float
     monitor_min_confirmations: int
+    monitor_rescan_margin_blocks: int
     monitor_min_payment_amount: int
     monitor_ready_max_age_secs: float
 

@@ -10,6 +10,17 @@ so a transfer a reorg or a double spend removed stops being pending by itself.
 the next one) is what makes a payment mined exactly at the cursor's next block visible
 — the Rust original's bug. The top is left open: a transfer mined between our two
 calls then shows as pending instead of vanishing for one poll.
+
+The wallet can report a transfer for the first time AT OR BELOW the cursor: a reorg
+deeper than N mines a waiting payment there. So a poll also re-reads the last
+``MONITOR_RESCAN_MARGIN_BLOCKS`` scanned blocks (never below ``MONITOR_START_HEIGHT``),
+in a second bounded call, whenever the wallet's view under the cursor may have changed:
+a transaction pending at the last poll is gone from above the cursor, the wallet height
+went down, it is this process's first poll — and at least every
+``_MARGIN_BACKSTOP_SECS`` whatever happened, which is what the promise rests on; the
+triggers only make the common case immediate. Re-reading on every poll instead would
+re-decode the margin's already-credited transfers each time (docs/benchmarks.md).
+Re-reading is harmless: transfers are unique by txid.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from anonticket.cache import BoundedMap
 from anonticket.errors import StorageUnavailable
 from anonticket.gc_pause import paused_gc
-from anonticket.scan import Classified, scan
+from anonticket.scan import Classified, Scan, scan
 from anonticket.state import State
 from anonticket.wallet_rpc import WalletError, WalletRpc
 
@@ -31,6 +42,8 @@ log = logging.getLogger("anonticket.monitor")
 
 _BACKOFF_CAP_SECS = 60.0
 _REPORTED_CAPACITY = 100_000
+# One Monero block: the margin slides by about a block between two backstop re-reads.
+_MARGIN_BACKSTOP_SECS = 120.0
 # CRYPTONOTE_MAX_BLOCK_NUMBER, wallet-rpc's own default max_height: "no upper bound"
 _NO_MAX_HEIGHT = 500_000_000
 
@@ -38,8 +51,10 @@ _NO_MAX_HEIGHT = 500_000_000
 class Monitor:
     def __init__(self, state: State, wallet: WalletRpc | None = None, *,
                  rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """``rng`` and ``sleep`` are seams for tests: backoff is checked without waiting."""
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``rng``, ``sleep`` and ``clock`` are seams for tests: backoff and the margin's
+        backstop are checked without waiting."""
         self.state = state
         config = state.config
         self._wallet = wallet or WalletRpc(
@@ -54,6 +69,12 @@ class Monitor:
         # (key, result) pairs already counted, so a transfer seen pending in ten polls
         # counts once; bounded because plain payments in the pool can stay a long time
         self._reported: BoundedMap[tuple[str, str], bool] = BoundedMap(_REPORTED_CAPACITY)
+        self._clock = clock
+        # what the margin's triggers compare with, from the last successful poll
+        self._watched: set[str] = set()
+        self._wallet_height: int | None = None
+        self._margin_read_at = clock()
+        self._margin_failing = False
 
     @property
     def cursor(self) -> int | None:
@@ -114,16 +135,64 @@ class Monitor:
         with paused_gc():
             found = scan(batch, height, cursor, need, config.api_accept_long_pids)
         del batch  # the raw entries: the credit below should not carry them (or walk them)
+        if self._margin_due(found, cursor, height):
+            await self._read_margin(found, cursor, height)
         new_cursor = max(cursor, height - need)
         result = await ledger.credit(found.credited.values(),
                                      new_cursor if new_cursor != cursor else None)
         self._cursor = new_cursor
+        self._watched, self._wallet_height = found.watched, height
         ledger.set_pending(found.pending)
         for verdict in found.reportable:
             self._count_once(verdict)
         state.metrics.transfer["credited"].inc(result.transfers_credited)
         self._record_success(height)
         return result.transfers_credited
+
+    def _margin_floor(self, cursor: int) -> int:
+        """Where the margin starts (exclusive): never below the start height, which the
+        operator chose as the first height to credit (older payments may have been served
+        by another system)."""
+        config = self.state.config
+        start_floor = min(cursor, config.monitor_start_height - 1)
+        return max(cursor - config.monitor_rescan_margin_blocks, start_floor)
+
+    def _margin_due(self, found: Scan, cursor: int, wallet_height: int) -> bool:
+        """Whether the wallet's view at or below the cursor may have changed since the last
+        poll. A pending transaction missing from above the cursor was dropped (a double
+        spend, a reorg) or mined below it (a reorg deeper than N): the margin tells which."""
+        if self._margin_floor(cursor) >= cursor:
+            return False  # no margin (0, or the cursor still at the start height)
+        if self._wallet_height is None:
+            return True  # this process's first poll: what was pending before is not known
+        if wallet_height < self._wallet_height:
+            return True
+        if self._clock() - self._margin_read_at >= _MARGIN_BACKSTOP_SECS:
+            return True
+        return not all(found.still_has(txid) for txid in self._watched)
+
+    async def _read_margin(self, found: Scan, cursor: int, wallet_height: int) -> None:
+        """Add what the wallet reports in the margin to ``found``. A failure here does not
+        fail the poll: crediting above the cursor must never wait for the margin (too big
+        an answer would otherwise stop the monitor); the backstop tries again."""
+        self._margin_read_at = self._clock()
+        floor = self._margin_floor(cursor)
+        try:
+            batch = await self._wallet.get_transfers(max(floor, 0), cursor, pool=False)
+        except WalletError as exc:
+            if not self._margin_failing:
+                log.warning("re-reading the %d blocks below the cursor failed (%s); polls go on "
+                            "without them and retry every %.0f s", cursor - floor, exc.reason,
+                            _MARGIN_BACKSTOP_SECS)
+            self._margin_failing = True
+            return
+        if self._margin_failing:
+            log.info("re-reading the blocks below the cursor works again")
+            self._margin_failing = False
+        config = self.state.config
+        with paused_gc():
+            found.add(scan(batch, wallet_height, floor, config.monitor_min_confirmations,
+                           config.api_accept_long_pids))
 
     def _count_once(self, verdict: Classified) -> None:
         if self._reported.get((verdict.key, verdict.result)) is not None:

@@ -96,6 +96,21 @@ class Scan:
     pending: dict[bytes, int] = field(default_factory=dict)  # pid -> highest confirmations
     # every verdict but "credited" (those are counted by the credit's result)
     reportable: list[Classified] = field(default_factory=list)
+    # txids (lowercase hex) that may still be credited later: pending, or flagged as a
+    # double spend while in the pool; if one is gone next poll, the margin is re-read
+    watched: set[str] = field(default_factory=set)
+
+    def add(self, other: Scan) -> None:
+        """Merge a scan of other heights (the margin): no transaction is in both."""
+        for txid, transfer in other.credited.items():
+            self.credited.setdefault(txid, transfer)
+        for pid, confirmations in other.pending.items():
+            self.pending[pid] = max(self.pending.get(pid, 0), confirmations)
+        self.reportable.extend(other.reportable)
+        self.watched |= other.watched
+
+    def still_has(self, txid: str) -> bool:
+        return txid in self.watched or bytes.fromhex(txid) in self.credited
 
 
 def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -> Transfer | None:
@@ -125,8 +140,10 @@ def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -
         return None
 
 
-def scan(batch: WalletTransfers, wallet_height: int, cursor: int, min_confirmations: int,
+def scan(batch: WalletTransfers, wallet_height: int, floor: int, min_confirmations: int,
          accept_long: bool) -> Scan:
+    """What a ``get_transfers`` answer asked from above ``floor`` means (entries at or
+    below it are dropped: a wallet ignoring ``min_height`` must not widen the window)."""
     out = Scan()
     for entries, in_pool in ((batch.incoming, False), (batch.pool, True)):
         for entry in entries:
@@ -140,9 +157,11 @@ def scan(batch: WalletTransfers, wallet_height: int, cursor: int, min_confirmati
                                                    verdict.confirmations)
                 if result != "credited":
                     out.reportable.append(verdict)
+                    if result in ("pending", "double_spend"):
+                        out.watched.add(verdict.key)
             if transfer is None:
                 continue
-            if result == "credited" and transfer.height > cursor:
+            if result == "credited" and transfer.height > floor:
                 earlier = out.credited.get(transfer.txid)
                 if earlier is not None and earlier.pid == transfer.pid:
                     # one tx paying two of our addresses shows as two entries: credit the sum
