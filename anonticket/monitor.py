@@ -12,15 +12,17 @@ the next one) is what makes a payment mined exactly at the cursor's next block v
 calls then shows as pending instead of vanishing for one poll.
 
 The wallet can report a transfer for the first time AT OR BELOW the cursor: a reorg
-deeper than N mines a waiting payment there. So a poll also re-reads the last
+deeper than N mines a waiting payment there, or a watch-only wallet restored with too
+high a restore height is rescanned. For the first, a poll also re-reads the last
 ``MONITOR_RESCAN_MARGIN_BLOCKS`` scanned blocks (never below ``MONITOR_START_HEIGHT``),
 in a second bounded call, whenever the wallet's view under the cursor may have changed:
 a transaction pending at the last poll is gone from above the cursor, the wallet height
 went down, it is this process's first poll — and at least every
 ``_MARGIN_BACKSTOP_SECS`` whatever happened, which is what the promise rests on; the
 triggers only make the common case immediate. Re-reading on every poll instead would
-re-decode the margin's already-credited transfers each time (docs/benchmarks.md).
-Re-reading is harmless: transfers are unique by txid.
+re-decode the margin's already-credited transfers each time (docs/benchmarks.md). For the
+second, an operator's rescan request (``state.monitor.request_rescan``) lowers the cursor.
+Re-reading is harmless either way: transfers are unique by txid.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class Monitor:
             stored = await ledger.storage.get_cursor()
             # the start height is the first height scanned: the cursor is the one before
             self._cursor = stored if stored is not None else config.monitor_start_height - 1
+        await self._apply_rescan_request()
         cursor = self._cursor
         height = await self._wallet.get_height()
         need = config.monitor_min_confirmations
@@ -152,7 +155,7 @@ class Monitor:
     def _margin_floor(self, cursor: int) -> int:
         """Where the margin starts (exclusive): never below the start height, which the
         operator chose as the first height to credit (older payments may have been served
-        by another system)."""
+        by another system). A rescan below it lowers the cursor itself, so is not cut off."""
         config = self.state.config
         start_floor = min(cursor, config.monitor_start_height - 1)
         return max(cursor - config.monitor_rescan_margin_blocks, start_floor)
@@ -193,6 +196,24 @@ class Monitor:
         with paused_gc():
             found.add(scan(batch, wallet_height, floor, config.monitor_min_confirmations,
                            config.api_accept_long_pids))
+
+    async def _apply_rescan_request(self) -> None:
+        """Lower the cursor to just below an operator's requested height, durably and
+        before the poll reads: a poll that then fails, or a crash, resumes the rescan from
+        the database. Heights above the cursor are read by the poll anyway."""
+        state = self.state
+        requested = state.monitor.take_rescan()
+        if requested is None or self._cursor is None or requested - 1 >= self._cursor:
+            return
+        try:
+            await state.ledger.credit((), requested - 1)
+        except BaseException:
+            state.monitor.request_rescan(requested)  # not applied: the next poll tries again
+            raise
+        log.info("re-scanning from height %d on the operator's request (cursor was %d)",
+                 requested, self._cursor)
+        self._cursor = requested - 1
+        state.monitor.scanned_height = self._cursor
 
     def _count_once(self, verdict: Classified) -> None:
         if self._reported.get((verdict.key, verdict.result)) is not None:

@@ -1,9 +1,13 @@
 """A transfer the wallet reports for the first time at or below the cursor is still credited.
 
-A reorg deeper than N mines a payment that waited in the pool below the cursor: a poll
-re-reads the last ``MONITOR_RESCAN_MARGIN_BLOCKS`` scanned blocks, against
-tests/fake_wallet.py (a regtest chain cannot keep a payment in its pool while mining
-past it).
+Two real ways there, both against tests/fake_wallet.py (the restored wallet also runs
+against the real wallet-rpc in test_monitor_rescan_regtest.py):
+
+- a reorg deeper than N mines a payment that waited in the pool below the cursor: every
+  poll re-reads ``MONITOR_RESCAN_MARGIN_BLOCKS`` below the cursor;
+- a watch-only wallet restored with too high a restore height is rescanned by the
+  operator: ``POST /api/v1/monitor/rescan`` (``anonticket monitor rescan``) lowers the
+  cursor before the next poll.
 
 Re-reading must stay cheap: the margin is read in a second call only when the wallet's
 view under the cursor may have changed (and by a backstop), so a common poll is one call.
@@ -11,22 +15,28 @@ view under the cursor may have changed (and by a backstop), so a common poll is 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from anonticket.app import open_state
-from anonticket.domain import derive_service_token
+from anonticket.app import Service, open_state, start_service
+from anonticket.domain import PaymentId, derive_service_token
 from anonticket.errors import PaymentNotFound
 from anonticket.ledger import Claimed, Pending
 from anonticket.monitor import Monitor
 from anonticket.state import State
-from fake_wallet import MAX_BLOCK_NUMBER, FakeWallet, RawReply, make_transfer
-from test_monitor_fake_wallet import N, counted, monitor_config, new_pid
+from anonticket.wallet_rpc import WalletError
+from conftest import url
+from fake_wallet import MAX_BLOCK_NUMBER, Failure, FakeWallet, RawReply, make_transfer
+from test_cli import clean_env, one_error_line
+from test_cli_admin import cli
+from test_monitor_fake_wallet import N, counted, monitor_config, new_pid, wait_for
 
 
 @pytest.fixture
@@ -187,3 +197,156 @@ async def test_the_margin_never_reads_below_the_start_height(tmp_path: Path, fak
             with pytest.raises(PaymentNotFound):
                 await state.ledger.redeem(older)
             assert isinstance(await state.ledger.redeem(first), Claimed)
+
+
+# ---------------------------------------------------------------------- the operator's rescan
+async def restored_wallet_missed_a_payment(fake: FakeWallet, state: State, monitor: Any) -> tuple[PaymentId, str]:
+    """The cursor at 202, then the wallet, rescanned, reports a payment at 150."""
+    fake.height = 205
+    assert await monitor.poll_once() == 0
+    assert monitor.cursor == 202
+    pid = new_pid()
+    entry = make_transfer(pid.hex(), 9000, height=150)
+    fake.add(entry)
+    fake.height += 1
+    assert await monitor.poll_once() == 0  # 150 is far below the margin (10 here)
+    with pytest.raises(PaymentNotFound):
+        await state.ledger.redeem(pid)
+    return pid, entry["txid"]
+
+
+async def test_a_rescan_credits_what_a_restored_wallet_reports_far_below_the_cursor(
+    tmp_path: Path, fake: FakeWallet
+) -> None:
+    async with monitored(tmp_path, fake, MONITOR_RESCAN_MARGIN_BLOCKS=10) as (state, monitor):
+        pid, txid = await restored_wallet_missed_a_payment(fake, state, monitor)
+        assert state.monitor.request_rescan(160) == 160
+        assert state.monitor.request_rescan(150) == 150  # the lower one wins
+        assert state.monitor.request_rescan(170) == 150
+        assert await monitor.poll_once() == 1
+        assert fake.calls("get_transfers")[-1]["min_height"] == 149
+        assert state.monitor.rescan_from is None and monitor.cursor == 203
+        assert await state.ledger.storage.get_cursor() == 203
+        result = await state.ledger.redeem(pid)
+        assert isinstance(result, Claimed) and result.token == derive_service_token(pid, txid).raw
+        # from above the cursor: nothing to do, the cursor stays
+        state.monitor.request_rescan(300)
+        await monitor.poll_once()
+        assert fake.calls("get_transfers")[-1]["min_height"] == 203
+        assert (await state.ledger.storage.get_stats())["transfers"] == 1
+
+
+async def test_a_rescan_survives_a_failed_poll_and_a_restart(tmp_path: Path, fake: FakeWallet) -> None:
+    async with monitored(tmp_path, fake, MONITOR_RESCAN_MARGIN_BLOCKS=10) as (state, monitor):
+        pid, _ = await restored_wallet_missed_a_payment(fake, state, monitor)
+        state.monitor.request_rescan(150)
+        fake.fail(Failure.HTTP_500, method="get_transfers")
+        with pytest.raises(WalletError):
+            await monitor.poll_once()
+        # lowered in the database before the wallet was asked
+        assert await state.ledger.storage.get_cursor() == 149
+        assert state.monitor.rescan_from is None
+    async with monitored(tmp_path, fake, MONITOR_RESCAN_MARGIN_BLOCKS=10) as (state, monitor):
+        assert await monitor.poll_once() == 1
+        assert await state.ledger.storage.get_cursor() == 203
+        assert isinstance(await state.ledger.redeem(pid), Claimed)
+
+
+async def test_a_rescan_whose_cursor_write_fails_stays_requested(
+    tmp_path: Path, fake: FakeWallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with monitored(tmp_path, fake, MONITOR_RESCAN_MARGIN_BLOCKS=10) as (state, monitor):
+        pid, _ = await restored_wallet_missed_a_payment(fake, state, monitor)
+        state.monitor.request_rescan(150)
+        credit = state.ledger.credit
+
+        async def broken(*args: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(state.ledger, "credit", broken)
+        with pytest.raises(RuntimeError):
+            await monitor.poll_once()
+        assert state.monitor.rescan_from == 150 and monitor.cursor == 203
+        monkeypatch.setattr(state.ledger, "credit", credit)
+        assert await monitor.poll_once() == 1
+        assert isinstance(await state.ledger.redeem(pid), Claimed)
+
+
+# ---------------------------------------------------------------------- the route and the command
+@asynccontextmanager
+async def running(tmp_path: Path, fake: FakeWallet, **overrides: Any) -> AsyncIterator[Service]:
+    config = monitor_config(tmp_path, fake, MONITOR_POLL_INTERVAL_SECS="0.02", **overrides)
+    service = await start_service(config)
+    try:
+        yield service
+    finally:
+        await service.aclose()
+
+
+async def post_rescan(http: aiohttp.ClientSession, address: str, body: Any) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with http.post(url(address, "/api/v1/monitor/rescan"), data=data) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_the_route_schedules_a_rescan_that_the_running_monitor_applies(
+    tmp_path: Path, fake: FakeWallet, http: aiohttp.ClientSession
+) -> None:
+    pid = new_pid()
+    fake.height = 205
+    async with running(tmp_path, fake, MONITOR_RESCAN_MARGIN_BLOCKS=10) as service:
+        state = service.state
+        await wait_for(lambda: state.monitor.scanned_height == 202)
+        fake.add(make_transfer(pid.hex(), 9000, height=150))
+        for bad in ({}, {"from_height": -1}, {"from_height": "150"}, {"from_height": True},
+                    {"from_height": 1.5}, {"from_height": 2**62 + 1}, [150], b"from_height=150"):
+            status, body = await post_rescan(http, service.internal_address, bad)
+            assert (status, body["error"]) == (400, "invalid_request"), bad
+        status, body = await post_rescan(http, service.public_address, {"from_height": 150})
+        assert (status, body["error"]) == (404, "not_found")
+        assert state.monitor.rescan_from is None
+        status, body = await post_rescan(http, service.internal_address, {"from_height": 150})
+        assert status == 202
+        assert body == {"status": "scheduled", "from_height": 150, "scanned_height": 202}
+        await wait_for(lambda: state.monitor.rescan_from is None and counted(state, "credited") == 1)
+        async with http.post(url(service.public_address, "/api/v1/redeem"), json={"pid": pid.hex()}) as resp:
+            assert resp.status == 200 and (await resp.json())["balance"] == 9000
+
+
+async def test_the_route_refuses_when_the_monitor_is_off(tmp_path: Path, fake: FakeWallet,
+                                                         http: aiohttp.ClientSession) -> None:
+    async with running(tmp_path, fake, MONITOR_ENABLED="false") as service:
+        status, body = await post_rescan(http, service.internal_address, {"from_height": 150})
+        assert (status, body["error"]) == (409, "monitor_disabled")
+        assert service.state.monitor.rescan_from is None
+
+
+async def test_the_command_asks_the_running_service(tmp_path: Path, fake: FakeWallet) -> None:
+    pid = new_pid()
+    fake.height = 205
+    async with running(tmp_path, fake, MONITOR_RESCAN_MARGIN_BLOCKS=10,
+                       API_INTERNAL_TOKEN="s3cret-admin-token") as service:
+        state = service.state
+        await wait_for(lambda: state.monitor.scanned_height == 202)
+        fake.add(make_transfer(pid.hex(), 9000, height=150))
+        env = clean_env(API_INTERNAL_BIND_ADDRESS=service.internal_address,
+                        API_INTERNAL_TOKEN="s3cret-admin-token")
+        code, out, err = await cli(env, "monitor", "rescan", "--from-height", "150")
+        assert (code, err) == (0, "")
+        assert json.loads(out) == {"status": "scheduled", "from_height": 150, "scanned_height": 202}
+        await wait_for(lambda: counted(state, "credited") == 1)
+        assert isinstance(await state.ledger.redeem(pid), Claimed)
+        for bad in ("-1", "abc", str(2**62 + 1)):
+            code, out, err = await cli(env, "monitor", "rescan", "--from-height", bad)
+            assert (code, out) == (2, "") and "--from-height" in one_error_line(err)
+        code, _, err = await cli(env, "monitor", "rescan")
+        assert code == 2 and "--from-height" in one_error_line(err)
+        code, _, err = await cli({**env, "API_INTERNAL_TOKEN": "wrong"}, "monitor", "rescan",
+                                 "--from-height", "150")
+        assert code == 1 and "refused the admin token" in one_error_line(err)
+    async with running(tmp_path / "off", fake, MONITOR_ENABLED="false") as service:
+        env = clean_env(API_INTERNAL_BIND_ADDRESS=service.internal_address)
+        code, out, err = await cli(env, "monitor", "rescan", "--from-height", "150")
+        assert (code, out) == (1, "") and "monitor_disabled" in one_error_line(err)
+    code, _, err = await cli(env, "monitor", "rescan", "--from-height", "150", "--timeout", "2")
+    assert code == 1 and "cannot reach the internal listener" in one_error_line(err)
