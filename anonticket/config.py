@@ -192,7 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MONITOR_ENABLED", "monitor_enabled", "true", parse_bool,
             "Run the wallet monitor (false/0 to serve from the database only)."),
     Setting("MONITOR_START_HEIGHT", "monitor_start_height", "0", _int_at_least(0),
-            "First block height scanned on an empty database (later the stored cursor wins)."),
+            "First block height scanned on an empty database (later the stored cursor wins); "
+            "the rescan margin never reads below it, so keep it set."),
     Setting("MONITOR_POLL_INTERVAL_SECS", "monitor_poll_interval_secs", "5", _positive_seconds,
             "Seconds between wallet polls (fractions allowed)."),
     Setting("MONITOR_MIN_CONFIRMATIONS", "monitor_min_confirmations", "10", _int_at_least(1),
