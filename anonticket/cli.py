@@ -27,6 +27,7 @@ from anonticket.command import (
     cmd_config,
     cmd_db_backup,
     cmd_db_check,
+    cmd_monitor_rescan,
     cmd_pid_new,
     cmd_serve,
     cmd_stats,
@@ -41,6 +42,7 @@ from anonticket.sandbox import SandboxError, add_sandbox_parser
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 _MAX_REASON = 256
 _MAX_SCORE = 2**62
+_MAX_HEIGHT = 2**62
 
 
 # ---------------------------------------------------------------------- parser
@@ -75,6 +77,12 @@ def _reason(text: str) -> str:
     if len(text) > _MAX_REASON:
         raise argparse.ArgumentTypeError(f"must be at most {_MAX_REASON} characters")
     return text
+
+
+def _height(text: str) -> int:
+    if not text.isdigit() or int(text) > _MAX_HEIGHT:
+        raise argparse.ArgumentTypeError("must be a block height, a whole number from 0 to 2^62")
+    return int(text)
 
 
 def _timeout(text: str) -> float:
@@ -174,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the JSON answer as it is")
     _add_timeout(stats)
     stats.set_defaults(func=cmd_stats)
+
+    monitor = _subcommands(commands.add_parser("monitor", help="the running service's wallet "
+                                               "monitor"), "monitor_cmd")
+    rescan = monitor.add_parser(
+        "rescan", help="re-read the wallet from a height (after the wallet itself was rescanned)",
+        description="Ask the running service to re-read every transfer the wallet reports from "
+                    "HEIGHT up and credit what is new (re-reading is harmless: a transfer counts "
+                    "once). Scheduled: the monitor applies it before its next poll, and 'stats' "
+                    "shows it pending until then. " + _INTERNAL)
+    rescan.add_argument("--from-height", required=True, type=_height, metavar="HEIGHT",
+                        help="first block height to re-read")
+    _add_timeout(rescan)
+    rescan.set_defaults(func=cmd_monitor_rescan)
 
     db = _subcommands(commands.add_parser("db", help="database maintenance (DATABASE_URL)"),
                       "db_cmd")

@@ -221,6 +221,7 @@ _STAT_LABELS = {
     "debited_piconero": "debited piconero",
     "scanned_height": "scanned height",
     "wallet_height": "wallet height",
+    "rescan_from_height": "rescan pending from",
 }
 
 
@@ -234,6 +235,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     scanned = stats.get("scanned_height")
     for key in keys:
         value = stats[key]
+        if key == "rescan_from_height" and value is None:
+            continue  # no rescan waiting: the usual case, not worth a row
         text = "unknown" if value is None else str(value)
         if key in ("credited_piconero", "debited_piconero") and isinstance(value, int):
             text += f" ({format_xmr(value)} XMR)"
@@ -241,6 +244,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
             text += f" (cursor {value - scanned} blocks behind)"
         rows.append((_STAT_LABELS.get(key, key.replace("_", " ")), text))
     _print_rows(rows)
+    return EXIT_OK
+
+
+def cmd_monitor_rescan(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.rescan(args.from_height))
+    print(json.dumps(answer, indent=2))
     return EXIT_OK
 
 

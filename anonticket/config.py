@@ -273,11 +273,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MONITOR_ENABLED", "monitor_enabled", "true", parse_bool,
             "Run the wallet monitor (false/0 to serve from the database only)."),
     Setting("MONITOR_START_HEIGHT", "monitor_start_height", "0", _int_at_least(0),
-            "First block height scanned on an empty database (later the stored cursor wins)."),
+            "First block height scanned on an empty database (later the stored cursor wins); "
+            "the rescan margin never reads below it, so keep it set."),
     Setting("MONITOR_POLL_INTERVAL_SECS", "monitor_poll_interval_secs", "5", _positive_seconds,
             "Seconds between wallet polls (fractions allowed)."),
     Setting("MONITOR_MIN_CONFIRMATIONS", "monitor_min_confirmations", "10", _int_at_least(1),
             "Confirmations a transfer needs before it is credited."),
+    Setting("MONITOR_RESCAN_MARGIN_BLOCKS", "monitor_rescan_margin_blocks", "100",
+            _int_at_least(0),
+            "How many of the last scanned blocks are re-read when a reorg may have changed them "
+            "(and every 2 min), so a payment a reorg deeper than MONITOR_MIN_CONFIRMATIONS mines "
+            "there is still credited; 0 turns it off."),
     Setting("MONITOR_MIN_PAYMENT_AMOUNT", "monitor_min_payment_amount", "10000000000",
             _int_at_least(0), "Smallest confirmed total (piconero) a PID can redeem."),
     Setting("MONITOR_READY_MAX_AGE_SECS", "monitor_ready_max_age_secs", "30", _positive_seconds,
@@ -318,6 +324,7 @@ class Config:
     monitor_start_height: int
     monitor_poll_interval_secs: float
     monitor_min_confirmations: int
+    monitor_rescan_margin_blocks: int
     monitor_min_payment_amount: int
     monitor_ready_max_age_secs: float
     access_price_per_day: int | None

@@ -89,6 +89,10 @@ class MethodNotAllowed(ServiceError):
     status, code, message = 405, "method_not_allowed", "method not allowed on this route"
 
 
+class MonitorDisabled(ServiceError):
+    status, code, message = 409, "monitor_disabled", "the wallet monitor is off (MONITOR_ENABLED=false)"
+
+
 class BodyTooLarge(ServiceError):
     status, code, message = 413, "body_too_large", "request body is too large"
 

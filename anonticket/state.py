@@ -24,6 +24,21 @@ class MonitorStatus:
     last_error: str | None = None
     wallet_height: int | None = None
     scanned_height: int | None = None
+    # an operator's rescan request (POST /api/v1/monitor/rescan), waiting for the next poll;
+    # the API only records it, so the monitor stays the one writer of the cursor
+    rescan_from: int | None = None
+
+    def request_rescan(self, from_height: int) -> int:
+        """Ask the monitor to re-read from ``from_height`` before its next poll; returns the
+        height it will re-read from (two requests before that poll: the lower one wins)."""
+        if self.rescan_from is None or from_height < self.rescan_from:
+            self.rescan_from = from_height
+        return self.rescan_from
+
+    def take_rescan(self) -> int | None:
+        """The waiting request, if any, now owned by the caller (the monitor)."""
+        height, self.rescan_from = self.rescan_from, None
+        return height
 
     def problem(self, max_age: float, now: float | None = None) -> str | None:
         if not self.enabled:

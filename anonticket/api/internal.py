@@ -8,6 +8,7 @@ lookup, so a wrong guess learns nothing, not even whether a token exists.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,9 +29,13 @@ from anonticket.api.public import (
 )
 from anonticket.api.balance import add_debit_route, add_topup_route
 from anonticket.domain import ServiceToken
-from anonticket.errors import InvalidRequest, Unauthorized
+from anonticket.errors import InvalidRequest, MonitorDisabled, Unauthorized
+
+log = logging.getLogger("anonticket.admin")
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi.yaml"
+# far above any chain; keeps the height a plain SQLite integer
+_MAX_HEIGHT = 2**62
 _OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
 
 
@@ -102,6 +107,24 @@ async def revoke(request: web.Request) -> web.Response:
     return json_body(view)
 
 
+async def rescan(request: web.Request) -> web.Response:
+    """Ask the monitor to re-read the wallet from ``from_height`` (a wallet restored with too
+    high a restore height, then rescanned). Only recorded here: the monitor lowers its
+    cursor before its next poll, so nothing races the poll that may be running now."""
+    state = request.app[STATE]
+    body = await read_json_object(request)
+    height = body.get("from_height")
+    if type(height) is not int or not 0 <= height <= _MAX_HEIGHT:
+        raise InvalidRequest("from_height must be a block height, an integer from 0 to 2^62")
+    if not state.monitor.enabled:
+        raise MonitorDisabled()
+    scheduled = state.monitor.request_rescan(height)
+    log.info("rescan from height %d requested; the monitor applies it before its next poll",
+             scheduled)
+    return json_body({"status": "scheduled", "from_height": scheduled,
+                      "scanned_height": state.monitor.scanned_height}, status=202)
+
+
 async def ready_details(request: web.Request) -> web.Response:
     state = request.app[STATE]
     monitor = state.monitor
@@ -118,6 +141,7 @@ async def ready_details(request: web.Request) -> web.Response:
             "scanned_height": monitor.scanned_height,
             "seconds_since_success": age,
             "last_error": monitor.last_error,
+            "rescan_from_height": monitor.rescan_from,
         },
     }
     return json_body(body, status=200 if problem is None else 503)
@@ -128,6 +152,7 @@ async def stats(request: web.Request) -> web.Response:
     counts = await state.ledger.storage.get_stats()
     counts["wallet_height"] = state.monitor.wallet_height
     counts["pending_pids"] = len(state.ledger.pending_view)
+    counts["rescan_from_height"] = state.monitor.rescan_from
     return json_body(counts)
 
 
@@ -142,6 +167,7 @@ def add_internal_routes(app: web.Application) -> None:
     add_topup_route(app)
     add_debit_route(app)
     app.router.add_get("/api/v1/stats", stats, allow_head=False)
+    app.router.add_post("/api/v1/monitor/rescan", rescan)
     app.router.add_get("/health/live", live, allow_head=False)
     app.router.add_get("/health/ready", ready_details, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
