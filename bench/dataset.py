@@ -63,6 +63,24 @@ async def build_database(path: Path, count: int, seed: int = 1) -> dict[str, flo
     }
 
 
+async def credit_priced(path: Path, count: int, price_per_day: int,
+                        seed: int = 2) -> tuple[list[str], dict[str, float]]:
+    """Credit ``count`` more payments as the monitor does with ``ACCESS_PRICE_PER_DAY`` in
+    force, so that each bought time and its token, once redeemed, has an expiry; returns
+    their PIDs (16 hex) and the credit's timing."""
+    transfers = make_transfers(count, seed)
+    storage = await Storage.open(path)
+    try:
+        started = time.perf_counter()
+        result = await storage.credit_transfers(transfers, None, int(time.time()), price_per_day)
+        secs = time.perf_counter() - started
+    finally:
+        await storage.close()
+    if result.transfers_credited != count:
+        raise RuntimeError(f"credited {result.transfers_credited} of {count} priced transfers")
+    return [t.pid.hex() for t in transfers], {"payments": count, "credit_secs": round(secs, 3)}
+
+
 def read_pids(workdir: Path) -> list[str]:
     return (workdir / "pids.txt").read_text().split()
 
@@ -83,3 +101,15 @@ def claimed_keys(db_path: Path, limit: int) -> tuple[list[str], list[str]]:
     finally:
         db.close()
     return [pid[:8].hex() for pid, _ in rows], [token.hex() for _, token in rows]
+
+
+def expiring_tokens(db_path: Path, limit: int) -> list[str]:
+    """Tokens the server issued with an expiry (the plans phase's redeems)."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT token FROM service_tokens WHERE expires_at IS NOT NULL LIMIT ?", (limit,)
+        ).fetchall()
+    finally:
+        db.close()
+    return [token.hex() for (token,) in rows]

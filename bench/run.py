@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ from report import (  # noqa: E402
 )
 
 LIVE = ["mode=get", "path=/health/live"]
+PRICED_PER_SEC = 10_000  # priced PIDs set aside per second of a plans redeem run (~3,000/s used)
+# piconero a day for the plans phase: 1 XMR (every dataset payment) buys 100 days
+PRICE_PER_DAY = 10**10
 
 
 class Bench:
@@ -51,25 +55,29 @@ class Bench:
         self.workdir = workdir
         self.db = workdir / "bench.db"
         self.pids: list[str] = []
+        self.priced_pids: list[str] = []  # credited with a price in force (plans phase)
         self.used: dict[str, int] = {}
         self.result: dict[str, Any] = {"scenarios": {}}
 
     # ------------------------------------------------------------------ helpers
-    def wrk(self, target: Proc, script_args: list[str], secs: float | None = None) -> loadgen.Load:
-        return loadgen.wrk(target.address, script_args, secs or self.args.secs, server=target,
-                           cpus=self.args.client_cpus)
+    def wrk(self, target: Proc, script_args: list[str], secs: float | None = None,
+            address: str | None = None) -> loadgen.Load:
+        return loadgen.wrk(address or target.address, script_args, secs or self.args.secs,
+                           server=target, cpus=self.args.client_cpus)
 
     def take_pids(self, pool: str, runs_left: int, per_sec: int, secs: float) -> Path:
         """A fresh slice of never-redeemed PIDs for one run, written to a file for the script.
 
-        Half of the PIDs feed redeem-success runs, half the mixed load; each run gets
-        enough for its duration at ``per_sec``, never more than its share of what is left.
+        Half of the PIDs feed redeem-success runs, half the mixed load, and the priced ones
+        the plans phase; each run gets enough for its duration at ``per_sec``, never more
+        than its share of what is left.
         """
         half = len(self.pids) // 2
-        start, end = (0, half) if pool == "new" else (half, len(self.pids))
+        pids = self.priced_pids if pool == "priced" else self.pids
+        start, end = {"new": (0, half), "mixed": (half, len(pids))}.get(pool, (0, len(pids)))
         used = self.used.setdefault(pool, start)
         count = max(1, min(int(secs * per_sec), (end - used) // max(runs_left, 1)))
-        chunk = self.pids[used:min(used + count, end)]
+        chunk = pids[used:min(used + count, end)]
         if not chunk:
             raise RuntimeError("out of unredeemed PIDs; use more --payments")
         self.used[pool] = used + len(chunk)
@@ -114,6 +122,12 @@ class Bench:
                 shutil.copyfile(self.db, cached)
                 shutil.copyfile(self.workdir / "pids.txt", cached.with_suffix(".pids"))
         self.pids = dataset.read_pids(self.workdir)
+        # PIDs whose credit bought time, as with ACCESS_PRICE_PER_DAY set; into the working
+        # copy only, so the cached dataset stays what every earlier run measured
+        count = round((self.args.pairs + 1) * self.args.secs * PRICED_PER_SEC)
+        print(f"crediting {count} payments at a price per day ...", flush=True)
+        self.priced_pids, self.result["priced_dataset"] = asyncio.run(
+            dataset.credit_priced(self.db, count, PRICE_PER_DAY))
 
     def tcp_phase(self) -> None:
         args = self.args
@@ -169,6 +183,44 @@ class Bench:
         if rc != 0:
             raise RuntimeError(f"anonticket serve exited with {rc} on SIGTERM")
         self.result["startup_runs_tcp"] = startups
+
+    def plans_phase(self) -> None:
+        """Plans on (``ACCESS_PRICE_PER_DAY``): redeems and introspection of tokens that
+        expire, and debits, which the operator's services send to the internal listener."""
+        args = self.args
+        service = start_service(self.db, self.workdir, "serve-plans", cpus=args.server_cpus,
+                                extra_env={"ACCESS_PRICE_PER_DAY": str(PRICE_PER_DAY)})
+        try:
+            live = lambda secs=None: self.wrk(service, LIVE, secs)  # noqa: E731
+            live(min(1.0, args.secs))
+            runs_left = args.pairs + 1
+
+            def new(secs: float | None = None) -> loadgen.Load:
+                nonlocal runs_left
+                keys = self.take_pids("priced", runs_left, PRICED_PER_SEC, secs or args.secs)
+                runs_left -= 1
+                return self.wrk(service, ["mode=redeem_new", f"keys={keys}", "expiry=1"], secs)
+
+            self.pairs("redeem_success_plans", live, new,
+                       {"200": "all", "success": "all", "expires": "all"})
+            tokens = dataset.write_keys(self.workdir / "priced-tokens.txt",
+                                        dataset.expiring_tokens(self.db, 100_000))
+            self.pairs("token_issued_plans", live,
+                       lambda secs=None: self.wrk(service, ["mode=token", f"keys={tokens}",
+                                                            "expiry=1"], secs),
+                       {"200": "all", "active": "all", "expires": "all"})
+            internal = service.internal_address
+            # the baseline on the listener the debits use: it has its own middleware and bound
+            internal_live = lambda secs=None: self.wrk(service, LIVE, secs, internal)  # noqa: E731
+            self.pairs("debit", internal_live,
+                       lambda secs=None: self.wrk(service, ["mode=debit", f"keys={tokens}",
+                                                            f"nonce={uuid.uuid4().hex[:12]}"],
+                                                  secs, internal),
+                       {"200": "all", "debited": "all"})
+        finally:
+            rc = service.stop()
+        if rc != 0:
+            raise RuntimeError(f"anonticket serve (plans) exited with {rc} on SIGTERM")
 
     def rss(self, service: Proc) -> None:
         probes = self.args.probes
@@ -302,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.build()
         bench.tcp_phase()
+        bench.plans_phase()
         bench.uds_phase()
         bench.ingest_phase()
     finally:
