@@ -99,10 +99,11 @@ class OutboxEvent:
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     seq: int
-    attempts: int  # the number this attempt had (the first is 1)
+    attempt: int  # the number this attempt had (the first is 1)
     at: int
     result: str  # "delivered" or a failure word: http_503, timeout, unreachable, ...
     next_attempt_at: float | None  # None: no retry (delivered, or dead after the last)
+    counted: bool = True  # False: the receiver said 410 Gone, which uses up no attempt
 
 
 def url_digest(url: str) -> bytes:
@@ -151,15 +152,8 @@ class OutboxStore(StorageCore):
                            last_attempt_at = ?, last_result = ?,
                            delivered_at = CASE WHEN ? = 1 THEN ? ELSE delivered_at END
                        WHERE seq = ? AND status = 0 AND attempts = ?""",
-                    (status, r.attempts, next_at, r.at, r.result, status, r.at, r.seq,
-                     r.attempts - 1))
-
-    async def postpone_webhook_event(self, seq: int, attempts: int, until: float) -> None:
-        """Move a pending event's next attempt without counting one (delivery is disabled)."""
-        async with self._transaction() as db:
-            await db.execute(
-                """UPDATE webhook_events SET next_attempt_at = ?
-                   WHERE seq = ? AND status = 0 AND attempts = ?""", (until, seq, attempts))
+                    (status, r.attempt if r.counted else r.attempt - 1, next_at, r.at, r.result,
+                     status, r.at, r.seq, r.attempt - 1))
 
     async def list_webhook_events(self, *, dead_only: bool, limit: int) -> list[dict[str, Any]]:
         """Newest first; the operator's view, so types and results but no body."""
