@@ -32,9 +32,10 @@ from anonticket.housekeeping import Housekeeper
 from anonticket.ledger import Ledger
 from anonticket.metrics import Metrics
 from anonticket.monitor import Monitor
-from anonticket.state import MonitorStatus, State
+from anonticket.state import MonitorStatus, State, WebhookControl
 from anonticket.storage import Storage, database_path
 from anonticket.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
+from anonticket.webhook_sender import WebhookSender
 
 log = logging.getLogger("anonticket")
 
@@ -179,6 +180,19 @@ async def _start_task(stack: AsyncExitStack, work: Any, name: str) -> asyncio.Ta
     return task
 
 
+async def _start_webhooks(state: State, stack: AsyncExitStack) -> WebhookSender | None:
+    """With WEBHOOK_URL set: record events from the first request on (before the
+    listeners start), and have the sender's client ready; its task starts later."""
+    if not state.config.webhook_url:
+        return None
+    sender = WebhookSender(state)
+    await sender.start()
+    stack.push_async_callback(sender.aclose)
+    state.ledger.storage.enable_outbox(sender.wake)
+    state.webhooks = WebhookControl(wake=sender.wake, ping=sender.ping)
+    return sender
+
+
 async def start_service(config: Config) -> Service:
     stack = AsyncExitStack()
     try:
@@ -191,6 +205,7 @@ async def start_service(config: Config) -> Service:
         # have drained: requests in flight at SIGTERM still read credits and pending as they land
         monitor_stack = AsyncExitStack()
         stack.push_async_callback(monitor_stack.aclose)
+        sender = await _start_webhooks(state, monitor_stack)
         listeners: list[Closer] = []
         stack.push_async_callback(_close_together, listeners)
         service.public_address, close = await _start_site(
@@ -207,6 +222,8 @@ async def start_service(config: Config) -> Service:
         )
         listeners.append(close)
         await _start_task(monitor_stack, Housekeeper(state).run(), "anonticket-housekeeping")
+        if sender is not None:
+            await _start_task(monitor_stack, sender.run(), "anonticket-webhooks")
         if config.monitor_enabled:
             monitor = Monitor(state)
             await monitor.start()
@@ -223,9 +240,9 @@ async def start_service(config: Config) -> Service:
     except BaseException:
         await stack.aclose()
         raise
-    log.info("public listener on %s, internal listener on %s, monitor %s",
+    log.info("public listener on %s, internal listener on %s, monitor %s, webhooks %s",
              service.public_address, service.internal_address,
-             "on" if config.monitor_enabled else "off")
+             "on" if config.monitor_enabled else "off", "on" if config.webhook_url else "off")
     return service
 
 

@@ -253,6 +253,67 @@ def cmd_monitor_rescan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- webhook
+def cmd_webhook_secret(args: argparse.Namespace) -> int:
+    from anonticket.webhook import new_secret
+
+    print(new_secret())
+    return EXIT_OK
+
+
+def cmd_webhook_list(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.webhook_events(dead=args.dead, limit=args.limit))
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    state = "on" if answer.get("enabled") else "off (WEBHOOK_URL is empty)"
+    if answer.get("disabled_at"):
+        state = (f"on, but delivery is disabled since {answer['disabled_at']} (the receiver "
+                 "answered 410 Gone; 'anonticket webhook enable' resumes it)")
+    age = answer.get("oldest_pending_age_seconds")
+    pending = f"{answer.get('pending')}" + (f" (oldest {age} s)" if age is not None else "")
+    _print_rows([("webhooks", state), ("pending", pending), ("dead", str(answer.get("dead")))])
+    events = answer.get("events") or []
+    if events:
+        print()
+        rows = [("ID", "TYPE", "STATUS", "ATTEMPTS", "CREATED", "LAST RESULT")]
+        rows += [(str(e.get("id")), str(e.get("type")), str(e.get("status")),
+                  str(e.get("attempts")), str(e.get("created_at")), str(e.get("last_result") or "-"))
+                 for e in events]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_webhook_replay(args: argparse.Namespace) -> int:
+    if (args.id is None) == (not args.all_dead):
+        raise UsageError("give an event ID or --all-dead")
+    answer = _admin(args, lambda client: client.webhook_replay(args.id))
+    print(f"queued again: {answer.get('replayed')}")
+    return EXIT_OK
+
+
+def cmd_webhook_test(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.webhook_test())
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        _print_rows([("webhook-id", str(answer.get("webhook_id"))),
+                     ("result", str(answer.get("result"))),
+                     ("http status", str(answer.get("http_status") or "-")),
+                     ("seconds", str(answer.get("seconds")))])
+    if not answer.get("delivered"):
+        raise CommandFailed(f"the receiver did not accept the test event ({answer.get('result')})")
+    return EXIT_OK
+
+
+def cmd_webhook_enable(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.webhook_enable())
+    print(f"delivery enabled; pending: {answer.get('pending')}")
+    return EXIT_OK
+
+
 def _print_rows(rows: list[tuple[str, str]]) -> None:
     width = max((len(label) for label, _ in rows), default=0)
     for label, value in rows:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from anonticket.amount import parse_xmr
 from anonticket.errors import ConfigError
+from anonticket.webhook import parse_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,45 @@ def _log_level(text: str) -> str:
     return value
 
 
+_WEBHOOK_URL_RULE = "expected an http or https URL of a host, without a fragment or whitespace"
+# Standard Webhooks' example schedule: the delays before attempts 2 to 10, 75.6 h in all
+DEFAULT_WEBHOOK_RETRIES = "5,300,1800,7200,18000,36000,50400,72000,86400"
+
+
+def _webhook_url(text: str) -> str | None:
+    """The receiver's URL, or None (webhooks off). A ``user:password@`` is allowed (sent as
+    basic auth) and masked wherever settings are printed; the message never quotes it."""
+    if not text:
+        return None
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError(_WEBHOOK_URL_RULE)
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        raise ValueError(_WEBHOOK_URL_RULE) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.fragment:
+        raise ValueError(_WEBHOOK_URL_RULE)
+    return text
+
+
+def _webhook_secret(text: str) -> str | None:
+    if not text:
+        return None
+    parse_secret(text)
+    return text
+
+
+def _retry_schedule(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("expected seconds separated by commas, e.g. 5,300,1800") from None
+    if not delays or len(delays) > 50 or not all(math.isfinite(d) and d > 0 for d in delays):
+        raise ValueError("expected 1 to 50 positive numbers of seconds, separated by commas")
+    return delays
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str
@@ -294,6 +334,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEBIT_IDEMPOTENCY_TTL_SECS", "debit_idempotency_ttl_secs", "86400",
             _int_at_least(86400),
             "How long a debit's Idempotency-Key is remembered (at least 24 h)."),
+    Setting("WEBHOOK_URL", "webhook_url", "", _webhook_url,
+            "Where signed event notifications are POSTed (http or https; docs/webhooks.md); "
+            "empty: webhooks off, no event is recorded."),
+    Setting("WEBHOOK_SECRET", "webhook_secret", "", _webhook_secret,
+            "Signing secret, whsec_ + base64 of 24-64 random bytes ('anonticket webhook "
+            "secret' makes one); required with WEBHOOK_URL.", secret=True),
+    Setting("WEBHOOK_SECRET_PREVIOUS", "webhook_secret_previous", "", _webhook_secret,
+            "The secret being rotated out: while set, every delivery carries both signatures.",
+            secret=True),
+    Setting("WEBHOOK_TIMEOUT_SECS", "webhook_timeout_secs", "15", _positive_seconds,
+            "Each delivery attempt must be answered within this long, or it failed."),
+    Setting("WEBHOOK_MAX_IN_FLIGHT", "webhook_max_in_flight", "4", _int_at_least(1),
+            "Delivery attempts in flight at once."),
+    Setting("WEBHOOK_RETRY_SCHEDULE_SECS", "webhook_retry_schedule_secs",
+            DEFAULT_WEBHOOK_RETRIES, _retry_schedule,
+            "Delays before each retry (jittered; a longer Retry-After wins); after the last "
+            "retry fails the event is dead. The default spans about 75 hours."),
+    Setting("WEBHOOK_RETENTION_SECS", "webhook_retention_secs", "604800", _int_at_least(3600),
+            "How long a delivered event stays listed (and replayable) before it is pruned."),
 )
 
 
@@ -329,6 +388,13 @@ class Config:
     monitor_ready_max_age_secs: float
     access_price_per_day: int | None
     debit_idempotency_ttl_secs: int
+    webhook_url: str | None
+    webhook_secret: str | None
+    webhook_secret_previous: str | None
+    webhook_timeout_secs: float
+    webhook_max_in_flight: int
+    webhook_retry_schedule_secs: tuple[float, ...]
+    webhook_retention_secs: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -358,6 +424,10 @@ class Config:
             )
         if (self.monero_rpc_user is None) != (self.monero_rpc_password is None):
             raise ConfigError("MONERO_RPC_USER: set both MONERO_RPC_USER and MONERO_RPC_PASSWORD")
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("WEBHOOK_SECRET: required when WEBHOOK_URL is set")
+        if self.webhook_secret_previous and not self.webhook_secret:
+            raise ConfigError("WEBHOOK_SECRET_PREVIOUS: set WEBHOOK_SECRET too (the new secret)")
 
     def describe(self) -> dict[str, str]:
         """Effective settings for the start-up log and ``config --check``: a secret setting
@@ -369,6 +439,10 @@ class Config:
                 value = "***"
             elif setting.parse is _file_mode:
                 value = f"{value:04o}"
+            elif setting.parse is _retry_schedule:
+                value = ",".join(f"{delay:g}" for delay in value)
+            elif setting.parse is _webhook_url and value and "?" in value:
+                value = value.split("?", 1)[0] + "?***"  # a query may hold a key too
             out[setting.name] = "" if value is None else redact_userinfo(str(value))
         return out
 

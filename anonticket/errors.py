@@ -121,3 +121,11 @@ class ConfigError(Exception):
 
 class StorageUnavailable(Unavailable):
     """The database refused a statement (locked, disk full, I/O error); nothing was committed."""
+
+
+class WebhookEventNotFound(ServiceError):
+    status, code, message = 404, "webhook_event_not_found", "no such webhook event"
+
+
+class WebhooksOff(ServiceError):
+    status, code, message = 409, "webhooks_off", "webhooks are off: WEBHOOK_URL is empty"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from anonticket.config import Config
 from anonticket.ledger import Ledger
@@ -52,9 +54,19 @@ class MonitorStatus:
         return f"no successful wallet poll for {age:.0f}s (last error: {what})"
 
 
+@dataclass(frozen=True)
+class WebhookControl:
+    """What the admin routes may ask of the webhook sender, which they cannot import
+    (api and the sender are one layer): wake it, and send a signed test ping."""
+
+    wake: Callable[[], None]
+    ping: Callable[[], Awaitable[dict[str, Any]]]
+
+
 @dataclass
 class State:
     config: Config
     metrics: Metrics
     ledger: Ledger
     monitor: MonitorStatus
+    webhooks: WebhookControl | None = None  # None while WEBHOOK_URL is empty

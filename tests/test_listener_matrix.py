@@ -28,10 +28,12 @@ from conftest import REPO, transfer, url
 
 SPEC = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())
 ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/token/{token}/debit",
-               "/api/v1/monitor/rescan", "/api/v1/stats", "/docs/openapi.yaml"}
+               "/api/v1/monitor/rescan", "/api/v1/stats", "/docs/openapi.yaml",
+               "/api/v1/webhooks", "/api/v1/webhooks/replay", "/api/v1/webhooks/test",
+               "/api/v1/webhooks/enable"}
 # what the route answers the valid call with when it is not 200: these test services run
 # without a monitor, so a rescan request is refused (and reached the handler: not 401/404)
-NOT_200 = {"/api/v1/monitor/rescan": 409}
+NOT_200 = {"/api/v1/monitor/rescan": 409, "/api/v1/webhooks/test": 409}  # nor webhooks
 TOPUP_PID = "00000000000000a1"  # paid, never redeemed: what a top-up adds to the token
 
 
@@ -45,6 +47,8 @@ def valid_call(path: str, method: str) -> tuple[Any, dict[str, str]]:
         return {"pid": TOPUP_PID}, {}
     if path.endswith("/rescan"):
         return {"from_height": 1}, {}
+    if path.endswith("/webhooks/replay"):
+        return {"all_dead": True}, {}
     return ({} if method == "POST" else None), {}
 # what an HTTP client can put on the request line; aiohttp's parser refuses the rest itself
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")

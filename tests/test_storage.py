@@ -20,7 +20,7 @@ from conftest import transfer
 NOW = 1_700_000_000
 MIN = 1000
 TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log", "debits",
-          "idempotency_keys"}
+          "idempotency_keys", "webhook_events", "webhook_state"}
 V2_TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
 
 

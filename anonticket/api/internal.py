@@ -28,7 +28,8 @@ from anonticket.api.public import (
     token_view,
 )
 from anonticket.api.balance import add_debit_route, add_topup_route
-from anonticket.domain import ServiceToken
+from anonticket.api.webhooks import add_webhook_routes
+from anonticket.domain import ServiceToken, token_id
 from anonticket.errors import InvalidRequest, MonitorDisabled, Unauthorized
 
 log = logging.getLogger("anonticket.admin")
@@ -74,6 +75,7 @@ async def inspect_token(request: web.Request) -> web.Response:
     audit = await storage.list_audit(record.token)
     debits = await storage.list_debits(record.token)
     view = token_view(record)
+    view["token_id"] = token_id(record.token)  # what webhooks name this token by
     view["revoke_reason"] = record.revoke_reason
     view["credited"] = record.amount
     view["spent"] = record.spent
@@ -172,3 +174,4 @@ def add_internal_routes(app: web.Application) -> None:
     app.router.add_get("/health/ready", ready_details, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/docs/openapi.yaml", openapi, allow_head=False)
+    add_webhook_routes(app)

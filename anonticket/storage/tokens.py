@@ -18,9 +18,13 @@ from typing import Any
 import aiosqlite
 
 from anonticket.storage.core import StorageCore, chunks, marks
+from anonticket.storage.outbox import expired_event, revoked_event
 from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
 
 _RECENT_DEBITS = 20
+# tokens marked per expiry-sweep transaction: a burst of expiries never holds the write
+# lock for long; the sweep repeats until none is left
+EXPIRY_SWEEP_BATCH = 1000
 
 
 class TokenStore(StorageCore):
@@ -32,8 +36,15 @@ class TokenStore(StorageCore):
     async def revoke_token(
         self, token: bytes, reason: str | None, abuse_score: int | None, now: int
     ) -> TokenRow | None:
-        """Revoke idempotently: the first revocation's time and reason stay; every call is audited."""
+        """Revoke idempotently: the first revocation's time and reason stay; every call is
+        audited. Only the first one changes the token's state, so only it writes a
+        ``token.revoked`` event; a later raised abuse score shows in introspection."""
         async with self._transaction() as db:
+            first = False
+            if self.outbox is not None:
+                before = await db.execute_fetchall(
+                    "SELECT revoked_at FROM service_tokens WHERE token = ?", (token,))
+                first = bool(before) and before[0][0] is None
             rows = await db.execute_fetchall(
                 f"""UPDATE service_tokens SET
                        revoke_reason = CASE WHEN revoked_at IS NULL THEN ?1 ELSE revoke_reason END,
@@ -51,7 +62,35 @@ class TokenStore(StorageCore):
                    VALUES (?, 'revoke', ?, ?, ?)""",
                 (now, token, reason, abuse_score),
             )
-        return TokenRow(*rows[0])
+            record = TokenRow(*rows[0])
+            if first and self.outbox is not None:
+                await self.outbox.add(db, [revoked_event(record)], now)
+        return record
+
+    async def notice_expired_tokens(self, now: int) -> int:
+        """Mark up to ``EXPIRY_SWEEP_BATCH`` tokens whose time ran out by ``now`` as noticed,
+        with a ``token.expired`` event each (none for a revoked one: revoked wins), in one
+        transaction; returns how many were marked. A probe on the reader first: the sweep
+        runs every few seconds and must not take the write lock for nothing."""
+        probe = await self._read(
+            """SELECT 1 FROM service_tokens
+               WHERE expired_notified = 0 AND expires_at IS NOT NULL AND expires_at <= ? LIMIT 1""",
+            (now,))
+        if not probe:
+            return 0
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                """UPDATE service_tokens SET expired_notified = 1
+                   WHERE token IN (SELECT token FROM service_tokens
+                                   WHERE expired_notified = 0 AND expires_at IS NOT NULL
+                                     AND expires_at <= ? LIMIT ?)
+                   RETURNING token, expires_at, revoked_at""",
+                (now, EXPIRY_SWEEP_BATCH))
+            if self.outbox is not None:
+                await self.outbox.add(db, [expired_event(token, expires_at)
+                                           for token, expires_at, revoked_at in sorted(rows)
+                                           if revoked_at is None], now)
+        return len(rows)
 
     async def list_audit(self, token: bytes) -> list[dict[str, object]]:
         rows = await self._read(
