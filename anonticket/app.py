@@ -33,7 +33,7 @@ from anonticket.ledger import Ledger
 from anonticket.metrics import Metrics
 from anonticket.monitor import Monitor
 from anonticket.state import MonitorStatus, State
-from anonticket.storage import Storage, database_path
+from anonticket.storage import open_storage
 from anonticket.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
 
 log = logging.getLogger("anonticket")
@@ -45,8 +45,8 @@ _INTERNAL_SOCKET_MODE = 0o600
 
 
 async def open_state(config: Config, stack: AsyncExitStack) -> State:
-    storage = await Storage.open(
-        database_path(config.database_url), synchronous=config.database_synchronous,
+    storage = await open_storage(
+        config.database_url, synchronous=config.database_synchronous,
         busy_timeout_ms=config.database_busy_timeout_ms,
     )
     stack.push_async_callback(storage.close)

@@ -226,7 +226,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "database_url", "./var/anonticket.db", _database_url,
-            "SQLite file: a path or sqlite://path. Created with its directory if missing."),
+            "SQLite file: a path or sqlite://path, created with its directory if missing; or "
+            "postgresql://… (several hosts with target_session_attrs=read-write) for PostgreSQL."),
     Setting("DATABASE_SYNCHRONOUS", "database_synchronous", "NORMAL", _synchronous,
             "NORMAL (fast; a power cut may lose the last commits) or FULL (fsync every commit)."),
     Setting("DATABASE_BUSY_TIMEOUT_MS", "database_busy_timeout_ms", "5000", _int_at_least(0),
