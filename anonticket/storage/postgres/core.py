@@ -44,6 +44,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # ConnectionError included: refused, reset, no route
     asyncio.TimeoutError,
     asyncpg.InterfaceError,  # "connection is closed", a pool being closed
+    # a connection whose server ended it while idle: the FATAL notice is read as the reply
+    # to the next query ("cannot switch to state …")
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,  # class 08
     asyncpg.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now, timeouts
     asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
@@ -51,6 +54,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.LockNotAvailableError,  # lock_timeout (DATABASE_BUSY_TIMEOUT_MS)
 )
 _RETRY_ONCE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# what a pooled connection the server closed while it sat idle raises on its next use
+# (a restart, a failover, pg_terminate_backend): a read is asked once more, on a fresh one
+_STALE_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError,
+                     asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, ConnectionError)
 
 
 class PostgresError(Exception):
@@ -155,7 +162,14 @@ class PostgresCore:
                     return await work(conn)
 
     async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """A query on any pooled connection. Asked twice at most: a read changes nothing,
+        so a connection found dead costs a retry, not the customer's request. (A write is
+        never re-sent this way: its COMMIT may have landed.)"""
         async with unavailable_on_error():
+            try:
+                return await self._pool.fetch(sql, *args)
+            except _STALE_CONNECTION:
+                log.info("a pooled connection was closed by the server; reading again")
             return await self._pool.fetch(sql, *args)
 
     async def _load_prefixes(self, table: str, column: str) -> array:
