@@ -232,6 +232,9 @@ SETTINGS: tuple[Setting, ...] = (
             "NORMAL (fast; a power cut may lose the last commits) or FULL (fsync every commit)."),
     Setting("DATABASE_BUSY_TIMEOUT_MS", "database_busy_timeout_ms", "5000", _int_at_least(0),
             "How long a write waits for a lock held by another process before answering 503."),
+    Setting("DATABASE_LEADER_CHECK_SECS", "database_leader_check_secs", "1", _positive_seconds,
+            "PostgreSQL only: how often the active instance checks its leader lock and a "
+            "standing-by one tries to take it (the takeover time is about this plus start-up)."),
     Setting("API_BIND_ADDRESS", "api_bind_address", "127.0.0.1:8080", parse_host_port,
             "Public listener (customer routes) as HOST:PORT; unused when API_UNIX_SOCKET is set."),
     Setting("API_UNIX_SOCKET", "api_unix_socket", "", _optional_path,
@@ -297,6 +300,7 @@ class Config:
     database_url: str
     database_synchronous: str
     database_busy_timeout_ms: int
+    database_leader_check_secs: float
     api_bind_address: HostPort
     api_unix_socket: str | None
     api_unix_socket_mode: int

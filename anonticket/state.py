@@ -43,3 +43,6 @@ class State:
     metrics: Metrics
     ledger: Ledger
     monitor: MonitorStatus
+    # False while another instance on the same PostgreSQL database is the active one
+    # (anonticket/leadership.py): the API then answers 503 (api/standby.py)
+    active: bool = True
