@@ -71,11 +71,14 @@ class Cluster:
         _run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
              "--no-sync", "-E", "UTF8", "--locale=C")
 
-    def start(self) -> None:
+    def start(self, cpus: str | None = None) -> None:
+        """``cpus`` pins the server (and every backend it forks) with taskset, as the
+        benchmark pins the service: the database is part of the service's core."""
         options = [f"-k {self.home}", "-c listen_addresses=", f"-p {self.port}",
                    "-c fsync=off", "-c full_page_writes=off", "-c synchronous_commit=on"]
         options += [f"-c {name}={value}" for name, value in self.settings.items()]
-        _run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
+        pin = ["taskset", "-c", cpus] if cpus else []
+        _run(*pin, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
              "-t", "60", "-o", " ".join(options), "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -119,10 +122,10 @@ def new_home() -> Path:
     return home
 
 
-def start_cluster(port: int = 5432, **settings: str) -> Cluster:
+def start_cluster(port: int = 5432, cpus: str | None = None, **settings: str) -> Cluster:
     cluster = Cluster(new_home(), port, dict(settings))
     cluster.init()
-    cluster.start()
+    cluster.start(cpus)
     return cluster
 
 
