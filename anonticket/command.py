@@ -341,7 +341,11 @@ def cmd_db_check(args: argparse.Namespace) -> int:
         problems, ledger, version, expected = asyncio.run(check_database(config))
     except MaintenanceError as exc:
         raise CommandFailed(str(exc)) from None
-    print(f"integrity_check: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    if problems is None:  # PostgreSQL: no file to check
+        print("integrity_check: not applicable (PostgreSQL: use data checksums and amcheck)")
+        problems = []
+    else:
+        print(f"integrity_check: {'ok' if not problems else f'{len(problems)} problem(s)'}")
     for problem in problems[:20]:
         for line in problem.splitlines():  # one row can hold several lines
             print(f"  {line}")

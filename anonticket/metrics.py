@@ -101,6 +101,10 @@ class Metrics:
         self.rejected_overload = Counter(
             "anonticket_overload_rejections", "Requests refused with 503 because too many were in "
             "flight.", registry=r)
+        self.active = Gauge(
+            "anonticket_active", "1 while this instance is the active one (always on SQLite; "
+            "on PostgreSQL the holder of the leader lock).", registry=r)
+        self.active.set(1)
         self.wallet_height = Gauge(
             "anonticket_monitor_wallet_height", "Wallet block count at the last successful poll.",
             registry=r)

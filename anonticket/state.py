@@ -70,3 +70,6 @@ class State:
     ledger: Ledger
     monitor: MonitorStatus
     webhooks: WebhookControl | None = None  # None while WEBHOOK_URL is empty
+    # False while another instance on the same PostgreSQL database is the active one
+    # (anonticket/leadership.py): the API then answers 503 (api/standby.py)
+    active: bool = True

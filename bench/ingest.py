@@ -53,7 +53,7 @@ def _start_wallet(workdir: Path, batch: int, rounds: int) -> tuple[subprocess.Po
     raise RuntimeError(f"fake wallet did not start: {log.read_text()[-500:]}")
 
 
-async def measure_ingest(db: Path, workdir: Path, batch: int, rounds: int,
+async def measure_ingest(db: Path | str, workdir: Path, batch: int, rounds: int,
                          margin: int | None = None, margin_every_poll: bool = False) -> dict[str, Any]:
     wallet, url = _start_wallet(workdir, batch, rounds)
     try:
@@ -108,7 +108,7 @@ async def measure_ingest(db: Path, workdir: Path, batch: int, rounds: int,
             "transfers_per_sec": rates[len(rates) // 2]}
 
 
-def run_in_own_process(db: Path, workdir: Path, batch: int, rounds: int,
+def run_in_own_process(db: Path | str, workdir: Path, batch: int, rounds: int,
                        margin: int | None = None, margin_every_poll: bool = False) -> dict[str, Any]:
     """``measure_ingest`` in a fresh interpreter; its JSON result on the last stdout line."""
     extra = [] if margin is None else ["--margin", str(margin)]
@@ -124,7 +124,7 @@ def run_in_own_process(db: Path, workdir: Path, batch: int, rounds: int,
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="one ingest measurement, JSON on stdout")
-    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--db", required=True, help="a file path or a postgresql:// URL")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)

@@ -53,7 +53,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.db = workdir / "bench.db"
+        self.db: Path | str = workdir / "bench.db"
+        self.cluster: Any = None  # tests/pg_cluster.Cluster with --backend postgres
         self.pids: list[str] = []
         self.priced_pids: list[str] = []  # credited with a price in force (plans phase)
         self.used: dict[str, int] = {}
@@ -108,6 +109,12 @@ class Bench:
 
     # ------------------------------------------------------------------ phases
     def build(self) -> None:
+        if self.args.backend == "postgres":
+            print(f"building a PostgreSQL database of {self.args.payments} payments ...", flush=True)
+            self.result["dataset"] = asyncio.run(dataset.build_database(
+                self.db, self.args.payments, workdir=self.workdir))
+            self.pids = dataset.read_pids(self.workdir)
+            return
         cache = self.args.dataset_cache
         cached = cache / f"payments-{self.args.payments}.db" if cache else None
         if cached is not None and cached.exists():
@@ -278,13 +285,16 @@ class Bench:
         print(f"  monitor ingest: {args.ingest_rounds} polls of {args.ingest_batch} transfers ...",
               flush=True)
         result = run_in_own_process(self.db, self.workdir, args.ingest_batch, args.ingest_rounds)
+        empty_db: Path | str = self.workdir / "empty.db"
+        if self.cluster is not None:
+            empty_db = self.cluster.dsn(self.cluster.create_database())
         result["database"] = f"the benchmark's, {args.payments} payments and more"
         result["target_per_sec"] = INGEST_TARGET_PER_SEC
         result["met"] = result["transfers_per_sec"] >= INGEST_TARGET_PER_SEC
         self.result["ingest"] = result
         # context, not the target's figure: the same polls into an empty database, where
         # every B-tree still fits in memory
-        empty = run_in_own_process(self.workdir / "empty.db", self.workdir, args.ingest_batch,
+        empty = run_in_own_process(empty_db, self.workdir, args.ingest_batch,
                                    max(1, args.ingest_rounds // 2 + 1))
         empty["database"] = "empty at the first poll"
         self.result["ingest_empty_db"] = empty
@@ -299,6 +309,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
     loop = "asyncio"  # the service's loop (no uvloop), and so the bare app's
     return {
         "command": " ".join(["python3 bench/run.py", *sys.argv[1:]]),
+        "backend": args.backend,
         "quick": args.quick, "payments": args.payments, "secs_per_run": args.secs,
         "pairs": args.pairs, "connections": loadgen.CONNECTIONS,
         "client": "wrk -t1 -c32" + (f" pinned to CPU {args.client_cpus}" if args.client_cpus else ""),
@@ -311,6 +322,9 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="anonticket benchmark (see docs/benchmarks.md)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: a throwaway PostgreSQL 15 cluster (tests/pg_cluster.py), "
+                        "pinned to the server CPUs like the service")
     parser.add_argument("--quick", action="store_true",
                         help="smoke mode: 2,000 payments, 1 s runs, 1 pair, small ingest")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
@@ -351,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, workdir)
     bench.result["meta"] = _meta(args)
+    if args.backend == "postgres":
+        sys.path.insert(0, str(REPO / "tests"))
+        import pg_cluster
+
+        bench.cluster = pg_cluster.start_cluster(cpus=args.server_cpus)
+        bench.db = bench.cluster.dsn(bench.cluster.create_database())
     try:
         bench.build()
         bench.tcp_phase()
@@ -358,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.uds_phase()
         bench.ingest_phase()
     finally:
+        if bench.cluster is not None:
+            pg_cluster.remove(bench.cluster)
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     bench.result["meta"]["loadavg_after"] = os.getloadavg()

@@ -16,7 +16,7 @@ LAYERS = {
     "unix_socket": 2, "sd_notify": 2, "payment_uri": 2,
     "ledger": 3, "scan": 3,
     "state": 4,
-    "api": 5, "monitor": 5, "housekeeping": 5, "webhook_sender": 5,
+    "api": 5, "monitor": 5, "housekeeping": 5, "webhook_sender": 5, "leadership": 5,
     "app": 6, "admin_client": 6, "maintenance": 6,
     "sandbox": 7, "command": 7,
     "cli": 8,

@@ -58,3 +58,15 @@ def test_describe_masks_the_secrets_and_the_urls_credentials_and_query() -> None
 def test_a_bad_retry_schedule_is_refused(schedule: str) -> None:
     with pytest.raises(ConfigError, match="^WEBHOOK_RETRY_SCHEDULE_SECS: "):
         Config.from_env({"WEBHOOK_RETRY_SCHEDULE_SECS": schedule})
+
+
+def test_webhooks_are_refused_on_postgresql_until_its_outbox_exists() -> None:
+    import pytest
+
+    from anonticket.config import Config
+    from anonticket.errors import ConfigError
+    env = {"DATABASE_URL": "postgresql:///anonticket?host=/run/postgresql",
+           "WEBHOOK_URL": "http://127.0.0.1:9/hook",
+           "WEBHOOK_SECRET": "whsec_" + "A" * 44}
+    with pytest.raises(ConfigError, match="^WEBHOOK_URL: webhooks are not available"):
+        Config.from_env(env)

@@ -3,7 +3,9 @@
 ``core`` (connections, the one write path), ``schema`` (versions), ``payments`` (credits,
 claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
 ``outbox`` (webhook events, written inside the others' transactions), ``maintenance``
-(counts, backup, invariants). ``Storage`` is all of them on one writer and one reader connection.
+(counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
+connection; ``postgres/`` is the same interface on PostgreSQL (the outbox excepted, for now),
+each dialect's SQL written by hand. ``open_storage`` picks one from ``DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,30 @@ class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
+def is_postgres_url(url: str) -> bool:
+    """``postgresql://…`` (or ``postgres://…``) selects PostgreSQL; anything else is SQLite."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+async def open_storage(
+    url: str, *, synchronous: str = "NORMAL", busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    apply_schema: bool = True,
+) -> Storage:
+    """The storage ``DATABASE_URL`` names, open and (unless ``apply_schema=False``) with its
+    schema up to date. The PostgreSQL one is typed as ``Storage`` because it has the same
+    methods (tests/test_storage_postgres.py), not because it inherits them."""
+    if is_postgres_url(url):
+        # imported here: an SQLite deployment never needs asyncpg installed
+        from anonticket.storage.postgres import PostgresStorage
+
+        return await PostgresStorage.open(  # type: ignore[return-value]
+            url, busy_timeout_ms=busy_timeout_ms, apply_schema=apply_schema)
+    return await Storage.open(database_path(url), synchronous=synchronous,
+                              busy_timeout_ms=busy_timeout_ms, apply_schema=apply_schema)
+
+
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
     "DebitOutcome", "DebitRequest", "OutboxEvent", "Storage", "TokenRow", "TopupOutcome",
-    "database_path", "seconds_bought", "unix_now",
+    "database_path", "is_postgres_url", "open_storage", "seconds_bought", "unix_now",
 ]
