@@ -53,6 +53,13 @@ async def raw(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
 SQLITE_ONLY = {"integrity_check", "backup", "checkpointer", "open", "close"}
 
 
+def _outbox_methods() -> set[str]:
+    """The webhook outbox is not on PostgreSQL yet (config refuses WEBHOOK_URL there): its
+    methods are the one listed gap, so any other missing method still fails the test."""
+    from anonticket.storage.outbox import OutboxStore
+    return {name for name in vars(OutboxStore) if not name.startswith("_")}
+
+
 def _public(cls: type) -> dict[str, Any]:
     return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
 
@@ -60,7 +67,7 @@ def _public(cls: type) -> dict[str, Any]:
 def test_postgres_has_every_storage_method_with_the_same_parameters() -> None:
     import inspect
     sqlite, postgres = _public(Storage), _public(PostgresStorage)
-    missing = set(sqlite) - set(postgres) - SQLITE_ONLY
+    missing = set(sqlite) - set(postgres) - SQLITE_ONLY - _outbox_methods()
     assert not missing, f"PostgresStorage lacks {sorted(missing)}"
     for name in set(sqlite) & set(postgres) - {"open", "close"}:
         if callable(sqlite[name]):
