@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from anonticket.amount import parse_xmr
+from anonticket.amount import MAX_PICONERO, parse_xmr
 from anonticket.errors import ConfigError
 
 
@@ -142,6 +142,55 @@ def _optional_price(text: str) -> int | None:
     return parse_piconero_or_xmr(text) if text.strip() else None
 
 
+# the checkout's offers: how many, and the longest duration one may sell
+_MAX_OFFERS = 12
+_MAX_OFFER_DAYS = 3650
+NETWORKS = ("mainnet", "testnet", "stagenet")
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One thing the checkout sells: ``days`` of access (priced by ACCESS_PRICE_PER_DAY)
+    or a fixed ``piconero`` amount of credit. ``key`` is what the order form sends back,
+    so a form rendered before the operator changed the offers cannot buy another one."""
+
+    days: int | None = None
+    piconero: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.days}d" if self.days is not None else str(self.piconero)
+
+
+def parse_offers(text: str) -> tuple[Offer, ...]:
+    """``7d, 30d`` (days of access) or ``0.05, 0.2`` (XMR, or whole piconero); empty: none."""
+    offers: list[Offer] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.endswith("d"):
+            offer = Offer(days=_parse_int(item[:-1], 1, _MAX_OFFER_DAYS))
+        else:
+            try:
+                offer = Offer(piconero=parse_piconero_or_xmr(item))
+            except ValueError:
+                raise ValueError("each offer is a number of days (30d) or an amount "
+                                 "(0.05 XMR, or whole piconero)") from None
+        if offer in offers:
+            raise ValueError("an offer is listed twice")
+        offers.append(offer)
+    if len(offers) > _MAX_OFFERS:
+        raise ValueError(f"at most {_MAX_OFFERS} offers")
+    return tuple(offers)
+
+
+def _network(text: str) -> str:
+    value = text.strip().lower()
+    if value not in NETWORKS:
+        raise ValueError("expected mainnet (also for regtest), testnet or stagenet")
+    return value
+
+
 def _log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -222,6 +271,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEBIT_IDEMPOTENCY_TTL_SECS", "debit_idempotency_ttl_secs", "86400",
             _int_at_least(86400),
             "How long a debit's Idempotency-Key is remembered (at least 24 h)."),
+    Setting("MERCHANT_ADDRESS", "merchant_address", "", _optional_text,
+            "The operator's primary address the checkout builds integrated addresses from; "
+            "empty: asked from the wallet (get_address). Both set: they must match."),
+    Setting("MONERO_NETWORK", "monero_network", "mainnet", _network,
+            "mainnet (regtest uses its addresses too), testnet or stagenet: the network "
+            "MERCHANT_ADDRESS and the wallet's address must belong to."),
+    Setting("CHECKOUT_OFFERS", "checkout_offers", "", parse_offers,
+            "What /pay sells, comma-separated: days of access (7d, 30d; needs "
+            "ACCESS_PRICE_PER_DAY) or amounts (0.05 XMR or piconero); empty: one offer at "
+            "MONITOR_MIN_PAYMENT_AMOUNT."),
 )
 
 
@@ -256,6 +315,9 @@ class Config:
     monitor_ready_max_age_secs: float
     access_price_per_day: int | None
     debit_idempotency_ttl_secs: int
+    merchant_address: str | None
+    monero_network: str
+    checkout_offers: tuple[Offer, ...]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -282,6 +344,22 @@ class Config:
             )
         if (self.monero_rpc_user is None) != (self.monero_rpc_password is None):
             raise ConfigError("MONERO_RPC_USER: set both MONERO_RPC_USER and MONERO_RPC_PASSWORD")
+        for offer in self.checkout_offers:
+            if offer.days is not None and self.access_price_per_day is None:
+                raise ConfigError("CHECKOUT_OFFERS: offers in days need ACCESS_PRICE_PER_DAY")
+            price = self.offer_price(offer)
+            if price < self.monitor_min_payment_amount:
+                raise ConfigError("CHECKOUT_OFFERS: an offer below MONITOR_MIN_PAYMENT_AMOUNT "
+                                  "could never be redeemed")
+            if price > MAX_PICONERO:
+                raise ConfigError("CHECKOUT_OFFERS: an offer is larger than one Monero transfer "
+                                  "can carry")
+
+    def offer_price(self, offer: Offer) -> int:
+        """Piconero the customer pays for ``offer`` (checked by ``check``)."""
+        if offer.days is not None:
+            return offer.days * (self.access_price_per_day or 0)
+        return offer.piconero or 0
 
     def describe(self) -> dict[str, str]:
         """Effective settings for the start-up log, with secrets masked."""
@@ -292,6 +370,8 @@ class Config:
                 value = "***"
             elif setting.parse is _file_mode:
                 value = f"{value:04o}"
+            elif setting.parse is parse_offers:
+                value = ", ".join(offer.key for offer in value)
             out[setting.name] = "" if value is None else str(value)
         return out
 

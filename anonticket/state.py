@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from anonticket.config import Config
 from anonticket.ledger import Ledger
+from anonticket.merchant import Merchant
 from anonticket.metrics import Metrics
 
 
@@ -43,3 +44,4 @@ class State:
     metrics: Metrics
     ledger: Ledger
     monitor: MonitorStatus
+    merchant: Merchant = field(default_factory=Merchant)
