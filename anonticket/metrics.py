@@ -24,7 +24,8 @@ TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "do
 # Route templates as registered (plus two for unmatched requests); never a concrete path.
 ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revoke",
           "/api/v1/stats",
-          "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml", "unmatched")
+          "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml",
+          "/pay", "/pay/status", "/pay/redeem", "unmatched")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
