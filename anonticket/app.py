@@ -33,6 +33,7 @@ from anonticket.cache import TtlSet
 from anonticket.config import Config, HostPort
 from anonticket.housekeeping import Housekeeper
 from anonticket.ledger import Ledger
+from anonticket.merchant import AddressCheck
 from anonticket.metrics import Metrics
 from anonticket.monitor import Monitor
 from anonticket.state import MonitorStatus, State, WebhookControl
@@ -219,8 +220,12 @@ async def _start_webhooks(state: State, stack: AsyncExitStack) -> WebhookSender 
 async def start_service(config: Config) -> Service:
     stack = AsyncExitStack()
     try:
+        address_check = AddressCheck(config)  # a bad MERCHANT_ADDRESS stops here (exit 2)
         state = await open_state(config, stack)
         service = Service(state, _stack=stack)
+        # before the listeners: an address the wallet contradicts stops the start too
+        await address_check.start(state.merchant)
+        stack.push_async_callback(address_check.aclose)
         access_log = AccessLogBuffer() if config.api_access_log else None
         if access_log is not None:
             stack.callback(access_log.flush)

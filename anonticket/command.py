@@ -62,7 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from anonticket.app import serve
     from anonticket.unix_socket import SocketPathError
 
+    from anonticket.merchant import configured_address
+
     config = _load_config()
+    configured_address(config)  # a bad MERCHANT_ADDRESS: one line and exit 2, before any log
     _setup_logging(config.log_level)
     logging.getLogger("anonticket").info(
         "starting with %s", " ".join(f"{k}={v}" for k, v in config.describe().items())
@@ -80,7 +83,10 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(settings_table_markdown(), end="")
         return EXIT_OK
     if args.check:
+        from anonticket.merchant import configured_address
+
         config = _load_config()
+        configured_address(config)
         print("configuration ok")
         for name, value in config.describe().items():
             print(f"{name}={value}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from anonticket.amount import parse_xmr
+from anonticket.amount import MAX_PICONERO, parse_xmr
 from anonticket.errors import ConfigError
 from anonticket.webhook import parse_secret
 
@@ -208,6 +208,55 @@ def redact_userinfo(text: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
+# the checkout's offers: how many, and the longest duration one may sell
+_MAX_OFFERS = 12
+_MAX_OFFER_DAYS = 3650
+NETWORKS = ("mainnet", "testnet", "stagenet")
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One thing the checkout sells: ``days`` of access (priced by ACCESS_PRICE_PER_DAY)
+    or a fixed ``piconero`` amount of credit. ``key`` is what the order form sends back,
+    so a form rendered before the operator changed the offers cannot buy another one."""
+
+    days: int | None = None
+    piconero: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.days}d" if self.days is not None else str(self.piconero)
+
+
+def parse_offers(text: str) -> tuple[Offer, ...]:
+    """``7d, 30d`` (days of access) or ``0.05, 0.2`` (XMR, or whole piconero); empty: none."""
+    offers: list[Offer] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.endswith("d"):
+            offer = Offer(days=_parse_int(item[:-1], 1, _MAX_OFFER_DAYS))
+        else:
+            try:
+                offer = Offer(piconero=parse_piconero_or_xmr(item))
+            except ValueError:
+                raise ValueError("each offer is a number of days (30d) or an amount "
+                                 "(0.05 XMR, or whole piconero)") from None
+        if offer in offers:
+            raise ValueError("an offer is listed twice")
+        offers.append(offer)
+    if len(offers) > _MAX_OFFERS:
+        raise ValueError(f"at most {_MAX_OFFERS} offers")
+    return tuple(offers)
+
+
+def _network(text: str) -> str:
+    value = text.strip().lower()
+    if value not in NETWORKS:
+        raise ValueError("expected mainnet (also for regtest), testnet or stagenet")
+    return value
+
+
 def _log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -357,6 +406,16 @@ SETTINGS: tuple[Setting, ...] = (
             "retry fails the event is dead. The default spans about 75 hours."),
     Setting("WEBHOOK_RETENTION_SECS", "webhook_retention_secs", "604800", _int_at_least(3600),
             "How long a delivered event stays listed (and replayable) before it is pruned."),
+    Setting("MERCHANT_ADDRESS", "merchant_address", "", _optional_text,
+            "The operator's primary address the checkout builds integrated addresses from; "
+            "empty: asked from the wallet (get_address). Both set: they must match."),
+    Setting("MONERO_NETWORK", "monero_network", "mainnet", _network,
+            "mainnet (regtest uses its addresses too), testnet or stagenet: the network "
+            "MERCHANT_ADDRESS and the wallet's address must belong to."),
+    Setting("CHECKOUT_OFFERS", "checkout_offers", "", parse_offers,
+            "What /pay sells, comma-separated: days of access (7d, 30d; needs "
+            "ACCESS_PRICE_PER_DAY) or amounts (0.05 XMR or piconero); empty: one offer at "
+            "MONITOR_MIN_PAYMENT_AMOUNT."),
 )
 
 
@@ -400,6 +459,9 @@ class Config:
     webhook_max_in_flight: int
     webhook_retry_schedule_secs: tuple[float, ...]
     webhook_retention_secs: int
+    merchant_address: str | None
+    monero_network: str
+    checkout_offers: tuple[Offer, ...]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -436,6 +498,22 @@ class Config:
         if self.webhook_url and self.database_url.startswith(("postgresql://", "postgres://")):
             # the outbox is written inside the SQLite transactions only, for now (docs/webhooks.md)
             raise ConfigError("WEBHOOK_URL: webhooks are not available with a PostgreSQL database yet")
+        for offer in self.checkout_offers:
+            if offer.days is not None and self.access_price_per_day is None:
+                raise ConfigError("CHECKOUT_OFFERS: offers in days need ACCESS_PRICE_PER_DAY")
+            price = self.offer_price(offer)
+            if price < self.monitor_min_payment_amount:
+                raise ConfigError("CHECKOUT_OFFERS: an offer below MONITOR_MIN_PAYMENT_AMOUNT "
+                                  "could never be redeemed")
+            if price > MAX_PICONERO:
+                raise ConfigError("CHECKOUT_OFFERS: an offer is larger than one Monero transfer "
+                                  "can carry")
+
+    def offer_price(self, offer: Offer) -> int:
+        """Piconero the customer pays for ``offer`` (checked by ``check``)."""
+        if offer.days is not None:
+            return offer.days * (self.access_price_per_day or 0)
+        return offer.piconero or 0
 
     def describe(self) -> dict[str, str]:
         """Effective settings for the start-up log and ``config --check``: a secret setting
@@ -451,6 +529,8 @@ class Config:
                 value = ",".join(f"{delay:g}" for delay in value)
             elif setting.parse is _webhook_url and value and "?" in value:
                 value = value.split("?", 1)[0] + "?***"  # a query may hold a key too
+            elif setting.parse is parse_offers:
+                value = ", ".join(offer.key for offer in value)
             out[setting.name] = "" if value is None else redact_userinfo(str(value))
         return out
 

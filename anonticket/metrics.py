@@ -30,7 +30,8 @@ ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revo
           "/api/v1/token/{token}/topup", "/api/v1/token/{token}/debit", "/api/v1/stats",
           "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml",
           "/api/v1/webhooks", "/api/v1/webhooks/replay", "/api/v1/webhooks/test",
-          "/api/v1/webhooks/enable", "unmatched")
+          "/api/v1/webhooks/enable", "/api/v1/monitor/rescan", "/pay", "/pay/status", "/pay/redeem",
+          "unmatched")
 # why a webhook delivery attempt failed: a fixed vocabulary, never the receiver's text
 WEBHOOK_FAILURES = ("timeout", "unreachable", "redirect", "rate_limited", "gone", "client_error",
                     "server_error", "error")

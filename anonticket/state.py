@@ -9,6 +9,7 @@ from typing import Any
 
 from anonticket.config import Config
 from anonticket.ledger import Ledger
+from anonticket.merchant import Merchant
 from anonticket.metrics import Metrics
 
 
@@ -73,3 +74,4 @@ class State:
     # False while another instance on the same PostgreSQL database is the active one
     # (anonticket/leadership.py): the API then answers 503 (api/standby.py)
     active: bool = True
+    merchant: Merchant = field(default_factory=Merchant)

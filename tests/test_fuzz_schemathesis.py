@@ -52,8 +52,9 @@ WALLET_HEIGHT = 1000
 CONFIG = {
     "checks": {
         # positive data may meet an underpaid or unknown payment, a revoked or expired token,
-        # a PID already added to a token or a reused Idempotency-Key: documented answers
-        "positive_data_acceptance": {"expected-statuses": ["2xx", 402, 403, 404, 409, 422]},
+        # a PID already added to a token or a reused Idempotency-Key: documented answers;
+        # a GET on a POST-only checkout page is sent back to /pay (303)
+        "positive_data_acceptance": {"expected-statuses": ["2xx", 303, 402, 403, 404, 409, 422]},
         # a generated token may hold "/" (another route: 404, or one with other methods: 405)
         "negative_data_rejection": {"expected-statuses": [400, 404, 405, 413]},
     },

@@ -14,7 +14,7 @@ LAYERS = {
     "domain": 1, "amount": 0, "config": 1, "wal_checkpoint": 1, "webhook": 0,
     "address": 2, "storage": 2, "cache": 2, "key_index": 2, "metrics": 2, "wallet_rpc": 2,
     "unix_socket": 2, "sd_notify": 2, "payment_uri": 2,
-    "ledger": 3, "scan": 3,
+    "ledger": 3, "scan": 3, "payment_request": 3, "merchant": 3,
     "state": 4,
     "api": 5, "monitor": 5, "housekeeping": 5, "webhook_sender": 5, "leadership": 5,
     "app": 6, "admin_client": 6, "maintenance": 6,

@@ -69,6 +69,8 @@ def operations(listener: str) -> list[tuple[str, str]]:
 INTERNAL_ONLY = sorted(
     {path for path, _ in operations("internal")} - {path for path, _ in operations("public")}
 )
+# the checkout's HTML pages: for customers' browsers, on the public listener only
+PAGES = sorted(set(operations("public")) - set(operations("internal")))
 SPEC_METHOD = dict(operations("internal"))
 
 
@@ -119,7 +121,7 @@ async def test_public_routes_answer_on_both_listeners(service: Service, http: ai
         ("/health/live", "GET"): (200, "ok"),
         ("/health/ready", "GET"): (200, "ready"),
     }
-    assert set(operations("public")) == set(expected)
+    assert set(operations("public")) - set(PAGES) == set(expected)
     for address in (service.public_address, service.internal_address):
         for (path, method), (want_status, want_state) in expected.items():
             body, headers = valid_call(path, method)
@@ -127,6 +129,19 @@ async def test_public_routes_answer_on_both_listeners(service: Service, http: ai
                                                body=body, headers=headers)
             assert (status, ctype, answer["status"]) == (want_status, "application/json", want_state), (
                 address, path, answer)
+
+
+async def test_the_checkout_pages_are_public_only(service: Service, http: aiohttp.ClientSession) -> None:
+    assert {path for path, _ in PAGES} == {"/pay", "/pay/status", "/pay/redeem"}
+    for path, method in PAGES:
+        form = ({"offer": "1000"} if path == "/pay" else {"pid": PID}) if method == "POST" else None
+        async with http.request(method, url(service.public_address, path), allow_redirects=False,
+                                data=form) as resp:
+            # 503 for POST /pay: this service has no MERCHANT_ADDRESS; 303 for a GET on a POST page
+            assert resp.status in (200, 303, 503), (path, method, resp.status)
+            assert resp.status == 303 or resp.content_type == "text/html", (path, method)
+        status, ctype, answer = await call(http, method, service.internal_address, path)
+        assert (status, ctype, answer["error"]) == (404, "application/json", "not_found"), (path, method)
 
 
 @pytest.mark.parametrize("path", INTERNAL_ONLY)
