@@ -165,7 +165,13 @@ class WebhookSender:
         while not self._gone:
             due = await storage.due_webhook_events(self._clock(), BATCH)
             if due:
-                await asyncio.gather(*(self._deliver(event) for event in due))
+                # every attempt finishes (and stores its outcome) before the next read, even
+                # when one fails: a row still in flight must never be read as due again
+                outcomes = await asyncio.gather(*(self._deliver(event) for event in due),
+                                                return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
             if len(due) < BATCH:
                 break
         queue = await storage.webhook_queue()

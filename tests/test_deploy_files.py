@@ -576,7 +576,9 @@ def test_dashboard_queries_name_exported_series():
               "anonticket_monitor_wallet_height", "anonticket_monitor_scanned_height",
               "anonticket_monitor_last_success_timestamp_seconds",
               "anonticket_monitor_polls_total", "anonticket_monitor_transfers_total",
-              "anonticket_negative_cache_hits_total"}
+              "anonticket_negative_cache_hits_total", "anonticket_webhook_queue_age_seconds",
+              "anonticket_webhook_delivered_total", "anonticket_webhook_failed_attempts_total",
+              "anonticket_webhook_dead_total"}
     assert wanted <= used
 
 

@@ -105,6 +105,7 @@ async def revoke(request: web.Request) -> web.Response:
     record = await state.ledger.revoke(token, reason, score)
     state.metrics.revocations.inc()
     view = token_view(record)
+    view["token_id"] = token_id(record.token)
     view["revoke_reason"] = record.revoke_reason
     return json_body(view)
 
