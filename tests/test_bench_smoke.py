@@ -74,6 +74,18 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert line in run.stdout
 
 
+def test_migration_benchmark_migrates_and_checks(tmp_path: Path) -> None:
+    """bench/migration.py builds a version-2 database, times the migration, verifies it."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "migration.py"), "--payments", "2000",
+         "--claimed", "0.5", "--runs", "1", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["payments"] == 2000 and result["migration_secs"][0] > 0
+
+
 # ---------------------------------------------------------------------- shortcuts = long way
 def _general_pid(raw: bytes) -> PaymentId:
     """What a redeem body meant before the regex shortcut: json.loads, then PaymentId.parse."""
