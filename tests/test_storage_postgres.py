@@ -50,7 +50,8 @@ async def raw(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 # ---------------------------------------------------------------------- the interface
-SQLITE_ONLY = {"integrity_check", "backup", "checkpointer", "open", "close"}
+SQLITE_ONLY = {"integrity_check", "backup", "checkpointer", "open", "close",
+               "debits_in_one_call"}  # the last: a switch of the SQLite debit path
 
 
 def _outbox_methods() -> set[str]:
