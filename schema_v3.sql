@@ -45,5 +45,47 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
 
+-- Set once a token's expiry has been noticed (the sweep, every few seconds, marks it and
+-- writes its token.expired event in one transaction), cleared when a top-up moves the
+-- expiry again. The partial index holds only the tokens still to be noticed, so the
+-- sweep's probe costs nothing when none has expired.
+ALTER TABLE service_tokens ADD COLUMN expired_notified INTEGER NOT NULL DEFAULT 0
+    CHECK (expired_notified IN (0, 1));
+CREATE INDEX IF NOT EXISTS service_tokens_to_notice ON service_tokens (expires_at)
+    WHERE expired_notified = 0 AND expires_at IS NOT NULL;
+
+-- The webhook outbox (docs/webhooks.md): one row per event, written in the transaction of
+-- the change it reports, and only while WEBHOOK_URL is set. id is the webhook-id (random,
+-- never reused), body the exact text every attempt sends and signs. status 0: due at
+-- next_attempt_at (unix seconds, fractions allowed); 1: delivered, pruned after
+-- WEBHOOK_RETENTION_SECS; 2: dead (every attempt failed), kept until replayed.
+-- last_result is a fixed word (http_503, timeout, ...), never text from the receiver.
+CREATE TABLE IF NOT EXISTS webhook_events (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT    NOT NULL UNIQUE CHECK (length(id) BETWEEN 1 AND 64),
+    type            TEXT    NOT NULL,
+    body            TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    status          INTEGER NOT NULL DEFAULT 0 CHECK (status IN (0, 1, 2)),
+    attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at REAL    NOT NULL,
+    last_attempt_at INTEGER,
+    last_result     TEXT,
+    delivered_at    INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS webhook_events_due ON webhook_events (next_attempt_at)
+    WHERE status = 0;
+CREATE INDEX IF NOT EXISTS webhook_events_by_status ON webhook_events (status, seq);
+
+-- One row. disabled_url is the SHA-256 of the WEBHOOK_URL that answered 410 Gone (the URL
+-- may hold a password): delivery stays off for that URL until `anonticket webhook enable`,
+-- and a different URL is not affected.
+CREATE TABLE IF NOT EXISTS webhook_state (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    disabled_at  INTEGER,
+    disabled_url BLOB CHECK (disabled_url IS NULL OR length(disabled_url) = 32)
+) STRICT;
+INSERT OR IGNORE INTO webhook_state (id) VALUES (1);
+
 PRAGMA user_version = 3;
 COMMIT;

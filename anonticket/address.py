@@ -145,6 +145,13 @@ class MoneroAddress:
             body += self.payment_id
         return base58_encode(body + _checksum(body))
 
+    def standard_address(self) -> str | None:
+        """The primary address these keys form, as wallet-rpc's ``split_integrated_address``
+        gives it for an integrated one; None for a subaddress (its keys are derived ones)."""
+        if self.kind == "subaddress":
+            return None
+        return MoneroAddress(self.network, "standard", self.spend_key, self.view_key).encode()
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of ``anonticket address decode``."""
         return {
@@ -153,6 +160,7 @@ class MoneroAddress:
             "public_spend_key": self.spend_key.hex(),
             "public_view_key": self.view_key.hex(),
             "payment_id": None if self.payment_id is None else self.payment_id.hex(),
+            "standard_address": self.standard_address(),
         }
 
     def __repr__(self) -> str:

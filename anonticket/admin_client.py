@@ -1,4 +1,5 @@
-"""A small HTTP client for the internal listener: token introspection, revocation, stats.
+"""A small HTTP client for the internal listener: token introspection, revocation, stats,
+the monitor's rescan, the webhook outbox.
 
 It finds the listener from the same settings ``serve`` binds, so whoever can start
 the service can administer it without extra flags. The proxy environment is ignored
@@ -95,8 +96,28 @@ class AdminClient:
     async def stats(self) -> dict[str, Any]:
         return await self._request("GET", "/api/v1/stats")
 
+    async def rescan(self, from_height: int) -> dict[str, Any]:
+        """Scheduled, not done: the service answers 202 and its monitor re-reads at its next poll."""
+        return await self._request("POST", "/api/v1/monitor/rescan",
+                                   body={"from_height": from_height}, accepted=(202,))
+
+    async def webhook_events(self, *, dead: bool, limit: int) -> dict[str, Any]:
+        query = f"?dead={'true' if dead else 'false'}&limit={limit}"
+        return await self._request("GET", "/api/v1/webhooks" + query)
+
+    async def webhook_replay(self, event_id: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"all_dead": True} if event_id is None else {"id": event_id}
+        return await self._request("POST", "/api/v1/webhooks/replay", body=body)
+
+    async def webhook_test(self) -> dict[str, Any]:
+        return await self._request("POST", "/api/v1/webhooks/test")
+
+    async def webhook_enable(self) -> dict[str, Any]:
+        return await self._request("POST", "/api/v1/webhooks/enable")
+
     async def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
-                       token_route: bool = False) -> dict[str, Any]:
+                       token_route: bool = False,
+                       accepted: tuple[int, ...] = (200,)) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError("AdminClient used outside 'async with'")
         where = self.where
@@ -125,7 +146,7 @@ class AdminClient:
         if answer is None:
             raise AdminError(f"{where} answered HTTP {status} without a JSON object; "
                              "is it anonticket's internal listener?")
-        if status == 200:
+        if status in accepted:
             return answer
         code = answer.get("error")
         if status == 404 and token_route and code == "token_not_found":

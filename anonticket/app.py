@@ -1,6 +1,8 @@
 """Wiring: open the database, build both applications, start and stop everything in order.
 
-Start order: database → indexes → listeners → monitor → READY. Stop order (one
+Start order: database → indexes → listeners → monitor → READY. On PostgreSQL the indexes
+and the monitor wait for the leader lock instead (anonticket/leadership.py): every
+instance listens, the active one serves. Stop order (one
 ``AsyncExitStack``): both listeners stop accepting at once and let their in-flight
 requests finish, then our socket files go; only then does the monitor stop (a credit it
 is committing completes first, see ``Ledger.credit``), so whatever a draining request
@@ -27,15 +29,18 @@ from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
 from anonticket.api.errors import JsonErrorRunner, make_middleware
 from anonticket.api.internal import add_internal_routes, make_auth_middleware
 from anonticket.api.public import MAX_BODY_BYTES, STATE, add_public_routes
+from anonticket.api.standby import make_standby_middleware
 from anonticket.cache import TtlSet
 from anonticket.config import Config, HostPort
 from anonticket.housekeeping import Housekeeper
 from anonticket.ledger import Ledger
+from anonticket.merchant import AddressCheck
 from anonticket.metrics import Metrics
 from anonticket.monitor import Monitor
-from anonticket.state import MonitorStatus, State
-from anonticket.storage import Storage, database_path
+from anonticket.state import MonitorStatus, State, WebhookControl
+from anonticket.storage import Storage, is_postgres_url, open_storage
 from anonticket.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
+from anonticket.webhook_sender import WebhookSender
 
 log = logging.getLogger("anonticket")
 
@@ -46,13 +51,24 @@ _INTERNAL_SOCKET_MODE = 0o600
 
 
 async def open_state(config: Config, stack: AsyncExitStack) -> State:
-    storage = await Storage.open(
-        database_path(config.database_url), synchronous=config.database_synchronous,
+    storage = await open_storage(
+        config.database_url, synchronous=config.database_synchronous,
         busy_timeout_ms=config.database_busy_timeout_ms,
     )
     stack.push_async_callback(storage.close)
     metrics = Metrics()
-    ledger = Ledger(
+    ledger = make_ledger(config, storage, metrics)
+    if is_postgres_url(config.database_url):
+        # loaded on taking over: a standby's views would be stale by then anyway
+        return State(config, metrics, ledger, MonitorStatus(enabled=config.monitor_enabled),
+                     active=False)
+    await ledger.load()
+    return State(config, metrics, ledger, MonitorStatus(enabled=config.monitor_enabled))
+
+
+def make_ledger(config: Config, storage: Storage, metrics: Metrics) -> Ledger:
+    """A ledger with empty in-memory views (``load`` fills the indexes)."""
+    return Ledger(
         storage,
         min_payment=config.monitor_min_payment_amount,
         min_confirmations=config.monitor_min_confirmations,
@@ -60,14 +76,20 @@ async def open_state(config: Config, stack: AsyncExitStack) -> State:
         price_per_day=config.access_price_per_day,
         on_negative_cache_hit=metrics.negative_cache_hits.inc,
     )
-    await ledger.load()
-    return State(config, metrics, ledger, MonitorStatus(enabled=config.monitor_enabled))
+
+
+def _standby(state: State, internal: bool) -> list[Any]:
+    """The standby middleware, on PostgreSQL only (on SQLite the instance is always active)."""
+    if not is_postgres_url(state.config.database_url):
+        return []
+    return [make_standby_middleware(state, internal=internal)]
 
 
 def build_public_app(state: State) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[make_middleware(state.metrics, state.config.api_max_in_flight)],
+        middlewares=[make_middleware(state.metrics, state.config.api_max_in_flight),
+                     *_standby(state, internal=False)],
         handler_args={"max_field_size": 4096, "max_line_size": 4096},
     )
     app[STATE] = state
@@ -81,6 +103,7 @@ def build_internal_app(state: State) -> web.Application:
     middlewares = [make_middleware(state.metrics, state.config.api_max_in_flight)]
     if state.config.api_internal_token:
         middlewares.append(make_auth_middleware(state.config.api_internal_token))
+    middlewares += _standby(state, internal=True)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[STATE] = state
     add_internal_routes(app)
@@ -95,6 +118,8 @@ class Service:
     public_address: str = ""
     internal_address: str = ""
     monitor_task: asyncio.Task[None] | None = None
+    leadership: Any = None  # anonticket.leadership.Leadership on PostgreSQL
+    webhook_sender: WebhookSender | None = None  # runs only while this instance is active
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def aclose(self) -> None:
@@ -181,11 +206,28 @@ async def _start_task(stack: AsyncExitStack, work: Any, name: str) -> asyncio.Ta
     return task
 
 
+async def _start_webhooks(state: State, stack: AsyncExitStack) -> WebhookSender | None:
+    """With WEBHOOK_URL set: record events from the first request on (before the
+    listeners start), and have the sender's client ready; its task starts later."""
+    if not state.config.webhook_url:
+        return None
+    sender = WebhookSender(state)
+    await sender.start()
+    stack.push_async_callback(sender.aclose)
+    state.ledger.storage.enable_outbox(sender.wake)
+    state.webhooks = WebhookControl(wake=sender.wake, ping=sender.ping)
+    return sender
+
+
 async def start_service(config: Config) -> Service:
     stack = AsyncExitStack()
     try:
+        address_check = AddressCheck(config)  # a bad MERCHANT_ADDRESS stops here (exit 2)
         state = await open_state(config, stack)
         service = Service(state, _stack=stack)
+        # before the listeners: an address the wallet contradicts stops the start too
+        await address_check.start(state.merchant)
+        stack.push_async_callback(address_check.aclose)
         access_log = AccessLogBuffer() if config.api_access_log else None
         if access_log is not None:
             stack.callback(access_log.flush)
@@ -193,6 +235,7 @@ async def start_service(config: Config) -> Service:
         # have drained: requests in flight at SIGTERM still read credits and pending as they land
         monitor_stack = AsyncExitStack()
         stack.push_async_callback(monitor_stack.aclose)
+        sender = await _start_webhooks(state, monitor_stack)
         listeners: list[Closer] = []
         stack.push_async_callback(_close_together, listeners)
         service.public_address, close = await _start_site(
@@ -208,27 +251,72 @@ async def start_service(config: Config) -> Service:
             keepalive_secs=config.api_keepalive_timeout_secs,
         )
         listeners.append(close)
-        await _start_task(monitor_stack, Housekeeper(state).run(), "anonticket-housekeeping")
-        if config.monitor_enabled:
-            monitor = Monitor(state)
-            await monitor.start()
-            monitor_stack.push_async_callback(monitor.aclose)
-            task = asyncio.create_task(monitor.run(), name="anonticket-monitor")
-            service.monitor_task = task
-
-            async def stop_monitor() -> None:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-
-            monitor_stack.push_async_callback(stop_monitor)
+        service.webhook_sender = sender
+        if is_postgres_url(config.database_url):
+            await _start_leadership(service, monitor_stack)
+        else:
+            service.monitor_task = await _start_background(state, monitor_stack, sender)
     except BaseException:
         await stack.aclose()
         raise
-    log.info("public listener on %s, internal listener on %s, monitor %s",
+    log.info("public listener on %s, internal listener on %s, monitor %s, webhooks %s",
              service.public_address, service.internal_address,
-             "on" if config.monitor_enabled else "off")
+             "on" if config.monitor_enabled else "off", "on" if config.webhook_url else "off")
     return service
+
+
+async def _start_background(state: State, stack: AsyncExitStack,
+                            sender: WebhookSender | None = None) -> asyncio.Task[None] | None:
+    """Housekeeping, the webhook sender (when on) and the monitor (when enabled), their stops
+    on ``stack``; the monitor's task."""
+    await _start_task(stack, Housekeeper(state).run(), "anonticket-housekeeping")
+    if sender is not None:
+        await _start_task(stack, sender.run(), "anonticket-webhooks")
+    if not state.config.monitor_enabled:
+        return None
+    monitor = Monitor(state)
+    await monitor.start()
+    stack.push_async_callback(monitor.aclose)
+    return await _start_task(stack, monitor.run(), "anonticket-monitor")
+
+
+async def _start_leadership(service: Service, stack: AsyncExitStack) -> None:
+    """Stand by until the leader lock is ours; each term as the active instance gets fresh
+    views loaded from the database and its own monitor, stopped when the term ends."""
+    from anonticket.leadership import Leadership
+    from anonticket.storage.postgres.leader import LeaderLock
+
+    state, config = service.state, service.state.config
+    storage = state.ledger.storage
+    state.metrics.active.set(0)
+    term: list[AsyncExitStack] = []
+
+    async def on_elected() -> None:
+        ledger = make_ledger(config, storage, state.metrics)
+        await ledger.load()
+        state.ledger = ledger
+        state.monitor = MonitorStatus(enabled=config.monitor_enabled)
+        stack = AsyncExitStack()
+        try:
+            service.monitor_task = await _start_background(state, stack, service.webhook_sender)
+        except BaseException:
+            await stack.aclose()
+            raise
+        term.append(stack)
+
+    async def on_deposed() -> None:
+        while term:
+            await term.pop().aclose()
+
+    lock = LeaderLock(config.database_url, busy_timeout_ms=config.database_busy_timeout_ms)
+    service.leadership = Leadership(state, storage, lock, on_elected=on_elected,  # type: ignore[arg-type]
+                                    on_deposed=on_deposed,
+                                    check_secs=config.database_leader_check_secs)
+    try:
+        await service.leadership.attempt()
+    finally:
+        # pushed even if the first round failed: its stop steps down and releases the lock
+        await _start_task(stack, service.leadership.run(), "anonticket-leadership")
 
 
 async def serve(config: Config) -> int:

@@ -27,12 +27,18 @@ from anonticket.command import (
     cmd_config,
     cmd_db_backup,
     cmd_db_check,
+    cmd_monitor_rescan,
     cmd_pid_new,
     cmd_serve,
     cmd_stats,
     cmd_token_derive,
     cmd_token_inspect,
     cmd_token_revoke,
+    cmd_webhook_enable,
+    cmd_webhook_list,
+    cmd_webhook_replay,
+    cmd_webhook_secret,
+    cmd_webhook_test,
 )
 from anonticket.errors import ConfigError
 from anonticket.payment_uri import parse_xmr
@@ -41,6 +47,7 @@ from anonticket.sandbox import SandboxError, add_sandbox_parser
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 _MAX_REASON = 256
 _MAX_SCORE = 2**62
+_MAX_HEIGHT = 2**62
 
 
 # ---------------------------------------------------------------------- parser
@@ -77,6 +84,12 @@ def _reason(text: str) -> str:
     return text
 
 
+def _height(text: str) -> int:
+    if not text.isdigit() or int(text) > _MAX_HEIGHT:
+        raise argparse.ArgumentTypeError("must be a block height, a whole number from 0 to 2^62")
+    return int(text)
+
+
 def _timeout(text: str) -> float:
     try:
         value = float(text)
@@ -91,9 +104,46 @@ def _subcommands(parser: argparse.ArgumentParser, dest: str) -> Any:
     return parser.add_subparsers(dest=dest, required=True, metavar="ACTION")
 
 
-def _add_timeout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=_timeout, default=10.0, metavar="SECS",
-                        help="give up when the service has not answered (default 10)")
+def _add_timeout(parser: argparse.ArgumentParser, default: float = 10.0) -> None:
+    parser.add_argument("--timeout", type=_timeout, default=default, metavar="SECS",
+                        help=f"give up when the service has not answered (default {default:g})")
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 1000")
+    return int(text)
+
+
+def _add_webhook_parser(commands: Any) -> None:
+    webhook = _subcommands(commands.add_parser(
+        "webhook", help="signed event notifications to WEBHOOK_URL (docs/webhooks.md)"),
+        "webhook_cmd")
+    secret = webhook.add_parser("secret", help="print a fresh WEBHOOK_SECRET (works offline)")
+    secret.set_defaults(func=cmd_webhook_secret)
+    listing = webhook.add_parser("list", help="the outbox: state, counts and events, newest "
+                                 "first", description=_INTERNAL)
+    listing.add_argument("--dead", action="store_true", help="only events given up on")
+    listing.add_argument("--limit", type=_limit, default=100, metavar="N",
+                         help="at most N events (default 100)")
+    listing.add_argument("--json", action="store_true", help="print the JSON answer as it is")
+    _add_timeout(listing)
+    listing.set_defaults(func=cmd_webhook_list)
+    replay = webhook.add_parser("replay", help="send an event (or every dead one) again, "
+                                "with the same webhook-id", description=_INTERNAL)
+    replay.add_argument("id", nargs="?", metavar="ID", help="a webhook-id from 'webhook list'")
+    replay.add_argument("--all-dead", action="store_true", help="every dead event")
+    _add_timeout(replay)
+    replay.set_defaults(func=cmd_webhook_replay)
+    test = webhook.add_parser("test", help="send a signed webhook.test event now and show "
+                              "the answer; exit 1 unless it was 2xx", description=_INTERNAL)
+    test.add_argument("--json", action="store_true", help="print the JSON answer as it is")
+    _add_timeout(test, default=30.0)  # the service waits up to WEBHOOK_TIMEOUT_SECS itself
+    test.set_defaults(func=cmd_webhook_test)
+    enable = webhook.add_parser("enable", help="resume delivery to a URL that answered 410 "
+                                "Gone", description=_INTERNAL)
+    _add_timeout(enable)
+    enable.set_defaults(func=cmd_webhook_enable)
 
 
 _INTERNAL = ("Talks to the internal listener chosen like serve does: API_INTERNAL_UNIX_SOCKET if "
@@ -175,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timeout(stats)
     stats.set_defaults(func=cmd_stats)
 
+    monitor = _subcommands(commands.add_parser("monitor", help="the running service's wallet "
+                                               "monitor"), "monitor_cmd")
+    rescan = monitor.add_parser(
+        "rescan", help="re-read the wallet from a height (after the wallet itself was rescanned)",
+        description="Ask the running service to re-read every transfer the wallet reports from "
+                    "HEIGHT up and credit what is new (re-reading is harmless: a transfer counts "
+                    "once). Scheduled: the monitor applies it before its next poll, and 'stats' "
+                    "shows it pending until then. " + _INTERNAL)
+    rescan.add_argument("--from-height", required=True, type=_height, metavar="HEIGHT",
+                        help="first block height to re-read")
+    _add_timeout(rescan)
+    rescan.set_defaults(func=cmd_monitor_rescan)
+
     db = _subcommands(commands.add_parser("db", help="database maintenance (DATABASE_URL)"),
                       "db_cmd")
     backup = db.add_parser("backup", help="consistent copy with SQLite's online backup; safe "
@@ -186,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "if not ok")
     check.set_defaults(func=cmd_db_check)
 
+    _add_webhook_parser(commands)
     add_sandbox_parser(commands, _amount)
     return parser
 

@@ -62,7 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from anonticket.app import serve
     from anonticket.unix_socket import SocketPathError
 
+    from anonticket.merchant import configured_address
+
     config = _load_config()
+    configured_address(config)  # a bad MERCHANT_ADDRESS: one line and exit 2, before any log
     _setup_logging(config.log_level)
     logging.getLogger("anonticket").info(
         "starting with %s", " ".join(f"{k}={v}" for k, v in config.describe().items())
@@ -80,7 +83,10 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(settings_table_markdown(), end="")
         return EXIT_OK
     if args.check:
+        from anonticket.merchant import configured_address
+
         config = _load_config()
+        configured_address(config)
         print("configuration ok")
         for name, value in config.describe().items():
             print(f"{name}={value}")
@@ -221,6 +227,7 @@ _STAT_LABELS = {
     "debited_piconero": "debited piconero",
     "scanned_height": "scanned height",
     "wallet_height": "wallet height",
+    "rescan_from_height": "rescan pending from",
 }
 
 
@@ -234,6 +241,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     scanned = stats.get("scanned_height")
     for key in keys:
         value = stats[key]
+        if key == "rescan_from_height" and value is None:
+            continue  # no rescan waiting: the usual case, not worth a row
         text = "unknown" if value is None else str(value)
         if key in ("credited_piconero", "debited_piconero") and isinstance(value, int):
             text += f" ({format_xmr(value)} XMR)"
@@ -241,6 +250,73 @@ def cmd_stats(args: argparse.Namespace) -> int:
             text += f" (cursor {value - scanned} blocks behind)"
         rows.append((_STAT_LABELS.get(key, key.replace("_", " ")), text))
     _print_rows(rows)
+    return EXIT_OK
+
+
+def cmd_monitor_rescan(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.rescan(args.from_height))
+    print(json.dumps(answer, indent=2))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- webhook
+def cmd_webhook_secret(args: argparse.Namespace) -> int:
+    from anonticket.webhook import new_secret
+
+    print(new_secret())
+    return EXIT_OK
+
+
+def cmd_webhook_list(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.webhook_events(dead=args.dead, limit=args.limit))
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    state = "on" if answer.get("enabled") else "off (WEBHOOK_URL is empty)"
+    if answer.get("disabled_at"):
+        state = (f"on, but delivery is disabled since {answer['disabled_at']} (the receiver "
+                 "answered 410 Gone; 'anonticket webhook enable' resumes it)")
+    age = answer.get("oldest_pending_age_seconds")
+    pending = f"{answer.get('pending')}" + (f" (oldest {age} s)" if age is not None else "")
+    _print_rows([("webhooks", state), ("pending", pending), ("dead", str(answer.get("dead")))])
+    events = answer.get("events") or []
+    if events:
+        print()
+        rows = [("ID", "TYPE", "STATUS", "ATTEMPTS", "CREATED", "LAST RESULT")]
+        rows += [(str(e.get("id")), str(e.get("type")), str(e.get("status")),
+                  str(e.get("attempts")), str(e.get("created_at")), str(e.get("last_result") or "-"))
+                 for e in events]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_webhook_replay(args: argparse.Namespace) -> int:
+    if (args.id is None) == (not args.all_dead):
+        raise UsageError("give an event ID or --all-dead")
+    answer = _admin(args, lambda client: client.webhook_replay(args.id))
+    print(f"queued again: {answer.get('replayed')}")
+    return EXIT_OK
+
+
+def cmd_webhook_test(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.webhook_test())
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        _print_rows([("webhook-id", str(answer.get("webhook_id"))),
+                     ("result", str(answer.get("result"))),
+                     ("http status", str(answer.get("http_status") or "-")),
+                     ("seconds", str(answer.get("seconds")))])
+    if not answer.get("delivered"):
+        raise CommandFailed(f"the receiver did not accept the test event ({answer.get('result')})")
+    return EXIT_OK
+
+
+def cmd_webhook_enable(args: argparse.Namespace) -> int:
+    answer = _admin(args, lambda client: client.webhook_enable())
+    print(f"delivery enabled; pending: {answer.get('pending')}")
     return EXIT_OK
 
 
@@ -271,7 +347,11 @@ def cmd_db_check(args: argparse.Namespace) -> int:
         problems, ledger, version, expected = asyncio.run(check_database(config))
     except MaintenanceError as exc:
         raise CommandFailed(str(exc)) from None
-    print(f"integrity_check: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    if problems is None:  # PostgreSQL: no file to check
+        print("integrity_check: not applicable (PostgreSQL: use data checksums and amcheck)")
+        problems = []
+    else:
+        print(f"integrity_check: {'ok' if not problems else f'{len(problems)} problem(s)'}")
     for problem in problems[:20]:
         for line in problem.splitlines():  # one row can hold several lines
             print(f"  {line}")

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from anonticket.amount import parse_xmr
+from anonticket.amount import MAX_PICONERO, parse_xmr
 from anonticket.errors import ConfigError
+from anonticket.webhook import parse_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,53 @@ def redact_userinfo(text: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
+# the checkout's offers: how many, and the longest duration one may sell
+_MAX_OFFERS = 12
+_MAX_OFFER_DAYS = 3650
+NETWORKS = ("mainnet", "testnet", "stagenet")
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One thing the checkout sells: ``days`` of access (priced by ACCESS_PRICE_PER_DAY)
+    or a fixed ``piconero`` amount of credit. ``key`` is what the order form sends back,
+    so a form rendered before the operator changed the offers cannot buy another one."""
+
+    days: int | None = None
+    piconero: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.days}d" if self.days is not None else str(self.piconero)
+
+
+def parse_offers(text: str) -> tuple[Offer, ...]:
+    """``7d, 30d`` (days of access) or ``0.05, 0.2`` (XMR, or whole piconero); empty: none."""
+    offers: list[Offer] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.endswith("d"):
+            offer = Offer(days=_parse_int(item[:-1], 1, _MAX_OFFER_DAYS))
+        else:
+            try:
+                offer = Offer(piconero=parse_piconero_or_xmr(item))
+            except ValueError:
+                raise ValueError("each offer is a number of days (30d) or an amount "
+                                 "(0.05 XMR, or whole piconero)") from None
+        if offer in offers:
+            raise ValueError("an offer is listed twice")
+        offers.append(offer)
+    if len(offers) > _MAX_OFFERS:
+        raise ValueError(f"at most {_MAX_OFFERS} offers")
+    return tuple(offers)
+
+
+def _network(text: str) -> str:
+    value = text.strip().lower()
+    if value not in NETWORKS:
+        raise ValueError("expected mainnet (also for regtest), testnet or stagenet")
+    return value
 # RFC 6265 cookie-name: an HTTP token (RFC 9110 tchar)
 _COOKIE_NAME_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
                                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -232,6 +280,45 @@ def _log_level(text: str) -> str:
     return value
 
 
+_WEBHOOK_URL_RULE = "expected an http or https URL of a host, without a fragment or whitespace"
+# Standard Webhooks' example schedule: the delays before attempts 2 to 10, 75.6 h in all
+DEFAULT_WEBHOOK_RETRIES = "5,300,1800,7200,18000,36000,50400,72000,86400"
+
+
+def _webhook_url(text: str) -> str | None:
+    """The receiver's URL, or None (webhooks off). A ``user:password@`` is allowed (sent as
+    basic auth) and masked wherever settings are printed; the message never quotes it."""
+    if not text:
+        return None
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError(_WEBHOOK_URL_RULE)
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        raise ValueError(_WEBHOOK_URL_RULE) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.fragment:
+        raise ValueError(_WEBHOOK_URL_RULE)
+    return text
+
+
+def _webhook_secret(text: str) -> str | None:
+    if not text:
+        return None
+    parse_secret(text)
+    return text
+
+
+def _retry_schedule(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("expected seconds separated by commas, e.g. 5,300,1800") from None
+    if not delays or len(delays) > 50 or not all(math.isfinite(d) and d > 0 for d in delays):
+        raise ValueError("expected 1 to 50 positive numbers of seconds, separated by commas")
+    return delays
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str
@@ -244,11 +331,15 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "database_url", "./var/anonticket.db", _database_url,
-            "SQLite file: a path or sqlite://path. Created with its directory if missing."),
+            "SQLite file: a path or sqlite://path, created with its directory if missing; or "
+            "postgresql://… (several hosts with target_session_attrs=read-write) for PostgreSQL."),
     Setting("DATABASE_SYNCHRONOUS", "database_synchronous", "NORMAL", _synchronous,
             "NORMAL (fast; a power cut may lose the last commits) or FULL (fsync every commit)."),
     Setting("DATABASE_BUSY_TIMEOUT_MS", "database_busy_timeout_ms", "5000", _int_at_least(0),
             "How long a write waits for a lock held by another process before answering 503."),
+    Setting("DATABASE_LEADER_CHECK_SECS", "database_leader_check_secs", "1", _positive_seconds,
+            "PostgreSQL only: how often the active instance checks its leader lock and a "
+            "standing-by one tries to take it (the takeover time is about this plus start-up)."),
     Setting("API_BIND_ADDRESS", "api_bind_address", "127.0.0.1:8080", parse_host_port,
             "Public listener (customer routes) as HOST:PORT; unused when API_UNIX_SOCKET is set."),
     Setting("API_UNIX_SOCKET", "api_unix_socket", "", _optional_path,
@@ -291,11 +382,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MONITOR_ENABLED", "monitor_enabled", "true", parse_bool,
             "Run the wallet monitor (false/0 to serve from the database only)."),
     Setting("MONITOR_START_HEIGHT", "monitor_start_height", "0", _int_at_least(0),
-            "First block height scanned on an empty database (later the stored cursor wins)."),
+            "First block height scanned on an empty database (later the stored cursor wins); "
+            "the rescan margin never reads below it, so keep it set."),
     Setting("MONITOR_POLL_INTERVAL_SECS", "monitor_poll_interval_secs", "5", _positive_seconds,
             "Seconds between wallet polls (fractions allowed)."),
     Setting("MONITOR_MIN_CONFIRMATIONS", "monitor_min_confirmations", "10", _int_at_least(1),
             "Confirmations a transfer needs before it is credited."),
+    Setting("MONITOR_RESCAN_MARGIN_BLOCKS", "monitor_rescan_margin_blocks", "100",
+            _int_at_least(0),
+            "How many of the last scanned blocks are re-read when a reorg may have changed them "
+            "(and every 2 min), so a payment a reorg deeper than MONITOR_MIN_CONFIRMATIONS mines "
+            "there is still credited; 0 turns it off."),
     Setting("MONITOR_MIN_PAYMENT_AMOUNT", "monitor_min_payment_amount", "10000000000",
             _int_at_least(0), "Smallest confirmed total (piconero) a PID can redeem."),
     Setting("MONITOR_READY_MAX_AGE_SECS", "monitor_ready_max_age_secs", "30", _positive_seconds,
@@ -306,6 +403,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEBIT_IDEMPOTENCY_TTL_SECS", "debit_idempotency_ttl_secs", "86400",
             _int_at_least(86400),
             "How long a debit's Idempotency-Key is remembered (at least 24 h)."),
+    Setting("WEBHOOK_URL", "webhook_url", "", _webhook_url,
+            "Where signed event notifications are POSTed (http or https; docs/webhooks.md); "
+            "empty: webhooks off, no event is recorded."),
+    Setting("WEBHOOK_SECRET", "webhook_secret", "", _webhook_secret,
+            "Signing secret, whsec_ + base64 of 24-64 random bytes ('anonticket webhook "
+            "secret' makes one); required with WEBHOOK_URL.", secret=True),
+    Setting("WEBHOOK_SECRET_PREVIOUS", "webhook_secret_previous", "", _webhook_secret,
+            "The secret being rotated out: while set, every delivery carries both signatures.",
+            secret=True),
+    Setting("WEBHOOK_TIMEOUT_SECS", "webhook_timeout_secs", "15", _positive_seconds,
+            "Each delivery attempt must be answered within this long, or it failed."),
+    Setting("WEBHOOK_MAX_IN_FLIGHT", "webhook_max_in_flight", "4", _int_at_least(1),
+            "Delivery attempts in flight at once."),
+    Setting("WEBHOOK_RETRY_SCHEDULE_SECS", "webhook_retry_schedule_secs",
+            DEFAULT_WEBHOOK_RETRIES, _retry_schedule,
+            "Delays before each retry (jittered; a longer Retry-After wins); after the last "
+            "retry fails the event is dead. The default spans about 75 hours."),
+    Setting("WEBHOOK_RETENTION_SECS", "webhook_retention_secs", "604800", _int_at_least(3600),
+            "How long a delivered event stays listed (and replayable) before it is pruned."),
+    Setting("MERCHANT_ADDRESS", "merchant_address", "", _optional_text,
+            "The operator's primary address the checkout builds integrated addresses from; "
+            "empty: asked from the wallet (get_address). Both set: they must match."),
+    Setting("MONERO_NETWORK", "monero_network", "mainnet", _network,
+            "mainnet (regtest uses its addresses too), testnet or stagenet: the network "
+            "MERCHANT_ADDRESS and the wallet's address must belong to."),
+    Setting("CHECKOUT_OFFERS", "checkout_offers", "", parse_offers,
+            "What /pay sells, comma-separated: days of access (7d, 30d; needs "
+            "ACCESS_PRICE_PER_DAY) or amounts (0.05 XMR or piconero); empty: one offer at "
+            "MONITOR_MIN_PAYMENT_AMOUNT."),
     Setting("ACCESS_COOKIE_NAME", "access_cookie_name", "anonticket_access", _cookie_name,
             "Name of the cookie /access sets and the gateway check reads (the shipped proxy "
             "configs strip it by this name)."),
@@ -322,6 +448,7 @@ class Config:
     database_url: str
     database_synchronous: str
     database_busy_timeout_ms: int
+    database_leader_check_secs: float
     api_bind_address: HostPort
     api_unix_socket: str | None
     api_unix_socket_mode: int
@@ -344,10 +471,21 @@ class Config:
     monitor_start_height: int
     monitor_poll_interval_secs: float
     monitor_min_confirmations: int
+    monitor_rescan_margin_blocks: int
     monitor_min_payment_amount: int
     monitor_ready_max_age_secs: float
     access_price_per_day: int | None
     debit_idempotency_ttl_secs: int
+    webhook_url: str | None
+    webhook_secret: str | None
+    webhook_secret_previous: str | None
+    webhook_timeout_secs: float
+    webhook_max_in_flight: int
+    webhook_retry_schedule_secs: tuple[float, ...]
+    webhook_retention_secs: int
+    merchant_address: str | None
+    monero_network: str
+    checkout_offers: tuple[Offer, ...]
     access_cookie_name: str
     access_cookie_secure: str
     access_cookie_max_age_secs: int
@@ -385,6 +523,29 @@ class Config:
                               "ACCESS_COOKIE_SECURE=true")
         if (self.monero_rpc_user is None) != (self.monero_rpc_password is None):
             raise ConfigError("MONERO_RPC_USER: set both MONERO_RPC_USER and MONERO_RPC_PASSWORD")
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("WEBHOOK_SECRET: required when WEBHOOK_URL is set")
+        if self.webhook_secret_previous and not self.webhook_secret:
+            raise ConfigError("WEBHOOK_SECRET_PREVIOUS: set WEBHOOK_SECRET too (the new secret)")
+        if self.webhook_url and self.database_url.startswith(("postgresql://", "postgres://")):
+            # the outbox is written inside the SQLite transactions only, for now (docs/webhooks.md)
+            raise ConfigError("WEBHOOK_URL: webhooks are not available with a PostgreSQL database yet")
+        for offer in self.checkout_offers:
+            if offer.days is not None and self.access_price_per_day is None:
+                raise ConfigError("CHECKOUT_OFFERS: offers in days need ACCESS_PRICE_PER_DAY")
+            price = self.offer_price(offer)
+            if price < self.monitor_min_payment_amount:
+                raise ConfigError("CHECKOUT_OFFERS: an offer below MONITOR_MIN_PAYMENT_AMOUNT "
+                                  "could never be redeemed")
+            if price > MAX_PICONERO:
+                raise ConfigError("CHECKOUT_OFFERS: an offer is larger than one Monero transfer "
+                                  "can carry")
+
+    def offer_price(self, offer: Offer) -> int:
+        """Piconero the customer pays for ``offer`` (checked by ``check``)."""
+        if offer.days is not None:
+            return offer.days * (self.access_price_per_day or 0)
+        return offer.piconero or 0
 
     def describe(self) -> dict[str, str]:
         """Effective settings for the start-up log and ``config --check``: a secret setting
@@ -396,6 +557,12 @@ class Config:
                 value = "***"
             elif setting.parse is _file_mode:
                 value = f"{value:04o}"
+            elif setting.parse is _retry_schedule:
+                value = ",".join(f"{delay:g}" for delay in value)
+            elif setting.parse is _webhook_url and value and "?" in value:
+                value = value.split("?", 1)[0] + "?***"  # a query may hold a key too
+            elif setting.parse is parse_offers:
+                value = ", ".join(offer.key for offer in value)
             out[setting.name] = "" if value is None else redact_userinfo(str(value))
         return out
 

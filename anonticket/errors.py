@@ -98,6 +98,10 @@ class MethodNotAllowed(ServiceError):
     status, code, message = 405, "method_not_allowed", "method not allowed on this route"
 
 
+class MonitorDisabled(ServiceError):
+    status, code, message = 409, "monitor_disabled", "the wallet monitor is off (MONITOR_ENABLED=false)"
+
+
 class BodyTooLarge(ServiceError):
     status, code, message = 413, "body_too_large", "request body is too large"
 
@@ -126,3 +130,11 @@ class ConfigError(Exception):
 
 class StorageUnavailable(Unavailable):
     """The database refused a statement (locked, disk full, I/O error); nothing was committed."""
+
+
+class WebhookEventNotFound(ServiceError):
+    status, code, message = 404, "webhook_event_not_found", "no such webhook event"
+
+
+class WebhooksOff(ServiceError):
+    status, code, message = 409, "webhooks_off", "webhooks are off: WEBHOOK_URL is empty"

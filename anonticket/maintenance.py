@@ -5,6 +5,9 @@ running service: SQLite's backup API copies a consistent snapshot while the serv
 keeps writing, and WAL lets the check read without blocking it. Neither creates a
 database: ``Storage.open`` would make an empty one for a mistyped ``DATABASE_URL``,
 and a backup of that would look like a success.
+
+On PostgreSQL ``db check`` runs the same ledger invariants and the schema version (there
+is no file to check: ``integrity`` is None), and ``db backup`` explains ``pg_dump``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from pathlib import Path
 
 from anonticket.config import Config
 from anonticket.errors import StorageUnavailable
-from anonticket.storage import SCHEMA_VERSION, Storage, database_path
+from anonticket.storage import SCHEMA_VERSION, Storage, database_path, is_postgres_url, open_storage
+
+PG_BACKUP_HINT = ("db backup copies an SQLite file; on PostgreSQL use its own tools: "
+                  "pg_dump -Fc (a consistent snapshot while the service runs) or "
+                  "pg_basebackup with WAL archiving (docs/operations.md)")
 
 
 class MaintenanceError(Exception):
@@ -46,9 +53,32 @@ def _sqlite_reason(exc: BaseException) -> str:
     return str(context) if isinstance(context, sqlite3.Error) else "the database is unreadable"
 
 
-async def check_database(config: Config) -> tuple[list[str], list[str], int, int]:
+async def _open_postgres(config: Config) -> Storage:
+    try:
+        return await open_storage(config.database_url, apply_schema=False)
+    except StorageUnavailable:
+        # the DSN may hold a password: name the problem, never the URL
+        raise MaintenanceError("cannot connect to the PostgreSQL database of DATABASE_URL") from None
+
+
+async def _check_postgres(config: Config) -> tuple[None, list[str], int, int]:
+    storage = await _open_postgres(config)
+    try:
+        version = await storage.schema_version()
+        ledger = await storage.ledger_problems() if version == SCHEMA_VERSION else []
+    except StorageUnavailable:
+        raise MaintenanceError("database check failed: the PostgreSQL database is unavailable") from None
+    finally:
+        await storage.close()
+    return None, ledger, version, SCHEMA_VERSION
+
+
+async def check_database(config: Config) -> tuple[list[str] | None, list[str], int, int]:
     """(integrity problems, ledger problems, schema version found, schema version of this
-    program); ok when both lists are empty and the versions agree."""
+    program); ok when both lists are empty and the versions agree. Integrity problems
+    are None on PostgreSQL, which has no file for ``PRAGMA integrity_check`` to read."""
+    if is_postgres_url(config.database_url):
+        return await _check_postgres(config)
     path = database_file(config)
     storage = await _open(path, config)
     try:
@@ -73,6 +103,8 @@ async def backup_database(config: Config, target: str | Path, *, force: bool = F
     half-written file under the name a restore would use. The file is 0600: the
     database holds unredeemed payment ids and live tokens.
     """
+    if is_postgres_url(config.database_url):
+        raise MaintenanceError(PG_BACKUP_HINT)
     source = database_file(config)
     target = Path(target)
     if target.is_dir():

@@ -33,8 +33,13 @@ TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "do
 # Route templates as registered (plus two for unmatched requests); never a concrete path.
 ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revoke",
           "/api/v1/token/{token}/topup", "/api/v1/token/{token}/debit", "/api/v1/stats",
-          "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml", "/api/v1/check",
-          "/access", "/access/logout", "unmatched")
+          "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml",
+          "/api/v1/webhooks", "/api/v1/webhooks/replay", "/api/v1/webhooks/test",
+          "/api/v1/webhooks/enable", "/api/v1/monitor/rescan", "/pay", "/pay/status", "/pay/redeem",
+          "/api/v1/check", "/access", "/access/logout", "unmatched")
+# why a webhook delivery attempt failed: a fixed vocabulary, never the receiver's text
+WEBHOOK_FAILURES = ("timeout", "unreachable", "redirect", "rate_limited", "gone", "client_error",
+                    "server_error", "error")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -108,6 +113,10 @@ class Metrics:
         self.rejected_overload = Counter(
             "anonticket_overload_rejections", "Requests refused with 503 because too many were in "
             "flight.", registry=r)
+        self.active = Gauge(
+            "anonticket_active", "1 while this instance is the active one (always on SQLite; "
+            "on PostgreSQL the holder of the leader lock).", registry=r)
+        self.active.set(1)
         self.wallet_height = Gauge(
             "anonticket_monitor_wallet_height", "Wallet block count at the last successful poll.",
             registry=r)
@@ -124,3 +133,23 @@ class Metrics:
             "anonticket_monitor_transfers", "Wallet transfers by the result they reached, each "
             "counted once per result.", ["result"], registry=r)
         self.transfer = {res: self.transfers.labels(res) for res in TRANSFER_RESULTS}
+        self.webhook_delivered = Counter(
+            "anonticket_webhook_delivered", "Webhook events delivered (answered 2xx).", registry=r)
+        self.webhook_failed_attempts = Counter(
+            "anonticket_webhook_failed_attempts", "Webhook delivery attempts that failed, by "
+            "reason.", ["reason"], registry=r)
+        self.webhook_failed = {reason: self.webhook_failed_attempts.labels(reason)
+                               for reason in WEBHOOK_FAILURES}
+        self.webhook_dead = Counter(
+            "anonticket_webhook_dead", "Webhook events given up after their last attempt.",
+            registry=r)
+        self.webhook_queue_events = Gauge(
+            "anonticket_webhook_queue_events", "Webhook events waiting for delivery.", registry=r)
+        self.webhook_dead_events = Gauge(
+            "anonticket_webhook_dead_events", "Dead webhook events kept for a replay.", registry=r)
+        self.webhook_queue_age = Gauge(
+            "anonticket_webhook_queue_age_seconds", "Age of the oldest webhook event not yet "
+            "delivered; 0 when none waits.", registry=r)
+        self.webhook_disabled = Gauge(
+            "anonticket_webhook_disabled", "1 while delivery is off because the receiver "
+            "answered 410 Gone.", registry=r)

@@ -10,177 +10,53 @@ so a transfer a reorg or a double spend removed stops being pending by itself.
 the next one) is what makes a payment mined exactly at the cursor's next block visible
 — the Rust original's bug. The top is left open: a transfer mined between our two
 calls then shows as pending instead of vanishing for one poll.
+
+The wallet can report a transfer for the first time AT OR BELOW the cursor: a reorg
+deeper than N mines a waiting payment there, or a watch-only wallet restored with too
+high a restore height is rescanned. For the first, a poll also re-reads the last
+``MONITOR_RESCAN_MARGIN_BLOCKS`` scanned blocks (never below ``MONITOR_START_HEIGHT``),
+in a second bounded call, whenever the wallet's view under the cursor may have changed:
+a transaction pending at the last poll is gone from above the cursor, the wallet height
+went down, it is this process's first poll — and at least every
+``_MARGIN_BACKSTOP_SECS`` whatever happened, which is what the promise rests on; the
+triggers only make the common case immediate. Re-reading on every poll instead would
+re-decode the margin's already-credited transfers each time (docs/benchmarks.md). For the
+second, an operator's rescan request (``state.monitor.request_rescan``) lowers the cursor.
+Re-reading is harmless either way: transfers are unique by txid.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from anonticket.cache import BoundedMap
-from anonticket.domain import PaymentId, Transfer, parse_txid
-from anonticket.errors import InvalidPid, StorageUnavailable
+from anonticket.errors import StorageUnavailable
 from anonticket.gc_pause import paused_gc
+from anonticket.scan import Classified, Scan, scan
 from anonticket.state import State
-from anonticket.wallet_rpc import WalletError, WalletRpc, WalletTransfers
+from anonticket.wallet_rpc import WalletError, WalletRpc
 
 log = logging.getLogger("anonticket.monitor")
 
 _BACKOFF_CAP_SECS = 60.0
 _REPORTED_CAPACITY = 100_000
+# One Monero block: the margin slides by about a block between two backstop re-reads.
+_MARGIN_BACKSTOP_SECS = 120.0
 # CRYPTONOTE_MAX_BLOCK_NUMBER, wallet-rpc's own default max_height: "no upper bound"
 _NO_MAX_HEIGHT = 500_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Classified:
-    """One wallet entry's verdict: ``result`` is a transfers_total label."""
-
-    result: str
-    key: str  # de-duplicates counting per transfer; never logged
-    transfer: Transfer | None = None
-    confirmations: int = 0
-    problem: str = ""  # for ``invalid``: which field failed (a field name, never a value)
-
-
-def classify(entry: Any, wallet_height: int, min_confirmations: int, accept_long: bool,
-             in_pool: bool) -> Classified:
-    """Decide what one raw wallet entry means. Never raises: bad entries are ``invalid``."""
-    key = _entry_key(entry)
-    if not isinstance(entry, dict):
-        return Classified("invalid", key, problem="entry")
-    try:
-        txid = parse_txid(entry.get("txid"))
-    except ValueError:
-        return Classified("invalid", key, problem="txid")
-    try:
-        amount = _int_field(entry, "amount")
-        height = 0 if in_pool else _int_field(entry, "height")
-        unlock_time = _int_field(entry, "unlock_time", default=0)
-        if amount <= 0:
-            raise ValueError("amount")
-        if not in_pool and height <= 0:  # a mined transfer has a block; 0 would pend forever
-            raise ValueError("height")
-        double_spend = entry.get("double_spend_seen", False)
-        if not isinstance(double_spend, bool):
-            raise ValueError("double_spend_seen")
-        pid_text = entry.get("payment_id")
-        if not isinstance(pid_text, str):
-            raise ValueError("payment_id")
-    except ValueError as exc:
-        return Classified("invalid", key, problem=exc.args[0])  # the field name
-    try:
-        pid = PaymentId.parse(pid_text, accept_long=True)
-    except InvalidPid:
-        zero = len(pid_text) in (16, 64) and set(pid_text) == {"0"}
-        return Classified("zero_pid", key) if zero else Classified("invalid", key, problem="payment_id")
-    if not pid.is_short and not accept_long:
-        return Classified("long_pid", key)
-    if unlock_time != 0:
-        return Classified("locked", key)
-    if double_spend:
-        return Classified("double_spend", key)
-    transfer = Transfer(txid, pid, amount, height)
-    confirmations = 0 if in_pool else max(wallet_height - height, 0)
-    if in_pool or confirmations < min_confirmations:
-        return Classified("pending", key, transfer, confirmations)
-    return Classified("credited", key, transfer, confirmations)
-
-
-def _int_field(entry: dict[str, Any], name: str, default: int | None = None) -> int:
-    value = entry.get(name, default)
-    if type(value) is not int or value < 0:
-        raise ValueError(name)
-    return value
-
-
-def _entry_key(entry: Any) -> str:
-    """The txid when there is a plausible one, else a digest of the whole entry, so two
-    different broken entries are counted apart and one broken entry counts once."""
-    txid = entry.get("txid") if isinstance(entry, dict) else None
-    if isinstance(txid, str) and len(txid) == 64:
-        return txid.lower()
-    return "#" + hashlib.sha256(repr(entry).encode()).hexdigest()
-
-
-@dataclass
-class Scan:
-    """What one ``get_transfers`` answer means, before anything is written."""
-
-    credited: dict[bytes, Transfer] = field(default_factory=dict)  # txid -> transfer
-    pending: dict[bytes, int] = field(default_factory=dict)  # pid -> highest confirmations
-    # every verdict but "credited" (those are counted by the credit's result)
-    reportable: list[Classified] = field(default_factory=list)
-
-
-def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -> Transfer | None:
-    """The transfer of a mined entry of the one common shape, when ``classify`` would call it
-    "credited"; None for anything else, which then goes through ``classify``.
-
-    Most of a big poll is this shape: checking it in one function, without a verdict
-    object or a count key, halves the time a poll spends classifying (docs/benchmarks.md).
-    tests/test_monitor_classify.py checks it against ``classify`` on arbitrary entries.
-    """
-    if type(entry) is not dict:
-        return None
-    amount, height = entry.get("amount"), entry.get("height")
-    if type(amount) is not int or type(height) is not int or amount <= 0 or height <= 0:
-        return None
-    unlock_time = entry.get("unlock_time", 0)
-    if type(unlock_time) is not int or unlock_time != 0:
-        return None
-    if entry.get("double_spend_seen", False) is not False or wallet_height - height < min_confirmations:
-        return None
-    txid_text, pid_text = entry.get("txid"), entry.get("payment_id")
-    if type(pid_text) is not str or len(pid_text) != 16:
-        return None  # long and malformed PIDs take the general path
-    try:
-        return Transfer(parse_txid(txid_text), PaymentId.parse(pid_text), amount, height)
-    except (ValueError, InvalidPid):
-        return None
-
-
-def scan(batch: WalletTransfers, wallet_height: int, cursor: int, min_confirmations: int,
-         accept_long: bool) -> Scan:
-    out = Scan()
-    for entries, in_pool in ((batch.incoming, False), (batch.pool, True)):
-        for entry in entries:
-            transfer = None if in_pool else confirmed_transfer(entry, wallet_height,
-                                                                min_confirmations)
-            if transfer is not None:
-                result, confirmations = "credited", 0
-            else:
-                verdict = classify(entry, wallet_height, min_confirmations, accept_long, in_pool)
-                transfer, result, confirmations = (verdict.transfer, verdict.result,
-                                                   verdict.confirmations)
-                if result != "credited":
-                    out.reportable.append(verdict)
-            if transfer is None:
-                continue
-            if result == "credited" and transfer.height > cursor:
-                earlier = out.credited.get(transfer.txid)
-                if earlier is not None and earlier.pid == transfer.pid:
-                    # one tx paying two of our addresses shows as two entries: credit the sum
-                    transfer = Transfer(transfer.txid, transfer.pid,
-                                        earlier.amount + transfer.amount, transfer.height)
-                out.credited[transfer.txid] = transfer
-            elif result == "pending":
-                pid = transfer.pid.raw
-                out.pending[pid] = max(out.pending.get(pid, 0), confirmations)
-    return out
 
 
 class Monitor:
     def __init__(self, state: State, wallet: WalletRpc | None = None, *,
                  rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """``rng`` and ``sleep`` are seams for tests: backoff is checked without waiting."""
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``rng``, ``sleep`` and ``clock`` are seams for tests: backoff and the margin's
+        backstop are checked without waiting."""
         self.state = state
         config = state.config
         self._wallet = wallet or WalletRpc(
@@ -195,6 +71,12 @@ class Monitor:
         # (key, result) pairs already counted, so a transfer seen pending in ten polls
         # counts once; bounded because plain payments in the pool can stay a long time
         self._reported: BoundedMap[tuple[str, str], bool] = BoundedMap(_REPORTED_CAPACITY)
+        self._clock = clock
+        # what the margin's triggers compare with, from the last successful poll
+        self._watched: set[str] = set()
+        self._wallet_height: int | None = None
+        self._margin_read_at = clock()
+        self._margin_failing = False
 
     @property
     def cursor(self) -> int | None:
@@ -248,6 +130,7 @@ class Monitor:
             stored = await ledger.storage.get_cursor()
             # the start height is the first height scanned: the cursor is the one before
             self._cursor = stored if stored is not None else config.monitor_start_height - 1
+        await self._apply_rescan_request()
         cursor = self._cursor
         height = await self._wallet.get_height()
         need = config.monitor_min_confirmations
@@ -255,16 +138,82 @@ class Monitor:
         with paused_gc():
             found = scan(batch, height, cursor, need, config.api_accept_long_pids)
         del batch  # the raw entries: the credit below should not carry them (or walk them)
+        if self._margin_due(found, cursor, height):
+            await self._read_margin(found, cursor, height)
         new_cursor = max(cursor, height - need)
         result = await ledger.credit(found.credited.values(),
                                      new_cursor if new_cursor != cursor else None)
         self._cursor = new_cursor
+        self._watched, self._wallet_height = found.watched, height
         ledger.set_pending(found.pending)
         for verdict in found.reportable:
             self._count_once(verdict)
         state.metrics.transfer["credited"].inc(result.transfers_credited)
         self._record_success(height)
         return result.transfers_credited
+
+    def _margin_floor(self, cursor: int) -> int:
+        """Where the margin starts (exclusive): never below the start height, which the
+        operator chose as the first height to credit (older payments may have been served
+        by another system). A rescan below it lowers the cursor itself, so is not cut off."""
+        config = self.state.config
+        start_floor = min(cursor, config.monitor_start_height - 1)
+        return max(cursor - config.monitor_rescan_margin_blocks, start_floor)
+
+    def _margin_due(self, found: Scan, cursor: int, wallet_height: int) -> bool:
+        """Whether the wallet's view at or below the cursor may have changed since the last
+        poll. A pending transaction missing from above the cursor was dropped (a double
+        spend, a reorg) or mined below it (a reorg deeper than N): the margin tells which."""
+        if self._margin_floor(cursor) >= cursor:
+            return False  # no margin (0, or the cursor still at the start height)
+        if self._wallet_height is None:
+            return True  # this process's first poll: what was pending before is not known
+        if wallet_height < self._wallet_height:
+            return True
+        if self._clock() - self._margin_read_at >= _MARGIN_BACKSTOP_SECS:
+            return True
+        return not all(found.still_has(txid) for txid in self._watched)
+
+    async def _read_margin(self, found: Scan, cursor: int, wallet_height: int) -> None:
+        """Add what the wallet reports in the margin to ``found``. A failure here does not
+        fail the poll: crediting above the cursor must never wait for the margin (too big
+        an answer would otherwise stop the monitor); the backstop tries again."""
+        self._margin_read_at = self._clock()
+        floor = self._margin_floor(cursor)
+        try:
+            batch = await self._wallet.get_transfers(max(floor, 0), cursor, pool=False)
+        except WalletError as exc:
+            if not self._margin_failing:
+                log.warning("re-reading the %d blocks below the cursor failed (%s); polls go on "
+                            "without them and retry every %.0f s", cursor - floor, exc.reason,
+                            _MARGIN_BACKSTOP_SECS)
+            self._margin_failing = True
+            return
+        if self._margin_failing:
+            log.info("re-reading the blocks below the cursor works again")
+            self._margin_failing = False
+        config = self.state.config
+        with paused_gc():
+            found.add(scan(batch, wallet_height, floor, config.monitor_min_confirmations,
+                           config.api_accept_long_pids))
+
+    async def _apply_rescan_request(self) -> None:
+        """Lower the cursor to just below an operator's requested height, durably and
+        before the poll reads: a poll that then fails, or a crash, resumes the rescan from
+        the database. Heights above the cursor are read by the poll anyway."""
+        state = self.state
+        requested = state.monitor.take_rescan()
+        if requested is None or self._cursor is None or requested - 1 >= self._cursor:
+            return
+        try:
+            await state.ledger.credit((), requested - 1)
+        except BaseException:
+            state.monitor.request_rescan(requested)  # not applied: the next poll tries again
+            raise
+        log.info("re-scanning from height %d on the operator's request (cursor was %d)",
+                 requested, self._cursor)
+        self._cursor = requested - 1
+        state.monitor.scanned_height = self._cursor
 
     def _count_once(self, verdict: Classified) -> None:
         if self._reported.get((verdict.key, verdict.result)) is not None:

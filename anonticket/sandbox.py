@@ -75,6 +75,8 @@ def owned_settings(directory: Path, merchant_url: str, start_height: int, public
         "API_INTERNAL_BIND_ADDRESS": internal, "API_INTERNAL_UNIX_SOCKET": "", "API_INTERNAL_TOKEN": "",
         "MONERO_RPC_URL": merchant_url, "MONERO_RPC_USER": "", "MONERO_RPC_PASSWORD": "",
         "MONITOR_ENABLED": "true", "MONITOR_START_HEIGHT": str(start_height),
+        # the checkout asks the merchant wallet for its address; regtest uses mainnet's
+        "MERCHANT_ADDRESS": "", "MONERO_NETWORK": "mainnet",
     }
 
 
@@ -136,6 +138,7 @@ def flow(r: Ready) -> list[tuple[str, list[str]]]:
 
 def banner(r: Ready) -> str:
     rows = [("directory", str(r.directory)), ("public listener", r.public_url),
+            ("checkout", f"{r.public_url}/pay (open it in a browser)"),
             ("internal listener", f"{r.internal_url} (/metrics, admin routes)"),
             ("merchant wallet", f"{r.merchant_url} (watch-only monero-wallet-rpc)"),
             ("merchant address", r.merchant_address), ("chain height", str(r.height)),
@@ -149,6 +152,10 @@ def banner(r: Ready) -> str:
     for number, (what, commands) in enumerate(flow(r), 1):
         lines.append(f"  {number}. {what}")
         lines += [f"     $ {command}" for command in commands]
+    lines += ["", f"Or as a customer, in a browser: open {r.public_url}/pay, create a payment, pay it with",
+              f"  $ {r.program} sandbox pay <its payment id> <its amount>{r.dir_option}",
+              f"then check the payment, mine with `{r.program} sandbox mine {r.confirmations}{r.dir_option}`"
+              " and get the access token."]
     lines += ["", f"{READY} (pid {os.getpid()}); Ctrl-C stops the service, both wallets and monerod."]
     return "\n".join(lines)
 

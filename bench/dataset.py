@@ -8,13 +8,14 @@ same database and the numbers compare. Every PID is written once to ``pids.txt``
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import time
 from pathlib import Path
 
 from anonticket.domain import PaymentId, Transfer
-from anonticket.storage import Storage
+from anonticket.storage import Storage, is_postgres_url, open_storage
 
 AMOUNT = 10**12  # 1 XMR: above the default MONITOR_MIN_PAYMENT_AMOUNT
 HEIGHT = 100
@@ -34,7 +35,8 @@ def make_transfers(count: int, seed: int) -> list[Transfer]:
     return out
 
 
-async def build_database(path: Path, count: int, seed: int = 1) -> dict[str, float]:
+async def build_database(path: Path | str, count: int, seed: int = 1, *,
+                         workdir: Path | None = None) -> dict[str, float]:
     """Credit ``count`` payments in ONE ``credit_transfers`` call (one transaction).
 
     Returns timings: generating the transfers is not the storage layer's cost, so it is
@@ -43,7 +45,7 @@ async def build_database(path: Path, count: int, seed: int = 1) -> dict[str, flo
     started = time.perf_counter()
     transfers = make_transfers(count, seed)
     generated = time.perf_counter()
-    storage = await Storage.open(path)
+    storage = await open_storage(str(path))
     try:
         credit_started = time.perf_counter()
         result = await storage.credit_transfers(transfers, None, int(time.time()))
@@ -52,15 +54,45 @@ async def build_database(path: Path, count: int, seed: int = 1) -> dict[str, flo
         await storage.close()
     if result.transfers_credited != count:
         raise RuntimeError(f"credited {result.transfers_credited} of {count} transfers")
-    (path.parent / "pids.txt").write_text("".join(t.pid.hex() + "\n" for t in transfers))
+    workdir = workdir or Path(path).parent
+    (workdir / "pids.txt").write_text("".join(t.pid.hex() + "\n" for t in transfers))
     credit_secs = credited - credit_started
     return {
         "payments": count,
         "generate_secs": round(generated - started, 3),
         "credit_secs": round(credit_secs, 3),
         "credit_per_sec": round(count / credit_secs),
-        "db_bytes": path.stat().st_size,
+        "db_bytes": await _size(path),
     }
+
+
+async def credit_priced(path: Path, count: int, price_per_day: int,
+                        seed: int = 2) -> tuple[list[str], dict[str, float]]:
+    """Credit ``count`` more payments as the monitor does with ``ACCESS_PRICE_PER_DAY`` in
+    force, so that each bought time and its token, once redeemed, has an expiry; returns
+    their PIDs (16 hex) and the credit's timing."""
+    transfers = make_transfers(count, seed)
+    storage = await Storage.open(path)
+    try:
+        started = time.perf_counter()
+        result = await storage.credit_transfers(transfers, None, int(time.time()), price_per_day)
+        secs = time.perf_counter() - started
+    finally:
+        await storage.close()
+    if result.transfers_credited != count:
+        raise RuntimeError(f"credited {result.transfers_credited} of {count} priced transfers")
+    return [t.pid.hex() for t in transfers], {"payments": count, "credit_secs": round(secs, 3)}
+
+
+async def _size(target: Path | str) -> int:
+    if not is_postgres_url(str(target)):
+        return Path(target).stat().st_size
+    import asyncpg
+    conn = await asyncpg.connect(str(target))
+    try:
+        return int(await conn.fetchval("SELECT pg_database_size(current_database())"))
+    finally:
+        await conn.close()
 
 
 def read_pids(workdir: Path) -> list[str]:
@@ -72,9 +104,11 @@ def write_keys(path: Path, keys: list[str]) -> Path:
     return path
 
 
-def claimed_keys(db_path: Path, limit: int) -> tuple[list[str], list[str]]:
+def claimed_keys(db_path: Path | str, limit: int) -> tuple[list[str], list[str]]:
     """(short PIDs, tokens) of claimed payments, read straight from the file (WAL readers
     do not block the server), so the scripts probe what the server really issued."""
+    if is_postgres_url(str(db_path)):
+        return asyncio.run(_claimed_keys_postgres(str(db_path), limit))
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         rows = db.execute(
@@ -82,6 +116,28 @@ def claimed_keys(db_path: Path, limit: int) -> tuple[list[str], list[str]]:
         ).fetchall()
     finally:
         db.close()
+    return [pid[:8].hex() for pid, _ in rows], [token.hex() for _, token in rows]
+
+
+def expiring_tokens(db_path: Path, limit: int) -> list[str]:
+    """Tokens the server issued with an expiry (the plans phase's redeems)."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT token FROM service_tokens WHERE expires_at IS NOT NULL LIMIT ?", (limit,)
+        ).fetchall()
+    finally:
+        db.close()
+    return [token.hex() for (token,) in rows]
+
+
+async def _claimed_keys_postgres(url: str, limit: int) -> tuple[list[str], list[str]]:
+    import asyncpg
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT pid, token FROM service_tokens LIMIT $1", limit)
+    finally:
+        await conn.close()
     return [pid[:8].hex() for pid, _ in rows], [token.hex() for _, token in rows]
 
 

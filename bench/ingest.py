@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import subprocess
@@ -52,15 +53,22 @@ def _start_wallet(workdir: Path, batch: int, rounds: int) -> tuple[subprocess.Po
     raise RuntimeError(f"fake wallet did not start: {log.read_text()[-500:]}")
 
 
-async def measure_ingest(db: Path, workdir: Path, batch: int, rounds: int) -> dict[str, Any]:
+async def measure_ingest(db: Path | str, workdir: Path, batch: int, rounds: int,
+                         margin: int | None = None, margin_every_poll: bool = False) -> dict[str, Any]:
     wallet, url = _start_wallet(workdir, batch, rounds)
     try:
         # production defaults, including the 10 s wallet timeout a big batch must fit in
-        config = Config.from_env({"DATABASE_URL": str(db), "MONERO_RPC_URL": url,
-                                  "API_ACCESS_LOG": "false"})
+        settings = {"DATABASE_URL": str(db), "MONERO_RPC_URL": url, "API_ACCESS_LOG": "false"}
+        if margin is not None:  # the rescan margin's cost: compare with --margin 0
+            settings["MONITOR_RESCAN_MARGIN_BLOCKS"] = str(margin)
+        config = Config.from_env(settings)
         async with AsyncExitStack() as stack:
             state = await open_state(config, stack)
-            monitor = Monitor(state)
+            # the margin below the cursor is re-read only when the wallet's view there may
+            # have changed, or by a backstop; a clock leaping ahead makes every poll re-read
+            # it, to measure what a re-read costs
+            leap = itertools.count(0.0, 1e6)
+            monitor = Monitor(state, **({"clock": lambda: next(leap)} if margin_every_poll else {}))
             await monitor.start()
             stack.push_async_callback(monitor.aclose)
             spent = {"credit": 0.0, "wallet": 0.0}
@@ -95,14 +103,19 @@ async def measure_ingest(db: Path, workdir: Path, batch: int, rounds: int) -> di
         wallet.terminate()
         wallet.wait(10)
     rates = sorted(p["per_sec"] for p in polls)
-    return {"batch": batch, "polls": polls, "transfers_per_sec": rates[len(rates) // 2]}
+    return {"batch": batch, "margin": config.monitor_rescan_margin_blocks,
+            "margin_every_poll": margin_every_poll, "polls": polls,
+            "transfers_per_sec": rates[len(rates) // 2]}
 
 
-def run_in_own_process(db: Path, workdir: Path, batch: int, rounds: int) -> dict[str, Any]:
+def run_in_own_process(db: Path | str, workdir: Path, batch: int, rounds: int,
+                       margin: int | None = None, margin_every_poll: bool = False) -> dict[str, Any]:
     """``measure_ingest`` in a fresh interpreter; its JSON result on the last stdout line."""
+    extra = [] if margin is None else ["--margin", str(margin)]
+    extra += ["--margin-every-poll"] if margin_every_poll else []
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--db", str(db), "--workdir", str(workdir),
-         "--batch", str(batch), "--rounds", str(rounds)],
+         "--batch", str(batch), "--rounds", str(rounds), *extra],
         capture_output=True, text=True, timeout=300 + batch * rounds / 1000, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"ingest run failed ({done.returncode}): {done.stderr.strip()[-800:]}")
@@ -111,10 +124,14 @@ def run_in_own_process(db: Path, workdir: Path, batch: int, rounds: int) -> dict
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="one ingest measurement, JSON on stdout")
-    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--db", required=True, help="a file path or a postgresql:// URL")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--margin", type=int, help="MONITOR_RESCAN_MARGIN_BLOCKS (default: its default)")
+    parser.add_argument("--margin-every-poll", action="store_true",
+                        help="re-read the margin on every poll, to measure what a re-read costs")
     options = parser.parse_args()
     print(json.dumps(asyncio.run(measure_ingest(options.db, options.workdir, options.batch,
-                                                options.rounds))))
+                                                options.rounds, options.margin,
+                                                options.margin_every_poll))))

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_PUBLIC_LINE = re.compile(r"public listener on (\S+), internal listener on (\S+)")
+_PUBLIC_LINE = re.compile(r"public listener on (\S+), internal listener on ([^\s,]+)")
 
 
 class ProcessFailed(RuntimeError):
@@ -73,7 +73,7 @@ class Proc:
         self.log = log
         self.started = started
         self.address = ""
-        self.internal_address = ""
+        self.internal_address = ""  # the service's internal listener (TCP only)
         self.startup_secs = 0.0
 
     @property
@@ -133,11 +133,11 @@ def start_service(
         address = f"unix:{unix_socket}"
         _wait_for(lambda: http_get_ok(address, timeout=0.5), deadline, proc, name, log)
     else:
-        def listening() -> tuple[str, str] | None:
-            match = _PUBLIC_LINE.search(log.read_text(errors="replace"))
-            return (match.group(1), match.group(2).rstrip(",")) if match else None
+        def listening() -> re.Match[str] | None:
+            return _PUBLIC_LINE.search(log.read_text(errors="replace"))
 
-        address, service.internal_address = _wait_for(listening, deadline, proc, name, log)
+        match = _wait_for(listening, deadline, proc, name, log)
+        address, service.internal_address = match.group(1), match.group(2)
         _wait_for(lambda: http_get_ok(address), deadline, proc, name, log)
     service.startup_secs = time.monotonic() - started
     service.address = address

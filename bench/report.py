@@ -15,6 +15,9 @@ RATIO_TARGETS = {
     "redeem_unknown_flood": 0.65,
     "token_issued": 0.75,
     "token_unknown": 0.75,
+    "redeem_success_plans": 0.20,
+    "token_issued_plans": 0.75,
+    "debit": 0.25,  # to /health/live on the internal listener, where debits are served
     # the gateway (bench/gateway.py): each to its own baseline, see docs/benchmarks.md
     "gateway_check": 0.85,
     "gateway_nginx_check": 0.90,
@@ -119,6 +122,9 @@ _LABELS = {
     "mixed": "mixed load (10/20/30/30/10, see scenarios.lua)",
     "uds_redeem_unknown_flood": "Unix socket: unknown-PID flood",
     "uds_token_issued_cold": "Unix socket: issued tokens, cache cold after restart",
+    "redeem_success_plans": "plans on: redeem success, tokens that expire",
+    "token_issued_plans": "plans on: token introspection, issued tokens that expire",
+    "debit": "plans on: debit, a key of its own each (internal listener)",
     "gateway_check": "gateway check alone (issued tokens, cost 0) vs `/health/live`",
     "gateway_nginx_check": "nginx `auth_request` → the check vs → `/health/live`",
     "gateway_nginx_cached": "nginx, cached check vs the same file unprotected",

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,36 +45,44 @@ from report import (  # noqa: E402
 )
 
 LIVE = ["mode=get", "path=/health/live"]
+PRICED_PER_SEC = 10_000  # priced PIDs set aside per second of a plans redeem run (~3,000/s used)
+# piconero a day for the plans phase: 1 XMR (every dataset payment) buys 100 days
+PRICE_PER_DAY = 10**10
 GATEWAY_TOKENS = 20_000
-PHASES = ("tcp", "gateway", "uds", "ingest")
+PHASES = ("tcp", "plans", "gateway", "uds", "ingest")
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.db = workdir / "bench.db"
+        self.db: Path | str = workdir / "bench.db"
+        self.cluster: Any = None  # tests/pg_cluster.Cluster with --backend postgres
         self.pids: list[str] = []
+        self.priced_pids: list[str] = []  # credited with a price in force (plans phase)
         self.gateway_pids: list[str] = []
         self.used: dict[str, int] = {}
         self.result: dict[str, Any] = {"scenarios": {}}
 
     # ------------------------------------------------------------------ helpers
-    def wrk(self, target: Proc, script_args: list[str], secs: float | None = None) -> loadgen.Load:
-        return loadgen.wrk(target.address, script_args, secs or self.args.secs, server=target,
-                           cpus=self.args.client_cpus)
+    def wrk(self, target: Proc, script_args: list[str], secs: float | None = None,
+            address: str | None = None) -> loadgen.Load:
+        return loadgen.wrk(address or target.address, script_args, secs or self.args.secs,
+                           server=target, cpus=self.args.client_cpus)
 
     def take_pids(self, pool: str, runs_left: int, per_sec: int, secs: float) -> Path:
         """A fresh slice of never-redeemed PIDs for one run, written to a file for the script.
 
-        Half of the PIDs feed redeem-success runs, half the mixed load; each run gets
-        enough for its duration at ``per_sec``, never more than its share of what is left.
+        Half of the PIDs feed redeem-success runs, half the mixed load, and the priced ones
+        the plans phase; each run gets enough for its duration at ``per_sec``, never more
+        than its share of what is left.
         """
         half = len(self.pids) // 2
-        start, end = (0, half) if pool == "new" else (half, len(self.pids))
+        pids = self.priced_pids if pool == "priced" else self.pids
+        start, end = {"new": (0, half), "mixed": (half, len(pids))}.get(pool, (0, len(pids)))
         used = self.used.setdefault(pool, start)
         count = max(1, min(int(secs * per_sec), (end - used) // max(runs_left, 1)))
-        chunk = self.pids[used:min(used + count, end)]
+        chunk = pids[used:min(used + count, end)]
         if not chunk:
             raise RuntimeError("out of unredeemed PIDs; use more --payments")
         self.used[pool] = used + len(chunk)
@@ -104,6 +113,12 @@ class Bench:
 
     # ------------------------------------------------------------------ phases
     def build(self) -> None:
+        if self.args.backend == "postgres":
+            print(f"building a PostgreSQL database of {self.args.payments} payments ...", flush=True)
+            self.result["dataset"] = asyncio.run(dataset.build_database(
+                self.db, self.args.payments, workdir=self.workdir))
+            self.pids = dataset.read_pids(self.workdir)
+            return
         cache = self.args.dataset_cache
         cached = cache / f"payments-{self.args.payments}.db" if cache else None
         if cached is not None and cached.exists():
@@ -121,6 +136,12 @@ class Bench:
         # set apart before the redeem pools are cut: the gateway phase redeems these itself
         share = min(GATEWAY_TOKENS, len(self.pids) // 10)
         self.pids, self.gateway_pids = self.pids[:-share], self.pids[-share:]
+        # PIDs whose credit bought time, as with ACCESS_PRICE_PER_DAY set; into the working
+        # copy only, so the cached dataset stays what every earlier run measured
+        count = round((self.args.pairs + 1) * self.args.secs * PRICED_PER_SEC)
+        print(f"crediting {count} payments at a price per day ...", flush=True)
+        self.priced_pids, self.result["priced_dataset"] = asyncio.run(
+            dataset.credit_priced(self.db, count, PRICE_PER_DAY))
 
     def tcp_phase(self) -> None:
         args = self.args
@@ -177,6 +198,44 @@ class Bench:
             raise RuntimeError(f"anonticket serve exited with {rc} on SIGTERM")
         self.result["startup_runs_tcp"] = startups
 
+    def plans_phase(self) -> None:
+        """Plans on (``ACCESS_PRICE_PER_DAY``): redeems and introspection of tokens that
+        expire, and debits, which the operator's services send to the internal listener."""
+        args = self.args
+        service = start_service(self.db, self.workdir, "serve-plans", cpus=args.server_cpus,
+                                extra_env={"ACCESS_PRICE_PER_DAY": str(PRICE_PER_DAY)})
+        try:
+            live = lambda secs=None: self.wrk(service, LIVE, secs)  # noqa: E731
+            live(min(1.0, args.secs))
+            runs_left = args.pairs + 1
+
+            def new(secs: float | None = None) -> loadgen.Load:
+                nonlocal runs_left
+                keys = self.take_pids("priced", runs_left, PRICED_PER_SEC, secs or args.secs)
+                runs_left -= 1
+                return self.wrk(service, ["mode=redeem_new", f"keys={keys}", "expiry=1"], secs)
+
+            self.pairs("redeem_success_plans", live, new,
+                       {"200": "all", "success": "all", "expires": "all"})
+            tokens = dataset.write_keys(self.workdir / "priced-tokens.txt",
+                                        dataset.expiring_tokens(self.db, 100_000))
+            self.pairs("token_issued_plans", live,
+                       lambda secs=None: self.wrk(service, ["mode=token", f"keys={tokens}",
+                                                            "expiry=1"], secs),
+                       {"200": "all", "active": "all", "expires": "all"})
+            internal = service.internal_address
+            # the baseline on the listener the debits use: it has its own middleware and bound
+            internal_live = lambda secs=None: self.wrk(service, LIVE, secs, internal)  # noqa: E731
+            self.pairs("debit", internal_live,
+                       lambda secs=None: self.wrk(service, ["mode=debit", f"keys={tokens}",
+                                                            f"nonce={uuid.uuid4().hex[:12]}"],
+                                                  secs, internal),
+                       {"200": "all", "debited": "all"})
+        finally:
+            rc = service.stop()
+        if rc != 0:
+            raise RuntimeError(f"anonticket serve (plans) exited with {rc} on SIGTERM")
+
     def rss(self, service: Proc) -> None:
         probes = self.args.probes
         cap = min(600.0, probes / 2000 + 10)
@@ -232,6 +291,9 @@ class Bench:
         """The gateway check alone, then deploy/nginx-gateway.conf in front of a file
         (bench/gateway.py): one service and one nginx worker on the server CPUs."""
         args = self.args
+        if args.backend == "postgres":
+            print("  gateway: measured on SQLite only", flush=True)
+            return
         if shutil.which("nginx") is None:
             print("  gateway: nginx is not installed, the nginx figures are skipped", flush=True)
         service = start_service(self.db, self.workdir, "serve-gateway", cpus=args.server_cpus)
@@ -284,13 +346,16 @@ class Bench:
         print(f"  monitor ingest: {args.ingest_rounds} polls of {args.ingest_batch} transfers ...",
               flush=True)
         result = run_in_own_process(self.db, self.workdir, args.ingest_batch, args.ingest_rounds)
+        empty_db: Path | str = self.workdir / "empty.db"
+        if self.cluster is not None:
+            empty_db = self.cluster.dsn(self.cluster.create_database())
         result["database"] = f"the benchmark's, {args.payments} payments and more"
         result["target_per_sec"] = INGEST_TARGET_PER_SEC
         result["met"] = result["transfers_per_sec"] >= INGEST_TARGET_PER_SEC
         self.result["ingest"] = result
         # context, not the target's figure: the same polls into an empty database, where
         # every B-tree still fits in memory
-        empty = run_in_own_process(self.workdir / "empty.db", self.workdir, args.ingest_batch,
+        empty = run_in_own_process(empty_db, self.workdir, args.ingest_batch,
                                    max(1, args.ingest_rounds // 2 + 1))
         empty["database"] = "empty at the first poll"
         self.result["ingest_empty_db"] = empty
@@ -305,6 +370,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
     loop = "asyncio"  # the service's loop (no uvloop), and so the bare app's
     return {
         "command": " ".join(["python3 bench/run.py", *sys.argv[1:]]),
+        "backend": args.backend,
         "quick": args.quick, "payments": args.payments, "secs_per_run": args.secs,
         "pairs": args.pairs, "connections": loadgen.CONNECTIONS,
         "client": "wrk -t1 -c32" + (f" pinned to CPU {args.client_cpus}" if args.client_cpus else ""),
@@ -317,6 +383,9 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="anonticket benchmark (see docs/benchmarks.md)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: a throwaway PostgreSQL 15 cluster (tests/pg_cluster.py), "
+                        "pinned to the server CPUs like the service")
     parser.add_argument("--quick", action="store_true",
                         help="smoke mode: 2,000 payments, 1 s runs, 1 pair, small ingest")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
@@ -363,12 +432,20 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, workdir)
     bench.result["meta"] = _meta(args)
+    if args.backend == "postgres":
+        sys.path.insert(0, str(REPO / "tests"))
+        import pg_cluster
+
+        bench.cluster = pg_cluster.start_cluster(cpus=args.server_cpus)
+        bench.db = bench.cluster.dsn(bench.cluster.create_database())
     try:
         bench.build()
         for phase in PHASES:
             if phase in args.phases:
                 getattr(bench, f"{phase}_phase")()
     finally:
+        if bench.cluster is not None:
+            pg_cluster.remove(bench.cluster)
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     bench.result["meta"]["loadavg_after"] = os.getloadavg()

@@ -7,6 +7,9 @@
 --   mode=token_unknown                  random 64-hex tokens
 --   mode=mixed new=F claimed=F tokens=F a weighted mix of the above
 --   mode=probe limit=N                  unknown PIDs and tokens alternately, N in all
+--   mode=debit keys=FILE nonce=S        1-piconero debits of random tokens of FILE, each with a
+--                                       key of its own (S-<thread>-<n>): the internal listener
+--   expiry=1 (with any mode)            also count the answers that carry an expiry ("expires")
 --   mode=bearer keys=FILE path=P        GET P with "Authorization: Bearer" and a random
 --                                       token of FILE (the gateway check, nginx in front)
 -- Every mode defines response(), so the client pays the same per-response cost in the
@@ -129,6 +132,20 @@ local builders = {
   bearer = function() return pick("bearer") end,
 }
 
+-- A debit's Idempotency-Key must never repeat (a repeat is a replay, not a debit), so
+-- unlike every other mode these requests are formatted one by one: the client pays more
+-- per request here, on its own core, and its CPU is in the report.
+local debit_paths = {}
+local debit_headers = { ["Content-Type"] = "application/json" }
+local debit_prefix = ""
+local debit_count = 0
+builders.debit = function()
+  debit_count = debit_count + 1
+  debit_headers["Idempotency-Key"] = debit_prefix .. debit_count
+  return wrk.format("POST", debit_paths[math.random(1, #debit_paths)], debit_headers,
+                    '{"amount":1}')
+end
+
 -- mixed: 10% new redeems, 20% already claimed, 30% unknown PIDs, 30% issued tokens,
 -- 10% unknown tokens
 local mix = {
@@ -170,6 +187,12 @@ function init(args)
   if claimed_file then build_pool("redeem_claimed", load_keys(claimed_file, 0, 1), redeem) end
   local token_file = (mode == "token" and opts.keys) or (mode == "mixed" and opts.tokens)
   if token_file then build_pool("token", load_keys(token_file, 0, 1), token_get) end
+  if mode == "debit" then
+    for i, token in ipairs(load_keys(opts.keys, 0, 1)) do
+      debit_paths[i] = "/api/v1/token/" .. token .. "/debit"
+    end
+    debit_prefix = (opts.nonce or error("mode=debit needs nonce=")) .. "-" .. thread_index .. "-"
+  end
   if mode == "redeem_unknown" or mode == "mixed" then
     build_pool("redeem_unknown", random_keys(POOL, 1), redeem)
   end
@@ -198,7 +221,10 @@ function response(status, headers, body)
   if body:find('"success"', 1, true) then count("success")
   elseif body:find('"already_claimed"', 1, true) then count("already_claimed")
   elseif body:find('"active"', 1, true) then count("active")
+  elseif body:find('"debit_id"', 1, true) then count("debited")
   end
+  -- the byte-rendered answers write no space after the colon (api/public.py)
+  if opts.expiry and body:find('"expires_at":"', 1, true) then count("expires") end
 end
 
 function done(summary, latency, requests)

@@ -1,9 +1,17 @@
-"""Shared fixtures: a real SQLite file per test, real sockets, the real service."""
+"""Shared fixtures: a real SQLite file (or PostgreSQL database) per test, real sockets,
+the real service.
+
+A module that sets ``BOTH_BACKENDS = True`` runs each test asking for ``backend`` (or
+``storage``, ``database_url``) once on SQLite and once on a throwaway PostgreSQL cluster
+started once per session (tests/pg_cluster.py); ``@pytest.mark.sqlite_only`` keeps a
+test about the SQLite file itself to SQLite.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +21,9 @@ import pytest
 from anonticket.app import Service, start_service
 from anonticket.config import Config
 from anonticket.domain import PaymentId, Transfer
-from anonticket.storage import Storage
+from anonticket.storage import Storage, open_storage
+from anonticket.storage.postgres import PostgresIntegrityError
+import pg_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,20 +46,66 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 
 
 @pytest.fixture
-def config_factory(tmp_path: Path) -> Callable[..., Config]:
-    return lambda **overrides: make_config(tmp_path, **overrides)
+def config_factory(tmp_path: Path, database_url: str) -> Callable[..., Config]:
+    return lambda **overrides: make_config(tmp_path, **{"DATABASE_URL": database_url, **overrides})
+
+
+# what a key, foreign key or CHECK refusing a row raises, on either backend: a bug, not a 503
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, PostgresIntegrityError)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    both = getattr(metafunc.module, "BOTH_BACKENDS", False)
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        both = False
+    metafunc.parametrize("backend", ["sqlite", "postgres"] if both else ["sqlite"],
+                         indirect=True)
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    store = await Storage.open(tmp_path / "anonticket.db")
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[pg_cluster.Cluster]:
+    """One throwaway cluster for the whole session; each test gets its own database."""
+    reason = pg_cluster.missing()
+    if reason:
+        pytest.skip(reason)
+    cluster = pg_cluster.start_cluster(max_connections="200")
+    try:
+        yield cluster
+    finally:
+        pg_cluster.remove(cluster)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DATABASE_URL of a fresh, empty database of ``backend``."""
+    if backend == "sqlite":
+        yield str(tmp_path / "anonticket.db")
+        return
+    cluster: pg_cluster.Cluster = request.getfixturevalue("pg")
+    name = cluster.create_database()
+    try:
+        yield cluster.dsn(name)
+    finally:
+        cluster.drop_database(name)
+
+
+@pytest.fixture
+async def storage(database_url: str) -> AsyncIterator[Storage]:
+    store = await open_storage(database_url)
     yield store
     await store.close()
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[Service]:
-    running = await start_service(make_config(tmp_path))
+async def service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    running = await start_service(make_config(tmp_path, DATABASE_URL=database_url))
     yield running
     await running.aclose()
 

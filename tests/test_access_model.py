@@ -1,4 +1,4 @@
-"""What a payment buys, over a real SQLite file: time from issue, top-ups extending it,
+"""What a payment buys, over a real SQLite file and a real PostgreSQL database: time from issue, top-ups extending it,
 revival after expiry, price changes that never rewrite history, balances and debits."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from anonticket.errors import Underpaid
 from anonticket.ledger import Claimed, Ledger, Pending
 from anonticket.storage import DebitRequest, Storage, TopupOutcome, seconds_bought
 from conftest import transfer
+
+BOTH_BACKENDS = True
 
 DAY = 86400
 MIN = 1000

@@ -199,8 +199,11 @@ def test_to_dict_is_the_cli_json_shape() -> None:
         "public_spend_key": SPEND.hex(),
         "public_view_key": VIEW.hex(),
         "payment_id": PID,
+        "standard_address": MAINNET,
     }
     assert decode_address(MAINNET).to_dict()["payment_id"] is None
+    assert decode_address(MAINNET).to_dict()["standard_address"] == MAINNET
+    assert decode_address(SUBADDRESS["mainnet"]).to_dict()["standard_address"] is None
 
 
 def test_repr_never_shows_the_payment_id_or_keys() -> None:

@@ -164,6 +164,7 @@ def test_integrated_addresses_match_the_wallet(wallet: OfflineWallet) -> None:
         assert decoded.payment_id is not None and decoded.payment_id.hex() == split["payment_id"] == pid
         standard = MoneroAddress(decoded.network, "standard", decoded.spend_key, decoded.view_key)
         assert standard.encode() == split["standard_address"] == primary
+        assert decoded.to_dict()["standard_address"] == split["standard_address"]
 
 
 def test_subaddresses_decode_and_are_refused_as_a_base(wallet: OfflineWallet) -> None:

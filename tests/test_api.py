@@ -12,6 +12,7 @@ from anonticket.app import Service
 from anonticket.domain import PaymentId, derive_service_token
 from conftest import transfer, url
 
+BOTH_BACKENDS = True  # the HTTP contract on SQLite and on PostgreSQL
 PID = "0123456789abcdef"
 
 

@@ -1,5 +1,6 @@
 """Top-up (public) and debit (internal) over real sockets: the HTTP contract, the
-idempotency-key semantics, and the views that show balances and expiry."""
+idempotency-key semantics, and the views that show balances and expiry; on SQLite and on
+PostgreSQL (``BOTH_BACKENDS``)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from anonticket.domain import PaymentId
 from conftest import make_config, url
 from test_api import credit, get, post
 
+BOTH_BACKENDS = True
 DAY = 86400
 
 
 @pytest.fixture
-async def priced(tmp_path: Path) -> Any:
+async def priced(tmp_path: Path, database_url: str) -> Any:
     """A service selling one day for 10000 piconero (the minimum payment is 1000)."""
-    running = await start_service(make_config(tmp_path, ACCESS_PRICE_PER_DAY="10000"))
+    running = await start_service(make_config(tmp_path, DATABASE_URL=database_url,
+                                              ACCESS_PRICE_PER_DAY="10000"))
     yield running
     await running.aclose()
 
@@ -56,6 +59,7 @@ async def test_redeem_and_introspection_show_expiry_and_remaining(
         200, "active", 5000, body["expires_at"])
 
 
+@pytest.mark.sqlite_only  # edits the file by hand
 async def test_expired_token_introspects_as_expired(priced: Service, http: aiohttp.ClientSession) -> None:
     token = await issue(priced, http, 5000)
     priced.state.ledger.clock = lambda: 2**40  # far in the future: the half day is over

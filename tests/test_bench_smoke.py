@@ -38,7 +38,7 @@ from anonticket.storage import TokenRow
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_already_claimed", "redeem_unknown_flood",
              "token_issued", "token_unknown", "mixed", "uds_redeem_unknown_flood",
-             "uds_token_issued_cold")
+             "uds_token_issued_cold", "redeem_success_plans", "token_issued_plans", "debit")
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (Debian package wrk)")
@@ -60,7 +60,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     # each scenario measured what it claims: every redeem of a fresh PID won, every
     # random PID was unknown, every issued token was found
     assert result["scenarios"]["redeem_success"]["pairs"][0]["scenario"]["outcomes"]["success"] > 0
-    for name in ("redeem_already_claimed", "redeem_unknown_flood", "token_issued", "token_unknown"):
+    # plans on: every redeem won a token that expires, every such token was found, and
+    # every debit (each its own Idempotency-Key) was applied, none replayed
+    for name in ("redeem_already_claimed", "redeem_unknown_flood", "token_issued", "token_unknown",
+                 "redeem_success_plans", "token_issued_plans", "debit"):
         assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
     assert result["rss"]["vmhwm_mb"] > 0 and result["rss"]["answered_404"] >= 5_000
     assert all(secs > 0 for secs in result["startup"]["runs"])
@@ -75,6 +78,18 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
     for line in ("health_vs_bare", "peak RSS", "start-up", "monitor ingest"):
         assert line in run.stdout
+
+
+def test_migration_benchmark_migrates_and_checks(tmp_path: Path) -> None:
+    """bench/migration.py builds a version-2 database, times the migration, verifies it."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "migration.py"), "--payments", "2000",
+         "--claimed", "0.5", "--runs", "1", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["payments"] == 2000 and result["migration_secs"][0] > 0
 
 
 # ---------------------------------------------------------------------- shortcuts = long way

@@ -296,7 +296,8 @@ def test_address_decode(capsys: pytest.CaptureFixture[str]) -> None:
     primary = decode_address(PRIMARY)
     assert decoded == {"network": "mainnet", "kind": "integrated",
                        "public_spend_key": primary.spend_key.hex(),
-                       "public_view_key": primary.view_key.hex(), "payment_id": VECTOR_PID}
+                       "public_view_key": primary.view_key.hex(), "payment_id": VECTOR_PID,
+                       "standard_address": PRIMARY}
 
 
 def test_address_decode_refuses_a_bad_checksum(capsys: pytest.CaptureFixture[str]) -> None:

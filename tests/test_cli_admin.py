@@ -165,7 +165,7 @@ async def test_stats(running: Running) -> None:
     assert json.loads(out) == {
         "payments_unclaimed": 1, "payments_claimed": 2, "tokens_active": 1, "tokens_revoked": 1,
         "credited_piconero": 12600, "transfers": 3, "scanned_height": 130, "wallet_height": 140,
-        "pending_pids": 1, "debits": 0, "debited_piconero": 0}
+        "pending_pids": 1, "debits": 0, "debited_piconero": 0, "rescan_from_height": None}
 
     code, out, err = await cli(env, "stats")
     assert (code, err) == (0, "")
@@ -179,6 +179,9 @@ async def test_stats(running: Running) -> None:
         "wallet height": "140 (cursor 10 blocks behind)"}
     columns = {len(line) - len(line[line.index("  "):].lstrip()) for line in lines}
     assert len(columns) == 1  # every value starts in the same column
+    service.state.monitor.request_rescan(120)  # shown only while one waits for the monitor
+    code, out, err = await cli(env, "stats")
+    assert (code, err) == (0, "") and out.splitlines()[-1].split() == ["rescan", "pending", "from", "120"]
 
 
 # ---------------------------------------------------------------------- auth and wrong endpoints

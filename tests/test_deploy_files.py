@@ -31,6 +31,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from anonticket.regtest import MERCHANT_KEYS
+from page_helpers import parse_page
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "anonticket.service"
 WALLET_UNIT = REPO / "systemd" / "monero-wallet-rpc.service"
@@ -465,7 +468,7 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
         "PATH": os.environ["PATH"], "NOTIFY_SOCKET": str(notify),
         "DATABASE_URL": str(open_dir / "db"), "API_UNIX_SOCKET": str(sock),
         "API_UNIX_SOCKET_MODE": "0666", "API_INTERNAL_BIND_ADDRESS": f"127.0.0.1:{free_port()}",
-        "MONITOR_ENABLED": "false", "API_ACCESS_LOG": "false",
+        "MONITOR_ENABLED": "false", "API_ACCESS_LOG": "false", "MERCHANT_ADDRESS": MERCHANT_KEYS.address,
     }
     # MemoryDenyWriteExecute=yes, applied the way the kernel offers it without systemd.
     with open(open_dir / "service.log", "wb") as log:
@@ -493,6 +496,24 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
                     assert resp.status == 200
                 async with http.post(base + "/api/v1/redeem", data=b"{" * 5120, ssl=False) as resp:
                     assert resp.status == 413
+                # the checkout through nginx: its own headers, each once, and no body in a log
+                async with http.get(base + "/pay", ssl=False) as resp:
+                    assert resp.status == 200 and resp.content_type == "text/html"
+                    for name in ("Content-Security-Policy", "Cache-Control", "Referrer-Policy",
+                                 "X-Content-Type-Options", "X-Frame-Options", "Strict-Transport-Security"):
+                        assert len(resp.headers.getall(name, [])) == 1, name
+                    assert resp.headers["Cache-Control"] == "no-store"
+                async with http.post(base + "/pay", data={"offer": "10000000000"}, ssl=False) as resp:
+                    made = parse_page(await resp.text())
+                pid, address = made.field("pid"), made.field("address")
+                async with http.post(base + "/pay/status", data={"pid": pid}, ssl=False) as resp:
+                    assert resp.status == 200
+                    assert parse_page(await resp.text()).h1 == "Payment not seen yet"
+                async with http.get(base + f"/pay/{pid}", ssl=False) as resp:
+                    assert resp.status == 404  # nginx's own: only the three pages are passed
+        for path in (open_dir / "log").iterdir():
+            text = path.read_text()
+            assert pid not in text and address not in text and "/pay" not in text, path.name
         service.send_signal(signal.SIGTERM)
         assert await datagram() == b"STOPPING=1"
         assert await asyncio.to_thread(service.wait, 30) == 0
@@ -576,7 +597,9 @@ def test_dashboard_queries_name_exported_series():
               "anonticket_monitor_wallet_height", "anonticket_monitor_scanned_height",
               "anonticket_monitor_last_success_timestamp_seconds",
               "anonticket_monitor_polls_total", "anonticket_monitor_transfers_total",
-              "anonticket_negative_cache_hits_total"}
+              "anonticket_negative_cache_hits_total", "anonticket_webhook_queue_age_seconds",
+              "anonticket_webhook_delivered_total", "anonticket_webhook_failed_attempts_total",
+              "anonticket_webhook_dead_total"}
     assert wanted <= used
 
 

@@ -11,12 +11,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "anonticket"
 # (or from its own package, e.g. api.internal reusing api.public)
 LAYERS = {
     "errors": 0, "gc_pause": 0, "batching": 0,
-    "domain": 1, "amount": 0, "config": 1, "wal_checkpoint": 1,
+    "domain": 1, "amount": 0, "config": 1, "wal_checkpoint": 1, "webhook": 0,
     "address": 2, "storage": 2, "cache": 2, "key_index": 2, "metrics": 2, "wallet_rpc": 2,
     "unix_socket": 2, "sd_notify": 2, "payment_uri": 2,
-    "ledger": 3,
+    "ledger": 3, "scan": 3, "payment_request": 3, "merchant": 3,
     "state": 4,
-    "api": 5, "monitor": 5, "housekeeping": 5,
+    "api": 5, "monitor": 5, "housekeeping": 5, "webhook_sender": 5, "leadership": 5,
     "app": 6, "admin_client": 6, "maintenance": 6,
     "sandbox": 7, "command": 7,
     "cli": 8,

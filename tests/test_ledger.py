@@ -1,4 +1,5 @@
-"""The ledger over a real SQLite file: every redeem outcome, and caches that never lie."""
+"""The ledger over a real SQLite file and a real PostgreSQL database: every redeem outcome,
+and caches that never lie."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from anonticket.cache import TtlSet
 from anonticket.domain import PaymentId, ServiceToken, derive_service_token
 from anonticket.errors import PaymentNotFound, StorageUnavailable, TokenNotFound, Underpaid
 from anonticket.ledger import Claimed, Ledger, Pending
-from anonticket.storage import Storage
+from anonticket.storage import Storage, open_storage
 from conftest import claim_summary, transfer
+
+BOTH_BACKENDS = True
 
 NOW = 1_700_000_000
 MIN = 1000
@@ -89,6 +92,7 @@ async def test_pending_for_a_payment_not_yet_confirmed(ledger: Ledger) -> None:
     assert await ledger.redeem(pid) == Pending(3, CONFIRMATIONS)
 
 
+@pytest.mark.sqlite_only
 async def test_a_pending_only_pid_is_answered_without_a_write(
     ledger: Ledger, storage: Storage, tmp_path: Path
 ) -> None:
@@ -218,10 +222,10 @@ async def test_unknown_tokens(ledger: Ledger) -> None:
         await ledger.revoke(token, None, None)
 
 
-async def test_a_fresh_ledger_loads_what_the_last_one_wrote(tmp_path: Path, clock: Clock, hits: Hits) -> None:
-    path = tmp_path / "restart.db"
+async def test_a_fresh_ledger_loads_what_the_last_one_wrote(database_url: str, clock: Clock,
+                                                            hits: Hits) -> None:
     pid, underpaid = PaymentId.generate(), PaymentId.generate()
-    store = await Storage.open(path)
+    store = await open_storage(database_url)
     first = make_ledger(store, clock, hits)
     await first.load()
     await first.credit([transfer(pid, 5000), transfer(underpaid, 5)], 90)
@@ -229,7 +233,7 @@ async def test_a_fresh_ledger_loads_what_the_last_one_wrote(tmp_path: Path, cloc
     await first.revoke(ServiceToken(token), "gone", None)
     await store.close()
 
-    store = await Storage.open(path)
+    store = await open_storage(database_url)
     try:
         second = make_ledger(store, clock, hits)
         await second.load()
@@ -244,6 +248,7 @@ async def test_a_fresh_ledger_loads_what_the_last_one_wrote(tmp_path: Path, cloc
         await store.close()
 
 
+@pytest.mark.sqlite_only
 async def test_a_storage_outage_fails_the_batch_and_then_recovers(
     ledger: Ledger, storage: Storage, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anonticket.domain import PaymentId
-from anonticket.monitor import classify, confirmed_transfer, scan
+from anonticket.scan import classify, confirmed_transfer, scan
 from anonticket.wallet_rpc import WalletTransfers
 from fake_wallet import make_transfer, make_txid
 

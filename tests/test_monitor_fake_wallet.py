@@ -429,9 +429,11 @@ async def test_start_height_is_inclusive_on_an_empty_db_and_the_stored_cursor_wi
         with pytest.raises(PaymentNotFound):
             await state.ledger.redeem(before)
     fake.height = 110
-    async with monitored(tmp_path, fake, MONITOR_START_HEIGHT=0) as (state, monitor):
+    async with monitored(tmp_path, fake, MONITOR_START_HEIGHT=0,
+                         MONITOR_RESCAN_MARGIN_BLOCKS=5) as (state, monitor):
         assert await monitor.poll_once() == 0
-        assert fake.calls("get_transfers")[-1]["min_height"] == 97
+        # from the stored cursor, then (a restart) the margin below it
+        assert [c["min_height"] for c in fake.calls("get_transfers")[-2:]] == [97, 97 - 5]
         assert await state.ledger.storage.get_cursor() == 107
         assert (await state.ledger.storage.get_stats())["transfers"] == 2
 
@@ -449,7 +451,8 @@ async def test_a_young_chain_leaves_the_start_height_in_charge(tmp_path: Path, f
 
 
 async def test_a_transfer_exactly_at_cursor_plus_one_is_credited(tmp_path: Path, fake: FakeWallet) -> None:
-    async with monitored(tmp_path, fake) as (state, monitor):
+    # without the margin, so the poll asks from exactly the cursor (test_monitor_rescan.py has it on)
+    async with monitored(tmp_path, fake, MONITOR_RESCAN_MARGIN_BLOCKS=0) as (state, monitor):
         await monitor.poll_once()
         cursor = await state.ledger.storage.get_cursor()
         assert cursor == 100 - N

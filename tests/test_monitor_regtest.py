@@ -287,8 +287,10 @@ async def test_a_restart_mid_run_loses_and_duplicates_nothing(
     await pay(net, pids[2], amounts[2], mine=1)
     await pay(net, pids[3], amounts[3], mine=N)
     height = await asyncio.to_thread(net.height)
-    # MONITOR_START_HEIGHT=0 would rescan the whole chain: the stored cursor must win
-    async with serving(net, tmp_path, 0) as second:
+    # MONITOR_START_HEIGHT=0 would rescan the whole chain: the stored cursor must win. Without
+    # the rescan margin: the shared chain holds other tests' payments just below this window,
+    # and the margin stops at the start height only (test_monitor_rescan.py)
+    async with serving(net, tmp_path, 0, MONITOR_RESCAN_MARGIN_BLOCKS=0) as second:
         await settled(second, height)
         stats = await second.state.ledger.storage.get_stats()
         assert stats["transfers"] == 4 and stats["credited_piconero"] == sum(amounts)
@@ -298,7 +300,7 @@ async def test_a_restart_mid_run_loses_and_duplicates_nothing(
         for pid, amount in zip(pids, amounts):
             status, body = await redeem(http, second, pid)
             assert status == 200 and body["balance"] == amount
-    async with serving(net, tmp_path, 0) as third:  # and once more: nothing doubles
+    async with serving(net, tmp_path, 0, MONITOR_RESCAN_MARGIN_BLOCKS=0) as third:  # nothing doubles
         await settled(third, height)
         stats = await third.state.ledger.storage.get_stats()
         assert stats["transfers"] == 4 and stats["credited_piconero"] == sum(amounts)

@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from anonticket.sandbox import (
     write_env_file,
 )
 from conftest import REPO
+from page_helpers import Page, parse_page
 
 BIN = str(REPO / "bin" / "anonticket")
 XMR = 10**12
@@ -196,6 +199,13 @@ class Sandbox:
             pass
 
 
+def checkout_page(url: str, form: dict[str, str]) -> Page:
+    """POST a form as a browser would (no proxy from the environment)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(urllib.request.Request(url, urllib.parse.urlencode(form).encode()), timeout=30) as resp:
+        return parse_page(resp.read().decode())
+
+
 def shell(commands: list[str], token: str = "") -> subprocess.CompletedProcess[str]:
     """One step's printed commands, in one shell, as a developer pastes them."""
     script = "set -e\n" + "\n".join(c.replace("TOKEN", token) for c in commands) + "\n"
@@ -262,6 +272,15 @@ def test_the_printed_flow_works_and_ctrl_c_leaves_nothing(sandbox_dir: Path) -> 
         internal = rows["internal listener"].split()[0].removeprefix("http://")
         assert {public, internal} == listeners["sandbox"] and all(listeners.values()), listeners
         assert all(addr.startswith("127.0.0.1:") for addrs in listeners.values() for addr in addrs), listeners
+
+        # the checkout it prints sells against the merchant wallet's own address (read from it)
+        checkout = rows["checkout"].split()[0]
+        assert checkout == rows["public listener"] + "/pay"
+        page = checkout_page(checkout, {"offer": TUNABLE_DEFAULTS["MONITOR_MIN_PAYMENT_AMOUNT"]})
+        sold = page.field("pid")
+        assert net.merchant_rpc("make_integrated_address", {"payment_id": sold})["integrated_address"] \
+            == page.field("address")
+        assert page.field("amount") == "0.001"
 
         # a second sandbox in the same directory is refused at once, touching nothing
         second = subprocess.run([BIN, "sandbox", "--dir", str(sandbox_dir)], cwd=REPO, env=clean_env(),

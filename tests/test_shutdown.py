@@ -93,16 +93,20 @@ def listening(path: Path) -> bool:
 
 
 class CommitGate:
-    """An SQLite trace callback that holds the first COMMIT on aiosqlite's thread until
-    ``release``: the statement is running, so the transaction commits whatever the awaiting
-    task does meanwhile."""
+    """An SQLite trace callback that holds the first COMMIT of a credit (a transaction that
+    inserted transfers) on aiosqlite's thread until ``release``: the statement is running,
+    so the transaction commits whatever the awaiting task does meanwhile. Other commits
+    (housekeeping's first prune races the monitor's first poll) pass."""
 
     def __init__(self) -> None:
         self.reached = threading.Event()
         self.release = threading.Event()
+        self._crediting = False
 
     def __call__(self, sql: str) -> None:
-        if sql.strip().upper() == "COMMIT" and not self.reached.is_set():
+        if sql.lstrip().upper().startswith("INSERT INTO TRANSFERS"):
+            self._crediting = True
+        if sql.strip().upper() == "COMMIT" and self._crediting and not self.reached.is_set():
             self.reached.set()
             self.release.wait(DEADLINE)
 

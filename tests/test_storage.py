@@ -1,5 +1,9 @@
 """Storage on real SQLite files: schema and version, pragmas, constraints, crediting, claims,
-revocation, persistence across a restart, backup and recovery of the one write path."""
+revocation, persistence across a restart, backup and recovery of the one write path.
+
+The storage contract (crediting, claiming, revocation, restart, prefixes) runs on both
+backends; the tests about the SQLite file itself are ``sqlite_only``, and PostgreSQL's
+own (schema versions, locks, error mapping) are in tests/test_storage_postgres.py."""
 
 from __future__ import annotations
 
@@ -14,13 +18,15 @@ import pytest
 
 import anonticket.storage.schema as schema_module
 from anonticket.domain import PaymentId, derive_service_token, key_prefix
-from anonticket.storage import SCHEMA_VERSION, Storage, database_path
-from conftest import transfer
+from anonticket.storage import SCHEMA_VERSION, Storage, database_path, open_storage
+from conftest import INTEGRITY_ERRORS, transfer
+
+BOTH_BACKENDS = True
 
 NOW = 1_700_000_000
 MIN = 1000
 TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log", "debits",
-          "idempotency_keys"}
+          "idempotency_keys", "webhook_events", "webhook_state"}
 V2_TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
 
 
@@ -188,6 +194,7 @@ async def test_connection_pragmas(tmp_path: Path, synchronous: str, code: int) -
         await store.close()
 
 
+@pytest.mark.sqlite_only
 async def test_foreign_keys_are_enforced_on_the_writer(storage: Storage) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         async with storage._transaction() as db:
@@ -225,6 +232,7 @@ _TOKEN_ROW = ("INSERT INTO service_tokens (token, pid, amount, issued_at, revoke
 CHECK, TYPE, FK = "CHECK constraint failed", "cannot store", "FOREIGN KEY constraint failed"
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(("sql", "params", "why"), [
     (_PAYMENT, (b"\x06" * 31, _TXID, 5, 1, 0, 1, None), CHECK),  # 31-byte pid
     (_PAYMENT, (_NEW, b"\x02" * 33, 5, 1, 0, 1, None), CHECK),  # 33-byte txid
@@ -263,7 +271,7 @@ async def test_constraints_reject_bad_rows(
 
 async def test_a_bad_transfer_rolls_back_the_whole_batch(storage: Storage) -> None:
     pid = PaymentId.generate()
-    with pytest.raises(sqlite3.IntegrityError):  # a bug, not an outage: not a 503
+    with pytest.raises(INTEGRITY_ERRORS):  # a bug, not an outage: not a 503
         await storage.credit_transfers([transfer(pid, 5000), transfer(pid, 0)], 50, NOW)
     assert await storage.get_cursor() is None
     assert await storage.claim_payments([pid.raw], MIN, NOW) == {}
@@ -370,16 +378,15 @@ async def test_claim_below_minimum_claims_nothing(storage: Storage) -> None:
     assert (row.status, row.amount, row.claimed_now) == (1, MIN, True)
 
 
-async def test_restart_keeps_claims_amounts_and_cursor(tmp_path: Path) -> None:
-    path = tmp_path / "anonticket.db"
+async def test_restart_keeps_claims_amounts_and_cursor(database_url: str) -> None:
     claimed, unclaimed = PaymentId.generate(), PaymentId.generate()
-    store = await Storage.open(path)
+    store = await open_storage(database_url)
     await store.credit_transfers([transfer(claimed, 5000), transfer(unclaimed, 10)], 77, NOW)
     token = (await store.claim_payments([claimed.raw], MIN, NOW))[claimed.raw].token
     await store.credit_transfers([transfer(claimed, 250, height=150)], 88, NOW)
     await store.close()
 
-    store = await Storage.open(path)
+    store = await open_storage(database_url)
     try:
         assert await store.get_cursor() == 88
         rows = await store.claim_payments([claimed.raw, unclaimed.raw], MIN, NOW + 60)
@@ -425,6 +432,7 @@ async def test_revoking_an_unknown_token_changes_nothing(storage: Storage) -> No
     assert await storage.list_audit(b"\x07" * 32) == []
 
 
+@pytest.mark.sqlite_only
 # ---------------------------------------------------------------------- maintenance
 async def test_integrity_check(storage: Storage) -> None:
     await _claimed_token(storage)
@@ -441,6 +449,7 @@ async def _assert_backup(dest: Path, present: PaymentId, absent: PaymentId) -> N
         await copy.close()
 
 
+@pytest.mark.sqlite_only
 async def test_backup_while_another_process_writes(storage: Storage, tmp_path: Path) -> None:
     committed, uncommitted = PaymentId.generate(), PaymentId.generate()
     await storage.credit_transfers([transfer(committed, 5000)], 9, NOW)
@@ -452,6 +461,7 @@ async def test_backup_while_another_process_writes(storage: Storage, tmp_path: P
     await _assert_backup(tmp_path / "copy.db", committed, uncommitted)
 
 
+@pytest.mark.sqlite_only
 async def test_backup_during_our_own_open_transaction(storage: Storage, tmp_path: Path) -> None:
     """A backup copies committed data only, even while this process is mid-transaction."""
     committed, rolled_back = PaymentId.generate(), PaymentId.generate()
@@ -479,6 +489,7 @@ async def test_prefixes_load_sorted(storage: Storage) -> None:
     assert list(await storage.load_token_prefixes()) == sorted(key_prefix(t) for t in tokens)
 
 
+@pytest.mark.sqlite_only
 # ---------------------------------------------------------------------- recovery of the write path
 async def test_failed_commit_leaves_the_writer_usable(storage: Storage) -> None:
     # a token whose payment does not exist passes its INSERT (keys deferred for this

@@ -8,6 +8,7 @@ lookup, so a wrong guess learns nothing, not even whether a token exists.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,10 +29,15 @@ from anonticket.api.public import (
 )
 from anonticket.api.balance import add_debit_route, add_topup_route
 from anonticket.api.gateway import CHECK_PATH, add_check_route
-from anonticket.domain import ServiceToken
-from anonticket.errors import InvalidRequest, Unauthorized
+from anonticket.api.webhooks import add_webhook_routes
+from anonticket.domain import ServiceToken, token_id
+from anonticket.errors import InvalidRequest, MonitorDisabled, Unauthorized
+
+log = logging.getLogger("anonticket.admin")
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi.yaml"
+# far above any chain; keeps the height a plain SQLite integer
+_MAX_HEIGHT = 2**62
 _OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
 # routes that check a credential of their own: on the gateway check, Authorization is the
 # customer's bearer token, never compared with the admin one (api/gateway.py)
@@ -74,6 +80,7 @@ async def inspect_token(request: web.Request) -> web.Response:
     audit = await storage.list_audit(record.token)
     debits = await storage.list_debits(record.token)
     view = token_view(record)
+    view["token_id"] = token_id(record.token)  # what webhooks name this token by
     view["revoke_reason"] = record.revoke_reason
     view["credited"] = record.amount
     view["spent"] = record.spent
@@ -103,8 +110,27 @@ async def revoke(request: web.Request) -> web.Response:
     record = await state.ledger.revoke(token, reason, score)
     state.metrics.revocations.inc()
     view = token_view(record)
+    view["token_id"] = token_id(record.token)
     view["revoke_reason"] = record.revoke_reason
     return json_body(view)
+
+
+async def rescan(request: web.Request) -> web.Response:
+    """Ask the monitor to re-read the wallet from ``from_height`` (a wallet restored with too
+    high a restore height, then rescanned). Only recorded here: the monitor lowers its
+    cursor before its next poll, so nothing races the poll that may be running now."""
+    state = request.app[STATE]
+    body = await read_json_object(request)
+    height = body.get("from_height")
+    if type(height) is not int or not 0 <= height <= _MAX_HEIGHT:
+        raise InvalidRequest("from_height must be a block height, an integer from 0 to 2^62")
+    if not state.monitor.enabled:
+        raise MonitorDisabled()
+    scheduled = state.monitor.request_rescan(height)
+    log.info("rescan from height %d requested; the monitor applies it before its next poll",
+             scheduled)
+    return json_body({"status": "scheduled", "from_height": scheduled,
+                      "scanned_height": state.monitor.scanned_height}, status=202)
 
 
 async def ready_details(request: web.Request) -> web.Response:
@@ -123,6 +149,7 @@ async def ready_details(request: web.Request) -> web.Response:
             "scanned_height": monitor.scanned_height,
             "seconds_since_success": age,
             "last_error": monitor.last_error,
+            "rescan_from_height": monitor.rescan_from,
         },
     }
     return json_body(body, status=200 if problem is None else 503)
@@ -133,6 +160,7 @@ async def stats(request: web.Request) -> web.Response:
     counts = await state.ledger.storage.get_stats()
     counts["wallet_height"] = state.monitor.wallet_height
     counts["pending_pids"] = len(state.ledger.pending_view)
+    counts["rescan_from_height"] = state.monitor.rescan_from
     return json_body(counts)
 
 
@@ -148,7 +176,9 @@ def add_internal_routes(app: web.Application) -> None:
     add_debit_route(app)
     add_check_route(app)
     app.router.add_get("/api/v1/stats", stats, allow_head=False)
+    app.router.add_post("/api/v1/monitor/rescan", rescan)
     app.router.add_get("/health/live", live, allow_head=False)
     app.router.add_get("/health/ready", ready_details, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/docs/openapi.yaml", openapi, allow_head=False)
+    add_webhook_routes(app)

@@ -208,3 +208,161 @@ def serve_pages_under(app: web.Application, prefix: str) -> None:
         prefixes = app[PAGE_PREFIXES] = []
         app.middlewares.append(_page_middleware)
     prefixes.append(prefix)
+
+
+# ---------------------------------------------------------------------- checkout
+# Texts are finished by the handlers (amounts formatted, counts counted); these only
+# place and escape them.
+_OFFER = """<label class="choice"><input type="radio" name="offer" value="{key}"{checked}> {label}</label>"""
+
+_SHOP = """<p>Pay with Monero, get an access token. No account, no e-mail, nothing about you is
+kept: the payment ID you get on the next page is your receipt.</p>
+<form method="post" action="/pay">
+<fieldset>
+<legend>What would you like to buy?</legend>
+{offers}
+</fieldset>
+<button type="submit">Create payment</button>
+</form>
+<h2>Already paid?</h2>
+<form method="post" action="/pay/status">
+<label for="check-pid">Payment ID, or the integrated address you paid</label>
+<input id="check-pid" class="entry" type="text" name="pid" required maxlength="120"
+ autocomplete="off" autocapitalize="none" spellcheck="false">
+<button type="submit">Check payment</button>
+</form>"""
+
+_RECEIPT_WARNING = """<p class="note warn"><strong>This is your receipt. Keep it secret.</strong>
+The payment ID and the address below are the only proof that you paid: whoever has either
+of them can claim the access. Write the payment ID down (or keep this window open) before
+you pay; this page is not stored anywhere and cannot be shown again.</p>"""
+
+_PAY_TO = """<div class="qr"><img src="{qr}" width="{qr_size}" height="{qr_size}"
+ alt="QR code of the payment: scan it with a Monero wallet"></div>
+<p><a class="button" href="{uri}">Open in my wallet</a></p>
+<p class="muted">If the button does nothing (Tor Browser opens no wallet), copy the
+address and the amount into your wallet instead.</p>
+<label for="address">Address to pay (contains your payment ID)</label>
+<textarea id="address" class="copy" rows="4" readonly spellcheck="false">{address}</textarea>
+<label for="amount">Amount (XMR)</label>
+<input id="amount" class="copy" type="text" readonly value="{amount}">"""
+
+_PAYMENT = """{warning}
+<label for="pid">Payment ID (your receipt)</label>
+<input id="pid" class="copy" type="text" readonly value="{pid}">
+<h2>Pay</h2>
+{pay_to}
+<h2>Then</h2>
+<ol>
+<li>Send exactly the amount to the address above, from any Monero wallet.</li>
+<li>Wait for {confirmations} confirmations, about {minutes} minutes.</li>
+<li>Check the payment and get your access token:</li>
+</ol>
+{check}"""
+
+_CHECK = """<form method="post" action="/pay/status">
+<input type="hidden" name="pid" value="{pid}">
+<button type="submit">{label}</button>
+</form>"""
+
+_REDEEM = """<form method="post" action="/pay/redeem">
+<input type="hidden" name="pid" value="{pid}">
+<button type="submit">{label}</button>
+</form>"""
+
+_UNSEEN = """<p>No payment with this payment ID has reached the operator's wallet yet.</p>
+<p>A payment shows here within a minute or two of being sent. If you paid a while ago,
+check that you sent it to the address with this payment ID (a plain address carries none).</p>
+{check}"""
+
+_PENDING = """<p class="note ok">Your payment has been seen. It is safe now; it only needs
+confirmations.</p>
+<label for="progress">{confirmations} of {required} confirmations</label>
+<progress id="progress" max="{required}" value="{confirmations}">{confirmations} of {required}</progress>
+<p>{remaining}</p>
+{check}"""
+
+_UNDERPAID = """<p class="note warn">Received {balance} XMR, but the minimum is {minimum} XMR:
+<strong>{missing} XMR missing</strong>. Pay the rest to the same address; payments with the
+same payment ID add up.</p>
+{pay_to}
+{check}"""
+
+_CONFIRMED = """<p class="note ok">Your payment of {balance} XMR is confirmed.</p>
+{redeem}"""
+
+_REDEEMED = """<p>This payment was already exchanged for an access token. You can show the
+same token again; payments made later with this payment ID top it up.</p>
+{redeem}"""
+
+_TOKEN = """<p class="note warn"><strong>This token is your access. Keep it secret.</strong>
+Whoever has it can use it. Store it now (a password manager is a good place): this page is
+not stored anywhere.</p>
+<label for="token">Access token</label>
+<textarea id="token" class="copy" rows="2" readonly spellcheck="false">{token}</textarea>
+<p>Paid: {balance} XMR.</p>
+<h2>What to do with it</h2>
+<p>Give the token to the service you bought access to, where it asks for one. Payments
+made later with the same payment ID top this token up. Your payment ID shows this token
+again at any time.</p>
+{login}"""
+
+_BAD_PID = """<p>That is not a payment ID. A payment ID is 16 characters, 0-9 and a-f, as
+shown on the payment page (an integrated address of this shop works too).</p>
+<p><a href="/pay">Try again</a></p>"""
+
+
+def shop_body(offers: list[tuple[str, str]]) -> Markup:
+    """``offers``: (key, label) pairs; the first is preselected."""
+    items = [render(_OFFER, key=key, label=label, checked=Markup(" checked" if i == 0 else ""))
+             for i, (key, label) in enumerate(offers)]
+    return render(_SHOP, offers=join(items))
+
+
+def pay_to_body(*, qr: str, qr_size: int, uri: str, address: str, amount: str) -> Markup:
+    return render(_PAY_TO, qr=qr, qr_size=qr_size, uri=uri, address=address, amount=amount)
+
+
+def check_form(pid: str, label: str = "Check the payment") -> Markup:
+    return render(_CHECK, pid=pid, label=label)
+
+
+def redeem_form(pid: str, label: str) -> Markup:
+    return render(_REDEEM, pid=pid, label=label)
+
+
+def payment_body(*, pay_to: Markup, pid: str, confirmations: int, minutes: int) -> Markup:
+    return render(_PAYMENT, warning=Markup(_RECEIPT_WARNING), pay_to=pay_to, pid=pid,
+                  confirmations=confirmations, minutes=minutes,
+                  check=check_form(pid, "I have paid: check the payment"))
+
+
+def unseen_body(pid: str) -> Markup:
+    return render(_UNSEEN, check=check_form(pid, "Check again"))
+
+
+def pending_body(pid: str, *, confirmations: int, required: int, remaining: str) -> Markup:
+    return render(_PENDING, confirmations=confirmations, required=required, remaining=remaining,
+                  check=check_form(pid, "Check again"))
+
+
+def underpaid_body(pid: str, *, balance: str, minimum: str, missing: str,
+                   pay_to: Markup | None) -> Markup:
+    return render(_UNDERPAID, balance=balance, minimum=minimum, missing=missing,
+                  pay_to=pay_to or Markup(""), check=check_form(pid, "Check again"))
+
+
+def confirmed_body(pid: str, *, balance: str) -> Markup:
+    return render(_CONFIRMED, balance=balance, redeem=redeem_form(pid, "Get my access"))
+
+
+def redeemed_body(pid: str) -> Markup:
+    return render(_REDEEMED, redeem=redeem_form(pid, "Show my token again"))
+
+
+def token_body(*, token: str, balance: str, login: Markup | None) -> Markup:
+    return render(_TOKEN, token=token, balance=balance, login=login or Markup(""))
+
+
+def bad_pid_body() -> Markup:
+    return Markup(_BAD_PID)

@@ -321,7 +321,11 @@ def add_token_routes(app: web.Application, handler: Any) -> None:
 
 
 def add_public_routes(app: web.Application) -> None:
+    # imported here: the checkout reads bodies with this module's read_body
+    from anonticket.api.checkout import add_checkout_routes
+
     app.router.add_post("/api/v1/redeem", redeem)
     add_token_routes(app, introspect)
     app.router.add_get("/health/live", live, allow_head=False)
     app.router.add_get("/health/ready", ready, allow_head=False)
+    add_checkout_routes(app)

@@ -1,14 +1,18 @@
 """The only package with SQL: one interface the ledger talks to, split by what each part owns.
 
 ``core`` (connections, the one write path), ``schema`` (versions), ``payments`` (credits,
-claims, top-ups), ``tokens`` (introspection, revocation, debits), ``maintenance`` (counts,
-backup, invariants). ``Storage`` is all of them on one writer and one reader connection.
+claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
+``outbox`` (webhook events, written inside the others' transactions), ``maintenance``
+(counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
+connection; ``postgres/`` is the same interface on PostgreSQL (the outbox excepted, for now),
+each dialect's SQL written by hand. ``open_storage`` picks one from ``DATABASE_URL``.
 """
 
 from __future__ import annotations
 
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS, database_path, unix_now
 from anonticket.storage.maintenance import MaintenanceStore
+from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
 from anonticket.storage.payments import PaymentStore, seconds_bought
 from anonticket.storage.rows import (
     ClaimRow,
@@ -22,12 +26,34 @@ from anonticket.storage.schema import SCHEMA_VERSION
 from anonticket.storage.tokens import TokenStore
 
 
-class Storage(PaymentStore, TokenStore, MaintenanceStore):
+class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
+def is_postgres_url(url: str) -> bool:
+    """``postgresql://…`` (or ``postgres://…``) selects PostgreSQL; anything else is SQLite."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+async def open_storage(
+    url: str, *, synchronous: str = "NORMAL", busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    apply_schema: bool = True,
+) -> Storage:
+    """The storage ``DATABASE_URL`` names, open and (unless ``apply_schema=False``) with its
+    schema up to date. The PostgreSQL one is typed as ``Storage`` because it has the same
+    methods (tests/test_storage_postgres.py), not because it inherits them."""
+    if is_postgres_url(url):
+        # imported here: an SQLite deployment never needs asyncpg installed
+        from anonticket.storage.postgres import PostgresStorage
+
+        return await PostgresStorage.open(  # type: ignore[return-value]
+            url, busy_timeout_ms=busy_timeout_ms, apply_schema=apply_schema)
+    return await Storage.open(database_path(url), synchronous=synchronous,
+                              busy_timeout_ms=busy_timeout_ms, apply_schema=apply_schema)
+
+
 __all__ = [
-    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "ClaimRow", "CreditResult", "DebitOutcome",
-    "DebitRequest", "Storage", "TokenRow", "TopupOutcome", "database_path", "seconds_bought",
-    "unix_now",
+    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
+    "DebitOutcome", "DebitRequest", "OutboxEvent", "Storage", "TokenRow", "TopupOutcome",
+    "database_path", "is_postgres_url", "open_storage", "seconds_bought", "unix_now",
 ]

@@ -22,13 +22,16 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from operator import itemgetter
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiosqlite
 
 from anonticket.errors import StorageUnavailable
 from anonticket.storage.schema import apply_schema
 from anonticket.wal_checkpoint import BackgroundCheckpointer
+
+if TYPE_CHECKING:
+    from anonticket.storage.outbox import Outbox
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # SQLite's default limit on bound parameters is 32766; stay well below it per statement.
@@ -95,6 +98,8 @@ class StorageCore:
         self._path = path
         self._write_lock = asyncio.Lock()
         self.checkpointer = BackgroundCheckpointer(path, busy_timeout_ms)
+        # webhook events are written only while this is set (OutboxStore.enable_outbox)
+        self.outbox: Outbox | None = None
 
     @classmethod
     async def open(
@@ -160,6 +165,8 @@ class StorageCore:
                 await self._writer.execute("COMMIT")
             except BaseException:
                 await self._rollback()
+                if self.outbox is not None:
+                    self.outbox.rolled_back()
                 raise
             finally:
                 if checkpoint_later:
@@ -167,6 +174,8 @@ class StorageCore:
                         f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         if checkpoint_later:
             self.checkpointer.request()
+        if self.outbox is not None:
+            self.outbox.committed()  # wakes the webhook sender if events were written
 
     async def _rollback(self) -> None:
         """Roll back whatever is open, after every statement already queued on the writer.

@@ -95,3 +95,6 @@ class MaintenanceStore(StorageCore):
         rows = await self._read("PRAGMA integrity_check")
         version = await self._read("PRAGMA user_version")
         return [r[0] for r in rows], version[0][0]
+
+    async def schema_version(self) -> int:
+        return (await self._read("PRAGMA user_version"))[0][0]

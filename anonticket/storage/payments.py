@@ -16,6 +16,7 @@ import aiosqlite
 
 from anonticket.domain import PaymentId, Transfer, derive_service_token
 from anonticket.storage.core import StorageCore, chunks, marks
+from anonticket.storage.outbox import Event, issued_event, topped_up_event
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
 
 SECONDS_PER_DAY = 86400
@@ -56,13 +57,14 @@ class PaymentStore(StorageCore):
                         RETURNING pid, txid, amount, seconds""",
                     (now, min_amount, *chunk),
                 )
-                tokens, links = [], []
+                tokens, links, records = [], [], []
                 for pid, txid, amount, seconds in claimed:
                     token = derive_service_token(PaymentId(pid), txid.hex()).raw
                     expires_at = None if seconds is None else now + seconds
                     tokens.append((token, pid, amount, now, expires_at))
                     links.append((token, pid))
                     record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                    records.append(record)
                     result[pid] = ClaimRow(1, amount, token, claimed_now=True, record=record)
                 if tokens:
                     await db.executemany(
@@ -71,6 +73,8 @@ class PaymentStore(StorageCore):
                         tokens,
                     )
                     await db.executemany("UPDATE payments SET token = ? WHERE pid = ?", links)
+                    if self.outbox is not None:
+                        await self.outbox.add(db, map(issued_event, records), now)
             rest = [pid for pid in pids if pid not in result]
             for chunk in chunks(rest):
                 rows = await db.execute_fetchall(
@@ -128,10 +132,14 @@ class PaymentStore(StorageCore):
                 "UPDATE payments SET status = 1, claimed_at = ?, token = ? WHERE pid = ?",
                 (now, token, pid))
             updated = await db.execute_fetchall(
-                f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY}
+                f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY},
+                           expired_notified = 0
                     WHERE token = ?4 RETURNING {TOKEN_COLUMNS}""",
                 (seconds, now, amount, token))
-        return TopupOutcome("topped_up", amount, TokenRow(*updated[0]))
+            topped = TokenRow(*updated[0])
+            if self.outbox is not None:
+                await self.outbox.add(db, [topped_up_event(topped, amount)], now)
+        return TopupOutcome("topped_up", amount, topped)
 
     # ------------------------------------------------------------------ monitor
     async def credit_transfers(
@@ -180,7 +188,9 @@ class PaymentStore(StorageCore):
                                       ELSE seconds + excluded.seconds END""",
                 payments,
             )
-            topped_up = await _top_up_claimed(db, per_pid, now)
+            topped_up, added = await _top_up_claimed(db, per_pid, now)
+            if added and self.outbox is not None:  # nothing per row unless a token grew
+                await self.outbox.add(db, _topped_up_events(topped_up, added), now)
             if scanned_height is not None:
                 await db.execute(
                     "UPDATE monitor_state SET scanned_height = ? WHERE id = 1", (scanned_height,)
@@ -197,8 +207,9 @@ class PaymentStore(StorageCore):
 
 async def _top_up_claimed(
     db: aiosqlite.Connection, per_pid: dict[bytes, list[Any]], now: int
-) -> dict[bytes, TokenRow]:
-    """Move new credit of claimed PIDs onto their tokens (several PIDs may share one)."""
+) -> tuple[dict[bytes, TokenRow], dict[bytes, int]]:
+    """Move new credit of claimed PIDs onto their tokens (several PIDs may share one);
+    returns each token's row afterwards and the piconero it gained."""
     owners: list[tuple[bytes, bytes]] = []
     for chunk in chunks(list(per_pid)):
         owners += await db.execute_fetchall(
@@ -216,12 +227,17 @@ async def _top_up_claimed(
     for token in sorted(deltas):
         amount, bought = deltas[token]
         rows = await db.execute_fetchall(
-            f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY}
+            f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY},
+                       expired_notified = 0
                 WHERE token = ?4 RETURNING {TOKEN_COLUMNS}""",
             (bought, now, amount, token),
         )
         topped_up[token] = TokenRow(*rows[0])
-    return topped_up
+    return topped_up, {token: delta[0] for token, delta in deltas.items()}
+
+
+def _topped_up_events(rows: dict[bytes, TokenRow], added: dict[bytes, int]) -> list[Event]:
+    return [topped_up_event(rows[token], added[token]) for token in sorted(added)]
 
 
 async def _insert_fresh_transfers(

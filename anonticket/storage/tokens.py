@@ -1,26 +1,31 @@
 """Tokens: introspection, revocation with its audit trail, and debits.
 
 Debits of concurrent requests arrive in batches (``Ledger``'s batcher) and each batch is
-one transaction: the tokens and keys it touches are read once, every debit is decided in
-order in Python against the balance as the earlier ones left it, and the results are
-written in a few statements. Inside ``BEGIN IMMEDIATE`` nothing else writes, so what was
+one transaction: the tokens and keys it touches are read in one statement, every debit
+is decided in order in Python (``_plan``) against the balance as the earlier ones left
+it, and the results are written in three statements. Inside ``BEGIN IMMEDIATE`` nothing else writes, so what was
 read stays true until COMMIT; the CHECK on ``spent <= amount`` is the last guard.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from array import array
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiosqlite
 
-from anonticket.storage.core import StorageCore, chunks, marks
+from anonticket.storage.core import StorageCore, chunks
+from anonticket.storage.outbox import expired_event, revoked_event
 from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
 
 _RECENT_DEBITS = 20
+# tokens marked per expiry-sweep transaction: a burst of expiries never holds the write
+# lock for long; the sweep repeats until none is left
+EXPIRY_SWEEP_BATCH = 1000
 
 
 class TokenStore(StorageCore):
@@ -32,8 +37,15 @@ class TokenStore(StorageCore):
     async def revoke_token(
         self, token: bytes, reason: str | None, abuse_score: int | None, now: int
     ) -> TokenRow | None:
-        """Revoke idempotently: the first revocation's time and reason stay; every call is audited."""
+        """Revoke idempotently: the first revocation's time and reason stay; every call is
+        audited. Only the first one changes the token's state, so only it writes a
+        ``token.revoked`` event; a later raised abuse score shows in introspection."""
         async with self._transaction() as db:
+            first = False
+            if self.outbox is not None:
+                before = await db.execute_fetchall(
+                    "SELECT revoked_at FROM service_tokens WHERE token = ?", (token,))
+                first = bool(before) and before[0][0] is None
             rows = await db.execute_fetchall(
                 f"""UPDATE service_tokens SET
                        revoke_reason = CASE WHEN revoked_at IS NULL THEN ?1 ELSE revoke_reason END,
@@ -51,7 +63,35 @@ class TokenStore(StorageCore):
                    VALUES (?, 'revoke', ?, ?, ?)""",
                 (now, token, reason, abuse_score),
             )
-        return TokenRow(*rows[0])
+            record = TokenRow(*rows[0])
+            if first and self.outbox is not None:
+                await self.outbox.add(db, [revoked_event(record)], now)
+        return record
+
+    async def notice_expired_tokens(self, now: int) -> int:
+        """Mark up to ``EXPIRY_SWEEP_BATCH`` tokens whose time ran out by ``now`` as noticed,
+        with a ``token.expired`` event each (none for a revoked one: revoked wins), in one
+        transaction; returns how many were marked. A probe on the reader first: the sweep
+        runs every few seconds and must not take the write lock for nothing."""
+        probe = await self._read(
+            """SELECT 1 FROM service_tokens
+               WHERE expired_notified = 0 AND expires_at IS NOT NULL AND expires_at <= ? LIMIT 1""",
+            (now,))
+        if not probe:
+            return 0
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                """UPDATE service_tokens SET expired_notified = 1
+                   WHERE token IN (SELECT token FROM service_tokens
+                                   WHERE expired_notified = 0 AND expires_at IS NOT NULL
+                                     AND expires_at <= ? LIMIT ?)
+                   RETURNING token, expires_at, revoked_at""",
+                (now, EXPIRY_SWEEP_BATCH))
+            if self.outbox is not None:
+                await self.outbox.add(db, [expired_event(token, expires_at)
+                                           for token, expires_at, revoked_at in sorted(rows)
+                                           if revoked_at is None], now)
+        return len(rows)
 
     async def list_audit(self, token: bytes) -> list[dict[str, object]]:
         rows = await self._read(
@@ -78,6 +118,15 @@ class TokenStore(StorageCore):
         )
 
     # ------------------------------------------------------------------ debits
+    # The fast path: the batch's read, decision and writes as ONE call on the writer's
+    # thread, so a batch costs three round trips (BEGIN, this, COMMIT) instead of six.
+    # Each round trip costs ~80 µs of CPU on the benchmark machine (a thread switch
+    # each way, then a wake-up of the event loop): the fast path took the server's median
+    # CPU per debit from 201 to 177 µs (docs/benchmarks.md).
+    # False takes the general path, statement by statement through aiosqlite's public
+    # API; tests/test_debit_queries.py proves the two agree.
+    debits_in_one_call = True
+
     async def apply_debits(self, requests: Sequence[DebitRequest], now: int) -> list[DebitOutcome]:
         """Decide and apply a batch of debits in one transaction, in the order given.
 
@@ -85,52 +134,24 @@ class TokenStore(StorageCore):
         request again replays it, another one is a 422 conflict. Refusals are stored and
         replayed too; an unknown token is not (it has no scope to keep a key in).
         """
+        scopes = _scopes(requests)
         async with self._transaction() as db:
-            records = await _fetch_tokens(db, {r.token for r in requests})
-            answers = await _fetch_keys(db, [(r.token, r.key) for r in requests if r.key])
-            (last_id,) = (await db.execute_fetchall("SELECT coalesce(max(id), 0) FROM debits"))[0]
-            outcomes: list[DebitOutcome] = []
-            debit_rows: list[tuple[Any, ...]] = []
-            key_rows: list[tuple[Any, ...]] = []
-            for request in requests:
-                scope = (request.token, request.key)
-                if request.key is not None and scope in answers:
-                    digest, status, body = answers[scope]
-                    if digest != request.request_digest:
-                        outcomes.append(DebitOutcome(422, {"error": "idempotency_key_reused"}))
-                    else:
-                        outcomes.append(DebitOutcome(status, body, replayed=True))
-                    continue
-                record = records.get(request.token)
-                if record is None:
-                    outcomes.append(DebitOutcome(404, {"error": "token_not_found"}))
-                    continue
-                status, body = _decide(record, request.amount, now)
-                if status == 200:
-                    last_id += 1
-                    record = replace(record, spent=record.spent + request.amount)
-                    records[request.token] = record
-                    debit_rows.append((last_id, request.token, request.amount, request.memo, now))
-                    body = {"debit_id": last_id, "amount": request.amount,
-                            "remaining": record.remaining, "expires_at": record.expires_at}
-                if request.key is not None:
-                    answers[scope] = (request.request_digest, status, body)
-                    key_rows.append((request.token, request.key, request.request_digest,
-                                     status, json.dumps(body), now))
-                outcomes.append(DebitOutcome(status, body, record=record))
-            if debit_rows:
-                await db.executemany(
-                    "INSERT INTO debits (id, token, amount, memo, at) VALUES (?, ?, ?, ?, ?)",
-                    debit_rows)
-                spent = {row[1]: records[row[1]].spent for row in debit_rows}
-                await db.executemany("UPDATE service_tokens SET spent = ? WHERE token = ?",
-                                     [(value, token) for token, value in sorted(spent.items())])
-            if key_rows:
-                await db.executemany(
-                    """INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
-                       VALUES (?, ?, ?, ?, ?, ?)""",
-                    key_rows)
-        return outcomes
+            if self.debits_in_one_call:
+                # aiosqlite has no public "run this on the connection's thread"; _execute
+                # is what each of its public methods calls, and _conn its sqlite3
+                # connection, used here only on that thread, inside our transaction
+                return await db._execute(_apply_sync, db._conn, requests, scopes, now)
+            records, answers, last_id = {}, {}, 0
+            for chunk in chunks(scopes):
+                rows = await db.execute_fetchall(batch_read_sql(len(chunk)), _flat(chunk))
+                last_id = _collect(rows, records, answers)
+            plan = _plan(requests, records, answers, last_id, now)
+            if plan.debit_rows:
+                await db.executemany(_INSERT_DEBITS, plan.debit_rows)
+                await db.executemany(_UPDATE_SPENT, plan.spent_rows)
+            if plan.key_rows:
+                await db.executemany(_INSERT_KEYS, plan.key_rows)
+        return plan.outcomes
 
     async def prune_idempotency_keys(self, older_than: int) -> int:
         """Forget answers stored before ``older_than``; returns how many."""
@@ -152,28 +173,116 @@ def _decide(record: TokenRow, amount: int, now: int) -> tuple[int, dict[str, Any
     return 200, {}
 
 
-async def _fetch_tokens(db: aiosqlite.Connection, tokens: set[bytes]) -> dict[bytes, TokenRow]:
-    found: dict[bytes, TokenRow] = {}
-    ordered = sorted(tokens)
-    for chunk in chunks(ordered):
-        rows = await db.execute_fetchall(
-            f"SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token IN ({marks(len(chunk))})",
-            chunk)
-        found.update((row[0], TokenRow(*row)) for row in rows)
-    return found
+def batch_read_sql(count: int) -> str:
+    """Everything a batch of ``count`` (token, key) pairs is decided on, in ONE statement:
+    each pair's token row (NULLs if unknown), its stored answer (NULLs if none) and the
+    last debit id. Each aiosqlite call is a round trip to its thread, ~80 µs of CPU here
+    (docs/benchmarks.md); three reads cost three.
+
+    Both joins are primary-key probes driven by the VALUES list (a LEFT JOIN keeps it the
+    outer loop). Not ``WHERE (token, key) IN (VALUES …)``: SQLite (3.40) plans that
+    row-value IN as a scan of every key kept, 10 ms a batch with 45k keys stored.
+    """
+    pairs = ",".join(["(?, ?)"] * count)
+    return f"""WITH wanted (token, key) AS (VALUES {pairs})
+               SELECT w.token, w.key, k.request, k.status, k.body,
+                      (SELECT coalesce(max(id), 0) FROM debits), {_prefixed_tokens}
+               FROM wanted AS w
+               LEFT JOIN service_tokens AS t ON t.token = w.token
+               LEFT JOIN idempotency_keys AS k ON k.token = w.token AND k.key = w.key"""
 
 
-async def _fetch_keys(
-    db: aiosqlite.Connection, scopes: list[tuple[bytes, str | None]]
-) -> dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]:
-    found: dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]] = {}
-    for chunk in chunks(sorted(set(scopes))):
-        pairs = ",".join(["(?, ?)"] * len(chunk))
-        flat = [value for scope in chunk for value in scope]
-        rows = await db.execute_fetchall(
-            f"""SELECT token, key, request, status, body FROM idempotency_keys
-                WHERE (token, key) IN (VALUES {pairs})""",
-            flat)
-        for token, key, digest, status, body in rows:
-            found[(token, key)] = (digest, status, json.loads(body))
-    return found
+_prefixed_tokens = ", ".join(f"t.{column.strip()}" for column in TOKEN_COLUMNS.split(","))
+
+
+_INSERT_DEBITS = "INSERT INTO debits (id, token, amount, memo, at) VALUES (?, ?, ?, ?, ?)"
+_UPDATE_SPENT = "UPDATE service_tokens SET spent = ? WHERE token = ?"
+_INSERT_KEYS = """INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
+                  VALUES (?, ?, ?, ?, ?, ?)"""
+
+Answers = dict[tuple[bytes, str], tuple[bytes, int, dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A batch decided: the answers in request order and the rows that make them true."""
+
+    outcomes: list[DebitOutcome]
+    debit_rows: list[tuple[Any, ...]]
+    spent_rows: list[tuple[int, bytes]]
+    key_rows: list[tuple[Any, ...]]
+
+
+def _scopes(requests: Sequence[DebitRequest]) -> list[tuple[bytes, str | None]]:
+    # a request without a key still needs its token; (token, NULL) matches no stored key
+    return sorted({(r.token, r.key) for r in requests}, key=lambda s: (s[0], s[1] or ""))
+
+
+def _flat(chunk: Sequence[tuple[bytes, str | None]]) -> list[object]:
+    return [value for scope in chunk for value in scope]
+
+
+def _collect(rows: Iterable[Sequence[Any]], records: dict[bytes, TokenRow],
+             answers: Answers) -> int:
+    """File the rows of ``batch_read_sql``; returns the last debit id."""
+    last_id = 0
+    for token, key, digest, status, body, last_id, *columns in rows:
+        if columns[0] is not None:
+            records[token] = TokenRow(*columns)
+        if digest is not None:
+            answers[(token, key)] = (digest, status, json.loads(body))
+    return last_id
+
+
+def _plan(requests: Sequence[DebitRequest], records: dict[bytes, TokenRow], answers: Answers,
+          last_id: int, now: int) -> _Plan:
+    """Decide every request in order, against the balance the earlier ones left."""
+    plan = _Plan([], [], [], [])
+    outcomes, debit_rows, key_rows = plan.outcomes, plan.debit_rows, plan.key_rows
+    for request in requests:
+        scope = (request.token, request.key)
+        if request.key is not None and scope in answers:
+            digest, status, body = answers[scope]  # type: ignore[index]
+            if digest != request.request_digest:
+                outcomes.append(DebitOutcome(422, {"error": "idempotency_key_reused"}))
+            else:
+                outcomes.append(DebitOutcome(status, body, replayed=True))
+            continue
+        record = records.get(request.token)
+        if record is None:
+            outcomes.append(DebitOutcome(404, {"error": "token_not_found"}))
+            continue
+        status, body = _decide(record, request.amount, now)
+        if status == 200:
+            last_id += 1
+            record = replace(record, spent=record.spent + request.amount)
+            records[request.token] = record
+            debit_rows.append((last_id, request.token, request.amount, request.memo, now))
+            body = {"debit_id": last_id, "amount": request.amount,
+                    "remaining": record.remaining, "expires_at": record.expires_at}
+        if request.key is not None:
+            answers[scope] = (request.request_digest, status, body)  # type: ignore[index]
+            key_rows.append((request.token, request.key, request.request_digest,
+                             status, json.dumps(body), now))
+        outcomes.append(DebitOutcome(status, body, record=record))
+    spent = {row[1]: records[row[1]].spent for row in debit_rows}
+    plan.spent_rows = [(value, token) for token, value in sorted(spent.items())]
+    return plan
+
+
+def _apply_sync(conn: sqlite3.Connection, requests: Sequence[DebitRequest],
+                scopes: list[tuple[bytes, str | None]], now: int) -> list[DebitOutcome]:
+    """The general path's statements, on the writer's thread in one call (fast path)."""
+    records: dict[bytes, TokenRow] = {}
+    answers: Answers = {}
+    last_id = 0
+    for chunk in chunks(scopes):
+        last_id = _collect(conn.execute(batch_read_sql(len(chunk)), _flat(chunk)).fetchall(),
+                           records, answers)
+    plan = _plan(requests, records, answers, last_id, now)
+    if plan.debit_rows:
+        conn.executemany(_INSERT_DEBITS, plan.debit_rows)
+        conn.executemany(_UPDATE_SPENT, plan.spent_rows)
+    if plan.key_rows:
+        conn.executemany(_INSERT_KEYS, plan.key_rows)
+    return plan.outcomes

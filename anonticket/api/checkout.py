@@ -1,0 +1,290 @@
+"""The checkout: buy access from a browser with no script, at ``/pay``.
+
+A PID, an integrated address and a token are bearer secrets, so none of them ever
+travels in a URL, a redirect, a cookie or a header: every step is a POST whose form
+body carries the PID, and every answer is the page itself (200), never a redirect to
+one. A GET on a POST-only route is sent back to ``/pay`` carrying nothing.
+
+``POST /pay`` stores nothing: the service first hears of the PID when the wallet
+reports a payment. ``/pay/status`` only reads (``Storage.get_claim`` and the pending
+view), so checking never claims; ``/pay/redeem`` claims through the very ledger call
+``/api/v1/redeem`` uses, counted in the same metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from anonticket.address import AddressError, decode_address
+from anonticket.amount import format_xmr
+from anonticket.api import pages
+from anonticket.api.pages import Markup
+from anonticket.api.public import STATE, read_body
+from anonticket.domain import PaymentId
+from anonticket.errors import InvalidPid, ServiceError, Underpaid, Unavailable
+from anonticket.ledger import Claimed, Ledger
+from anonticket.payment_request import PaymentRequest, new_payment_request, payment_request
+from anonticket.state import State
+
+# one block every two minutes on average (DIFFICULTY_TARGET_V2 = 120 s)
+MINUTES_PER_BLOCK = 2
+_MAX_FIELDS = 4
+_PID_FORM, _OFFER_FORM = frozenset({"pid"}), frozenset({"offer"})
+
+
+@dataclass(frozen=True, slots=True)
+class PricedOffer:
+    key: str
+    label: str
+    piconero: int | None  # None: any amount (no minimum declared)
+
+
+def priced_offers(state: State) -> list[PricedOffer]:
+    """CHECKOUT_OFFERS with their prices; none declared: one at the minimum payment."""
+    config = state.config
+    out = []
+    for offer in config.checkout_offers:
+        price = config.offer_price(offer)
+        if offer.days is not None:
+            what = "1 day" if offer.days == 1 else f"{offer.days} days"
+            label = f"{what} of access: {format_xmr(price)} XMR"
+        else:
+            label = f"{format_xmr(price)} XMR of credit"
+        out.append(PricedOffer(offer.key, label, price))
+    if not out:
+        minimum = config.monitor_min_payment_amount
+        if minimum:
+            out.append(PricedOffer(str(minimum), f"Access: {format_xmr(minimum)} XMR", minimum))
+        else:
+            out.append(PricedOffer("any", "Access: any amount you choose", None))
+    return out
+
+
+# ---------------------------------------------------------------------- what a PID's state is
+@dataclass(frozen=True, slots=True)
+class PaymentState:
+    kind: str  # "unseen" | "pending" | "underpaid" | "confirmed" | "redeemed"
+    balance: int = 0
+    confirmations: int = 0
+    required: int = 0
+    minimum: int = 0
+
+
+async def read_payment_state(ledger: Ledger, pid: PaymentId) -> PaymentState:
+    """What a redeem would find, without claiming: the order is redeem's own (a claimable
+    total wins over a pending top-up; pending over an underpaid total)."""
+    row = await ledger.storage.get_claim(pid.raw)
+    pending = ledger.pending_view.get(pid.raw)
+    if row is not None and row.status == 1:
+        return PaymentState("redeemed", balance=row.amount)
+    if row is not None and row.amount >= ledger.min_payment:
+        return PaymentState("confirmed", balance=row.amount)
+    if pending is not None:
+        return PaymentState("pending", balance=row.amount if row else 0, confirmations=pending,
+                            required=ledger.min_confirmations)
+    if row is not None:
+        return PaymentState("underpaid", balance=row.amount, minimum=ledger.min_payment)
+    return PaymentState("unseen")
+
+
+# ---------------------------------------------------------------------- form input
+class BadForm(ServiceError):
+    status, code, message = 400, "invalid_request", "the form is not one these pages send"
+
+
+async def read_form(request: web.Request, fields: frozenset[str]) -> dict[str, str]:
+    """The urlencoded body as fields (4 KiB and the body timeout, as every other route).
+
+    Only the fields our own forms send, each once: anything else is not one of our forms.
+    """
+    raw = await read_body(request)
+    try:
+        pairs = urllib.parse.parse_qsl(raw.decode("ascii"), keep_blank_values=True,
+                                       max_num_fields=_MAX_FIELDS, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise BadForm() from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form or name not in fields:
+            raise BadForm()
+        form[name] = value
+    return form
+
+
+def parse_pid_field(text: str | None, merchant: str | None, accept_long: bool) -> PaymentId:
+    """A pasted PID, or an integrated address of this shop (what a wallet's history
+    shows); surrounding blanks are forgiven, anything else is InvalidPid."""
+    if text is None:
+        raise InvalidPid()
+    text = text.strip()
+    if len(text) > 64 and merchant is not None:
+        try:
+            decoded = decode_address(text)
+        except AddressError:
+            raise InvalidPid() from None
+        if decoded.payment_id is None or decoded.standard_address() != merchant:
+            raise InvalidPid()
+        text = decoded.payment_id.hex()
+    return PaymentId.parse(text, accept_long=accept_long)
+
+
+async def _pid_from_form(request: web.Request, state: State) -> PaymentId:
+    form = await read_form(request, _PID_FORM)
+    return parse_pid_field(form.get("pid"), state.merchant.address,
+                           state.config.api_accept_long_pids)
+
+
+# ---------------------------------------------------------------------- rendering helpers
+def _pay_to(wanted: PaymentRequest) -> Markup:
+    """QR, wallet link and copy fields. Makes the QR: call it off the event loop."""
+    qr = wanted.qr()
+    # the image's size is given, so the page does not move when it is drawn
+    return pages.pay_to_body(qr=qr.data_uri, qr_size=qr.pixels, uri=wanted.uri,
+                             address=wanted.integrated_address,
+                             amount=wanted.amount_xmr or "any amount")
+
+
+def _bad_pid() -> web.Response:
+    return pages.page("Not a payment ID", pages.bad_pid_body(), status=400)
+
+
+def _remaining(confirmations: int, required: int) -> str:
+    blocks = max(required - confirmations, 0)
+    if blocks == 0:
+        return "Confirmed; it counts at the next check, within a minute."
+    minutes = blocks * MINUTES_PER_BLOCK
+    return (f"{blocks} more block{'s' if blocks != 1 else ''} to go: about {minutes} minutes "
+            f"(a block every {MINUTES_PER_BLOCK} minutes on average).")
+
+
+async def state_page(state: State, pid: PaymentId, found: PaymentState) -> web.Response:
+    # only the underpaid page draws a QR (the rest to pay): that one off the event loop
+    if found.kind == "underpaid":
+        return await asyncio.to_thread(render_state, state, pid, found)
+    return render_state(state, pid, found)
+
+
+def render_state(state: State, pid: PaymentId, found: PaymentState) -> web.Response:
+    shown = pid.hex()
+    if found.kind == "redeemed":
+        return pages.page("Already redeemed", pages.redeemed_body(shown))
+    if found.kind == "confirmed":
+        return pages.page("Payment confirmed", pages.confirmed_body(
+            shown, balance=format_xmr(found.balance)))
+    if found.kind == "pending":
+        return pages.page("Payment seen, waiting for confirmations", pages.pending_body(
+            shown, confirmations=found.confirmations, required=found.required,
+            remaining=_remaining(found.confirmations, found.required)))
+    if found.kind == "underpaid":
+        missing = found.minimum - found.balance
+        merchant = state.merchant.address
+        pay_to = (_pay_to(payment_request(merchant, pid, missing))
+                  if merchant is not None and pid.is_short else None)
+        return pages.page("Payment incomplete", pages.underpaid_body(
+            shown, balance=format_xmr(found.balance), minimum=format_xmr(found.minimum),
+            missing=format_xmr(missing), pay_to=pay_to))
+    return pages.page("Payment not seen yet", pages.unseen_body(shown))
+
+
+# ---------------------------------------------------------------------- handlers
+async def shop(request: web.Request) -> web.Response:
+    offers = priced_offers(request.app[STATE])
+    return pages.page("Buy access", pages.shop_body([(o.key, o.label) for o in offers]))
+
+
+async def create_payment(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    form = await read_form(request, _OFFER_FORM)
+    chosen = [o for o in priced_offers(state) if o.key == form.get("offer")]
+    if not chosen:
+        return pages.page("Offer not available", Markup(
+            "<p>That offer is not (or no longer) on sale.</p><p><a href=\"/pay\">See the offers"
+            "</a></p>"), status=404)
+    merchant = state.merchant.address
+    if merchant is None:
+        return pages.page("Checkout unavailable", Markup(
+            "<p>Payments cannot be created right now. Please try again later.</p>"), status=503)
+    # ~10 ms of pure Python (QR masks): off the event loop, so redeems keep their latency
+    made, pay_to = await asyncio.to_thread(_new_payment, merchant, chosen[0].piconero)
+    config = state.config
+    body = pages.payment_body(
+        pay_to=pay_to, pid=made.pid.hex(), confirmations=config.monitor_min_confirmations,
+        minutes=config.monitor_min_confirmations * MINUTES_PER_BLOCK)
+    amount = made.amount_xmr
+    return pages.page(f"Pay {amount} XMR" if amount else "Pay any amount", body)
+
+
+def _new_payment(merchant: str, piconero: int | None) -> tuple[PaymentRequest, Markup]:
+    made = new_payment_request(merchant, piconero)
+    return made, _pay_to(made)
+
+
+async def payment_status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        pid = await _pid_from_form(request, state)
+    except InvalidPid:
+        return _bad_pid()
+    return await state_page(state, pid, await read_payment_state(state.ledger, pid))
+
+
+async def redeem(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    counters = state.metrics.redeem
+    try:
+        pid = await _pid_from_form(request, state)
+    except InvalidPid:
+        counters["invalid"].inc()
+        return _bad_pid()
+    except BadForm:
+        counters["invalid"].inc()
+        raise
+    try:
+        result = await state.ledger.redeem_or_none(pid)
+    except Underpaid as exc:
+        counters["underpaid"].inc()
+        found = PaymentState("underpaid", balance=exc.extra["balance"], minimum=exc.extra["minimum"])
+        return await state_page(state, pid, found)
+    except Unavailable:
+        counters["unavailable"].inc()
+        raise
+    if result is None:
+        counters["not_found"].inc()
+        return await state_page(state, pid, PaymentState("unseen"))
+    if not isinstance(result, Claimed):
+        counters["pending"].inc()
+        return await state_page(state, pid, PaymentState(
+            "pending", confirmations=result.confirmations, required=result.required))
+    counters[result.status].inc()
+    return pages.page("Your access token", pages.token_body(
+        token=result.token.hex(), balance=format_xmr(result.balance),
+        login=access_login_form(result.token.hex())))
+
+
+def access_login_form(token_hex: str) -> Markup | None:
+    """Hook for the gateway's access page (``/access``: paste a token, get the cookie).
+
+    That page does not exist yet, so the token page has no "log in" button. When it
+    does, return a form here that POSTs the token to it (in the body, never the URL).
+    """
+    return None
+
+
+async def back_to_shop(request: web.Request) -> web.Response:
+    """GET on a POST-only page (a bookmark, a reload after the browser forgot the form):
+    back to the start, with nothing in the Location."""
+    return pages.see_other("/pay")
+
+
+def add_checkout_routes(app: web.Application) -> None:
+    pages.serve_pages_under(app, "/pay")
+    app.router.add_get("/pay", shop, allow_head=False)
+    app.router.add_post("/pay", create_payment)
+    app.router.add_post("/pay/status", payment_status)
+    app.router.add_get("/pay/status", back_to_shop, allow_head=False)
+    app.router.add_post("/pay/redeem", redeem)
+    app.router.add_get("/pay/redeem", back_to_shop, allow_head=False)

@@ -1,0 +1,219 @@
+"""The PostgreSQL connection and transaction core (asyncpg), the twin of ``storage.core``.
+
+A pool serves reads concurrently. Writes are real PostgreSQL transactions (READ COMMITTED,
+row locks taken in one order: payments before tokens), and in this process they still run
+one at a time under an asyncio lock: the ledger's caches take each write's returned rows
+in the order the writes finish, which is then the order they committed, exactly as on
+SQLite. Against another process (a stale leader during a takeover) the guards are in SQL:
+the claim's conditional UPDATE, ``FOR UPDATE`` before a debit or top-up decides, and the
+fencing epoch under the cursor row's lock before a credit.
+
+Errors: a lost or refused connection, too many connections, a standby that is read-only,
+a lock or statement timeout become ``StorageUnavailable`` (503 + Retry-After); a
+serialization failure or deadlock retries the whole transaction once. Everything else
+asyncpg raises is re-raised as ``PostgresError`` carrying only the SQLSTATE and the
+constraint name: asyncpg's own texts quote the offending values (``Key (pid)=(…)``,
+``invalid input for query argument $1: …``), and those are PIDs and tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from anonticket.errors import StorageUnavailable
+from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS
+
+log = logging.getLogger("anonticket.storage")
+
+T = TypeVar("T")
+C = TypeVar("C", bound="PostgresCore")
+
+POOL_MAX_SIZE = 8
+_PREFIX_CHUNK = 65536
+
+# a retry may fix these: the server or the network, not our SQL
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError included: refused, reset, no route
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,  # "connection is closed", a pool being closed
+    # a connection whose server ended it while idle: the FATAL notice is read as the reply
+    # to the next query ("cannot switch to state …")
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now, timeouts
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.ReadOnlySQLTransactionError,  # a standby, or a primary being demoted
+    asyncpg.LockNotAvailableError,  # lock_timeout (DATABASE_BUSY_TIMEOUT_MS)
+)
+_RETRY_ONCE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# what a pooled connection the server closed while it sat idle raises on its next use
+# (a restart, a failover, pg_terminate_backend): a read is asked once more, on a fresh one
+_STALE_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError,
+                     asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, ConnectionError)
+
+
+class PostgresError(Exception):
+    """A PostgreSQL error that is a bug, not an outage; the text names no value."""
+
+    def __init__(self, sqlstate: str, kind: str, constraint: str | None = None) -> None:
+        where = f" on {constraint}" if constraint else ""
+        super().__init__(f"PostgreSQL error {sqlstate} ({kind}){where}")
+        self.sqlstate = sqlstate
+        self.constraint = constraint
+
+
+class PostgresIntegrityError(PostgresError):
+    """A key, foreign key or CHECK refused a row: a bug, surfaced as a 500 and in the logs."""
+
+
+def _sanitised(exc: BaseException) -> BaseException:
+    sqlstate = getattr(exc, "sqlstate", None) or "-----"
+    constraint = getattr(exc, "constraint_name", None)
+    kind = type(exc).__name__
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return PostgresIntegrityError(sqlstate, kind, constraint)
+    return PostgresError(sqlstate, kind, constraint)
+
+
+@asynccontextmanager
+async def unavailable_on_error(*, pass_conflicts: bool = False) -> AsyncIterator[None]:
+    """Map asyncpg's errors (see the module docstring); ``pass_conflicts`` lets a
+    serialization failure or deadlock through unchanged, for ``_write`` to retry."""
+    try:
+        yield
+    except StorageUnavailable:
+        raise
+    except _RETRY_ONCE as exc:
+        if pass_conflicts:
+            raise
+        log.warning("database unavailable: %s", type(exc).__name__)
+        raise StorageUnavailable() from None
+    except _UNAVAILABLE as exc:
+        # the class and SQLSTATE only: a server message can quote a statement's values
+        log.warning("database unavailable: %s %s", type(exc).__name__,
+                    getattr(exc, "sqlstate", "") or "")
+        raise StorageUnavailable() from None
+    except asyncpg.PostgresError as exc:
+        raise _sanitised(exc) from None
+
+
+class PostgresCore:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, busy_timeout_ms: int) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._busy_timeout = busy_timeout_ms / 1000
+        self._write_lock = asyncio.Lock()
+        # the epoch this instance took over with (leader.py); None: not fenced (one instance)
+        self.fencing_epoch: int | None = None
+
+    @classmethod
+    async def open(
+        cls: type[C], dsn: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        apply_schema: bool = True, pool_max_size: int = POOL_MAX_SIZE,
+    ) -> C:
+        """Connect (a multi-host DSN with ``target_session_attrs=read-write`` finds the
+        primary) and bring the schema up to date; ``apply_schema=False`` is for
+        maintenance commands, which must never create our tables in some other database."""
+        from anonticket.storage.postgres.schema import apply_schema as apply
+
+        async with unavailable_on_error():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_max_size, timeout=max(busy_timeout_ms / 1000, 1),
+                command_timeout=max(busy_timeout_ms / 1000, 1) * 6,
+                server_settings=connection_settings(busy_timeout_ms),
+            )
+        try:
+            if apply_schema:
+                async with unavailable_on_error(), pool.acquire() as conn:
+                    await apply(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, dsn, busy_timeout_ms)
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            await self._pool.close()
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    async def _write(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction; a serialization failure or a deadlock (only
+        possible against another process) rolls back and runs it once more."""
+        async with self._write_lock:
+            try:
+                async with unavailable_on_error(pass_conflicts=True):
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        return await work(conn)
+            except _RETRY_ONCE as exc:
+                log.info("transaction rolled back (%s); retrying once", type(exc).__name__)
+            async with unavailable_on_error():
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await work(conn)
+
+    async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """A query on any pooled connection. Asked twice at most: a read changes nothing,
+        so a connection found dead costs a retry, not the customer's request. (A write is
+        never re-sent this way: its COMMIT may have landed.)"""
+        async with unavailable_on_error():
+            try:
+                return await self._pool.fetch(sql, *args)
+            except _STALE_CONNECTION:
+                log.info("a pooled connection was closed by the server; reading again")
+            return await self._pool.fetch(sql, *args)
+
+    async def _load_prefixes(self, table: str, column: str) -> array:
+        """8-byte key prefixes, sorted, aggregated into one bytea per chunk server-side:
+        a million Records would cost more memory and time than the prefixes themselves."""
+        prefixes = array("Q")
+        last = b""
+        async with unavailable_on_error():
+            while True:
+                row = await self._pool.fetchrow(
+                    # (bytea has no max(): the last key is the chunk's last row)
+                    f"""WITH s AS MATERIALIZED (SELECT {column} AS k FROM {table}
+                                                WHERE {column} > $1 ORDER BY {column}
+                                                LIMIT {_PREFIX_CHUNK})
+                        SELECT (SELECT string_agg(substr(k, 1, 8), ''::bytea ORDER BY k) FROM s),
+                               (SELECT k FROM s ORDER BY k DESC LIMIT 1),
+                               (SELECT count(*) FROM s)""",
+                    last)
+                raw, last, count = row[0], row[1], row[2]
+                if not count:
+                    break
+                if len(raw) != 8 * count:
+                    raise RuntimeError("a stored key is shorter than 8 bytes")
+                chunk = array("Q", raw)
+                if sys.byteorder == "little":
+                    chunk.byteswap()  # the prefixes are big-endian (domain.key_prefix)
+                prefixes.extend(chunk)
+                if count < _PREFIX_CHUNK:
+                    break
+        return prefixes
+
+
+def connection_settings(busy_timeout_ms: int) -> dict[str, str]:
+    """Per-session settings: a lock held by someone else waits DATABASE_BUSY_TIMEOUT_MS
+    (like SQLite's busy timeout), and the sessions are recognisable in pg_stat_activity."""
+    return {"application_name": "anonticket", "lock_timeout": str(int(busy_timeout_ms)),
+            "idle_in_transaction_session_timeout": "60000"}
+
+
+def affected(status: str) -> int:
+    """The row count of an asyncpg command status such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def column_list(columns: str, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{c.strip()}" for c in columns.split(","))

@@ -1,0 +1,268 @@
+"""Payments and claims on PostgreSQL: the SQL of ``storage.payments``, written for it.
+
+What differs from the SQLite text, and why: bulk writes pass arrays and ``unnest`` them
+(one round trip, not one per row); the upsert names its table (``p.amount``: a bare
+``amount`` is ambiguous next to ``excluded``); two-value min/max are LEAST/GREATEST; a
+parameter that may be NULL is cast, since PostgreSQL cannot type ``$1 IS NULL``; and
+``INSERT … ON CONFLICT DO NOTHING RETURNING`` names the transfers actually inserted, which
+replaces SQLite's savepoint-and-count trick. Row locks are taken payments first, then
+tokens, in every transaction that takes both.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from anonticket.domain import PaymentId, Transfer, derive_service_token
+from anonticket.errors import StorageUnavailable
+from anonticket.storage.payments import seconds_bought
+from anonticket.storage.postgres.core import PostgresCore, column_list
+from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
+
+
+class FencedOut(StorageUnavailable):
+    """Another instance took over since this one became active: it must not credit or
+    move the cursor. Raised inside the credit's transaction, which then rolls back; to
+    the monitor it is a storage error like any other, and the leader steps down."""
+
+
+# expires_at after crediting d.seconds more at $now (see storage.payments._EXTEND_EXPIRY)
+def _extend_expiry(seconds: str, now: str) -> str:
+    return (f"CASE WHEN t.expires_at IS NULL OR {seconds} IS NULL THEN NULL "
+            f"ELSE GREATEST(t.expires_at, {now}) + {seconds} END")
+
+
+_TOKEN_T = column_list(TOKEN_COLUMNS, "t")
+
+
+class PgPaymentStore(PostgresCore):
+    # ------------------------------------------------------------------ redeem
+    async def claim_payments(
+        self, pids: Sequence[bytes], min_amount: int, now: int
+    ) -> dict[bytes, ClaimRow]:
+        """See ``PaymentStore.claim_payments``. The conditional UPDATE is the one-winner
+        guard here too: a concurrent claimer blocks on the row lock, re-reads the row
+        once the winner commits, finds ``status = 1`` and returns nothing for it."""
+
+        async def work(db: asyncpg.Connection) -> dict[bytes, ClaimRow]:
+            result: dict[bytes, ClaimRow] = {}
+            claimed = await db.fetch(
+                """UPDATE payments SET status = 1, claimed_at = $1
+                   WHERE status = 0 AND amount >= $2 AND pid = ANY($3::bytea[])
+                   RETURNING pid, txid, amount, seconds""",
+                now, min_amount, list(pids))
+            tokens: list[bytes] = []
+            owners: list[bytes] = []
+            amounts: list[int] = []
+            expiries: list[int | None] = []
+            for pid, txid, amount, seconds in claimed:
+                token = derive_service_token(PaymentId(pid), txid.hex()).raw
+                expires_at = None if seconds is None else now + seconds
+                tokens.append(token)
+                owners.append(pid)
+                amounts.append(amount)
+                expiries.append(expires_at)
+                record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                result[pid] = ClaimRow(1, amount, token, claimed_now=True, record=record)
+            if tokens:
+                await db.execute(
+                    """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
+                       SELECT token, pid, amount, $5, expires_at
+                       FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])
+                            AS n(token, pid, amount, expires_at)""",
+                    tokens, owners, amounts, expiries, now)
+                await db.execute(
+                    """UPDATE payments AS p SET token = n.token
+                       FROM unnest($1::bytea[], $2::bytea[]) AS n(token, pid)
+                       WHERE p.pid = n.pid""",
+                    tokens, owners)
+            rest = [pid for pid in pids if pid not in result]
+            if rest:
+                rows = await db.fetch(
+                    f"""SELECT p.pid, p.status, p.amount, {_TOKEN_T}
+                        FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
+                        WHERE p.pid = ANY($1::bytea[])""",
+                    rest)
+                for pid, status, amount, *token_columns in rows:
+                    result[pid] = _claim_row(status, amount, token_columns)
+            return result
+
+        return await self._write(work)
+
+    async def get_claim(self, pid: bytes) -> ClaimRow | None:
+        rows = await self._read(
+            f"""SELECT p.status, p.amount, {_TOKEN_T}
+                FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
+                WHERE p.pid = $1""",
+            pid)
+        for status, amount, *token_columns in rows:
+            return _claim_row(status, amount, token_columns)
+        return None
+
+    async def topup_token(
+        self, token: bytes, pid: bytes, min_amount: int, now: int
+    ) -> TopupOutcome:
+        """See ``PaymentStore.topup_token``. Both rows are locked (payment first) before
+        anything is decided, so a concurrent redeem or top-up of the PID waits."""
+
+        async def work(db: asyncpg.Connection) -> TopupOutcome:
+            payment = await db.fetchrow(
+                "SELECT status, amount, seconds, token FROM payments WHERE pid = $1 FOR UPDATE",
+                pid)
+            found = await db.fetchrow(
+                f"SELECT pid, {TOKEN_COLUMNS} FROM service_tokens WHERE token = $1 FOR UPDATE",
+                token)
+            if found is None:
+                return TopupOutcome("token_not_found")
+            own_pid, *columns = found
+            record = TokenRow(*columns)
+            if payment is None:
+                return TopupOutcome("pending_or_unknown")
+            status, amount, seconds, owner = payment
+            if status == 1:
+                if owner == token and pid != own_pid:
+                    return TopupOutcome("topped_up", amount, record)
+                return TopupOutcome("pid_already_claimed", amount)
+            if record.revoked_at is not None:
+                return TopupOutcome("token_revoked", amount)
+            if amount < min_amount:
+                return TopupOutcome("underpaid", amount)
+            await db.execute(
+                "UPDATE payments SET status = 1, claimed_at = $1, token = $2 WHERE pid = $3",
+                now, token, pid)
+            updated = await db.fetchrow(
+                f"""UPDATE service_tokens AS t SET amount = t.amount + $3,
+                           expires_at = {_extend_expiry('$1::bigint', '$2::bigint')}
+                    WHERE t.token = $4 RETURNING {_TOKEN_T}""",
+                seconds, now, amount, token)
+            return TopupOutcome("topped_up", amount, TokenRow(*updated))
+
+        return await self._write(work)
+
+    # ------------------------------------------------------------------ monitor
+    async def credit_transfers(
+        self, transfers: Iterable[Transfer], scanned_height: int | None, now: int,
+        price_per_day: int | None = None,
+    ) -> CreditResult:
+        """See ``PaymentStore.credit_transfers``: transfers and cursor in ONE transaction.
+
+        When this instance is fenced (it became active with ``fencing_epoch``), the first
+        statement locks the cursor row and compares the epoch: an instance that lost the
+        leader lock without noticing finds a newer epoch and rolls back (``FencedOut``),
+        and a takeover's epoch bump waits for a credit already past that check.
+        """
+        incoming = {t.txid: t for t in transfers}
+        epoch = self.fencing_epoch
+
+        async def work(db: asyncpg.Connection) -> CreditResult:
+            if epoch is not None:
+                current = await db.fetchval(
+                    "SELECT epoch FROM monitor_state WHERE id = 1 FOR UPDATE")
+                if current != epoch:
+                    raise FencedOut()
+            fresh = await _insert_fresh_transfers(db, incoming, now)
+            per_pid: dict[bytes, list[Any]] = {}
+            for t in fresh:
+                bought = seconds_bought(t.amount, price_per_day)
+                row = per_pid.get(t.pid.raw)
+                if row is None:
+                    per_pid[t.pid.raw] = [t.pid.raw, t.txid, t.amount, t.height, bought]
+                    continue
+                row[2] += t.amount
+                if bought is not None:
+                    row[4] += bought
+                if (t.height, t.txid) < (row[3], row[1]):
+                    row[1], row[3] = t.txid, t.height
+            if per_pid:
+                columns = list(zip(*(per_pid[pid] for pid in sorted(per_pid))))
+                await db.execute(
+                    """INSERT INTO payments AS p (pid, txid, amount, first_height, created_at, seconds)
+                       SELECT pid, txid, amount, first_height, $6, seconds
+                       FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[],
+                                   $5::bigint[]) AS n(pid, txid, amount, first_height, seconds)
+                       ORDER BY pid
+                       ON CONFLICT (pid) DO UPDATE SET
+                           amount = p.amount + excluded.amount,
+                           txid = CASE WHEN p.status = 0
+                                        AND (excluded.first_height, excluded.txid)
+                                            < (p.first_height, p.txid)
+                                       THEN excluded.txid ELSE p.txid END,
+                           first_height = LEAST(p.first_height, excluded.first_height),
+                           seconds = CASE WHEN p.seconds IS NULL OR excluded.seconds IS NULL
+                                          THEN NULL ELSE p.seconds + excluded.seconds END""",
+                    *map(list, columns), now)
+            topped_up = await _top_up_claimed(db, per_pid, now)
+            if scanned_height is not None:
+                await db.execute("UPDATE monitor_state SET scanned_height = $1 WHERE id = 1",
+                                 scanned_height)
+            return CreditResult(list(per_pid), topped_up, len(fresh))
+
+        return await self._write(work)
+
+    async def get_cursor(self) -> int | None:
+        rows = await self._read("SELECT scanned_height FROM monitor_state WHERE id = 1")
+        return rows[0][0] if rows else None
+
+    async def load_pid_prefixes(self) -> array:
+        return await self._load_prefixes("payments", "pid")
+
+
+async def _insert_fresh_transfers(
+    db: asyncpg.Connection, incoming: dict[bytes, Transfer], now: int
+) -> list[Transfer]:
+    """Insert the transfers not stored yet, in txid order; return those (RETURNING names
+    exactly the rows inserted, so a rescan costs no lookup and no undo)."""
+    if not incoming:
+        return []
+    in_order = [incoming[txid] for txid in sorted(incoming)]
+    inserted = await db.fetch(
+        """INSERT INTO transfers (txid, pid, amount, height, credited_at)
+           SELECT txid, pid, amount, height, $5
+           FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])
+                AS n(txid, pid, amount, height)
+           ORDER BY txid
+           ON CONFLICT (txid) DO NOTHING RETURNING txid""",
+        [t.txid for t in in_order], [t.pid.raw for t in in_order],
+        [t.amount for t in in_order], [t.height for t in in_order], now)
+    if len(inserted) == len(in_order):
+        return in_order
+    fresh = {row[0] for row in inserted}
+    return [t for t in in_order if t.txid in fresh]
+
+
+async def _top_up_claimed(
+    db: asyncpg.Connection, per_pid: dict[bytes, list[Any]], now: int
+) -> dict[bytes, TokenRow]:
+    """Move new credit of claimed PIDs onto their tokens, all tokens in one statement."""
+    if not per_pid:
+        return {}
+    owners = await db.fetch(
+        "SELECT pid, token FROM payments WHERE token IS NOT NULL AND pid = ANY($1::bytea[])",
+        list(per_pid))
+    deltas: dict[bytes, list[Any]] = {}
+    for pid, token in owners:
+        _, _, amount, _, bought = per_pid[pid]
+        delta = deltas.setdefault(token, [0, 0])
+        delta[0] += amount
+        delta[1] = None if delta[1] is None or bought is None else delta[1] + bought
+    if not deltas:
+        return {}
+    ordered = sorted(deltas)
+    rows = await db.fetch(
+        f"""UPDATE service_tokens AS t SET amount = t.amount + n.amount,
+                   expires_at = {_extend_expiry('n.seconds', '$4::bigint')}
+            FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS n(token, amount, seconds)
+            WHERE t.token = n.token
+            RETURNING {_TOKEN_T}""",
+        ordered, [deltas[t][0] for t in ordered], [deltas[t][1] for t in ordered], now)
+    return {row[0]: TokenRow(*row) for row in rows}
+
+
+def _claim_row(status: int, amount: int, token_columns: Sequence[Any]) -> ClaimRow:
+    token = token_columns[0]
+    record = TokenRow(*token_columns) if token is not None else None
+    return ClaimRow(status, amount, token, claimed_now=False, record=record)

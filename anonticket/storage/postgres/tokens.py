@@ -1,0 +1,168 @@
+"""Tokens on PostgreSQL: introspection, revocation and debits (see ``storage.tokens``).
+
+A debit batch locks its tokens' rows (``FOR UPDATE``, in token order) before it reads
+their balances and Idempotency-Keys, so a second process debiting the same token waits
+and then reads what the first committed: every decision in Python is made against rows
+nobody else can change until COMMIT, as under SQLite's ``BEGIN IMMEDIATE``. Debit ids
+come from a sequence instead of ``max(id) + 1``.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+
+from anonticket.storage.postgres.core import PostgresCore, affected, column_list
+from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
+from anonticket.storage.tokens import _RECENT_DEBITS, _decide
+
+_TOKEN_T = column_list(TOKEN_COLUMNS, "t")
+
+
+class PgTokenStore(PostgresCore):
+    async def get_token(self, token: bytes) -> TokenRow | None:
+        rows = await self._read(
+            f"SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token = $1", token)
+        return TokenRow(*rows[0]) if rows else None
+
+    async def revoke_token(
+        self, token: bytes, reason: str | None, abuse_score: int | None, now: int
+    ) -> TokenRow | None:
+        """Revoke idempotently: the first revocation's time and reason stay; every call is audited."""
+
+        async def work(db: asyncpg.Connection) -> TokenRow | None:
+            row = await db.fetchrow(
+                f"""UPDATE service_tokens AS t SET
+                       revoke_reason = CASE WHEN t.revoked_at IS NULL THEN $1::text
+                                            ELSE t.revoke_reason END,
+                       revoked_at = coalesce(t.revoked_at, $2::bigint),
+                       abuse_score = CASE WHEN $3::bigint IS NULL THEN t.abuse_score
+                                          ELSE GREATEST(t.abuse_score, $3::bigint) END
+                   WHERE t.token = $4
+                   RETURNING {_TOKEN_T}""",
+                reason, now, abuse_score, token)
+            if row is None:
+                return None
+            await db.execute(
+                """INSERT INTO audit_log (at, action, token, reason, abuse_score)
+                   VALUES ($1, 'revoke', $2, $3, $4)""",
+                now, token, reason, abuse_score)
+            return TokenRow(*row)
+
+        return await self._write(work)
+
+    async def list_audit(self, token: bytes) -> list[dict[str, object]]:
+        rows = await self._read(
+            "SELECT at, action, reason, abuse_score FROM audit_log WHERE token = $1 ORDER BY id",
+            token)
+        return [{"at": at, "action": a, "reason": r, "abuse_score": s} for at, a, r, s in rows]
+
+    async def list_debits(self, token: bytes, limit: int = _RECENT_DEBITS) -> list[dict[str, Any]]:
+        """The token's most recent debits, newest first."""
+        rows = await self._read(
+            "SELECT id, amount, memo, at FROM debits WHERE token = $1 ORDER BY id DESC LIMIT $2",
+            token, limit)
+        return [{"debit_id": i, "amount": a, "memo": m, "at": at} for i, a, m, at in rows]
+
+    async def load_token_prefixes(self) -> array:
+        return await self._load_prefixes("service_tokens", "token")
+
+    # ------------------------------------------------------------------ debits
+    async def apply_debits(self, requests: Sequence[DebitRequest], now: int) -> list[DebitOutcome]:
+        """Decide and apply a batch of debits in one transaction, in the order given
+        (the rules are ``TokenStore.apply_debits``'s)."""
+
+        async def work(db: asyncpg.Connection) -> list[DebitOutcome]:
+            tokens = sorted({r.token for r in requests})
+            records = {row[0]: TokenRow(*row) for row in await db.fetch(
+                f"""SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token = ANY($1::bytea[])
+                    ORDER BY token FOR UPDATE""",
+                tokens)}
+            answers = await _fetch_keys(db, [(r.token, r.key) for r in requests if r.key])
+            outcomes: list[DebitOutcome] = []
+            applied: list[tuple[DebitRequest, dict[str, Any]]] = []
+            key_rows: list[tuple[DebitRequest, int, dict[str, Any]]] = []
+            for request in requests:
+                scope = (request.token, request.key)
+                if request.key is not None and scope in answers:
+                    digest, status, body = answers[scope]
+                    if digest != request.request_digest:
+                        outcomes.append(DebitOutcome(422, {"error": "idempotency_key_reused"}))
+                    else:
+                        outcomes.append(DebitOutcome(status, body, replayed=True))
+                    continue
+                record = records.get(request.token)
+                if record is None:
+                    outcomes.append(DebitOutcome(404, {"error": "token_not_found"}))
+                    continue
+                status, body = _decide(record, request.amount, now)
+                if status == 200:
+                    record = replace(record, spent=record.spent + request.amount)
+                    records[request.token] = record
+                    # the id is filled in below, once the sequence has handed them out
+                    body = {"debit_id": None, "amount": request.amount,
+                            "remaining": record.remaining, "expires_at": record.expires_at}
+                    applied.append((request, body))
+                if request.key is not None:
+                    answers[scope] = (request.request_digest, status, body)
+                    key_rows.append((request, status, body))
+                outcomes.append(DebitOutcome(status, body, record=record))
+            if applied:
+                ids = sorted(row[0] for row in await db.fetch(
+                    "SELECT nextval('debits_id_seq') FROM generate_series(1, $1)", len(applied)))
+                for debit_id, (_, body) in zip(ids, applied, strict=True):
+                    body["debit_id"] = debit_id
+                await db.execute(
+                    """INSERT INTO debits (id, token, amount, memo, at)
+                       SELECT id, token, amount, memo, $5
+                       FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[])
+                            AS n(id, token, amount, memo)""",
+                    ids, [r.token for r, _ in applied], [r.amount for r, _ in applied],
+                    [r.memo for r, _ in applied], now)
+                spent = sorted({r.token: records[r.token].spent for r, _ in applied}.items())
+                await db.execute(
+                    """UPDATE service_tokens AS t SET spent = n.spent
+                       FROM unnest($1::bytea[], $2::bigint[]) AS n(token, spent)
+                       WHERE t.token = n.token""",
+                    [token for token, _ in spent], [value for _, value in spent])
+            if key_rows:
+                await db.execute(
+                    """INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
+                       SELECT token, key, request, status, body, $6
+                       FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::integer[],
+                                   $5::text[]) AS n(token, key, request, status, body)""",
+                    [r.token for r, _, _ in key_rows], [r.key for r, _, _ in key_rows],
+                    [r.request_digest for r, _, _ in key_rows], [s for _, s, _ in key_rows],
+                    [json.dumps(b) for _, _, b in key_rows], now)
+            return outcomes
+
+        return await self._write(work)
+
+    async def prune_idempotency_keys(self, older_than: int) -> int:
+        """Forget answers stored before ``older_than``; returns how many."""
+
+        async def work(db: asyncpg.Connection) -> int:
+            return affected(await db.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < $1", older_than))
+
+        return await self._write(work)
+
+
+async def _fetch_keys(
+    db: asyncpg.Connection, scopes: list[tuple[bytes, str | None]]
+) -> dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]:
+    if not scopes:
+        return {}
+    unique = sorted(set(scopes))
+    rows = await db.fetch(
+        """SELECT k.token, k.key, k.request, k.status, k.body FROM idempotency_keys AS k
+           JOIN unnest($1::bytea[], $2::text[]) AS n(token, key)
+             ON k.token = n.token AND k.key = n.key""",
+        [token for token, _ in unique], [key for _, key in unique])
+    return {(token, key): (digest, status, json.loads(body))
+            for token, key, digest, status, body in rows}
