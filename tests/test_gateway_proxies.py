@@ -252,10 +252,15 @@ async def test_the_walk(stack: Stack) -> None:
     status, _, body = await stack.request("GET", "/docs/page", bearer(priced))
     assert (status, b"token_expired" in body) == (403, True)
 
-    # /pay reaches the service, not the upstream (404 until the checkout is there)
+    # /pay (the checkout) reaches the service, /payments the upstream
     reached = len(stack.seen)
-    status, _, _ = await stack.request("GET", "/pay")
-    assert status in (200, 404) and len(stack.seen) == reached
+    status, _, body = await stack.request("GET", "/pay", HTML)
+    assert status == 200 and b'<form method="post" action="/pay">' in body
+    assert len(stack.seen) == reached
+    status, _, _ = await stack.request("GET", "/payments/1", bearer(priced))
+    assert status == 403  # the upstream's own path: protected like the rest (this token expired)
+    status, _, _ = await stack.request("GET", "/accessible", bearer(poor))
+    assert status == 200 and stack.seen[-1]["path"] == "/accessible"
 
     # the service down: closed, and what the proxy logs about it holds no token
     await stack.service.aclose()
