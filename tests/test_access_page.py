@@ -15,6 +15,7 @@ from anonticket.api.access import log_in_form, next_from_query, safe_next
 from anonticket.app import Service, start_service
 from anonticket.domain import PaymentId
 from conftest import make_config, transfer, url
+from page_helpers import SECURITY_HEADERS, assert_safe_page, style_hash
 
 COOKIE = "anonticket_access"
 PAGE_HEADERS = ("Content-Security-Policy", "Referrer-Policy", "Cache-Control",
@@ -81,8 +82,14 @@ async def test_the_form_carries_where_to_go_and_why(service: Service, http: aioh
     assert "has run out" in body
     assert '<form method="post" action="/access/logout">' in body
     assert 'href="/pay"' in body
-    status, _, plain = await get(http, service, "/access")
+    status, headers, plain = await get(http, service, "/access")
     assert status == 200 and 'name="next" value=""' in plain and "continue to the page" not in plain
+    # the checkout's rules for a page: no script, nothing remote, every field labelled
+    page = assert_safe_page(plain)
+    assert page.h1 == "Enter your access token"
+    assert f"style-src {style_hash(page.style)}" in headers["Content-Security-Policy"]  # type: ignore[index]
+    for name in SECURITY_HEADERS:
+        assert name in headers, name  # type: ignore[operator]
     # an unknown reason says nothing; a reason is never echoed
     _, _, other = await get(http, service, "/access?reason=%3Cb%3Ehi&next=/x")
     assert "<b>hi" not in other and "note warn" not in other

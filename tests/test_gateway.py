@@ -11,12 +11,15 @@ from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
+from typing import Any
+
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from anonticket.api.gateway import cookie_finder, token_from
-from anonticket.app import Service, start_service
+from anonticket.api.gateway import cookie_finder, make_check_handler, token_from
+from anonticket.app import Service, build_internal_app, start_service
 from anonticket.domain import PaymentId, token_subject
 from anonticket.errors import StorageUnavailable
 from conftest import make_config, transfer, url
@@ -340,3 +343,51 @@ def test_metric_outcomes_are_the_reasons() -> None:
     assert set(GATEWAY_OUTCOMES) - set(DENIALS) == {"allowed", "invalid_cost",
                                                      "gateway_unauthorized", "unavailable"}
 
+
+
+# ---------------------------------------------------------------------- fast path = slow path
+def _drive(coroutine: Any) -> Any:
+    """Run a handler that answers without awaiting (every answer below does)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise AssertionError("the handler awaited")
+
+
+async def test_the_bearer_fast_path_answers_like_token_from(service: Service) -> None:
+    """The handler reads "Bearer <64 hex>" inline; for any Authorization value its answer
+    is the one ``token_from`` (the general path) leads to."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    token = await issue(service)
+    app = build_internal_app(service.state)
+    handler = make_check_handler(app)
+    find = cookie_finder(COOKIE)
+    hexchars = "0123456789abcdefABCDEF"
+    near = st.text(alphabet=hexchars + " \t\u00e9g", min_size=60, max_size=68)
+    values = st.one_of(
+        st.builds(lambda s: "Bearer " + s, near),
+        st.builds(lambda p, s: p + s, st.sampled_from(["Bearer ", "bearer ", "BEARER ", "Bearer  ",
+                                                       "Bearer\t", "Basic ", ""]),
+                  st.sampled_from([token, token.upper(), "ab" * 32, token[:-1], token + "0"])),
+        st.text(max_size=80))
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(value=values)
+    def agree(value: str) -> None:
+        request = make_mocked_request("GET", "/api/v1/check", headers={"Authorization": value},
+                                      app=app)
+        answer = _drive(handler(request))
+        general = token_from(CIMultiDict({"Authorization": value}), find)
+        if isinstance(general, str):
+            expected = (401, general)
+        elif general == bytes.fromhex(token):
+            expected = (200, None)
+        else:
+            expected = (401, "token_not_found")
+        assert (answer.status, answer.headers.get("X-Anonticket-Reason")) == expected, value
+
+    agree()

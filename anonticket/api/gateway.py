@@ -182,14 +182,29 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
             if not hmac.compare_digest(given, credential):
                 tallies["gateway_unauthorized"].inc()
                 raise GatewayUnauthorized()
-        try:
-            cost = parse_cost(headers.get(COST_HEADER))
-        except InvalidRequest:
-            tallies["invalid_cost"].inc()
-            raise
-        raw = token_from(headers, find_cookie)
-        if type(raw) is str:
-            return refuse(raw)
+        cost_text = headers.get(COST_HEADER)
+        cost = 0
+        if cost_text is not None and cost_text != "0":
+            try:
+                cost = parse_cost(cost_text)
+            except InvalidRequest:
+                tallies["invalid_cost"].inc()
+                raise
+        # the usual request, "Bearer <64 hex>", without a call; anything else (another
+        # spelling, the cookie, garbage) takes token_from, which answers the same for it
+        authorization = headers.get("Authorization")
+        raw: bytes | str | None = None
+        if authorization is not None and len(authorization) == 71 and authorization[:7] == "Bearer ":
+            try:
+                raw = bytes.fromhex(authorization[7:])
+            except ValueError:
+                raw = None
+            if raw is not None and len(raw) != 32:
+                raw = None
+        if raw is None:
+            raw = token_from(headers, find_cookie)
+            if type(raw) is str:
+                return refuse(raw)
         if cost:
             return await metered(raw, cost)  # type: ignore[arg-type]
         # check only: what introspection does, without a coroutine for a cached record
