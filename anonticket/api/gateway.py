@@ -149,7 +149,7 @@ def denial(reason: str, remaining: int | None = None) -> web.Response:
 
 def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
     state = app[STATE]
-    config, ledger = state.config, state.ledger
+    config = state.config
     tallies, debited = state.metrics.gateway, state.metrics.gateway_debited
     find_cookie = cookie_finder(config.access_cookie_name)
     # encoded like the admin middleware's: a header that is not UTF-8 is a wrong credential
@@ -163,7 +163,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
 
     async def metered(raw: bytes, cost: int) -> web.Response:
         try:
-            outcome = await ledger.debit(DebitRequest(raw, cost))
+            outcome = await state.ledger.debit(DebitRequest(raw, cost))
         except Unavailable:
             tallies["unavailable"].inc()
             raise
@@ -207,7 +207,9 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
                 return refuse(raw)
         if cost:
             return await metered(raw, cost)  # type: ignore[arg-type]
-        # check only: what introspection does, without a coroutine for a cached record
+        # check only: what introspection does, without a coroutine for a cached record;
+        # the ledger is read per request: a PostgreSQL takeover replaces it (app.py)
+        ledger = state.ledger
         record = ledger.cached_token(raw)  # type: ignore[arg-type]
         if record is None:
             if ledger.token_certainly_unknown(raw):  # type: ignore[arg-type]
