@@ -17,6 +17,8 @@ from anonticket.domain import PaymentId
 from conftest import make_config, transfer, url
 from page_helpers import SECURITY_HEADERS, assert_safe_page, style_hash
 
+# the page reads tokens through the ledger: the tests on the ``service`` fixture run on both backends
+BOTH_BACKENDS = True
 COOKIE = "anonticket_access"
 PAGE_HEADERS = ("Content-Security-Policy", "Referrer-Policy", "Cache-Control",
                 "X-Content-Type-Options", "X-Frame-Options")
