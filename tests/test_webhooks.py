@@ -340,3 +340,19 @@ def test_retry_after_as_seconds_or_a_date() -> None:
     assert parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0  # in the past
     for garbage in (None, "", "soon", "-5", "1.5e3", "Thu, 01 Jan 2026 00:02:00"):
         assert parse_retry_after(garbage, now) is None
+
+
+async def test_replay_refuses_a_null_id_beside_all_dead(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Found by schemathesis: the body is exactly one of id or all_dead; a null id is not absent."""
+    import aiohttp
+
+    from anonticket.app import start_service
+    from conftest import make_config, url
+    service = await start_service(make_config(tmp_path))
+    try:
+        async with aiohttp.ClientSession(trust_env=False) as http:
+            async with http.post(url(service.internal_address, "/api/v1/webhooks/replay"),
+                                 json={"all_dead": True, "id": None}) as resp:
+                assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
+    finally:
+        await service.aclose()

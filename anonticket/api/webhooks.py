@@ -71,6 +71,8 @@ async def list_events(request: web.Request) -> web.Response:
 async def replay(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = await read_json_object(request)
+    if "id" in body and body["id"] is None:  # "exactly one of the two": a null id is not absent
+        raise InvalidRequest("id must be a webhook-id (a string of at most 64 characters)")
     event_id, all_dead = body.get("id"), body.get("all_dead", False)
     if all_dead is not True and all_dead is not False:
         raise InvalidRequest("all_dead must be true or false")
