@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from anonticket import sd_notify
+from anonticket.api.access import add_access_routes
 from anonticket.api.balance import add_topup_route
 from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
 from anonticket.api.errors import JsonErrorRunner, make_middleware
@@ -94,6 +95,7 @@ def build_public_app(state: State) -> web.Application:
     app[STATE] = state
     add_public_routes(app)
     add_topup_route(app)
+    add_access_routes(app)
     return app
 
 

@@ -255,6 +255,22 @@ def _network(text: str) -> str:
     if value not in NETWORKS:
         raise ValueError("expected mainnet (also for regtest), testnet or stagenet")
     return value
+# RFC 6265 cookie-name: an HTTP token (RFC 9110 tchar)
+_COOKIE_NAME_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
+                               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _cookie_name(text: str) -> str:
+    if not text or not set(text) <= _COOKIE_NAME_CHARS:
+        raise ValueError("expected a cookie name: letters, digits and !#$%&'*+-.^_`|~")
+    return text
+
+
+def _cookie_secure(text: str) -> str:
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    return "true" if parse_bool(value) else "false"
 
 
 def _log_level(text: str) -> str:
@@ -416,6 +432,14 @@ SETTINGS: tuple[Setting, ...] = (
             "What /pay sells, comma-separated: days of access (7d, 30d; needs "
             "ACCESS_PRICE_PER_DAY) or amounts (0.05 XMR or piconero); empty: one offer at "
             "MONITOR_MIN_PAYMENT_AMOUNT."),
+    Setting("ACCESS_COOKIE_NAME", "access_cookie_name", "anonticket_access", _cookie_name,
+            "Name of the cookie /access sets and the gateway check reads (the shipped proxy "
+            "configs strip it by this name)."),
+    Setting("ACCESS_COOKIE_SECURE", "access_cookie_secure", "auto", _cookie_secure,
+            "auto: the access cookie is Secure when the proxy says the request came over HTTPS "
+            "(X-Forwarded-Proto: https), not over a plain-HTTP onion service; true or false."),
+    Setting("ACCESS_COOKIE_MAX_AGE_SECS", "access_cookie_max_age_secs", "0", _int_at_least(0),
+            "Lifetime of the access cookie; 0: a session cookie, gone when the browser closes."),
 )
 
 
@@ -462,6 +486,9 @@ class Config:
     merchant_address: str | None
     monero_network: str
     checkout_offers: tuple[Offer, ...]
+    access_cookie_name: str
+    access_cookie_secure: str
+    access_cookie_max_age_secs: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -489,6 +516,11 @@ class Config:
             raise ConfigError(
                 "API_INTERNAL_BIND_ADDRESS: a non-loopback internal address needs API_INTERNAL_TOKEN"
             )
+        if (self.access_cookie_name.startswith(("__Host-", "__Secure-"))
+                and self.access_cookie_secure != "true"):
+            # browsers drop such a cookie unless it is Secure, so /access would loop
+            raise ConfigError("ACCESS_COOKIE_NAME: a __Host- or __Secure- name needs "
+                              "ACCESS_COOKIE_SECURE=true")
         if (self.monero_rpc_user is None) != (self.monero_rpc_password is None):
             raise ConfigError("MONERO_RPC_USER: set both MONERO_RPC_USER and MONERO_RPC_PASSWORD")
         if self.webhook_url and not self.webhook_secret:

@@ -44,6 +44,15 @@ class Unauthorized(ServiceError):
     status, code, message = 401, "unauthorized", "a valid bearer token is required"
 
 
+class GatewayUnauthorized(ServiceError):
+    """The proxy calling the gateway check did not send ``API_INTERNAL_TOKEN`` in its own
+    header. 407, not 401: nginx hands a 401 to the customer as "log in", but this is the
+    operator's configuration, so it must become nginx's 500 (closed, and visible)."""
+
+    status, code, message = (407, "gateway_unauthorized",
+                             "the proxy must send the gateway credential in X-Anonticket-Gateway-Token")
+
+
 class Underpaid(ServiceError):
     status, code, message = 402, "underpaid", "the confirmed total for this payment is below the minimum"
 

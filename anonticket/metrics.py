@@ -21,6 +21,11 @@ TOPUP_OUTCOMES = ("topped_up", "pending", "underpaid", "pid_already_claimed", "t
                   "invalid", "not_found", "unavailable")
 DEBIT_OUTCOMES = ("success", "replayed", "insufficient_balance", "token_expired",
                   "token_revoked", "not_found", "key_reused", "invalid", "unavailable")
+# the gateway check's answers: allowed, or the reason it sends in X-Anonticket-Reason;
+# invalid_cost and gateway_unauthorized are the proxy's configuration, unavailable storage
+GATEWAY_OUTCOMES = ("allowed", "token_missing", "invalid_token", "token_not_found",
+                    "token_revoked", "token_expired", "insufficient_balance", "invalid_cost",
+                    "gateway_unauthorized", "unavailable")
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
@@ -31,7 +36,7 @@ ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revo
           "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml",
           "/api/v1/webhooks", "/api/v1/webhooks/replay", "/api/v1/webhooks/test",
           "/api/v1/webhooks/enable", "/api/v1/monitor/rescan", "/pay", "/pay/status", "/pay/redeem",
-          "unmatched")
+          "/api/v1/check", "/access", "/access/logout", "unmatched")
 # why a webhook delivery attempt failed: a fixed vocabulary, never the receiver's text
 WEBHOOK_FAILURES = ("timeout", "unreachable", "redirect", "rate_limited", "gone", "client_error",
                     "server_error", "error")
@@ -87,6 +92,12 @@ class Metrics:
         self.debited = Counter(
             "anonticket_debited_piconero", "Piconero drawn from token balances by debits.",
             registry=r)
+        self.gateway = TallyCounter("anonticket_gateway_checks", "Gateway checks (proxy "
+                                    "auth requests) by outcome.", "outcome", GATEWAY_OUTCOMES,
+                                    r).tallies
+        self.gateway_debited = Counter(
+            "anonticket_gateway_debited_piconero", "Piconero drawn from token balances by "
+            "metered gateway checks.", registry=r)
         self.revocations = Counter(
             "anonticket_revocations", "Revocation requests that found their token.", registry=r)
         self.negative_cache_hits = Counter(

@@ -139,3 +139,18 @@ async def _claimed_keys_postgres(url: str, limit: int) -> tuple[list[str], list[
     finally:
         await conn.close()
     return [pid[:8].hex() for pid, _ in rows], [token.hex() for _, token in rows]
+
+
+def tokens_of(db_path: Path, pids: list[str]) -> list[str]:
+    """The tokens the given short PIDs were redeemed for (those that were)."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        found = []
+        for start in range(0, len(pids), 5000):
+            chunk = [bytes.fromhex(pid) + bytes(24) for pid in pids[start:start + 5000]]
+            marks = ",".join("?" * len(chunk))
+            found += [row[0].hex() for row in db.execute(
+                f"SELECT token FROM service_tokens WHERE pid IN ({marks})", chunk)]
+    finally:
+        db.close()
+    return found

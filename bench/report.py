@@ -18,6 +18,11 @@ RATIO_TARGETS = {
     "redeem_success_plans": 0.20,
     "token_issued_plans": 0.75,
     "debit": 0.25,  # to /health/live on the internal listener, where debits are served
+    # the gateway (bench/gateway.py): each to its own baseline, see docs/benchmarks.md
+    "gateway_check": 0.85,
+    "gateway_nginx_check": 0.90,
+    "gateway_nginx_cached": 0.60,
+    "gateway_nginx_metered": 0.50,
 }
 RSS_TARGET_MB = 150.0
 STARTUP_TARGET_SECS = 2.0
@@ -120,6 +125,10 @@ _LABELS = {
     "redeem_success_plans": "plans on: redeem success, tokens that expire",
     "token_issued_plans": "plans on: token introspection, issued tokens that expire",
     "debit": "plans on: debit, a key of its own each (internal listener)",
+    "gateway_check": "gateway check alone (issued tokens, cost 0) vs `/health/live`",
+    "gateway_nginx_check": "nginx `auth_request` → the check vs → `/health/live`",
+    "gateway_nginx_cached": "nginx, cached check vs the same file unprotected",
+    "gateway_nginx_metered": "nginx, metered (cost > 0) vs uncached check only",
 }
 
 

@@ -33,6 +33,7 @@ import aiohttp  # noqa: E402
 
 import dataset  # noqa: E402
 import loadgen  # noqa: E402
+from gateway import Nginx, Together  # noqa: E402
 from ingest import run_in_own_process  # noqa: E402
 from procs import REPO, Proc, start_bare, start_service  # noqa: E402
 from report import (  # noqa: E402
@@ -47,6 +48,8 @@ LIVE = ["mode=get", "path=/health/live"]
 PRICED_PER_SEC = 10_000  # priced PIDs set aside per second of a plans redeem run (~3,000/s used)
 # piconero a day for the plans phase: 1 XMR (every dataset payment) buys 100 days
 PRICE_PER_DAY = 10**10
+GATEWAY_TOKENS = 20_000
+PHASES = ("tcp", "plans", "gateway", "uds", "ingest")
 
 
 class Bench:
@@ -57,6 +60,7 @@ class Bench:
         self.cluster: Any = None  # tests/pg_cluster.Cluster with --backend postgres
         self.pids: list[str] = []
         self.priced_pids: list[str] = []  # credited with a price in force (plans phase)
+        self.gateway_pids: list[str] = []
         self.used: dict[str, int] = {}
         self.result: dict[str, Any] = {"scenarios": {}}
 
@@ -129,6 +133,9 @@ class Bench:
                 shutil.copyfile(self.db, cached)
                 shutil.copyfile(self.workdir / "pids.txt", cached.with_suffix(".pids"))
         self.pids = dataset.read_pids(self.workdir)
+        # set apart before the redeem pools are cut: the gateway phase redeems these itself
+        share = min(GATEWAY_TOKENS, len(self.pids) // 10)
+        self.pids, self.gateway_pids = self.pids[:-share], self.pids[-share:]
         # PIDs whose credit bought time, as with ACCESS_PRICE_PER_DAY set; into the working
         # copy only, so the cached dataset stays what every earlier run measured
         count = round((self.args.pairs + 1) * self.args.secs * PRICED_PER_SEC)
@@ -280,6 +287,60 @@ class Bench:
                    uds(["--mode", "token", "--keys", str(token_file)]),
                    {"200": "all", "active": "all"})
 
+    def gateway_phase(self) -> None:
+        """The gateway check alone, then deploy/nginx-gateway.conf in front of a file
+        (bench/gateway.py): one service and one nginx worker on the server CPUs."""
+        args = self.args
+        if args.backend == "postgres":
+            print("  gateway: measured on SQLite only", flush=True)
+            return
+        if shutil.which("nginx") is None:
+            print("  gateway: nginx is not installed, the nginx figures are skipped", flush=True)
+        service = start_service(self.db, self.workdir, "serve-gateway", cpus=args.server_cpus)
+        nginx: Nginx | None = None
+        try:
+            # issued through the service itself, so its record cache holds them as a
+            # long-running service's holds the tokens in use (the uncached case is the
+            # Unix socket phase's "cache cold" figure)
+            pids = dataset.write_keys(self.workdir / "gateway-pids.txt", self.gateway_pids)
+            self.wrk(service, ["mode=redeem_new", f"keys={pids}"], len(self.gateway_pids) / 1000 + 5)
+            tokens = dataset.tokens_of(self.db, self.gateway_pids)
+            # wrk drops what it has not sent when the list runs out: nearly all is enough
+            if len(tokens) < 0.9 * len(self.gateway_pids):
+                raise RuntimeError(f"only {len(tokens)} of {len(self.gateway_pids)} gateway PIDs redeemed")
+            many = dataset.write_keys(self.workdir / "gateway-tokens.txt", tokens)
+            # the cached location: a few customers making many requests each (one per
+            # connection); with thousands, each one's first request in a TTL is a miss
+            few = dataset.write_keys(self.workdir / "gateway-few.txt", tokens[:loadgen.CONNECTIONS])
+            self.result["gateway_tokens"] = {"check": len(tokens), "cached": loadgen.CONNECTIONS}
+
+            def load(target: Any, path: str, keys: Path):  # type: ignore[no-untyped-def]
+                def run(secs: float | None = None) -> loadgen.Load:
+                    return loadgen.wrk(target.address, ["mode=bearer", f"keys={keys}", f"path={path}"],
+                                       secs or args.secs, server=target, cpus=args.client_cpus)
+                return run
+
+            internal = Together(service.internal_address, service)
+            self.pairs("gateway_check", load(internal, "/health/live", many),
+                       load(internal, "/api/v1/check", many), {"200": "all"})
+            if shutil.which("nginx") is None:
+                return
+            nginx = Nginx(service.address, service.internal_address, args.server_cpus)
+            both = Together(nginx.address, nginx, service)
+            page = "index.html"
+            self.pairs("gateway_nginx_check", load(both, f"/bench-live/{page}", many),
+                       load(both, f"/{page}", many), {"200": "all"})
+            self.pairs("gateway_nginx_cached", load(both, f"/open/{page}", few),
+                       load(both, f"/static/{page}", few), {"200": "all"})
+            self.pairs("gateway_nginx_metered", load(both, f"/{page}", many),
+                       load(both, f"/api/{page}", many), {"200": "all"})
+        finally:
+            if nginx is not None:
+                nginx.stop()
+            rc = service.stop()
+        if rc != 0:
+            raise RuntimeError(f"anonticket serve (gateway) exited with {rc} on SIGTERM")
+
     def ingest_phase(self) -> None:
         args = self.args
         print(f"  monitor ingest: {args.ingest_rounds} polls of {args.ingest_batch} transfers ...",
@@ -339,6 +400,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "generator ('' for none)")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list for the servers "
                         "('' for none); apart from the client's, so neither steals the other's core")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated phases to run (default: all of "
+                        f"{','.join(PHASES)}); the table shows what ran")
     parser.add_argument("--dataset-cache", type=Path,
                         help="keep/reuse the built database here (skips the build when present)")
     parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: a "
@@ -354,6 +418,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if not args.phases <= set(PHASES):
+        parser.error(f"--phases: choose from {','.join(PHASES)}")
     args.client_cpus = args.client_cpus or None
     args.server_cpus = args.server_cpus or None
     return args
@@ -373,10 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.db = bench.cluster.dsn(bench.cluster.create_database())
     try:
         bench.build()
-        bench.tcp_phase()
-        bench.plans_phase()
-        bench.uds_phase()
-        bench.ingest_phase()
+        for phase in PHASES:
+            if phase in args.phases:
+                getattr(bench, f"{phase}_phase")()
     finally:
         if bench.cluster is not None:
             pg_cluster.remove(bench.cluster)

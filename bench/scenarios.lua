@@ -10,6 +10,8 @@
 --   mode=debit keys=FILE nonce=S        1-piconero debits of random tokens of FILE, each with a
 --                                       key of its own (S-<thread>-<n>): the internal listener
 --   expiry=1 (with any mode)            also count the answers that carry an expiry ("expires")
+--   mode=bearer keys=FILE path=P        GET P with "Authorization: Bearer" and a random
+--                                       token of FILE (the gateway check, nginx in front)
 -- Every mode defines response(), so the client pays the same per-response cost in the
 -- baselines as in the scenarios. done() prints one line "BENCH_JSON {...}" for run.py.
 
@@ -127,6 +129,7 @@ local builders = {
   redeem_unknown = function() return cycle("redeem_unknown") end,
   token = function() return pick("token") end,
   token_unknown = function() return cycle("token_unknown") end,
+  bearer = function() return pick("bearer") end,
 }
 
 -- A debit's Idempotency-Key must never repeat (a repeat is a replay, not a debit), so
@@ -195,6 +198,12 @@ function init(args)
   end
   if mode == "token_unknown" or mode == "mixed" then
     build_pool("token_unknown", random_keys(TOKEN_POOL, 4), token_get)
+  end
+  if mode == "bearer" then
+    local path = opts.path or "/"
+    build_pool("bearer", load_keys(opts.keys, 0, 1), function(token)
+      return wrk.format("GET", path, { Authorization = "Bearer " .. token })
+    end)
   end
   build = builders[mode]
 end

@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 # everything a page may point at: itself (forms, links home), data: images, the wallet
-LOCAL_TARGET = re.compile(r"(/pay(/status|/redeem)?|data:.*|monero:.*)", re.S)
+LOCAL_TARGET = re.compile(r"(/pay(/status|/redeem)?|/access(/logout)?|data:.*|monero:.*)", re.S)
 URL_ATTRIBUTES = {"href", "src", "action", "formaction", "srcset", "poster", "data", "background"}
 SECURITY_HEADERS = ("Content-Security-Policy", "Referrer-Policy", "Cache-Control",
                     "X-Content-Type-Options", "X-Frame-Options")

@@ -70,6 +70,12 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert result["ingest"]["transfers_per_sec"] > 0
     assert result["ingest_empty_db"]["transfers_per_sec"] > 0
     assert result["dataset"]["payments"] == 2_000
+    # the gateway phase: the check alone always, through nginx when it is installed;
+    # every answer a 200 (issued tokens, balances that last the run)
+    gateway = ["gateway_check"] + (["gateway_nginx_check", "gateway_nginx_cached",
+                                    "gateway_nginx_metered"] if shutil.which("nginx") else [])
+    for name in gateway:
+        assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
     for line in ("health_vs_bare", "peak RSS", "start-up", "monitor ingest"):
         assert line in run.stdout
 

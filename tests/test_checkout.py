@@ -193,6 +193,8 @@ async def test_every_state_from_the_real_ledger(shop: Service, http: aiohttp.Cli
     page = await status_of(http, shop, pid, "/pay/redeem")
     token = derive_service_token(PaymentId.parse(pid), txid.hex()).hex()
     assert page.h1 == "Your access token" and page.field("token") == token
+    # the button that hands the token to the gateway's access page (a POST body, not a URL)
+    assert page.forms() == [("/access", {"token": token, "next": "/"})]
     assert "Paid: 0.0125 XMR." in page.source and "Keep it secret." in page.source
     assert shop.state.metrics.redeem["success"].value == 1
 

@@ -34,6 +34,9 @@ ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/token/{token
 # what the route answers the valid call with when it is not 200: these test services run
 # without a monitor, so a rescan request is refused (and reached the handler: not 401/404)
 NOT_200 = {"/api/v1/monitor/rescan": 409, "/api/v1/webhooks/test": 409}  # nor webhooks
+# internal only, with a credential of its own for the proxy (tests/test_gateway.py): the
+# Authorization header there is the customer's, so the admin bearer neither opens nor closes it
+GATEWAY_PATHS = {"/api/v1/check"}
 TOPUP_PID = "00000000000000a1"  # paid, never redeemed: what a top-up adds to the token
 
 
@@ -45,6 +48,8 @@ def valid_call(path: str, method: str) -> tuple[Any, dict[str, str]]:
         return {"amount": 1}, {"Idempotency-Key": "matrix-1"}
     if path.endswith("/topup"):
         return {"pid": TOPUP_PID}, {}
+    if path in GATEWAY_PATHS:
+        return None, {"Authorization": "Bearer {token}"}
     if path.endswith("/rescan"):
         return {"from_height": 1}, {}
     if path.endswith("/webhooks/replay"):
@@ -71,7 +76,8 @@ INTERNAL_ONLY = sorted(
 )
 # the checkout's HTML pages: for customers' browsers, on the public listener only
 PAGES = sorted(set(operations("public")) - set(operations("internal")))
-SPEC_METHOD = dict(operations("internal"))
+# one method per path (GET, where a path documents several: the gateway check takes any)
+SPEC_METHOD = dict(sorted(operations("internal"), key=lambda op: op[1] == "GET"))
 
 
 async def call(http: aiohttp.ClientSession, method: str, address: str, path: str,
@@ -106,8 +112,8 @@ async def guarded(config_factory: Callable[..., Config]) -> AsyncIterator[Servic
 
 def test_the_admin_routes_are_the_internal_only_ones() -> None:
     """Pins the list: an admin route documented as public would fail here, not leak."""
-    assert set(INTERNAL_ONLY) == ADMIN_PATHS
-    for path in ADMIN_PATHS:
+    assert set(INTERNAL_ONLY) == ADMIN_PATHS | GATEWAY_PATHS
+    for path in ADMIN_PATHS | GATEWAY_PATHS:
         for operation in SPEC["paths"][path].values():
             assert operation["x-listeners"] == ["internal"]
 
@@ -131,14 +137,20 @@ async def test_public_routes_answer_on_both_listeners(service: Service, http: ai
                 address, path, answer)
 
 
-async def test_the_checkout_pages_are_public_only(service: Service, http: aiohttp.ClientSession) -> None:
-    assert {path for path, _ in PAGES} == {"/pay", "/pay/status", "/pay/redeem"}
+async def test_the_pages_are_public_only(service: Service, http: aiohttp.ClientSession) -> None:
+    """The checkout's pages and the gateway's access page."""
+    assert {path for path, _ in PAGES} == {"/pay", "/pay/status", "/pay/redeem", "/access",
+                                           "/access/logout"}
+    forms = {"/pay": {"offer": "1000"}, "/access": {"token": "ab" * 32}, "/access/logout": {}}
     for path, method in PAGES:
-        form = ({"offer": "1000"} if path == "/pay" else {"pid": PID}) if method == "POST" else None
+        form = forms.get(path, {"pid": PID}) if method == "POST" else None
         async with http.request(method, url(service.public_address, path), allow_redirects=False,
                                 data=form) as resp:
-            # 503 for POST /pay: this service has no MERCHANT_ADDRESS; 303 for a GET on a POST page
-            assert resp.status in (200, 303, 503), (path, method, resp.status)
+            # 503 for POST /pay: this service has no MERCHANT_ADDRESS; 303 for a GET on a POST
+            # page; 404 for an unknown token given to /access
+            assert resp.status in (200, 303, 503, 404 if path == "/access" else 200), (
+                path, method, resp.status)
+            assert resp.headers["Cache-Control"] == "no-store", (path, method)
             assert resp.status == 303 or resp.content_type == "text/html", (path, method)
         status, ctype, answer = await call(http, method, service.internal_address, path)
         assert (status, ctype, answer["error"]) == (404, "application/json", "not_found"), (path, method)
@@ -156,6 +168,7 @@ async def test_admin_routes_are_not_found_publicly_for_every_method(
             assert answer == {"error": "not_found", "message": "no such route"}, (method, path)
     # and the route does exist, on the internal listener
     body, headers = valid_call(path, SPEC_METHOD[path])
+    headers = {k: fill(v, token) for k, v in headers.items()}
     status, _, answer = await call(http, SPEC_METHOD[path], service.internal_address, fill(path, token),
                                    body=body, headers=headers)
     assert status == NOT_200.get(path, 200), answer
@@ -183,8 +196,9 @@ BAD_AUTHORIZATION: list[dict[str, str] | None] = [
 async def test_internal_routes_need_the_bearer_before_any_lookup(
         guarded: Service, http: aiohttp.ClientSession) -> None:
     token = await redeemed_token(guarded, http)
-    guarded_ops = [(p, m) for p, m in operations("internal") if p not in OPEN_PATHS]
-    assert len(guarded_ops) == len(operations("internal")) - len(OPEN_PATHS)
+    guarded_ops = [(p, m) for p, m in operations("internal")
+                   if p not in OPEN_PATHS and p not in GATEWAY_PATHS]
+    assert {p for p, _ in guarded_ops} == {p for p, _ in operations("internal")} - OPEN_PATHS - GATEWAY_PATHS
     unknown_token = "cd" * 32
     for path, method in guarded_ops:
         for target in {fill(path, token), fill(path, unknown_token), fill(path, "not-a-token")}:
@@ -219,13 +233,18 @@ async def test_the_right_bearer_opens_every_internal_route(guarded: Service, htt
     token = await redeemed_token(guarded, http)
     good = {"Authorization": f"Bearer {OPERATOR}"}
     # the revocation last: a revoked token refuses top-ups and debits
-    for path, method in sorted(operations("internal"), key=lambda op: op[0].endswith("/revoke")):
+    admin_ops = [op for op in operations("internal") if op[0] not in GATEWAY_PATHS]
+    for path, method in sorted(admin_ops, key=lambda op: op[0].endswith("/revoke")):
         body, headers = valid_call(path, method)
         status, _, answer = await call(http, method, guarded.internal_address, fill(path, token),
                                        headers={**good, **headers}, body=body)
         assert status == NOT_200.get(path, 200), (path, answer)
     status, _, info = await call(http, "GET", guarded.public_address, f"/api/v1/token/{token}")
     assert info["status"] == "revoked"  # the authorised revoke did land
+    # the admin bearer is not the proxy's credential: the gateway check stays closed
+    for path in GATEWAY_PATHS:
+        status, _, answer = await call(http, "GET", guarded.internal_address, path, headers=good)
+        assert (status, answer["error"]) == (407, "gateway_unauthorized")
 
 
 async def test_health_stays_open_and_public_listener_ignores_the_bearer(

@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 
 from anonticket.config import SETTINGS
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.domain import PaymentId, derive_service_token, token_subject
 from conftest import REPO
 from fake_wallet import FakeWallet, make_transfer
 
@@ -151,14 +151,17 @@ class Client:
         self.log: list[Exchange] = []
 
     async def request(self, method: str, listener: str, path: str, *, body: Any = None,
-                      data: bytes | None = None, bearer: str | None = None) -> tuple[int, Any]:
+                      data: bytes | None = None, bearer: str | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, Any]:
         address = self.served.public if listener == "public" else self.served.internal
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+        headers = dict(headers or {})
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
         payload = data if data is not None else (json.dumps(body).encode() if body is not None else None)
         if payload is not None:
-            headers["Content-Type"] = "application/json"
+            headers.setdefault("Content-Type", "application/json")
         async with self.http.request(method, f"http://{address}{path}", data=payload,
-                                     headers=headers) as resp:
+                                     headers=headers, allow_redirects=False) as resp:
             raw = await resp.read()
         text = raw.decode(errors="replace")
         self.log.append(Exchange(method, listener, path, (payload or b"").decode(errors="replace"),
@@ -281,6 +284,26 @@ async def customer_and_operator_run(client: Client, chain: Chain, secret: Secret
     status, detail = await client.request("GET", "internal", f"/api/v1/token/{token.upper()}", bearer=OPERATOR)
     assert (status, detail["audit"]) == (200, [])
 
+    # the gateway: the proxy's credential in a header of its own, the customer's token as
+    # the bearer or in the access cookie; then the browser's way in, /access
+    proxy = {"X-Anonticket-Gateway-Token": OPERATOR}
+    subject = token_subject(bytes.fromhex(token))
+    secret.items["subject"] = {subject}  # for the upstream only: never in the log
+    status, _ = await client.request("GET", "internal", "/api/v1/check", bearer=token, headers=proxy)
+    assert status == 200
+    status, _ = await client.request("POST", "internal", "/api/v1/check", headers={
+        **proxy, "Cookie": f"anonticket_access={token}", "X-Anonticket-Cost": "1"})
+    assert status == 200
+    status, body = await client.request("GET", "internal", "/api/v1/check", bearer=token)
+    assert (status, body["error"]) == (407, "gateway_unauthorized")
+    status, body = await client.request("GET", "internal", "/api/v1/check", bearer=OPERATOR, headers=proxy)
+    assert (status, body["error"]) == (401, "invalid_token")
+    status, _ = await client.request("GET", "public", f"/access?next=/{token}")  # a query the
+    assert status == 200  # page repeats in its form, but that no log line may repeat
+    status, _ = await client.request("POST", "public", "/access", data=f"token={token}&next=/x".encode(),
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 303
+
     # the operator's mistakes and a revocation
     status, body = await client.request("POST", "internal", f"/api/v1/token/{token}/revoke",
                                         body={"reason": "refund"}, bearer=token)
@@ -295,6 +318,10 @@ async def customer_and_operator_run(client: Client, chain: Chain, secret: Secret
     assert (status, again["status"]) == (200, "already_claimed")
     status, info = await client.request("GET", "public", f"/api/v1/token/{token}")
     assert (status, info["status"]) == (200, "revoked")
+    status, body = await client.request("GET", "internal", "/api/v1/check", bearer=token, headers=proxy)
+    assert (status, body["error"]) == (403, "token_revoked")
+    status, _ = await client.request("POST", "public", "/access", data=f"token={token}".encode())
+    assert status == 403
 
     # the customer's mistakes, each carrying a secret the answer must not repeat
     for bad in (pid + "zz", pid[:-1] + "g", " " + pid, pid + "1" * 48, txid, token):
@@ -337,6 +364,14 @@ def check_exchanges(exchanges: list[Exchange], secret: Secrets) -> None:
     assert len(exchanges) >= 30
     for ex in exchanges:
         where = f"{ex.method} {ex.listener} {ex.path[:40]} -> {ex.status}"
+        if ex.path.startswith("/access"):  # the access page: HTML, its form holds no secret
+            assert ex.content_type in ("text/html", "application/octet-stream"), where
+            for piece in re.findall(r"[0-9A-Za-z]{8,}", ex.sent):
+                assert piece.lower() not in ex.body.lower(), (where, piece)
+            continue
+        if ex.status == 200 and ex.path == "/api/v1/check":  # allowed: headers, no body
+            assert ex.body == "", where
+            continue
         assert ex.content_type in ("application/json", "text/plain"), where
         if ex.status >= 400:
             body = json.loads(ex.body)
@@ -359,6 +394,9 @@ def check_log(log: str, secret: Secrets) -> None:
                      "anonticket.access public POST /api/v1/redeem 402",
                      "anonticket.access internal POST /api/v1/token/{token}/revoke 200",
                      "anonticket.access public GET /api/v1/token/{token} 200",
+                     "anonticket.access internal GET /api/v1/check 200",
+                     "anonticket.access internal POST /api/v1/check 200",
+                     "anonticket.access public POST /access 303",
                      "wallet monitor running"):
         assert expected in log, f"the log misses {expected!r}: the check would be vacuous"
     leaks: dict[str, list[tuple[int, list[str]]]] = {}

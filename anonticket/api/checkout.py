@@ -22,6 +22,7 @@ from aiohttp import web
 from anonticket.address import AddressError, decode_address
 from anonticket.amount import format_xmr
 from anonticket.api import pages
+from anonticket.api.access import log_in_form
 from anonticket.api.pages import Markup
 from anonticket.api.public import STATE, read_body
 from anonticket.domain import PaymentId
@@ -266,12 +267,10 @@ async def redeem(request: web.Request) -> web.Response:
 
 
 def access_login_form(token_hex: str) -> Markup | None:
-    """Hook for the gateway's access page (``/access``: paste a token, get the cookie).
-
-    That page does not exist yet, so the token page has no "log in" button. When it
-    does, return a form here that POSTs the token to it (in the body, never the URL).
-    """
-    return None
+    """The token page's "use it in this browser" button: a form that POSTs the token to the
+    gateway's access page (``/access``), which sets the access cookie the proxy's check
+    reads. The token travels in the body, never the URL; nothing happens unless clicked."""
+    return log_in_form(token_hex)
 
 
 async def back_to_shop(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from anonticket.api.public import (
     token_view,
 )
 from anonticket.api.balance import add_debit_route, add_topup_route
+from anonticket.api.gateway import CHECK_PATH, add_check_route
 from anonticket.api.webhooks import add_webhook_routes
 from anonticket.domain import ServiceToken, token_id
 from anonticket.errors import InvalidRequest, MonitorDisabled, Unauthorized
@@ -38,6 +39,9 @@ OPENAPI_PATH = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi
 # far above any chain; keeps the height a plain SQLite integer
 _MAX_HEIGHT = 2**62
 _OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+# routes that check a credential of their own: on the gateway check, Authorization is the
+# customer's bearer token, never compared with the admin one (api/gateway.py)
+_OWN_CREDENTIAL_PATHS = frozenset({CHECK_PATH})
 
 
 def make_auth_middleware(expected: str) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -48,7 +52,8 @@ def make_auth_middleware(expected: str) -> Callable[..., Awaitable[web.StreamRes
 
     @web.middleware
     async def require_bearer(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        if request.path not in _OPEN_PATHS:
+        path = request.path
+        if path not in _OPEN_PATHS and path not in _OWN_CREDENTIAL_PATHS:
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected_header):
                 raise Unauthorized()
@@ -169,6 +174,7 @@ def add_internal_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/token/{token}/revoke", revoke)
     add_topup_route(app)
     add_debit_route(app)
+    add_check_route(app)
     app.router.add_get("/api/v1/stats", stats, allow_head=False)
     app.router.add_post("/api/v1/monitor/rescan", rescan)
     app.router.add_get("/health/live", live, allow_head=False)

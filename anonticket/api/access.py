@@ -1,0 +1,237 @@
+"""The access page: a browser gives its token once and gets the cookie the gateway reads.
+
+``GET /access`` is a form (paste the token), ``POST /access`` checks the token, sets the
+access cookie and sends the browser on (303) to where the proxy's 401/403 page came
+from; ``POST /access/logout`` clears the cookie. No script anywhere: plain forms, the
+pages module's template and security headers.
+
+The cookie (named by ``ACCESS_COOKIE_NAME``) is ``HttpOnly`` (no script can read the
+bearer secret), ``SameSite=Strict`` (no other site's page can make the browser send it),
+``Path=/`` and host-only (no ``Domain``: it goes to this host only). ``Secure`` follows
+``ACCESS_COOKIE_SECURE``: with ``auto`` it is set when the proxy says the request came
+over HTTPS (``X-Forwarded-Proto: https``, set by the shipped configs) and left off over a
+plain-HTTP onion service, where Tor already encrypts end to end and browsers other than
+Tor Browser (one behind Orbot, say) would refuse to send a Secure cookie over http.
+
+Where to go on is a relative path only (``/…``, never ``//host`` or a scheme): an open
+redirect would let anyone's link send a customer elsewhere straight after they logged in.
+The proxy passes it as the last query parameter, verbatim (``/access?next=$request_uri``),
+so a ``next`` that has its own query string arrives whole, without escaping in nginx.
+The form POSTs are refused when the browser says they came from another site
+(``Sec-Fetch-Site``): a forged login would set the attacker's token in the victim's
+browser, and whatever the victim then did upstream would be kept under the attacker's
+subject.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from aiohttp import web
+
+from anonticket.api import pages
+from anonticket.api.gateway import hex_token
+from anonticket.api.pages import Markup
+from anonticket.api.public import STATE, read_body
+from anonticket.domain import ServiceToken
+from anonticket.errors import ServiceError
+from anonticket.state import State
+
+ACCESS_PATH = "/access"
+LOGOUT_PATH = "/access/logout"
+MAX_NEXT_CHARS = 2048
+_MAX_FIELDS = 3
+# what the proxy's 403 page names, and what the access page then says about it
+_REASONS = {
+    "token_revoked": "This access token has been revoked: it no longer opens this service.",
+    "token_expired": "The time this access token bought has run out.",
+    "insufficient_balance": "This access token's balance is too low for that page.",
+    "token_not_found": "The access token this browser sent is not known here.",
+    "invalid_token": "This browser sent something that is not an access token.",
+}
+_CROSS_SITE = frozenset({"cross-site", "same-site"})
+
+
+class BadForm(ServiceError):
+    status, code, message = 400, "invalid_request", "the form is not one these pages send"
+
+
+def safe_next(text: str | None) -> str | None:
+    """``text`` if it is a path on this site to send a browser to, else None.
+
+    Visible ASCII only: browsers drop tabs and newlines from URLs (``/\\t/evil`` becomes
+    ``//evil``) and read a backslash as a slash, so either could turn a path into a host.
+    """
+    if (not text or len(text) > MAX_NEXT_CHARS or text[0] != "/" or text[1:2] in ("/", "\\")
+            or "\\" in text or not all("!" <= c <= "~" for c in text)):
+        return None
+    return text
+
+
+def next_from_query(raw_query: str) -> str | None:
+    """``next`` is everything after the first ``next=`` parameter, taken verbatim."""
+    if raw_query.startswith("next="):
+        value = raw_query[5:]
+    elif "&next=" in raw_query:
+        value = raw_query.split("&next=", 1)[1]
+    else:
+        return None
+    return safe_next(value)
+
+
+def reason_from_query(raw_query: str) -> str | None:
+    """A known ``reason`` before ``next``; the reasons need no decoding ([a-z_])."""
+    head = raw_query if raw_query.startswith("next=") else raw_query.split("&next=", 1)[0]
+    for part in head.split("&"):
+        if part.startswith("reason=") and part[7:] in _REASONS:
+            return part[7:]
+    return None
+
+
+def cookie_header(state: State, request: web.Request, value: str, max_age: int | None) -> str:
+    config = state.config
+    parts = [f"{config.access_cookie_name}={value}", "Path=/", "HttpOnly", "SameSite=Strict"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    secure = config.access_cookie_secure
+    if secure == "true" or (secure == "auto" and request.headers.get(
+            "X-Forwarded-Proto", "").lower() == "https"):
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def cross_site(request: web.Request) -> web.Response | None:
+    """A 403 page when the browser says another site sent this form, else None."""
+    if request.headers.get("Sec-Fetch-Site") not in _CROSS_SITE:
+        return None
+    return pages.page("Not from this site", Markup(_CROSS_SITE_TEXT), status=403,
+                      home="/access", home_label="Enter your token here")
+
+
+async def read_form(request: web.Request, fields: frozenset[str]) -> dict[str, str]:
+    """The urlencoded body as fields: only ours, each at most once (4 KiB, body timeout)."""
+    raw = await read_body(request)
+    try:
+        pairs = urllib.parse.parse_qsl(raw.decode("ascii"), keep_blank_values=True,
+                                       max_num_fields=_MAX_FIELDS, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise BadForm() from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form or name not in fields:
+            raise BadForm()
+        form[name] = value
+    return form
+
+
+# ---------------------------------------------------------------------- templates
+_FORM = """{note}
+<p>Paste the access token you got for your payment. This browser keeps it in a cookie
+for this site only{lifetime}, so the pages you bought open without asking again.</p>
+<form method="post" action="/access">
+<label for="token">Access token (64 characters, 0-9 and a-f)</label>
+<textarea id="token" class="entry" name="token" rows="2" required maxlength="200"
+ autocomplete="off" autocapitalize="none" spellcheck="false"></textarea>
+<input type="hidden" name="next" value="{next}">
+<button type="submit">Continue</button>
+</form>
+{resume}
+<h2>No token yet?</h2>
+<p><a href="/pay">Buy access</a>: pay with Monero, no account needed.</p>
+<h2>Shared computer?</h2>
+<form method="post" action="/access/logout">
+<button type="submit">Forget the token in this browser</button>
+</form>"""
+
+_RESUME = """<p class="muted">Entered your token in this browser before? Links from other
+sites do not carry this site's cookie: <a href="{next}">continue to the page</a>.</p>"""
+
+_NOTE = """<p class="note warn">{text}</p>"""
+
+_LOG_IN_BUTTON = """<form method="post" action="/access">
+<input type="hidden" name="token" value="{token}">
+<input type="hidden" name="next" value="{next}">
+<button type="submit">{label}</button>
+</form>"""
+
+_CROSS_SITE_TEXT = """<p>This form was sent from another site, so it was ignored: only this
+site's own access page can store or forget your token.</p>"""
+
+_LOGGED_OUT = """<p class="note ok">This browser no longer holds your access token.</p>
+<p>Your token still works: <a href="/access">enter it again</a> whenever you like.</p>"""
+
+
+def form_page(state: State, *, next_path: str | None, note: str | None,
+              status: int = 200) -> web.Response:
+    lifetime = ("" if state.config.access_cookie_max_age_secs else
+                " until you close the browser")
+    body = pages.render(
+        _FORM, next=next_path or "",
+        note=pages.render(_NOTE, text=note) if note else Markup(""),
+        lifetime=lifetime,
+        resume=pages.render(_RESUME, next=next_path) if next_path else Markup(""))
+    return pages.page("Enter your access token", body, status=status)
+
+
+def log_in_form(token_hex: str, *, next_path: str = "/",
+                label: str = "Use this token in this browser") -> Markup:
+    """A button that logs this browser in with ``token_hex`` through ``POST /access``:
+    for the checkout's token page (its ``access_login_form`` hook). The token travels in
+    the form body, as the page the customer is looking at already shows it; never in a URL."""
+    return pages.render(_LOG_IN_BUTTON, token=token_hex, next=safe_next(next_path) or "/",
+                        label=label)
+
+
+# ---------------------------------------------------------------------- handlers
+async def access_form(request: web.Request) -> web.Response:
+    raw_query = request.rel_url.raw_query_string
+    reason = reason_from_query(raw_query)
+    return form_page(request.app[STATE], next_path=next_from_query(raw_query),
+                     note=_REASONS[reason] if reason else None)
+
+
+async def log_in(request: web.Request) -> web.Response:
+    if (refused := cross_site(request)) is not None:
+        return refused
+    state = request.app[STATE]
+    form = await read_form(request, frozenset({"token", "next"}))
+    next_path = safe_next(form.get("next"))
+    raw = hex_token(form.get("token", "").strip())
+    if type(raw) is str:
+        return form_page(state, next_path=next_path, status=400,
+                         note="That is not an access token: it is 64 characters, 0-9 and a-f.")
+    record = await state.ledger.find_token(ServiceToken(raw))  # type: ignore[arg-type]
+    if record is None:
+        return form_page(state, next_path=next_path, status=404, note=_REASONS["token_not_found"])
+    status = record.status(state.ledger.clock())
+    if status != "active":
+        return form_page(state, next_path=next_path, status=403,
+                         note=_REASONS["token_revoked" if status == "revoked" else "token_expired"])
+    response = pages.see_other(next_path or "/")
+    max_age = state.config.access_cookie_max_age_secs or None
+    response.headers["Set-Cookie"] = cookie_header(state, request, raw.hex(), max_age)  # type: ignore[union-attr]
+    return response
+
+
+async def log_out(request: web.Request) -> web.Response:
+    if (refused := cross_site(request)) is not None:
+        return refused
+    state = request.app[STATE]
+    await read_form(request, frozenset())
+    response = pages.page("Token forgotten", Markup(_LOGGED_OUT), home="/access",
+                          home_label="Enter a token")
+    response.headers["Set-Cookie"] = cookie_header(state, request, "", 0)
+    return response
+
+
+async def back_to_form(request: web.Request) -> web.Response:
+    """GET on the POST-only logout: to the form, carrying nothing."""
+    return pages.see_other(ACCESS_PATH)
+
+
+def add_access_routes(app: web.Application) -> None:
+    pages.serve_pages_under(app, ACCESS_PATH)
+    app.router.add_get(ACCESS_PATH, access_form, allow_head=False)
+    app.router.add_post(ACCESS_PATH, log_in)
+    app.router.add_post(LOGOUT_PATH, log_out)
+    app.router.add_get(LOGOUT_PATH, back_to_form, allow_head=False)

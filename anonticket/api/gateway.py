@@ -1,0 +1,237 @@
+"""The gateway check: the one route a reverse proxy asks before it serves a protected request.
+
+nginx ``auth_request``, Caddy ``forward_auth`` and Traefik ``ForwardAuth`` send the
+customer's request headers here (never its body) and serve the upstream on a 2xx. nginx
+passes only 401 and 403 on to the client and turns any other status into a 500, so:
+
+- 200: allowed, with the headers the proxy forwards upstream (``X-Anonticket-Subject``,
+  ``-Remaining``, ``-Expires-At``); no body, nothing the proxy has to read;
+- 401: the customer has no usable token (missing, malformed, unknown), with
+  ``WWW-Authenticate: Bearer``; 403: revoked, expired or not enough balance. Both carry
+  the reason in ``X-Anonticket-Reason`` for the proxy's error pages;
+- everything that is not the customer's doing fails closed as a non-401/403 status, so
+  nginx answers 500 and never opens the door: storage unavailable (503), a proxy without
+  the gateway credential (407), a cost header that is not a number (400).
+
+The token comes from ``Authorization: Bearer`` or the access cookie, never from the URL.
+When ``API_INTERNAL_TOKEN`` is set the proxy proves itself in a header of its own
+(``X-Anonticket-Gateway-Token``): ``Authorization`` here is the customer's, so the admin
+middleware skips this route and the two secrets are never compared with each other.
+
+Check-only answers (no cost) come from the ledger's record cache without a coroutine, as
+introspection does; a cost is one ``Ledger.debit`` (batched, decided in one transaction,
+committed before the answer).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from anonticket.api.public import STATE, rfc3339
+from anonticket.domain import ServiceToken, token_subject
+from anonticket.errors import (
+    GatewayUnauthorized,
+    InsufficientBalance,
+    InvalidRequest,
+    TokenExpired,
+    TokenRevoked,
+    Unavailable,
+)
+from anonticket.storage import DebitRequest, TokenRow
+
+CHECK_PATH = "/api/v1/check"
+COST_HEADER = "X-Anonticket-Cost"
+CREDENTIAL_HEADER = "X-Anonticket-Gateway-Token"
+SUBJECT_HEADER = "X-Anonticket-Subject"
+REMAINING_HEADER = "X-Anonticket-Remaining"
+EXPIRES_HEADER = "X-Anonticket-Expires-At"
+REASON_HEADER = "X-Anonticket-Reason"
+# what a cost can be: a debit's own limit (amounts and their sums fit SQLite's INTEGER)
+MAX_COST = 2**62
+_MAX_COST_DIGITS = len(str(MAX_COST))
+_CHALLENGE = 'Bearer realm="anonticket"'
+_CHALLENGE_INVALID = 'Bearer realm="anonticket", error="invalid_token"'
+
+# reason -> (status, message, WWW-Authenticate); the reasons are also the metric outcomes
+DENIALS: dict[str, tuple[int, str, str | None]] = {
+    "token_missing": (401, "a service token is required: Authorization: Bearer <token> "
+                           "or the access cookie", _CHALLENGE),
+    "invalid_token": (401, "the service token must be 64 hex characters, sent once",
+                      _CHALLENGE_INVALID),
+    "token_not_found": (401, "no such service token", _CHALLENGE_INVALID),
+    "token_revoked": (403, TokenRevoked.message, None),
+    "token_expired": (403, TokenExpired.message, None),
+    "insufficient_balance": (403, InsufficientBalance.message, None),
+}
+_DENIAL_BODIES = {reason: json.dumps({"error": reason, "message": message}).encode()
+                  for reason, (_, message, _) in DENIALS.items()}
+# what a refused debit's stored code means at the gateway
+_DEBIT_REFUSALS = {"token_not_found": "token_not_found", "token_revoked": "token_revoked",
+                   "token_expired": "token_expired", "insufficient_balance": "insufficient_balance"}
+
+
+def hex_token(text: str) -> bytes | str:
+    """32 bytes from exactly 64 hex characters, else the reason ``invalid_token``.
+
+    ``bytes.fromhex`` skips ASCII whitespace, so 64 characters that give 32 bytes held none.
+    """
+    if len(text) != 64:
+        return "invalid_token"
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return "invalid_token"
+    return raw if len(raw) == 32 else "invalid_token"
+
+
+def cookie_finder(name: str) -> Callable[[str], list[str]]:
+    """Every value of the cookie ``name`` in one Cookie header (``a=1; name=v; b=2``)."""
+    return re.compile(r"(?:^|;)[ \t]*" + re.escape(name) + r"=([^;]*)").findall
+
+
+def token_from(headers: Any, find_cookie: Callable[[str], list[str]]) -> bytes | str:
+    """The customer's token, or why there is none (a reason of ``DENIALS``).
+
+    ``Authorization: Bearer`` wins; another scheme (a site's own Basic auth) is not ours
+    and is passed over. The cookie must appear exactly once across every Cookie header:
+    two values (another path's or a subdomain's cookie of the same name) are refused,
+    because a proxy that strips the first one would hand the second to the upstream.
+    """
+    authorization = headers.get("Authorization")
+    if authorization is not None and authorization[:7].lower() == "bearer ":
+        return hex_token(authorization[7:].strip(" \t"))
+    cookies = headers.getall("Cookie", None)
+    if cookies:
+        values = [value for header in cookies for value in find_cookie(header)]
+        if len(values) == 1:
+            return hex_token(values[0].strip(" \t"))
+        if values:
+            return "invalid_token"
+    return "token_missing"
+
+
+def parse_cost(text: str | None) -> int:
+    """The proxy's per-location cost in piconero; absent or 0: check only."""
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_COST_DIGITS:
+        raise InvalidRequest("X-Anonticket-Cost must be a whole number of piconero")
+    cost = int(text)
+    if cost > MAX_COST:
+        raise InvalidRequest("X-Anonticket-Cost must be a whole number of piconero")
+    return cost
+
+
+def allowed_headers(record: TokenRow) -> dict[str, str]:
+    headers = {SUBJECT_HEADER: token_subject(record.token),
+               REMAINING_HEADER: str(record.remaining)}
+    if record.expires_at is not None:
+        headers[EXPIRES_HEADER] = rfc3339(record.expires_at)  # type: ignore[assignment]
+    return headers
+
+
+def denial(reason: str, remaining: int | None = None) -> web.Response:
+    status, _, challenge = DENIALS[reason]
+    headers = {REASON_HEADER: reason}
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
+    if remaining is not None:
+        headers[REMAINING_HEADER] = str(remaining)
+    return web.Response(status=status, body=_DENIAL_BODIES[reason],
+                        content_type="application/json", headers=headers)
+
+
+def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
+    state = app[STATE]
+    config = state.config
+    tallies, debited = state.metrics.gateway, state.metrics.gateway_debited
+    find_cookie = cookie_finder(config.access_cookie_name)
+    # encoded like the admin middleware's: a header that is not UTF-8 is a wrong credential
+    credential = (config.api_internal_token.encode("utf-8", "surrogateescape")
+                  if config.api_internal_token else None)
+    allowed_tally = tallies["allowed"]
+
+    def refuse(reason: str, remaining: int | None = None) -> web.Response:
+        tallies[reason].inc()
+        return denial(reason, remaining)
+
+    async def metered(raw: bytes, cost: int) -> web.Response:
+        try:
+            outcome = await state.ledger.debit(DebitRequest(raw, cost))
+        except Unavailable:
+            tallies["unavailable"].inc()
+            raise
+        if outcome.status == 200 and outcome.record is not None:
+            allowed_tally.inc()
+            debited.inc(cost)
+            return web.Response(headers=allowed_headers(outcome.record))
+        reason = _DEBIT_REFUSALS[str(outcome.body["error"])]
+        remaining = outcome.body.get("remaining") if reason == "insufficient_balance" else None
+        return refuse(reason, remaining)  # type: ignore[arg-type]
+
+    async def check(request: web.Request) -> web.Response:
+        headers = request.headers
+        if credential is not None:
+            given = headers.get(CREDENTIAL_HEADER, "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, credential):
+                tallies["gateway_unauthorized"].inc()
+                raise GatewayUnauthorized()
+        cost_text = headers.get(COST_HEADER)
+        cost = 0
+        if cost_text is not None and cost_text != "0":
+            try:
+                cost = parse_cost(cost_text)
+            except InvalidRequest:
+                tallies["invalid_cost"].inc()
+                raise
+        # the usual request, "Bearer <64 hex>", without a call; anything else (another
+        # spelling, the cookie, garbage) takes token_from, which answers the same for it
+        authorization = headers.get("Authorization")
+        raw: bytes | str | None = None
+        if authorization is not None and len(authorization) == 71 and authorization[:7] == "Bearer ":
+            try:
+                raw = bytes.fromhex(authorization[7:])
+            except ValueError:
+                raw = None
+            if raw is not None and len(raw) != 32:
+                raw = None
+        if raw is None:
+            raw = token_from(headers, find_cookie)
+            if type(raw) is str:
+                return refuse(raw)
+        if cost:
+            return await metered(raw, cost)  # type: ignore[arg-type]
+        # check only: what introspection does, without a coroutine for a cached record;
+        # the ledger is read per request: a PostgreSQL takeover replaces it (app.py)
+        ledger = state.ledger
+        record = ledger.cached_token(raw)  # type: ignore[arg-type]
+        if record is None:
+            if ledger.token_certainly_unknown(raw):  # type: ignore[arg-type]
+                return refuse("token_not_found")
+            try:
+                record = await ledger.find_token(ServiceToken(raw))  # type: ignore[arg-type]
+            except Unavailable:
+                tallies["unavailable"].inc()
+                raise
+            if record is None:
+                return refuse("token_not_found")
+        if record.revoked_at is not None:
+            return refuse("token_revoked")
+        if record.expires_at is not None and record.expires_at <= ledger.clock():
+            return refuse("token_expired")
+        allowed_tally.inc()
+        return web.Response(headers=allowed_headers(record))
+
+    return check
+
+
+def add_check_route(app: web.Application) -> None:
+    """Any method: nginx's auth subrequest keeps the customer's (a POST to a protected
+    form is checked as a POST, without its body); Caddy's is always GET."""
+    app.router.add_route("*", CHECK_PATH, make_check_handler(app))
