@@ -88,12 +88,17 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     if backend == "sqlite":
         yield str(tmp_path / "anonticket.db")
         return
-    cluster: pg_cluster.Cluster = request.getfixturevalue("pg")
-    name = cluster.create_database()
+    yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def pg_url(pg: pg_cluster.Cluster) -> Iterator[str]:
+    """DSN of a fresh database of its own in the session's cluster, dropped afterwards."""
+    name = pg.create_database()
     try:
-        yield cluster.dsn(name)
+        yield pg.dsn(name)
     finally:
-        cluster.drop_database(name)
+        pg.drop_database(name)
 
 
 @pytest.fixture

@@ -39,15 +39,6 @@ ROUNDS = int(os.environ.get("FAILOVER_ROUNDS", "3"))
 
 
 @pytest.fixture
-def pg_url(pg: Cluster) -> Iterator[str]:
-    name = pg.create_database()
-    try:
-        yield pg.dsn(name)
-    finally:
-        pg.drop_database(name)
-
-
-@pytest.fixture
 async def wallet() -> AsyncIterator[FakeWallet]:
     async with FakeWallet(height=100) as fake:
         yield fake

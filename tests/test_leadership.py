@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,19 +22,9 @@ from anonticket.storage import open_storage
 from anonticket.storage.postgres import FencedOut, PostgresStorage
 from anonticket.storage.postgres.leader import LeaderLock, take_over
 from conftest import make_config, transfer, url
-from pg_cluster import Cluster
 
 NOW = 1_700_000_000
 CHECK = "0.2"  # DATABASE_LEADER_CHECK_SECS for these tests
-
-
-@pytest.fixture
-def pg_url(pg: Cluster) -> Iterator[str]:
-    name = pg.create_database()
-    try:
-        yield pg.dsn(name)
-    finally:
-        pg.drop_database(name)
 
 
 @pytest.fixture

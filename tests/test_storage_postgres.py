@@ -7,7 +7,7 @@ writing one database. The contract shared with SQLite is in test_storage.py and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,15 +22,6 @@ from pg_cluster import Cluster
 
 NOW = 1_700_000_000
 MIN = 1000
-
-
-@pytest.fixture
-def pg_url(pg: Cluster) -> Iterator[str]:
-    name = pg.create_database()
-    try:
-        yield pg.dsn(name)
-    finally:
-        pg.drop_database(name)
 
 
 @pytest.fixture
@@ -234,7 +225,8 @@ async def test_a_deadlocked_transaction_is_retried_once_and_applies_once(
     for _ in range(200):  # bounded: ours is waiting on the token's lock within a few polls
         waiting = await raw.fetchval(
             """SELECT count(*) FROM pg_stat_activity
-               WHERE application_name = 'anonticket' AND wait_event_type = 'Lock'""")
+               WHERE application_name = 'anonticket' AND wait_event_type = 'Lock'
+                 AND datname = current_database()""")
         if waiting:
             break
         await asyncio.sleep(0.05)
