@@ -31,8 +31,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+import proxy_helpers
 from anonticket.regtest import MERCHANT_KEYS
 from page_helpers import parse_page
+from proxy_helpers import free_port, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "anonticket.service"
@@ -86,23 +88,6 @@ def env_file_values(text: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode} before listening"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listened on port {port} within {timeout}s")
-
 
 async def wait_until(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -131,7 +116,7 @@ async def generate_watch_only(directory: Path, password: str, address: str, view
          "--log-file", str(directory / "setup.log")],
         env={**os.environ, "RPC_LOGIN": ":".join(login)}, stdout=subprocess.DEVNULL)
     try:
-        await asyncio.to_thread(wait_port, port, proc, 60)
+        await asyncio.to_thread(wait_port, port, proc, 60, "monero-wallet-rpc")
         made = await _wallet_call(port, "generate_from_keys", {
             "filename": "anonticket", "address": address, "viewkey": view_key,
             "password": password, "restore_height": 0}, login)
@@ -158,7 +143,7 @@ def start_wallet_unit(unit_text: str, directory: Path, rpc_login: str, password_
     with open(directory / "stdout.log", "wb") as out:  # what journald would get
         proc = subprocess.Popen([*mdwe_prefix(), *argv, *extra], stdout=out, stderr=subprocess.STDOUT,
                                 env={"PATH": os.environ["PATH"], "RPC_LOGIN": rpc_login})
-    wait_port(port, proc, 60)
+    wait_port(port, proc, 60, "monero-wallet-rpc")
     return proc, port
 
 
@@ -176,36 +161,8 @@ def nginx_running(site_text: str, directory: Path, upstream: Path) -> Iterator[s
     for old, new in replacements.items():
         assert old in site_text, old
         site_text = site_text.replace(old, new)
-    for sub in ("tls", "log", "tmp"):
-        (directory / sub).mkdir(exist_ok=True)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", f"{directory}/tls/privkey.pem", "-out", f"{directory}/tls/fullchain.pem"],
-                   check=True, capture_output=True, timeout=60)
-    (directory / "site.conf").write_text(site_text)
-    temp = " ".join(f"{kind}_temp_path {directory}/tmp/{kind};"
-                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    # nginx drops to www-data as it does on Debian, so socket permissions are tested too.
-    user = "user www-data;" if os.geteuid() == 0 else ""
-    (directory / "nginx.conf").write_text(
-        f"{user} worker_processes 1; daemon off; pid {directory}/nginx.pid;\n"
-        f"error_log {directory}/log/main-error.log;\n"
-        f"events {{ worker_connections 64; }}\nhttp {{ {temp} include {directory}/site.conf; }}\n")
-    base = ["nginx", "-e", f"{directory}/log/main-error.log", "-p", str(directory),
-            "-c", str(directory / "nginx.conf")]
-    check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen(base)
-    try:
-        wait_port(port, proc, 30)
+    with proxy_helpers.nginx_running(directory, site_text, port, workers=1):
         yield f"https://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, remove the pid file
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture

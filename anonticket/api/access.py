@@ -25,16 +25,15 @@ subject.
 
 from __future__ import annotations
 
-import urllib.parse
 
 from aiohttp import web
 
 from anonticket.api import pages
+from anonticket.api.forms import read_form
 from anonticket.api.gateway import hex_token
 from anonticket.api.pages import Markup
-from anonticket.api.public import STATE, read_body
+from anonticket.api.public import STATE
 from anonticket.domain import ServiceToken
-from anonticket.errors import ServiceError
 from anonticket.state import State
 
 ACCESS_PATH = "/access"
@@ -50,10 +49,6 @@ _REASONS = {
     "invalid_token": "This browser sent something that is not an access token.",
 }
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
-
-
-class BadForm(ServiceError):
-    status, code, message = 400, "invalid_request", "the form is not one these pages send"
 
 
 def safe_next(text: str | None) -> str | None:
@@ -106,22 +101,6 @@ def cross_site(request: web.Request) -> web.Response | None:
         return None
     return pages.page("Not from this site", Markup(_CROSS_SITE_TEXT), status=403,
                       home="/access", home_label="Enter your token here")
-
-
-async def read_form(request: web.Request, fields: frozenset[str]) -> dict[str, str]:
-    """The urlencoded body as fields: only ours, each at most once (4 KiB, body timeout)."""
-    raw = await read_body(request)
-    try:
-        pairs = urllib.parse.parse_qsl(raw.decode("ascii"), keep_blank_values=True,
-                                       max_num_fields=_MAX_FIELDS, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise BadForm() from None
-    form: dict[str, str] = {}
-    for name, value in pairs:
-        if name in form or name not in fields:
-            raise BadForm()
-        form[name] = value
-    return form
 
 
 # ---------------------------------------------------------------------- templates
@@ -194,7 +173,7 @@ async def log_in(request: web.Request) -> web.Response:
     if (refused := cross_site(request)) is not None:
         return refused
     state = request.app[STATE]
-    form = await read_form(request, frozenset({"token", "next"}))
+    form = await read_form(request, frozenset({"token", "next"}), _MAX_FIELDS)
     next_path = safe_next(form.get("next"))
     raw = hex_token(form.get("token", "").strip())
     if type(raw) is str:
@@ -217,7 +196,7 @@ async def log_out(request: web.Request) -> web.Response:
     if (refused := cross_site(request)) is not None:
         return refused
     state = request.app[STATE]
-    await read_form(request, frozenset())
+    await read_form(request, frozenset(), _MAX_FIELDS)
     response = pages.page("Token forgotten", Markup(_LOGGED_OUT), home="/access",
                           home_label="Enter a token")
     response.headers["Set-Cookie"] = cookie_header(state, request, "", 0)

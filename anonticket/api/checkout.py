@@ -14,7 +14,6 @@ view), so checking never claims; ``/pay/redeem`` claims through the very ledger 
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,10 +22,11 @@ from anonticket.address import AddressError, decode_address
 from anonticket.amount import format_xmr
 from anonticket.api import pages
 from anonticket.api.access import log_in_form
+from anonticket.api.forms import BadForm, read_form
 from anonticket.api.pages import Markup
-from anonticket.api.public import STATE, read_body
+from anonticket.api.public import STATE
 from anonticket.domain import PaymentId
-from anonticket.errors import InvalidPid, ServiceError, Underpaid, Unavailable
+from anonticket.errors import InvalidPid, Underpaid, Unavailable
 from anonticket.ledger import Claimed, Ledger
 from anonticket.payment_request import PaymentRequest, new_payment_request, payment_request
 from anonticket.state import State
@@ -93,29 +93,6 @@ async def read_payment_state(ledger: Ledger, pid: PaymentId) -> PaymentState:
 
 
 # ---------------------------------------------------------------------- form input
-class BadForm(ServiceError):
-    status, code, message = 400, "invalid_request", "the form is not one these pages send"
-
-
-async def read_form(request: web.Request, fields: frozenset[str]) -> dict[str, str]:
-    """The urlencoded body as fields (4 KiB and the body timeout, as every other route).
-
-    Only the fields our own forms send, each once: anything else is not one of our forms.
-    """
-    raw = await read_body(request)
-    try:
-        pairs = urllib.parse.parse_qsl(raw.decode("ascii"), keep_blank_values=True,
-                                       max_num_fields=_MAX_FIELDS, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise BadForm() from None
-    form: dict[str, str] = {}
-    for name, value in pairs:
-        if name in form or name not in fields:
-            raise BadForm()
-        form[name] = value
-    return form
-
-
 def parse_pid_field(text: str | None, merchant: str | None, accept_long: bool) -> PaymentId:
     """A pasted PID, or an integrated address of this shop (what a wallet's history
     shows); surrounding blanks are forgiven, anything else is InvalidPid."""
@@ -134,7 +111,7 @@ def parse_pid_field(text: str | None, merchant: str | None, accept_long: bool) -
 
 
 async def _pid_from_form(request: web.Request, state: State) -> PaymentId:
-    form = await read_form(request, _PID_FORM)
+    form = await read_form(request, _PID_FORM, _MAX_FIELDS)
     return parse_pid_field(form.get("pid"), state.merchant.address,
                            state.config.api_accept_long_pids)
 
@@ -199,7 +176,7 @@ async def shop(request: web.Request) -> web.Response:
 
 async def create_payment(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    form = await read_form(request, _OFFER_FORM)
+    form = await read_form(request, _OFFER_FORM, _MAX_FIELDS)
     chosen = [o for o in priced_offers(state) if o.key == form.get("offer")]
     if not chosen:
         return pages.page("Offer not available", Markup(
