@@ -9,7 +9,9 @@ to run under Litestream's read lock), redeems, a top-up, a debit and a revocatio
 the replica, both processes get SIGKILL and the database is restored the way
 docs/operations.md tells the operator to; ``anonticket db check`` must pass on it, it
 must hold exactly the ledger that was replicated, and a revocation made after
-Litestream died must be missing from it: the recovery point.
+Litestream died must be missing from it: the recovery point. The runbook then goes on:
+the restored file in place, both started again, the lost revocation re-applied with
+``anonticket token revoke``, and that too restored from the same replica.
 
 The binary comes with ``bin/setup --test`` (the test extra); without it the module is
 skipped, except under ``CI``, where a missing binary is a failure.
@@ -157,9 +159,44 @@ async def caught_up(session: aiohttp.ClientSession, service: ServiceProcess,
                      interval=0.05)
 
 
+async def on_the_replica(config: Path, database: Path, probe: Path,
+                         expected: dict[str, list[tuple[Any, ...]]], what: str) -> None:
+    """Poll restores from the replica until one gives exactly ``expected``."""
+    def restored_matches() -> bool:
+        done = restore(config, database, probe)
+        return done.returncode == 0 and ledger(probe) == expected
+
+    await wait_until(restored_matches, what, timeout=30, interval=0.2)
+
+
+def db_check(path: Path) -> None:
+    checked = subprocess.run([str(BIN), "db", "check"], capture_output=True, text=True,
+                             timeout=60, check=False,
+                             env={"PATH": os.environ["PATH"], "DATABASE_URL": str(path)})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "integrity_check: ok" in checked.stdout
+    assert "ledger (payments = sum of their transfers): ok" in checked.stdout
+
+
+def lose_the_disk_and_restore(config: Path, database: Path, output: Path) -> None:
+    """The database, its WAL and Litestream's local state beside it are gone; only the
+    replica is left."""
+    shutil.rmtree(database.parent)
+    done = restore(config, database, output)
+    assert done.returncode == 0, done.stdout + done.stderr
+    db_check(output)
+
+
+def revoked_tokens(path: Path) -> set[str]:
+    with readonly_db(path) as db:
+        return {bytes(row[0]).hex() for row in db.execute(
+            "SELECT token FROM service_tokens WHERE revoked_at IS NOT NULL")}
+
+
 async def test_replica_restores_the_ledger_up_to_the_recovery_point(
         tmp_path: Path, session: aiohttp.ClientSession) -> None:
     database, replica = tmp_path / "data" / "anonticket.db", tmp_path / "replica"
+    probe, restored = tmp_path / "probe.db", tmp_path / "restored.db"
     database.parent.mkdir()
     config = litestream_config(tmp_path, database, replica)
     wallet = RecordingWallet(height=10)
@@ -171,28 +208,18 @@ async def test_replica_restores_the_ledger_up_to_the_recovery_point(
         litestream = Litestream(replicate_argv(config), tmp_path / "litestream.log")
         await service.start()
         await caught_up(session, service, wallet)
-
-        probe = tmp_path / "probe.db"
-
-        async def on_the_replica(expected: dict[str, list[tuple[Any, ...]]], what: str) -> None:
-            """Poll restores from the replica until one gives exactly ``expected``."""
-            def restored_matches() -> bool:
-                done = restore(config, database, probe)
-                return done.returncode == 0 and ledger(probe) == expected
-
-            await wait_until(restored_matches, what, timeout=30, interval=0.2)
-
         # Litestream's first snapshot (of the empty ledger) first: the bulk credit then
         # commits, and the service checkpoints it, while Litestream holds its read lock
-        await on_the_replica(ledger(database), "Litestream's first snapshot")
+        await on_the_replica(config, database, probe, ledger(database),
+                             "Litestream's first snapshot")
         bulk = [PaymentId.generate().hex() for _ in range(BULK)]
         txids = pay(wallet, *bulk, amount=AMOUNT)
         await caught_up(session, service, wallet)
-        # the bulk credit on the replica before the rest: the later writes then reach it
-        # as increments after the background checkpoint, not in one first upload
         credited = ledger(database)
         assert len(credited["payments"]) == len(credited["transfers"]) == BULK
-        await on_the_replica(credited, "the bulk credit to reach the replica")
+        await on_the_replica(config, database, probe, credited,
+                             "the bulk credit to reach the replica")
+
         tokens = []
         for pid in bulk[:4]:
             status, _, body, _ = await redeem(session, service.public, pid)
@@ -208,13 +235,11 @@ async def test_replica_restores_the_ledger_up_to_the_recovery_point(
         status, _, body, _ = await call(session, "POST", service.internal,
                                         f"/api/v1/token/{revoked}/revoke", {"reason": "shared"})
         assert (status, body["status"]) == (200, "revoked"), body
-
-        # The replica holds the last write once a restore from it gives the same ledger.
         replicated = ledger(database)
         assert len(replicated["debits"]) == len(replicated["audit_log"]) == 1
-        await on_the_replica(replicated, "the replica to hold the last write")
-        checkpoints = re.findall(r"background WAL checkpoint failed", service.log())
-        assert checkpoints == []
+        await on_the_replica(config, database, probe, replicated,
+                             "the replica to hold the last write")
+        assert "background WAL checkpoint failed" not in service.log()
 
         # Litestream dies first: what the service writes from now on is past the recovery point.
         litestream.kill()
@@ -223,8 +248,7 @@ async def test_replica_restores_the_ledger_up_to_the_recovery_point(
                                         {"reason": "after the last frame"})
         assert (status, body["status"]) == (200, "revoked"), body
         await service.kill()
-        original = ledger(database)
-        assert len(original["audit_log"]) == 2
+        assert revoked_tokens(database) == {revoked, revoked_later}
     finally:
         if litestream is not None:
             litestream.stop()
@@ -234,28 +258,41 @@ async def test_replica_restores_the_ledger_up_to_the_recovery_point(
     assert "Traceback" not in service.log(), service.log()
     assert "level=ERROR" not in litestream.log(), litestream.log()
 
-    # The disk is lost: the database, its WAL and Litestream's local state beside it.
-    shutil.rmtree(database.parent)
-    restored = tmp_path / "restored.db"
-    done = restore(config, database, restored)
-    assert done.returncode == 0, done.stdout + done.stderr
-    checked = subprocess.run([str(BIN), "db", "check"], capture_output=True, text=True,
-                             timeout=60, check=False,
-                             env={"PATH": os.environ["PATH"], "DATABASE_URL": str(restored)})
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "integrity_check: ok" in checked.stdout
-    assert "ledger (payments = sum of their transfers): ok" in checked.stdout
-
+    lose_the_disk_and_restore(config, database, restored)
     back = ledger(restored)
     assert back == replicated  # every credit, redeem, top-up, debit and the first revocation
-    assert back != original
-    revocations = {bytes(row[0]).hex(): row[4] for row in back["service_tokens"]}
-    assert revocations[revoked] is not None
-    assert revocations[revoked_later] is None  # the one a restore cannot bring back
+    assert revoked_tokens(restored) == {revoked}  # the later one a restore cannot bring back
     assert bytes.fromhex(revoked_later) not in {bytes(row[3]) for row in back["audit_log"]}
     with readonly_db(restored) as db:
-        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert db.execute("SELECT scanned_height FROM monitor_state").fetchone()[0] >= 10
+
+    # The runbook goes on: the checked file takes the database's place, both start again,
+    # the operator re-applies the lost revocation, and replication carries on from there.
+    database.parent.mkdir()
+    restored.rename(database)
+    litestream = Litestream(replicate_argv(config), tmp_path / "litestream-again.log")
+    service = ServiceProcess(service_env(database, MONITOR_ENABLED="false"))
+    try:
+        await service.start()
+        again = subprocess.run(
+            [str(BIN), "token", "revoke", "-", "--reason", "re-applied after a restore"],
+            input=revoked_later + "\n", capture_output=True, text=True, timeout=60, check=False,
+            env={"PATH": os.environ["PATH"], "DATABASE_URL": str(database),
+                 "API_INTERNAL_BIND_ADDRESS": service.internal})
+        assert again.returncode == 0, again.stdout + again.stderr
+        reapplied = ledger(database)
+        assert revoked_tokens(database) == {revoked, revoked_later}
+        await on_the_replica(config, database, probe, reapplied,
+                             "the re-applied revocation to reach the replica")
+        litestream.kill()
+        await service.kill()
+    finally:
+        litestream.stop()
+        if service.alive():
+            await service.kill()
+    assert "level=ERROR" not in litestream.log(), litestream.log()
+    lose_the_disk_and_restore(config, database, restored)
+    assert ledger(restored) == reapplied
 
 
 async def debit(session: aiohttp.ClientSession, service: ServiceProcess, token: str,
