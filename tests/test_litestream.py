@@ -58,6 +58,7 @@ ENV_EXAMPLE = REPO / "systemd" / "anonticket.env.example"
 SHIPPED_DB = "/var/lib/anonticket/anonticket.db"
 SHIPPED_REPLICA = "/var/backups/anonticket/litestream"
 SHIPPED_CONFIG = "/etc/anonticket/litestream.yml"
+UNIT_CONFIG = "%d/litestream.yml"  # LoadCredential=litestream.yml:SHIPPED_CONFIG
 SHIPPED_BINARY = "/opt/anonticket/.venv/bin/litestream"
 
 # the extra installs the binary next to this interpreter; PATH is the fallback
@@ -95,7 +96,7 @@ def litestream_config(directory: Path, database: Path, replica: Path) -> Path:
 def replicate_argv(config: Path) -> list[str]:
     """The unit's ExecStart with the binary and the config moved."""
     argv = exec_start(UNIT.read_text())
-    assert argv == [SHIPPED_BINARY, "replicate", "-config", SHIPPED_CONFIG]
+    assert argv == [SHIPPED_BINARY, "replicate", "-config", UNIT_CONFIG]
     assert LITESTREAM is not None
     return [*mdwe_prefix(), LITESTREAM, "replicate", "-config", str(config)]
 
@@ -371,11 +372,12 @@ def test_unit_runs_as_the_service_user_and_stops_after_it():
     for line in ("User=anonticket", "Group=anonticket", "UMask=0077", "Type=exec",
                  "Restart=on-failure", "Wants=anonticket.service", "Before=anonticket.service",
                  "ReadWritePaths=/var/backups/anonticket", "StateDirectory=anonticket",
+                 f"LoadCredential=litestream.yml:{SHIPPED_CONFIG}",
                  "MemoryDenyWriteExecute=yes", "ProtectSystem=strict", "IPAddressDeny=any"):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert not re.search(r"^After=.*anonticket\.service", text, re.M)
     assert SHIPPED_REPLICA.startswith("/var/backups/anonticket/")
-    assert exec_start(text) == [SHIPPED_BINARY, "replicate", "-config", SHIPPED_CONFIG]
+    assert exec_start(text) == [SHIPPED_BINARY, "replicate", "-config", UNIT_CONFIG]
 
 
 def test_ledger_dump_sees_a_difference(tmp_path):
