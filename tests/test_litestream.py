@@ -27,6 +27,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -236,10 +237,12 @@ async def test_replica_restores_the_ledger_up_to_the_recovery_point(
         status, _, body, _ = await call(session, "POST", service.internal,
                                         f"/api/v1/token/{revoked}/revoke", {"reason": "shared"})
         assert (status, body["status"]) == (200, "revoked"), body
+        answered = time.monotonic()
         replicated = ledger(database)
         assert len(replicated["debits"]) == len(replicated["audit_log"]) == 1
         await on_the_replica(config, database, probe, replicated,
                              "the replica to hold the last write")
+        lag = time.monotonic() - answered  # an upper bound: polled by whole restores
         assert "background WAL checkpoint failed" not in service.log()
 
         # Litestream dies first: what the service writes from now on is past the recovery point.
@@ -259,6 +262,8 @@ async def test_replica_restores_the_ledger_up_to_the_recovery_point(
     assert "Traceback" not in service.log(), service.log()
     assert "level=ERROR" not in litestream.log(), litestream.log()
 
+    print(f"\nlitestream: the last write was restorable from the replica {lag:.2f}s after "
+          "its answer")
     lose_the_disk_and_restore(config, database, restored)
     back = ledger(restored)
     assert back == replicated  # every credit, redeem, top-up, debit and the first revocation
