@@ -1,6 +1,6 @@
 """The deployment files, each checked by the real tool that will read it in production.
 
-systemd-analyze verifies and rates both units; monero-wallet-rpc runs the wallet unit's
+systemd-analyze verifies and rates the three units; monero-wallet-rpc runs the wallet unit's
 own command line; nginx runs deploy/nginx.conf in front of a Unix socket (a stand-in
 app, then the real ``bin/anonticket serve``); tor verifies deploy/torrc; the dashboard's
 queries are checked against the metrics the service really exports.
@@ -39,6 +39,7 @@ from proxy_helpers import free_port, wait_port
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "anonticket.service"
 WALLET_UNIT = REPO / "systemd" / "monero-wallet-rpc.service"
+LITESTREAM_UNIT = REPO / "systemd" / "anonticket-litestream.service"  # tests/test_litestream.py
 ENV_EXAMPLE = REPO / "systemd" / "anonticket.env.example"
 NGINX_SITE = REPO / "deploy" / "nginx.conf"
 TORRC = REPO / "deploy" / "torrc"
@@ -190,7 +191,7 @@ def _verifiable_copy(unit: Path, directory: Path) -> Path:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", [UNIT, WALLET_UNIT], ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", [UNIT, WALLET_UNIT, LITESTREAM_UNIT], ids=lambda p: p.name)
 def test_unit_passes_systemd_analyze_verify(unit, tmp_path):
     copy = _verifiable_copy(unit, tmp_path)
     result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copy)],
@@ -208,7 +209,7 @@ def _systemd_version() -> int:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", [UNIT, WALLET_UNIT], ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", [UNIT, WALLET_UNIT, LITESTREAM_UNIT], ids=lambda p: p.name)
 def test_unit_security_exposure_is_low(unit, tmp_path):
     if _systemd_version() < 250:
         pytest.skip("systemd-analyze security --offline needs systemd >= 250")
