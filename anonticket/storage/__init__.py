@@ -4,8 +4,8 @@
 claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
 ``outbox`` (webhook events, written inside the others' transactions), ``maintenance``
 (counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
-connection; ``postgres/`` is the same interface on PostgreSQL (the outbox excepted, for now),
-each dialect's SQL written by hand. ``open_storage`` picks one from ``DATABASE_URL``.
+connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
+by hand. ``open_storage`` picks one from ``DATABASE_URL``.
 """
 
 from __future__ import annotations

@@ -18,16 +18,10 @@ from typing import Any
 import asyncpg
 
 from anonticket.domain import PaymentId, Transfer, derive_service_token
-from anonticket.errors import StorageUnavailable
-from anonticket.storage.payments import seconds_bought
-from anonticket.storage.postgres.core import PostgresCore, column_list
+from anonticket.storage.outbox import issued_event, topped_up_event
+from anonticket.storage.payments import _topped_up_events, seconds_bought
+from anonticket.storage.postgres.core import FencedOut, PostgresCore, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
-
-
-class FencedOut(StorageUnavailable):
-    """Another instance took over since this one became active: it must not credit or
-    move the cursor. Raised inside the credit's transaction, which then rolls back; to
-    the monitor it is a storage error like any other, and the leader steps down."""
 
 
 # expires_at after crediting d.seconds more at $now (see storage.payments._EXTEND_EXPIRY)
@@ -59,6 +53,7 @@ class PgPaymentStore(PostgresCore):
             owners: list[bytes] = []
             amounts: list[int] = []
             expiries: list[int | None] = []
+            records: list[TokenRow] = []
             for pid, txid, amount, seconds in claimed:
                 token = derive_service_token(PaymentId(pid), txid.hex()).raw
                 expires_at = None if seconds is None else now + seconds
@@ -67,6 +62,7 @@ class PgPaymentStore(PostgresCore):
                 amounts.append(amount)
                 expiries.append(expires_at)
                 record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                records.append(record)
                 result[pid] = ClaimRow(1, amount, token, claimed_now=True, record=record)
             if tokens:
                 await db.execute(
@@ -80,6 +76,8 @@ class PgPaymentStore(PostgresCore):
                        FROM unnest($1::bytea[], $2::bytea[]) AS n(token, pid)
                        WHERE p.pid = n.pid""",
                     tokens, owners)
+                if self.outbox is not None:
+                    await self.outbox.add(db, map(issued_event, records), now)
             rest = [pid for pid in pids if pid not in result]
             if rest:
                 rows = await db.fetch(
@@ -136,10 +134,14 @@ class PgPaymentStore(PostgresCore):
                 now, token, pid)
             updated = await db.fetchrow(
                 f"""UPDATE service_tokens AS t SET amount = t.amount + $3,
-                           expires_at = {_extend_expiry('$1::bigint', '$2::bigint')}
+                           expires_at = {_extend_expiry('$1::bigint', '$2::bigint')},
+                           expired_notified = 0
                     WHERE t.token = $4 RETURNING {_TOKEN_T}""",
                 seconds, now, amount, token)
-            return TopupOutcome("topped_up", amount, TokenRow(*updated))
+            topped = TokenRow(*updated)
+            if self.outbox is not None:
+                await self.outbox.add(db, [topped_up_event(topped, amount)], now)
+            return TopupOutcome("topped_up", amount, topped)
 
         return await self._write(work)
 
@@ -195,7 +197,9 @@ class PgPaymentStore(PostgresCore):
                            seconds = CASE WHEN p.seconds IS NULL OR excluded.seconds IS NULL
                                           THEN NULL ELSE p.seconds + excluded.seconds END""",
                     *map(list, columns), now)
-            topped_up = await _top_up_claimed(db, per_pid, now)
+            topped_up, added = await _top_up_claimed(db, per_pid, now)
+            if added and self.outbox is not None:  # nothing per row unless a token grew
+                await self.outbox.add(db, _topped_up_events(topped_up, added), now)
             if scanned_height is not None:
                 await db.execute("UPDATE monitor_state SET scanned_height = $1 WHERE id = 1",
                                  scanned_height)
@@ -236,10 +240,11 @@ async def _insert_fresh_transfers(
 
 async def _top_up_claimed(
     db: asyncpg.Connection, per_pid: dict[bytes, list[Any]], now: int
-) -> dict[bytes, TokenRow]:
-    """Move new credit of claimed PIDs onto their tokens, all tokens in one statement."""
+) -> tuple[dict[bytes, TokenRow], dict[bytes, int]]:
+    """Move new credit of claimed PIDs onto their tokens, all tokens in one statement;
+    returns each token's row afterwards and the piconero it gained."""
     if not per_pid:
-        return {}
+        return {}, {}
     owners = await db.fetch(
         "SELECT pid, token FROM payments WHERE token IS NOT NULL AND pid = ANY($1::bytea[])",
         list(per_pid))
@@ -250,16 +255,18 @@ async def _top_up_claimed(
         delta[0] += amount
         delta[1] = None if delta[1] is None or bought is None else delta[1] + bought
     if not deltas:
-        return {}
+        return {}, {}
     ordered = sorted(deltas)
     rows = await db.fetch(
         f"""UPDATE service_tokens AS t SET amount = t.amount + n.amount,
-                   expires_at = {_extend_expiry('n.seconds', '$4::bigint')}
+                   expires_at = {_extend_expiry('n.seconds', '$4::bigint')},
+                   expired_notified = 0
             FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS n(token, amount, seconds)
             WHERE t.token = n.token
             RETURNING {_TOKEN_T}""",
         ordered, [deltas[t][0] for t in ordered], [deltas[t][1] for t in ordered], now)
-    return {row[0]: TokenRow(*row) for row in rows}
+    return ({row[0]: TokenRow(*row) for row in rows},
+            {token: delta[0] for token, delta in deltas.items()})
 
 
 def _claim_row(status: int, amount: int, token_columns: Sequence[Any]) -> ClaimRow:

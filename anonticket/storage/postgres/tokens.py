@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from anonticket.storage import tokens as sqlite_tokens
+from anonticket.storage.outbox import expired_event, revoked_event
 from anonticket.storage.postgres.core import PostgresCore, affected, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
 from anonticket.storage.tokens import _RECENT_DEBITS, _decide
@@ -33,9 +35,17 @@ class PgTokenStore(PostgresCore):
     async def revoke_token(
         self, token: bytes, reason: str | None, abuse_score: int | None, now: int
     ) -> TokenRow | None:
-        """Revoke idempotently: the first revocation's time and reason stay; every call is audited."""
+        """Revoke idempotently: the first revocation's time and reason stay; every call is
+        audited; only the first writes a ``token.revoked`` event (see ``TokenStore``)."""
 
         async def work(db: asyncpg.Connection) -> TokenRow | None:
+            first = False
+            if self.outbox is not None:
+                # locked: of two revocations from two sessions, the second waits here and
+                # then reads the first one's revoked_at, so only one writes the event
+                before = await db.fetchrow(
+                    "SELECT revoked_at FROM service_tokens WHERE token = $1 FOR UPDATE", token)
+                first = before is not None and before[0] is None
             row = await db.fetchrow(
                 f"""UPDATE service_tokens AS t SET
                        revoke_reason = CASE WHEN t.revoked_at IS NULL THEN $1::text
@@ -52,7 +62,42 @@ class PgTokenStore(PostgresCore):
                 """INSERT INTO audit_log (at, action, token, reason, abuse_score)
                    VALUES ($1, 'revoke', $2, $3, $4)""",
                 now, token, reason, abuse_score)
-            return TokenRow(*row)
+            record = TokenRow(*row)
+            if first and self.outbox is not None:
+                await self.outbox.add(db, [revoked_event(record)], now)
+            return record
+
+        return await self._write(work)
+
+    async def notice_expired_tokens(self, now: int) -> int:
+        """See ``TokenStore.notice_expired_tokens``: up to ``EXPIRY_SWEEP_BATCH`` (the SQLite
+        module's) per transaction, after a probe that takes no lock. ``SKIP LOCKED``: a
+        token a top-up holds right now is left for the next sweep (the top-up may move its
+        expiry), and two sweeps at once never mark, or announce, one token twice."""
+        probe = await self._read(
+            """SELECT 1 FROM service_tokens
+               WHERE expired_notified = 0 AND expires_at IS NOT NULL AND expires_at <= $1
+               LIMIT 1""",
+            now)
+        if not probe:
+            return 0
+        batch = sqlite_tokens.EXPIRY_SWEEP_BATCH
+
+        async def work(db: asyncpg.Connection) -> int:
+            rows = await db.fetch(
+                """UPDATE service_tokens AS t SET expired_notified = 1
+                   FROM (SELECT token FROM service_tokens
+                         WHERE expired_notified = 0 AND expires_at IS NOT NULL
+                           AND expires_at <= $1
+                         ORDER BY token LIMIT $2 FOR UPDATE SKIP LOCKED) AS due
+                   WHERE t.token = due.token
+                   RETURNING t.token, t.expires_at, t.revoked_at""",
+                now, batch)
+            if self.outbox is not None:
+                await self.outbox.add(db, [expired_event(token, expires_at)
+                                           for token, expires_at, revoked_at in sorted(rows)
+                                           if revoked_at is None], now)
+            return len(rows)
 
         return await self._write(work)
 
