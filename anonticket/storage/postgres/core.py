@@ -226,6 +226,20 @@ class PostgresCore:
         return prefixes
 
 
+async def check_fence(db: asyncpg.Connection, epoch: int | None, lock: str) -> None:
+    """Raise ``FencedOut`` (rolling the transaction back) unless the fencing epoch is still
+    ``epoch``, read under the cursor row's ``lock`` (``FOR UPDATE`` or ``FOR SHARE``): the
+    takeover's epoch bump waits for a transaction past this check, and any later one sees
+    the new epoch. None: this storage is not fenced (one instance, or a test)."""
+    if epoch is None:
+        return
+    if lock not in ("FOR UPDATE", "FOR SHARE"):
+        raise ValueError("lock must be FOR UPDATE or FOR SHARE")
+    current = await db.fetchval(f"SELECT epoch FROM monitor_state WHERE id = 1 {lock}")
+    if current != epoch:
+        raise FencedOut()
+
+
 def connection_settings(busy_timeout_ms: int) -> dict[str, str]:
     """Per-session settings: a lock held by someone else waits DATABASE_BUSY_TIMEOUT_MS
     (like SQLite's busy timeout), and the sessions are recognisable in pg_stat_activity."""

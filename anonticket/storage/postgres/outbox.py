@@ -25,17 +25,18 @@ from typing import Any
 import asyncpg
 
 from anonticket.storage.outbox import (
-    _STATUS_NAMES,
-    DEAD,
-    DELIVERED,
-    PENDING,
+    QUEUE_SQL,
     AttemptResult,
     Event,
     Outbox,
     OutboxEvent,
+    attempt_columns,
+    disabled_state,
+    listed_events,
+    queue_summary,
     url_digest,
 )
-from anonticket.storage.postgres.core import FencedOut, PostgresCore, affected
+from anonticket.storage.postgres.core import PostgresCore, affected, check_fence
 from anonticket.webhook import event_body, new_message_id
 
 
@@ -73,38 +74,18 @@ class PgOutboxStore(PostgresCore):
 
     async def webhook_queue(self) -> dict[str, Any]:
         """See ``OutboxStore.webhook_queue``."""
-        rows = await self._read(
-            """SELECT (SELECT count(*) FROM webhook_events WHERE status = 0),
-                      (SELECT count(*) FROM webhook_events WHERE status = 2),
-                      (SELECT min(created_at) FROM webhook_events WHERE status = 0),
-                      (SELECT min(next_attempt_at) FROM webhook_events WHERE status = 0)""")
-        pending, dead, oldest, next_due = rows[0]
-        return {"pending": pending, "dead": dead, "oldest_pending_created_at": oldest,
-                "next_attempt_at": next_due}
+        return queue_summary((await self._read(QUEUE_SQL))[0])
 
     async def record_webhook_attempts(self, results: Sequence[AttemptResult]) -> None:
         """See ``OutboxStore.record_webhook_attempts``: each update names the attempt it
         reports. A fenced storage (an instance that became active) first checks that no
         other instance took over since (the module docstring says why)."""
-        rows = []
-        for r in results:
-            if r.result == "delivered":
-                status, next_at = DELIVERED, 0.0
-            elif r.next_attempt_at is None:
-                status, next_at = DEAD, 0.0
-            else:
-                status, next_at = PENDING, r.next_attempt_at
-            rows.append((status, r.attempt if r.counted else r.attempt - 1, next_at, r.at,
-                         r.result, r.seq, r.attempt - 1))
+        rows = [(*attempt_columns(r), r.at, r.result, r.seq, r.attempt - 1) for r in results]
         epoch = self.fencing_epoch
 
         async def work(db: asyncpg.Connection) -> None:
-            if epoch is not None:
-                # FOR SHARE: marks do not wait for each other, the takeover's UPDATE waits for them
-                current = await db.fetchval(
-                    "SELECT epoch FROM monitor_state WHERE id = 1 FOR SHARE")
-                if current != epoch:
-                    raise FencedOut()
+            # shared: marks do not wait for each other, the takeover's UPDATE waits for them
+            await check_fence(db, epoch, "FOR SHARE")
             # one statement per outcome, in order, as on SQLite (pipelined by asyncpg)
             await db.executemany(
                 """UPDATE webhook_events SET status = $1::smallint, attempts = $2::integer,
@@ -125,10 +106,7 @@ class PgOutboxStore(PostgresCore):
                FROM webhook_events WHERE NOT $1::boolean OR status = 2
                ORDER BY seq DESC LIMIT $2""",
             dead_only, limit)
-        return [{"id": i, "type": t, "status": _STATUS_NAMES[s], "attempts": a,
-                 "created_at": c, "next_attempt_at": n if s == PENDING else None,
-                 "last_attempt_at": la, "last_result": lr, "delivered_at": d}
-                for i, t, s, a, c, n, la, lr, d in rows]
+        return listed_events(rows)
 
     async def replay_webhook_events(self, event_id: str | None, now: float) -> int:
         """See ``OutboxStore.replay_webhook_events``."""
@@ -163,10 +141,8 @@ class PgOutboxStore(PostgresCore):
 
     async def get_webhook_disabled(self) -> tuple[int, bytes] | None:
         """(when, digest of the URL) if a receiver answered 410 Gone, else None."""
-        rows = await self._read("SELECT disabled_at, disabled_url FROM webhook_state WHERE id = 1")
-        if rows and rows[0][0] is not None:
-            return rows[0][0], rows[0][1]
-        return None
+        return disabled_state(await self._read(
+            "SELECT disabled_at, disabled_url FROM webhook_state WHERE id = 1"))
 
     async def set_webhook_disabled(self, url: str | None, now: int) -> None:
         """Disable delivery to ``url`` (410 Gone), or with None enable it again."""
