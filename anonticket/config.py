@@ -527,9 +527,6 @@ class Config:
             raise ConfigError("WEBHOOK_SECRET: required when WEBHOOK_URL is set")
         if self.webhook_secret_previous and not self.webhook_secret:
             raise ConfigError("WEBHOOK_SECRET_PREVIOUS: set WEBHOOK_SECRET too (the new secret)")
-        if self.webhook_url and self.database_url.startswith(("postgresql://", "postgres://")):
-            # the outbox is written inside the SQLite transactions only, for now (docs/webhooks.md)
-            raise ConfigError("WEBHOOK_URL: webhooks are not available with a PostgreSQL database yet")
         for offer in self.checkout_offers:
             if offer.days is not None and self.access_price_per_day is None:
                 raise ConfigError("CHECKOUT_OFFERS: offers in days need ACCESS_PRICE_PER_DAY")

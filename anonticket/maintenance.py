@@ -62,15 +62,18 @@ async def _open_postgres(config: Config) -> Storage:
 
 
 async def _check_postgres(config: Config) -> tuple[None, list[str], int, int]:
+    # PostgreSQL numbers its schema versions on its own (storage/postgres/schema.py)
+    from anonticket.storage.postgres.schema import PG_SCHEMA_VERSION
+
     storage = await _open_postgres(config)
     try:
         version = await storage.schema_version()
-        ledger = await storage.ledger_problems() if version == SCHEMA_VERSION else []
+        ledger = await storage.ledger_problems() if version == PG_SCHEMA_VERSION else []
     except StorageUnavailable:
         raise MaintenanceError("database check failed: the PostgreSQL database is unavailable") from None
     finally:
         await storage.close()
-    return None, ledger, version, SCHEMA_VERSION
+    return None, ledger, version, PG_SCHEMA_VERSION
 
 
 async def check_database(config: Config) -> tuple[list[str] | None, list[str], int, int]:

@@ -58,7 +58,7 @@ async def wait_until(check: Callable[[], T | Awaitable[T]], what: str, timeout: 
         await asyncio.sleep(interval)
 
 
-def service_env(database: Path, **settings: object) -> dict[str, str]:
+def service_env(database: Path | str, **settings: object) -> dict[str, str]:
     """The child's environment: ours minus every anonticket setting, then the test's."""
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     env.update({

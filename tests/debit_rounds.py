@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from anonticket.domain import PaymentId
-from anonticket.storage.maintenance import _INVARIANTS
+from anonticket.storage.ledger_rules import LEDGER_INVARIANTS
 from crash_helpers import readonly_db
 
 CUT_OFF = (aiohttp.ClientError, TimeoutError, OSError)  # the kill landed mid-request
@@ -176,7 +176,7 @@ def snapshot(path: Path) -> Snapshot:
         db.execute("BEGIN")
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
-        problems = [what for what, sql in _INVARIANTS if db.execute(sql).fetchone()[0]]
+        problems = [what for what, sql in LEDGER_INVARIANTS if db.execute(sql).fetchone()[0]]
         assert problems == [], problems
         rows = db.execute("SELECT id, token, amount, memo FROM debits").fetchall()
         stored = db.execute("SELECT token, key, status, body FROM idempotency_keys").fetchall()

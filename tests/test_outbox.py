@@ -1,21 +1,24 @@
-"""The outbox on a real SQLite file: each change writes its event in its own transaction,
-a rolled-back change writes none, and nothing is written while webhooks are off."""
+"""The outbox on a real SQLite file and a real PostgreSQL database: each change writes its
+event in its own transaction, a rolled-back change writes none, and nothing is written
+while webhooks are off."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from anonticket.cache import TtlSet
 from anonticket.domain import PaymentId, ServiceToken, token_id
 from anonticket.ledger import Claimed, Ledger
-from anonticket.storage import AttemptResult, Storage
-from conftest import transfer
+from anonticket.storage import AttemptResult, Storage, database_path, is_postgres_url, open_storage
+from conftest import INTEGRITY_ERRORS, transfer
+
+BOTH_BACKENDS = True
 
 DAY = 86400
 PRICE = 10_000  # piconero per day: 5000 buys half a day
@@ -49,13 +52,29 @@ async def ledger(storage: Storage, clock: Clock, wakes: list[int]) -> AsyncItera
     yield ledger
 
 
-def events(path: Path) -> list[tuple[str, dict[str, Any], str]]:
-    """(type, data, id) of every stored event, oldest first, read straight from the file."""
-    db = sqlite3.connect(path)
+async def execute(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """``sql`` on a connection of its own, as another process would see the database."""
+    if is_postgres_url(url):
+        conn = await asyncpg.connect(url)
+        try:
+            if not sql.lstrip().startswith("SELECT"):
+                await conn.execute(sql)  # the simple protocol: several statements at once
+                return []
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+    db = sqlite3.connect(database_path(url))
     try:
-        rows = db.execute("SELECT type, body, id FROM webhook_events ORDER BY seq").fetchall()
+        rows = db.execute(sql).fetchall()
+        db.commit()
+        return rows
     finally:
         db.close()
+
+
+async def events(url: str) -> list[tuple[str, dict[str, Any], str]]:
+    """(type, data, id) of every stored event, oldest first, read straight from the database."""
+    rows = await execute(url, "SELECT type, body, id FROM webhook_events ORDER BY seq")
     out = []
     for kind, body, event_id in rows:
         payload = json.loads(body)
@@ -72,18 +91,14 @@ async def issue(ledger: Ledger, amount: int = 5000) -> tuple[PaymentId, bytes]:
     return pid, answer.token
 
 
-def db_path(storage: Storage) -> Path:
-    return storage._path
-
-
 async def test_each_change_writes_one_event_with_the_documented_data(
-        ledger: Ledger, storage: Storage, clock: Clock, wakes: list[int]) -> None:
+        ledger: Ledger, database_url: str, clock: Clock, wakes: list[int]) -> None:
     pid, token = await issue(ledger)
     tid = token_id(token)
-    assert events(db_path(storage)) == [("token.issued", {
+    (issued,) = await events(database_url)
+    assert issued[:2] == ("token.issued", {
         "token_id": tid, "amount": "5000", "remaining": "5000",
-        "expires_at": "2023-11-15T10:13:20Z", "issued_at": "2023-11-14T22:13:20Z"},
-        events(db_path(storage))[0][2])]
+        "expires_at": "2023-11-15T10:13:20Z", "issued_at": "2023-11-14T22:13:20Z"})
     assert wakes == [1]  # woken once, after the claim's COMMIT; the credit wrote nothing
 
     clock.now += 60
@@ -94,7 +109,7 @@ async def test_each_change_writes_one_event_with_the_documented_data(
     await ledger.topup(ServiceToken(token), pid2)  # its retry: no second event
     await ledger.revoke(ServiceToken(token), "chargeback", 5)
     await ledger.revoke(ServiceToken(token), "again", 9)  # a repeat: audited, no event
-    found = events(db_path(storage))
+    found = await events(database_url)
     assert [kind for kind, _, _ in found] == [
         "token.issued", "token.topped_up", "token.topped_up", "token.revoked"]
     assert found[1][1] == {"token_id": tid, "amount": "7500", "added": "2500",
@@ -107,18 +122,15 @@ async def test_each_change_writes_one_event_with_the_documented_data(
     assert len(wakes) == 4
 
 
-async def test_no_event_names_a_pid_token_or_txid(ledger: Ledger, storage: Storage) -> None:
+async def test_no_event_names_a_pid_token_or_txid(ledger: Ledger, database_url: str) -> None:
     pid = PaymentId.generate()
     paid = transfer(pid, 5000)
     await ledger.credit([paid], None)
     answer = await ledger.redeem(pid)
     assert isinstance(answer, Claimed)
     await ledger.revoke(ServiceToken(answer.token), None, None)
-    db = sqlite3.connect(db_path(storage))
-    try:
-        text = " ".join(body for (body,) in db.execute("SELECT body FROM webhook_events"))
-    finally:
-        db.close()
+    text = " ".join(body for (body,) in await execute(database_url,
+                                                       "SELECT body FROM webhook_events"))
     for secret in (pid.hex(), pid.raw.hex(), answer.token.hex(), paid.txid.hex()):
         for form in (secret, secret[:16], secret[-16:]):
             assert form not in text.lower()
@@ -126,25 +138,29 @@ async def test_no_event_names_a_pid_token_or_txid(ledger: Ledger, storage: Stora
 
 
 async def test_a_rolled_back_change_leaves_no_event(ledger: Ledger, storage: Storage,
-                                                    wakes: list[int]) -> None:
+                                                    database_url: str, wakes: list[int]) -> None:
     _, token = await issue(ledger)
-    before = events(db_path(storage))
+    before = await events(database_url)
     wakes.clear()
     # make the audit insert fail after the revocation's UPDATE and its event were written
-    db = sqlite3.connect(db_path(storage))
-    db.execute("""CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
-                  BEGIN SELECT RAISE(ABORT, 'refused'); END""")
-    db.commit()
-    db.close()
-    with pytest.raises(sqlite3.IntegrityError):
+    if is_postgres_url(database_url):
+        await execute(database_url, """
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+              $$ BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END $$;
+            CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
+              FOR EACH ROW EXECUTE FUNCTION refuse()""")
+    else:
+        await execute(database_url, """CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
+                                       BEGIN SELECT RAISE(ABORT, 'refused'); END""")
+    with pytest.raises(INTEGRITY_ERRORS):
         await storage.revoke_token(token, "x", None, T0 + 5)
-    assert events(db_path(storage)) == before
+    assert await events(database_url) == before
     assert wakes == []
     assert (await storage.get_token(token)).revoked_at is None  # type: ignore[union-attr]
 
 
-async def test_nothing_is_written_while_webhooks_are_off(tmp_path: Path) -> None:
-    store = await Storage.open(tmp_path / "off.db")
+async def test_nothing_is_written_while_webhooks_are_off(database_url: str) -> None:
+    store = await open_storage(database_url)
     try:
         ledger = Ledger(store, min_payment=1000, min_confirmations=10,
                         negative_cache=TtlSet(100, 0.5), price_per_day=PRICE, clock=lambda: T0)
@@ -153,31 +169,31 @@ async def test_nothing_is_written_while_webhooks_are_off(tmp_path: Path) -> None
         await ledger.credit([transfer(pid, 1000)], None)
         await ledger.revoke(ServiceToken(token), None, None)
         assert await store.notice_expired_tokens(T0 + DAY) == 1  # noticed, silently
-        assert events(tmp_path / "off.db") == []
+        assert await events(database_url) == []
     finally:
         await store.close()
 
 
 async def test_an_expiry_is_noticed_once_and_again_after_a_top_up_moves_it(
-        ledger: Ledger, storage: Storage, clock: Clock) -> None:
+        ledger: Ledger, storage: Storage, database_url: str, clock: Clock) -> None:
     pid, token = await issue(ledger)  # expires at T0 + DAY/2
     _, revoked = await issue(ledger)
     await ledger.revoke(ServiceToken(revoked), None, None)
     assert await storage.notice_expired_tokens(T0 + DAY // 2 - 1) == 0
     assert await storage.notice_expired_tokens(T0 + DAY // 2) == 2  # both marked
     assert await storage.notice_expired_tokens(T0 + DAY) == 0  # once
-    expired = [data for kind, data, _ in events(db_path(storage)) if kind == "token.expired"]
+    expired = [data for kind, data, _ in await events(database_url) if kind == "token.expired"]
     assert expired == [{"token_id": token_id(token), "expires_at": "2023-11-15T10:13:20Z"}]
     clock.now = T0 + DAY  # the customer pays again after the expiry: the clock restarts
     await ledger.credit([transfer(pid, 5000)], None)
     assert await storage.notice_expired_tokens(T0 + DAY + DAY // 2) == 1
-    expired = [data for kind, data, _ in events(db_path(storage)) if kind == "token.expired"]
+    expired = [data for kind, data, _ in await events(database_url) if kind == "token.expired"]
     assert [e["expires_at"] for e in expired] == ["2023-11-15T10:13:20Z", "2023-11-16T10:13:20Z"]
 
 
-async def test_the_sweep_marks_a_burst_in_bounded_transactions(ledger: Ledger,
-                                                               storage: Storage) -> None:
-    from anonticket.storage import tokens
+async def test_the_sweep_marks_a_burst_in_bounded_transactions(
+        ledger: Ledger, storage: Storage, database_url: str) -> None:
+    from anonticket.storage import tokens  # the one batch size, for both dialects
     pids = [PaymentId.generate() for _ in range(25)]
     await ledger.credit([transfer(pid, 5000) for pid in pids], None)
     await storage.claim_payments([p.raw for p in pids], 1000, T0)
@@ -187,7 +203,7 @@ async def test_the_sweep_marks_a_burst_in_bounded_transactions(ledger: Ledger,
     finally:
         tokens.EXPIRY_SWEEP_BATCH = original
     assert marked == [10, 10, 5, 0]
-    assert sum(kind == "token.expired" for kind, _, _ in events(db_path(storage))) == 25
+    assert sum(kind == "token.expired" for kind, _, _ in await events(database_url)) == 25
 
 
 async def test_attempt_outcomes_replay_and_pruning(ledger: Ledger, storage: Storage) -> None:
@@ -219,12 +235,11 @@ async def test_attempt_outcomes_replay_and_pruning(ledger: Ledger, storage: Stor
         second.id]
 
 
-async def test_disabled_state_survives_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    store = await Storage.open(path)
+async def test_disabled_state_survives_a_reopen(database_url: str) -> None:
+    store = await open_storage(database_url)
     await store.set_webhook_disabled("https://u:p@backend.example/hook", T0)
     await store.close()
-    store = await Storage.open(path)
+    store = await open_storage(database_url)
     try:
         at, digest = await store.get_webhook_disabled()  # type: ignore[misc]
         assert at == T0 and len(digest) == 32 and b"backend" not in digest

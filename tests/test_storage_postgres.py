@@ -15,8 +15,15 @@ import pytest
 
 from anonticket.domain import PaymentId
 from anonticket.errors import StorageUnavailable
-from anonticket.storage import SCHEMA_VERSION, DebitRequest, Storage, open_storage
-from anonticket.storage.postgres import PostgresError, PostgresIntegrityError, PostgresStorage
+from anonticket.storage import AttemptResult, DebitRequest, Storage, open_storage
+from anonticket.storage.postgres import (
+    FencedOut,
+    PostgresError,
+    PostgresIntegrityError,
+    PostgresStorage,
+)
+from anonticket.storage.postgres.leader import take_over
+from anonticket.storage.postgres.schema import MIGRATIONS, PG_SCHEMA_VERSION
 from conftest import transfer
 from pg_cluster import Cluster
 
@@ -45,13 +52,6 @@ SQLITE_ONLY = {"integrity_check", "backup", "checkpointer", "open", "close",
                "debits_in_one_call"}  # the last: a switch of the SQLite debit path
 
 
-def _outbox_methods() -> set[str]:
-    """The webhook outbox is not on PostgreSQL yet (config refuses WEBHOOK_URL there): its
-    methods are the one listed gap, so any other missing method still fails the test."""
-    from anonticket.storage.outbox import OutboxStore
-    return {name for name in vars(OutboxStore) if not name.startswith("_")}
-
-
 def _public(cls: type) -> dict[str, Any]:
     return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
 
@@ -59,13 +59,17 @@ def _public(cls: type) -> dict[str, Any]:
 def test_postgres_has_every_storage_method_with_the_same_parameters() -> None:
     import inspect
     sqlite, postgres = _public(Storage), _public(PostgresStorage)
-    missing = set(sqlite) - set(postgres) - SQLITE_ONLY - _outbox_methods()
+    missing = set(sqlite) - set(postgres) - SQLITE_ONLY
     assert not missing, f"PostgresStorage lacks {sorted(missing)}"
+    from anonticket.storage.outbox import OutboxStore
+    outbox = {name for name in vars(OutboxStore) if not name.startswith("_")}
+    assert outbox and outbox <= set(postgres)  # the outbox was the last gap; none is left
     for name in set(sqlite) & set(postgres) - {"open", "close"}:
         if callable(sqlite[name]):
             assert (list(inspect.signature(sqlite[name]).parameters)
                     == list(inspect.signature(postgres[name]).parameters)), name
-            assert inspect.iscoroutinefunction(postgres[name]), name
+            assert (inspect.iscoroutinefunction(postgres[name])
+                    == inspect.iscoroutinefunction(sqlite[name])), name  # enable_outbox is not
 
 
 # ---------------------------------------------------------------------- schema
@@ -73,12 +77,13 @@ async def test_a_fresh_database_gets_the_schema_and_its_version_once(
         pg_url: str, raw: asyncpg.Connection) -> None:
     for _ in range(2):
         await (await open_storage(pg_url)).close()
-    rows = await raw.fetch("SELECT version FROM schema_versions")
-    assert [r[0] for r in rows] == [SCHEMA_VERSION]
+    rows = await raw.fetch("SELECT version FROM schema_versions ORDER BY version")
+    assert [r[0] for r in rows] == [3, PG_SCHEMA_VERSION] == [3, 4]
     tables = {r[0] for r in await raw.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables == {"payments", "transfers", "service_tokens", "monitor_state", "audit_log",
-                      "debits", "idempotency_keys", "schema_versions"}
+                      "debits", "idempotency_keys", "schema_versions", "webhook_events",
+                      "webhook_state"}
     types = dict(await raw.fetch(
         """SELECT column_name, data_type FROM information_schema.columns
            WHERE table_name IN ('payments', 'service_tokens', 'transfers', 'debits')
@@ -94,15 +99,15 @@ async def test_concurrent_starters_apply_the_schema_once(pg_url: str, raw: async
         if not isinstance(o, BaseException):
             await o.close()
     assert not errors, errors
-    assert await raw.fetchval("SELECT count(*) FROM schema_versions") == 1
+    assert await raw.fetchval("SELECT count(*) FROM schema_versions") == 2  # 3 and 4, once each
 
 
 async def test_a_newer_schema_is_refused_and_left_alone(pg_url: str, raw: asyncpg.Connection) -> None:
     await (await open_storage(pg_url)).close()
-    await raw.execute("INSERT INTO schema_versions (version) VALUES ($1)", SCHEMA_VERSION + 1)
+    await raw.execute("INSERT INTO schema_versions (version) VALUES ($1)", PG_SCHEMA_VERSION + 1)
     with pytest.raises(RuntimeError, match="newer"):
         await open_storage(pg_url)
-    assert await raw.fetchval("SELECT max(version) FROM schema_versions") == SCHEMA_VERSION + 1
+    assert await raw.fetchval("SELECT max(version) FROM schema_versions") == PG_SCHEMA_VERSION + 1
 
 
 async def test_maintenance_opening_creates_nothing(pg_url: str, raw: asyncpg.Connection) -> None:
@@ -313,7 +318,7 @@ def test_db_check_and_backup_on_postgres(pg_url: str, monkeypatch: pytest.Monkey
     assert capsys.readouterr().out.splitlines() == [
         "integrity_check: not applicable (PostgreSQL: use data checksums and amcheck)",
         "ledger (payments = sum of their transfers): ok",
-        f"schema version: {SCHEMA_VERSION} (this program: {SCHEMA_VERSION})"]
+        f"schema version: {PG_SCHEMA_VERSION} (this program: {PG_SCHEMA_VERSION})"]
     pg.psql("UPDATE payments SET amount = amount + 1 WHERE pid = (SELECT pid FROM payments LIMIT 1)",
             pg_url.split("///")[1].split("?")[0])
     assert main(["db", "check"]) == 1
@@ -325,3 +330,100 @@ def test_db_check_and_backup_on_postgres(pg_url: str, monkeypatch: pytest.Monkey
     assert main(["db", "check"]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "hunter2" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- version 4: the outbox
+async def test_a_version_3_database_migrates_to_4_keeping_its_rows(
+        pg_url: str, raw: asyncpg.Connection) -> None:
+    """A database the previous release made (version 3, no outbox): the next start adds the
+    outbox and the expiry notices, in the transaction that records version 4. A token
+    that expired before the migration counts as noticed (version 3 announced nothing); one
+    still running is announced once its time is up."""
+    async with raw.transaction():
+        await raw.execute(MIGRATIONS[3].read_text())
+        await raw.execute("CREATE TABLE schema_versions (version integer PRIMARY KEY,"
+                          " applied_at timestamptz NOT NULL DEFAULT now())")
+        await raw.execute("INSERT INTO schema_versions (version) VALUES (3)")
+    old = await open_storage(pg_url, apply_schema=False)
+    try:
+        pids = [PaymentId.generate() for _ in range(2)]
+        await old.credit_transfers([transfer(p, 5000) for p in pids], 9, NOW)
+        claimed = await old.claim_payments([p.raw for p in pids], MIN, NOW)
+    finally:
+        await old.close()
+    past, future = (claimed[p.raw].token for p in pids)
+    await raw.execute("UPDATE service_tokens SET expires_at = 1000 WHERE token = $1", past)
+    later = 2**40  # expires long after the migration runs (now(), not NOW)
+    await raw.execute("UPDATE service_tokens SET expires_at = $2 WHERE token = $1", future, later)
+
+    store = await open_storage(pg_url)
+    try:
+        assert await store.schema_version() == PG_SCHEMA_VERSION == 4
+        assert [r[0] for r in await raw.fetch(
+            "SELECT version FROM schema_versions ORDER BY version")] == [3, 4]
+        assert (await store.get_stats())["payments_claimed"] == 2
+        assert await store.get_cursor() == 9 and await store.ledger_problems() == []
+        notified = dict(await raw.fetch("SELECT token, expired_notified FROM service_tokens"))
+        assert notified == {past: 1, future: 0}
+        store.enable_outbox(lambda: None)
+        assert await store.notice_expired_tokens(later - 1) == 0
+        assert await store.notice_expired_tokens(later) == 1
+        kinds = [r[0] for r in await raw.fetch("SELECT type FROM webhook_events ORDER BY seq")]
+        assert kinds == ["token.expired"]
+        assert await store.get_webhook_disabled() is None  # webhook_state has its one row
+    finally:
+        await store.close()
+
+
+async def test_a_stale_leader_cannot_mark_a_delivery(pg_url: str) -> None:
+    """The old leader's outcome, stored after another instance took over, changes nothing
+    and fails as a storage error: the row stays due for the new leader, same id and body."""
+    old, new = await open_storage(pg_url), await open_storage(pg_url)
+    try:
+        assert isinstance(old, PostgresStorage) and isinstance(new, PostgresStorage)
+        await take_over(old)
+        old.enable_outbox(lambda: None)
+        pid = PaymentId.generate()
+        await old.credit_transfers([transfer(pid, 5000)], None, NOW)
+        await old.claim_payments([pid.raw], MIN, NOW)
+        (event,) = await old.due_webhook_events(NOW, 10)
+        await take_over(new)  # the new leader's epoch
+        with pytest.raises(FencedOut):
+            await old.record_webhook_attempts([AttemptResult(event.seq, 1, NOW, "delivered", None)])
+        (again,) = await new.due_webhook_events(NOW, 10)
+        assert (again.id, again.body, again.attempts) == (event.id, event.body, 0)
+        await new.record_webhook_attempts([AttemptResult(event.seq, 1, NOW, "delivered", None)])
+        assert (await new.webhook_queue())["pending"] == 0
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_two_sweeps_at_once_announce_each_expiry_once(pg_url: str,
+                                                            raw: asyncpg.Connection) -> None:
+    stores = [await open_storage(pg_url) for _ in range(2)]
+    try:
+        for store in stores:
+            store.enable_outbox(lambda: None)
+        pids = [PaymentId.generate() for _ in range(60)]
+        await stores[0].credit_transfers([transfer(p, 5000) for p in pids], None, NOW)
+        await stores[0].claim_payments([p.raw for p in pids], MIN, NOW)
+        await raw.execute("UPDATE service_tokens SET expires_at = $1", NOW + 10)
+
+        async def sweep(store: Storage) -> int:
+            total = 0
+            for _ in range(100):  # bounded: 60 tokens, at least one per round while any is left
+                marked = await store.notice_expired_tokens(NOW + 10)
+                if not marked:
+                    return total
+                total += marked
+            raise AssertionError("the sweep never ended")
+
+        counts = await asyncio.gather(*(sweep(s) for s in stores for _ in range(2)))
+        assert sum(counts) == 60
+        ids = [r[0] for r in await raw.fetch(
+            "SELECT body::json->'data'->>'token_id' FROM webhook_events WHERE type = 'token.expired'")]
+        assert len(ids) == len(set(ids)) == 60
+    finally:
+        for store in stores:
+            await store.close()

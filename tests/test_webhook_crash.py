@@ -9,6 +9,8 @@ every delivery with ``standardwebhooks``, is slow (so kills land while events wa
 in flight) and sometimes answers 500. At a random moment the service is SIGKILLed and
 started again. At the end every event stored with a committed change has been delivered,
 each delivery matches the database exactly, and nothing delivered is missing from it.
+On SQLite and on PostgreSQL (where the restarted process takes the leader lock the killed
+one's sessions held, and resumes what it left unmarked).
 
 Rounds: ``ANONTICKET_WEBHOOK_CRASH_ROUNDS`` (default 4; ``CI`` 10).
 """
@@ -25,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from anonticket.domain import PaymentId, token_id
+from anonticket.storage import database_path, is_postgres_url
 from anonticket.webhook import new_secret
 from crash_helpers import (
     RecordingWallet,
@@ -42,6 +46,7 @@ from crash_helpers import (
 from test_privacy import Secrets
 from webhook_receiver import Behaviour, Receiver
 
+BOTH_BACKENDS = True
 SECRET = new_secret()
 MIN_PAYMENT = 1000
 
@@ -107,21 +112,34 @@ class World:
                 return  # the kill landed mid-request
 
 
-def stored(path: Path) -> tuple[dict[str, tuple[str, int]], dict[bytes, tuple[int, int | None]]]:
-    """(event id -> (body, status), token -> (amount, revoked_at)) as the file holds them."""
-    with readonly_db(path) as db:
-        db.execute("BEGIN")
-        events = {i: (b, s) for i, b, s in db.execute("SELECT id, body, status FROM webhook_events")}
-        tokens = {t: (a, r) for t, a, r in
-                  db.execute("SELECT token, amount, revoked_at FROM service_tokens")}
-        db.execute("COMMIT")
-    return events, tokens
+_EVENTS = "SELECT id, body, status FROM webhook_events"
+_TOKENS = "SELECT token, amount, revoked_at FROM service_tokens"
 
 
-async def test_sigkill_between_a_change_and_its_delivery_loses_no_event(tmp_path: Path) -> None:
+async def stored(url: str
+                 ) -> tuple[dict[str, tuple[str, int]], dict[bytes, tuple[int, int | None]]]:
+    """(event id -> (body, status), token -> (amount, revoked_at)) as the database holds
+    them, both read in one snapshot."""
+    if is_postgres_url(url):
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                event_rows, token_rows = await conn.fetch(_EVENTS), await conn.fetch(_TOKENS)
+        finally:
+            await conn.close()
+    else:
+        with readonly_db(Path(database_path(url))) as db:
+            db.execute("BEGIN")
+            event_rows, token_rows = db.execute(_EVENTS).fetchall(), db.execute(_TOKENS).fetchall()
+            db.execute("COMMIT")
+    return ({i: (b, s) for i, b, s in event_rows},
+            {bytes(t): (a, r) for t, a, r in token_rows})
+
+
+async def test_sigkill_between_a_change_and_its_delivery_loses_no_event(database_url: str) -> None:
     seed = int(os.environ.get("ANONTICKET_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     rng = random.Random(seed)
-    database = tmp_path / "anonticket.db"
+    database = database_url
     started = time.monotonic()
     waiting_at_kills: list[int] = []
     logs: list[str] = []
@@ -152,7 +170,7 @@ async def test_sigkill_between_a_change_and_its_delivery_loses_no_event(tmp_path
                     stop.set()
                     await asyncio.gather(*tasks)
                 logs.append(service.log())
-                events, _ = stored(database)
+                events, _ = await stored(database)
                 waiting_at_kills.append(sum(status == 0 for _, status in events.values()))
             # the last start: everything still waiting is delivered, then a clean stop
             receiver.rng = random.Random(0)
@@ -160,14 +178,14 @@ async def test_sigkill_between_a_change_and_its_delivery_loses_no_event(tmp_path
             service = await ServiceProcess(env).start()
             try:
                 async def drained() -> bool:
-                    events, _ = stored(database)
+                    events, _ = await stored(database)
                     return all(status == 1 for _, status in events.values())
 
                 await wait_until(drained, "every stored event to be delivered", timeout=30)
             finally:
                 assert await service.stop() == 0
             logs.append(service.log())
-        events, tokens = stored(database)
+        events, tokens = await stored(database)
 
     # every delivery is authentic, and one id always carried the same bytes
     assert all(d.verified for d in receiver.requests)
@@ -218,7 +236,7 @@ async def test_sigkill_between_a_change_and_its_delivery_loses_no_event(tmp_path
 
 
 @pytest.mark.slow
-async def test_many_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_many_rounds(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANONTICKET_WEBHOOK_CRASH_ROUNDS",
                        os.environ.get("ANONTICKET_WEBHOOK_CRASH_ROUNDS_SLOW", "25"))
-    await test_sigkill_between_a_change_and_its_delivery_loses_no_event(tmp_path)
+    await test_sigkill_between_a_change_and_its_delivery_loses_no_event(database_url)

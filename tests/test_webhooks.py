@@ -1,5 +1,6 @@
 """Webhook delivery end to end: the service on real sockets, a real receiver on loopback
-that verifies each delivery with ``standardwebhooks``, and every way a receiver misbehaves."""
+that verifies each delivery with ``standardwebhooks``, and every way a receiver misbehaves;
+on SQLite and on PostgreSQL, where a takeover by a second instance loses no event."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from conftest import REPO, make_config, transfer, url
 from crash_helpers import wait_until
 from webhook_receiver import Receiver
 
+BOTH_BACKENDS = True
 SECRET = new_secret()
 FAST_RETRIES = "0.05,0.05"  # three attempts in a tenth of a second, then dead
 
@@ -35,12 +37,13 @@ Start = Callable[..., Any]
 
 
 @pytest.fixture
-async def start(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Start]:
+async def start(tmp_path: Path, database_url: str, receiver: Receiver) -> AsyncIterator[Start]:
     """Start the service in-process with webhooks to ``receiver`` (settings overridable)."""
     services: list[Service] = []
 
     async def starter(**settings: object) -> Service:
-        values: dict[str, object] = {"WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET,
+        values: dict[str, object] = {"DATABASE_URL": database_url,
+                                     "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET,
                                      "WEBHOOK_RETRY_SCHEDULE_SECS": FAST_RETRIES,
                                      "WEBHOOK_TIMEOUT_SECS": "2"}
         values.update(settings)
@@ -257,10 +260,11 @@ async def test_410_gone_turns_delivery_off_until_enabled_and_loses_nothing(
 
 
 async def test_an_unreachable_receiver_and_a_restart_lose_nothing(
-        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+        tmp_path: Path, database_url: str, http: aiohttp.ClientSession) -> None:
     async with Receiver(SECRET) as probe:
         port = probe.port  # a free port, closed again: nothing listens there
-    config = make_config(tmp_path, WEBHOOK_URL=f"http://127.0.0.1:{port}/hook",
+    config = make_config(tmp_path, DATABASE_URL=database_url,
+                         WEBHOOK_URL=f"http://127.0.0.1:{port}/hook",
                          WEBHOOK_SECRET=SECRET, WEBHOOK_RETRY_SCHEDULE_SECS="60")
     service = await start_service(config)
     try:
@@ -276,7 +280,8 @@ async def test_an_unreachable_receiver_and_a_restart_lose_nothing(
     finally:
         await service.aclose()
     async with Receiver(SECRET, port=port) as receiver:
-        config = make_config(tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET,
+        config = make_config(tmp_path, DATABASE_URL=database_url, WEBHOOK_URL=receiver.url,
+                             WEBHOOK_SECRET=SECRET,
                              WEBHOOK_RETRY_SCHEDULE_SECS="0.05")
         service = await start_service(config)
         try:
@@ -306,8 +311,8 @@ async def test_the_test_ping_is_signed_and_reports_the_answer(
 
 
 async def test_with_webhooks_off_nothing_is_recorded_and_the_ping_is_refused(
-        tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    service = await start_service(make_config(tmp_path))
+        tmp_path: Path, database_url: str, http: aiohttp.ClientSession) -> None:
+    service = await start_service(make_config(tmp_path, DATABASE_URL=database_url))
     try:
         await paid_token(service, http)
         assert service.state.webhooks is None
@@ -356,3 +361,50 @@ async def test_replay_refuses_a_null_id_beside_all_dead(tmp_path) -> None:  # ty
                 assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
     finally:
         await service.aclose()
+
+
+def _sender_tasks() -> int:
+    """Webhook sender loops running in this process (every service here names its task)."""
+    import asyncio
+    return sum(task.get_name() == "anonticket-webhooks" and not task.done()
+               for task in asyncio.all_tasks())
+
+
+async def test_on_postgresql_only_the_active_instance_sends_and_a_takeover_loses_nothing(
+        tmp_path: Path, pg: Any, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    """Two instances on one PostgreSQL database, both with WEBHOOK_URL. The active one
+    redeems and starts delivering; its attempt hangs at the receiver, and the instance goes
+    away before the answer (a crash mid-delivery, as seen from the database: nothing was
+    marked). The standby never ran a sender; once it takes over it sends the event again,
+    with the same webhook-id and the same signed bytes, and marks it delivered."""
+    name = pg.create_database()
+    try:
+        settings = {"DATABASE_URL": pg.dsn(name), "WEBHOOK_URL": receiver.url,
+                    "WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT_SECS": "60",
+                    "DATABASE_LEADER_CHECK_SECS": "0.1"}
+        first = await start_service(make_config(tmp_path / "a", **settings))
+        second = await start_service(make_config(tmp_path / "b", **settings))
+        try:
+            assert first.state.active and not second.state.active
+            assert _sender_tasks() == 1  # the standby's sender never started
+            receiver.answer(204, hang=60.0)  # the first attempt is never answered in time
+            _, token = await paid_token(first, http)
+            await receiver.wait_for(lambda r: len(r.requests) == 1, "the first attempt")
+            in_flight = receiver.requests[0]
+            await first.aclose()  # leaves with the attempt in flight, its outcome unstored
+
+            await receiver.wait_for(lambda r: len(r.accepted) == 1, "the new leader's attempt")
+            assert second.state.active and _sender_tasks() == 1
+            again = receiver.accepted[0]
+            assert (again.id, again.body) == (in_flight.id, in_flight.body)  # a duplicate
+            assert again.verified and again.payload["type"] == "token.issued"
+            assert again.payload["data"]["token_id"] == token_id(bytes.fromhex(token))
+            await wait_until(lambda: drained(second), "the delivery to be marked")
+            listed = await second.state.ledger.storage.list_webhook_events(dead_only=False,
+                                                                           limit=5)
+            assert [(e["id"], e["status"]) for e in listed] == [(in_flight.id, "delivered")]
+        finally:
+            await first.aclose()
+            await second.aclose()
+    finally:
+        pg.drop_database(name)

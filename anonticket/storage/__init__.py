@@ -1,11 +1,11 @@
 """The only package with SQL: one interface the ledger talks to, split by what each part owns.
 
-``core`` (connections, the one write path), ``schema`` (versions), ``payments`` (credits,
-claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
+``core`` (connections, the one write path), ``schema`` (versions), ``ledger_rules`` (the
+decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
 ``outbox`` (webhook events, written inside the others' transactions), ``maintenance``
 (counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
-connection; ``postgres/`` is the same interface on PostgreSQL (the outbox excepted, for now),
-each dialect's SQL written by hand. ``open_storage`` picks one from ``DATABASE_URL``.
+connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
+by hand. ``open_storage`` picks one from ``DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS, database_path, unix_now
 from anonticket.storage.maintenance import MaintenanceStore
 from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
-from anonticket.storage.payments import PaymentStore, seconds_bought
+from anonticket.storage.ledger_rules import seconds_bought
+from anonticket.storage.payments import PaymentStore
 from anonticket.storage.rows import (
     ClaimRow,
     CreditResult,

@@ -13,36 +13,7 @@ from anonticket.storage.core import (
     connect_read_only,
     unavailable_on_error,
 )
-
-# each invariant: (what a non-zero count means, the query counting its violations)
-_INVARIANTS = (
-    ("PIDs have transfers but no payment row",
-     """SELECT count(*) FROM (SELECT DISTINCT pid FROM transfers) AS s
-        WHERE NOT EXISTS (SELECT 1 FROM payments AS p WHERE p.pid = s.pid)"""),
-    ("payments differ from the sum of their transfers",
-     """WITH sums AS MATERIALIZED (SELECT pid, sum(amount) AS total FROM transfers GROUP BY pid)
-        SELECT count(*) FROM payments AS p LEFT JOIN sums USING (pid)
-        WHERE sums.total IS NULL OR sums.total != p.amount"""),
-    ("claimed payments have no token, or unclaimed ones have one",
-     """SELECT count(*) FROM payments
-        WHERE (status = 1) != (token IS NOT NULL)
-           OR (token IS NOT NULL AND NOT EXISTS
-                 (SELECT 1 FROM service_tokens AS t WHERE t.token = payments.token))"""),
-    ("tokens differ from the sum of their payments",
-     """WITH sums AS MATERIALIZED (
-            SELECT token, sum(amount) AS total FROM payments WHERE token IS NOT NULL
-            GROUP BY token)
-        SELECT count(*) FROM service_tokens AS t LEFT JOIN sums USING (token)
-        WHERE sums.total IS NULL OR sums.total != t.amount"""),
-    ("debits belong to no token",
-     """SELECT count(*) FROM debits AS d
-        WHERE NOT EXISTS (SELECT 1 FROM service_tokens AS t WHERE t.token = d.token)"""),
-    ("tokens' spent differs from the sum of their debits",
-     """WITH sums AS MATERIALIZED (SELECT token, sum(amount) AS total FROM debits GROUP BY token)
-        SELECT count(*) FROM service_tokens AS t LEFT JOIN sums USING (token)
-        WHERE coalesce(sums.total, 0) != t.spent OR t.spent > t.amount"""),
-)
-
+from anonticket.storage.ledger_rules import LEDGER_INVARIANTS, ledger_report
 
 class MaintenanceStore(StorageCore):
     async def get_stats(self) -> dict[str, int | None]:
@@ -84,12 +55,7 @@ class MaintenanceStore(StorageCore):
         """What the schema does not enforce across tables: every transfer has its payment,
         every payment is the sum of its transfers and every token the sum of its payments,
         and every token's spent is the sum of its debits. Grouped scans, no index needed."""
-        problems = []
-        for what, sql in _INVARIANTS:
-            (count,) = (await self._read(sql))[0]
-            if count:
-                problems.append(f"{count} {what}")
-        return problems
+        return ledger_report([(await self._read(sql))[0][0] for _, sql in LEDGER_INVARIANTS])
 
     async def integrity_check(self) -> tuple[list[str], int]:
         rows = await self._read("PRAGMA integrity_check")

@@ -110,6 +110,44 @@ def url_digest(url: str) -> bytes:
     return hashlib.sha256(url.encode()).digest()
 
 
+# the queue's counts: plain SQL that means the same on both dialects
+QUEUE_SQL = """SELECT (SELECT count(*) FROM webhook_events WHERE status = 0),
+                      (SELECT count(*) FROM webhook_events WHERE status = 2),
+                      (SELECT min(created_at) FROM webhook_events WHERE status = 0),
+                      (SELECT min(next_attempt_at) FROM webhook_events WHERE status = 0)"""
+
+
+# what both dialects make of their rows (the SQL differs, the meaning does not)
+def attempt_columns(r: AttemptResult) -> tuple[int, int, float]:
+    """The row's status, attempts and next_attempt_at once ``r`` is stored."""
+    if r.result == "delivered":
+        status, next_at = DELIVERED, 0.0
+    elif r.next_attempt_at is None:
+        status, next_at = DEAD, 0.0
+    else:
+        status, next_at = PENDING, r.next_attempt_at
+    return status, r.attempt if r.counted else r.attempt - 1, next_at
+
+
+def queue_summary(row: Sequence[Any]) -> dict[str, Any]:
+    pending, dead, oldest, next_due = row
+    return {"pending": pending, "dead": dead, "oldest_pending_created_at": oldest,
+            "next_attempt_at": next_due}
+
+
+def listed_events(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [{"id": i, "type": t, "status": _STATUS_NAMES[s], "attempts": a,
+             "created_at": c, "next_attempt_at": n if s == PENDING else None,
+             "last_attempt_at": la, "last_result": lr, "delivered_at": d}
+            for i, t, s, a, c, n, la, lr, d in rows]
+
+
+def disabled_state(rows: Sequence[Sequence[Any]]) -> tuple[int, bytes] | None:
+    if rows and rows[0][0] is not None:
+        return rows[0][0], bytes(rows[0][1])
+    return None
+
+
 class OutboxStore(StorageCore):
     def enable_outbox(self, wake: Callable[[], None]) -> None:
         """From now on changes write their events; ``wake`` runs after each such COMMIT."""
@@ -124,14 +162,7 @@ class OutboxStore(StorageCore):
 
     async def webhook_queue(self) -> dict[str, Any]:
         """Counts, the oldest undelivered event's age origin and when the next one is due."""
-        rows = await self._read(
-            """SELECT (SELECT count(*) FROM webhook_events WHERE status = 0),
-                      (SELECT count(*) FROM webhook_events WHERE status = 2),
-                      (SELECT min(created_at) FROM webhook_events WHERE status = 0),
-                      (SELECT min(next_attempt_at) FROM webhook_events WHERE status = 0)""")
-        pending, dead, oldest, next_due = rows[0]
-        return {"pending": pending, "dead": dead, "oldest_pending_created_at": oldest,
-                "next_attempt_at": next_due}
+        return queue_summary((await self._read(QUEUE_SQL))[0])
 
     async def record_webhook_attempts(self, results: Sequence[AttemptResult]) -> None:
         """Store a batch of attempts' outcomes in one transaction.
@@ -141,19 +172,14 @@ class OutboxStore(StorageCore):
         """
         async with self._transaction() as db:
             for r in results:
-                if r.result == "delivered":
-                    status, next_at = DELIVERED, 0.0
-                elif r.next_attempt_at is None:
-                    status, next_at = DEAD, 0.0
-                else:
-                    status, next_at = PENDING, r.next_attempt_at
+                status, attempts, next_at = attempt_columns(r)
                 await db.execute(
                     """UPDATE webhook_events SET status = ?, attempts = ?, next_attempt_at = ?,
                            last_attempt_at = ?, last_result = ?,
                            delivered_at = CASE WHEN ? = 1 THEN ? ELSE delivered_at END
                        WHERE seq = ? AND status = 0 AND attempts = ?""",
-                    (status, r.attempt if r.counted else r.attempt - 1, next_at, r.at, r.result,
-                     status, r.at, r.seq, r.attempt - 1))
+                    (status, attempts, next_at, r.at, r.result, status, r.at, r.seq,
+                     r.attempt - 1))
 
     async def list_webhook_events(self, *, dead_only: bool, limit: int) -> list[dict[str, Any]]:
         """Newest first; the operator's view, so types and results but no body."""
@@ -162,10 +188,7 @@ class OutboxStore(StorageCore):
             f"""SELECT id, type, status, attempts, created_at, next_attempt_at,
                        last_attempt_at, last_result, delivered_at
                 FROM webhook_events {where} ORDER BY seq DESC LIMIT ?""", (limit,))
-        return [{"id": i, "type": t, "status": _STATUS_NAMES[s], "attempts": a,
-                 "created_at": c, "next_attempt_at": n if s == PENDING else None,
-                 "last_attempt_at": la, "last_result": lr, "delivered_at": d}
-                for i, t, s, a, c, n, la, lr, d in rows]
+        return listed_events(rows)
 
     async def replay_webhook_events(self, event_id: str | None, now: float) -> int:
         """Queue again one event (any status) or, with None, every dead one: due now, with
@@ -193,10 +216,8 @@ class OutboxStore(StorageCore):
 
     async def get_webhook_disabled(self) -> tuple[int, bytes] | None:
         """(when, digest of the URL) if a receiver answered 410 Gone, else None."""
-        rows = await self._read("SELECT disabled_at, disabled_url FROM webhook_state WHERE id = 1")
-        if rows and rows[0][0] is not None:
-            return rows[0][0], rows[0][1]
-        return None
+        return disabled_state(await self._read(
+            "SELECT disabled_at, disabled_url FROM webhook_state WHERE id = 1"))
 
     async def set_webhook_disabled(self, url: str | None, now: int) -> None:
         """Disable delivery to ``url`` (410 Gone), or with None enable it again."""

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import aiosqlite
 
 from anonticket.domain import PaymentId, Transfer, derive_service_token
 from anonticket.storage.core import StorageCore, chunks, marks
+from anonticket.storage.ledger_rules import (
+    PidCredit,
+    claim_row,
+    credits_per_pid,
+    credits_per_token,
+    refuse_topup,
+)
 from anonticket.storage.outbox import Event, issued_event, topped_up_event
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
 
-SECONDS_PER_DAY = 86400
 # From this many transfers in one credit, COMMIT leaves the WAL copy to the background
 # checkpointer (anonticket/wal_checkpoint.py); smaller ones checkpoint as usual.
 BULK_CREDIT_TRANSFERS = 1000
@@ -29,11 +34,6 @@ BULK_CREDIT_TRANSFERS = 1000
 # time (NULL seconds: no price was in force), has none afterwards
 _EXTEND_EXPIRY = """CASE WHEN expires_at IS NULL OR ?1 IS NULL THEN NULL
                          ELSE max(expires_at, ?2) + ?1 END"""
-
-
-def seconds_bought(amount: int, price_per_day: int | None) -> int | None:
-    """What ``amount`` piconero buys at the price in force; None is unlimited time."""
-    return None if price_per_day is None else amount * SECONDS_PER_DAY // price_per_day
 
 
 class PaymentStore(StorageCore):
@@ -84,7 +84,7 @@ class PaymentStore(StorageCore):
                     chunk,
                 )
                 for pid, status, amount, *token_columns in rows:
-                    result[pid] = _claim_row(status, amount, token_columns)
+                    result[pid] = claim_row(status, amount, token_columns)
         return result
 
     async def get_claim(self, pid: bytes) -> ClaimRow | None:
@@ -96,7 +96,7 @@ class PaymentStore(StorageCore):
             (pid,),
         )
         for status, amount, *token_columns in rows:
-            return _claim_row(status, amount, token_columns)
+            return claim_row(status, amount, token_columns)
         return None
 
     async def topup_token(
@@ -120,14 +120,9 @@ class PaymentStore(StorageCore):
             if not payment:
                 return TopupOutcome("pending_or_unknown")
             status, amount, seconds, owner = payment[0]
-            if status == 1:
-                if owner == token and pid != own_pid:
-                    return TopupOutcome("topped_up", amount, record)
-                return TopupOutcome("pid_already_claimed", amount)
-            if record.revoked_at is not None:
-                return TopupOutcome("token_revoked", amount)
-            if amount < min_amount:
-                return TopupOutcome("underpaid", amount)
+            refused = refuse_topup(token, own_pid, record, pid, status, amount, owner, min_amount)
+            if refused is not None:
+                return refused
             await db.execute(
                 "UPDATE payments SET status = 1, claimed_at = ?, token = ? WHERE pid = ?",
                 (now, token, pid))
@@ -160,21 +155,9 @@ class PaymentStore(StorageCore):
             # every list below is sorted by the key its statement walks: consecutive rows
             # then land in the same B-tree pages, which is most of the cost on a big table
             fresh = await _insert_fresh_transfers(db, incoming, now)
-            # one row per PID: the sum, the earliest transfer (lowest height, then txid),
-            # and the seconds bought (each transfer priced on its own)
-            per_pid: dict[bytes, list[Any]] = {}
-            for t in fresh:
-                bought = seconds_bought(t.amount, price_per_day)
-                row = per_pid.get(t.pid.raw)
-                if row is None:
-                    per_pid[t.pid.raw] = [t.pid.raw, t.txid, t.amount, t.height, now, bought]
-                    continue
-                row[2] += t.amount
-                if bought is not None:
-                    row[5] += bought
-                if (t.height, t.txid) < (row[3], row[1]):
-                    row[1], row[3] = t.txid, t.height
-            payments = [per_pid[pid] for pid in sorted(per_pid)]
+            per_pid = credits_per_pid(fresh, price_per_day)  # one row per PID
+            payments = [(pid, c.txid, c.amount, c.first_height, now, c.seconds)
+                        for pid, c in sorted(per_pid.items())]
             await db.executemany(
                 """INSERT INTO payments (pid, txid, amount, first_height, created_at, seconds)
                    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -206,7 +189,7 @@ class PaymentStore(StorageCore):
 
 
 async def _top_up_claimed(
-    db: aiosqlite.Connection, per_pid: dict[bytes, list[Any]], now: int
+    db: aiosqlite.Connection, per_pid: dict[bytes, PidCredit], now: int
 ) -> tuple[dict[bytes, TokenRow], dict[bytes, int]]:
     """Move new credit of claimed PIDs onto their tokens (several PIDs may share one);
     returns each token's row afterwards and the piconero it gained."""
@@ -217,12 +200,7 @@ async def _top_up_claimed(
                 WHERE token IS NOT NULL AND pid IN ({marks(len(chunk))})""",
             chunk,
         )
-    deltas: dict[bytes, list[Any]] = {}
-    for pid, token in owners:
-        _, _, amount, _, _, bought = per_pid[pid]
-        delta = deltas.setdefault(token, [0, 0])
-        delta[0] += amount
-        delta[1] = None if delta[1] is None or bought is None else delta[1] + bought
+    deltas = credits_per_token(owners, per_pid)
     topped_up: dict[bytes, TokenRow] = {}
     for token in sorted(deltas):
         amount, bought = deltas[token]
@@ -233,7 +211,7 @@ async def _top_up_claimed(
             (bought, now, amount, token),
         )
         topped_up[token] = TokenRow(*rows[0])
-    return topped_up, {token: delta[0] for token, delta in deltas.items()}
+    return topped_up, {token: amount for token, (amount, _) in deltas.items()}
 
 
 def _topped_up_events(rows: dict[bytes, TokenRow], added: dict[bytes, int]) -> list[Event]:
@@ -275,9 +253,3 @@ async def _insert_fresh_transfers(
 
 def _prefixed(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
-
-
-def _claim_row(status: int, amount: int, token_columns: Sequence[Any]) -> ClaimRow:
-    token = token_columns[0]
-    record = TokenRow(*token_columns) if token is not None else None
-    return ClaimRow(status, amount, token, claimed_now=False, record=record)

@@ -2,9 +2,10 @@
 
 Debits of concurrent requests arrive in batches (``Ledger``'s batcher) and each batch is
 one transaction: the tokens and keys it touches are read in one statement, every debit
-is decided in order in Python (``_plan``) against the balance as the earlier ones left
-it, and the results are written in three statements. Inside ``BEGIN IMMEDIATE`` nothing else writes, so what was
-read stays true until COMMIT; the CHECK on ``spent <= amount`` is the last guard.
+is decided in order in Python (``ledger_rules.plan_debits``, shared with PostgreSQL)
+against the balance as the earlier ones left it, and the results are written in three
+statements. Inside ``BEGIN IMMEDIATE`` nothing else writes, so what was read stays true
+until COMMIT; the CHECK on ``spent <= amount`` is the last guard.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import json
 import sqlite3
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import aiosqlite
 
 from anonticket.storage.core import StorageCore, chunks
+from anonticket.storage.ledger_rules import Answers, DebitPlan, plan_debits
 from anonticket.storage.outbox import expired_event, revoked_event
 from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
 
@@ -145,12 +146,13 @@ class TokenStore(StorageCore):
             for chunk in chunks(scopes):
                 rows = await db.execute_fetchall(batch_read_sql(len(chunk)), _flat(chunk))
                 last_id = _collect(rows, records, answers)
-            plan = _plan(requests, records, answers, last_id, now)
-            if plan.debit_rows:
-                await db.executemany(_INSERT_DEBITS, plan.debit_rows)
-                await db.executemany(_UPDATE_SPENT, plan.spent_rows)
-            if plan.key_rows:
-                await db.executemany(_INSERT_KEYS, plan.key_rows)
+            plan = plan_debits(requests, records, answers, now)
+            debit_rows, spent_rows, key_rows = _rows(plan, last_id, now)
+            if debit_rows:
+                await db.executemany(_INSERT_DEBITS, debit_rows)
+                await db.executemany(_UPDATE_SPENT, spent_rows)
+            if key_rows:
+                await db.executemany(_INSERT_KEYS, key_rows)
         return plan.outcomes
 
     async def prune_idempotency_keys(self, older_than: int) -> int:
@@ -159,18 +161,6 @@ class TokenStore(StorageCore):
             cursor = await db.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,))
             return cursor.rowcount
-
-
-def _decide(record: TokenRow, amount: int, now: int) -> tuple[int, dict[str, Any]]:
-    """A debit's refusal, or 200 with the body to be filled in once applied."""
-    status = record.status(now)
-    if status == "revoked":
-        return 403, {"error": "token_revoked"}
-    if status == "expired":
-        return 403, {"error": "token_expired"}
-    if record.remaining < amount:
-        return 402, {"error": "insufficient_balance", "remaining": record.remaining}
-    return 200, {}
 
 
 def batch_read_sql(count: int) -> str:
@@ -200,18 +190,6 @@ _UPDATE_SPENT = "UPDATE service_tokens SET spent = ? WHERE token = ?"
 _INSERT_KEYS = """INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
                   VALUES (?, ?, ?, ?, ?, ?)"""
 
-Answers = dict[tuple[bytes, str], tuple[bytes, int, dict[str, Any]]]
-
-
-@dataclass(slots=True)
-class _Plan:
-    """A batch decided: the answers in request order and the rows that make them true."""
-
-    outcomes: list[DebitOutcome]
-    debit_rows: list[tuple[Any, ...]]
-    spent_rows: list[tuple[int, bytes]]
-    key_rows: list[tuple[Any, ...]]
-
 
 def _scopes(requests: Sequence[DebitRequest]) -> list[tuple[bytes, str | None]]:
     # a request without a key still needs its token; (token, NULL) matches no stored key
@@ -234,40 +212,16 @@ def _collect(rows: Iterable[Sequence[Any]], records: dict[bytes, TokenRow],
     return last_id
 
 
-def _plan(requests: Sequence[DebitRequest], records: dict[bytes, TokenRow], answers: Answers,
-          last_id: int, now: int) -> _Plan:
-    """Decide every request in order, against the balance the earlier ones left."""
-    plan = _Plan([], [], [], [])
-    outcomes, debit_rows, key_rows = plan.outcomes, plan.debit_rows, plan.key_rows
-    for request in requests:
-        scope = (request.token, request.key)
-        if request.key is not None and scope in answers:
-            digest, status, body = answers[scope]  # type: ignore[index]
-            if digest != request.request_digest:
-                outcomes.append(DebitOutcome(422, {"error": "idempotency_key_reused"}))
-            else:
-                outcomes.append(DebitOutcome(status, body, replayed=True))
-            continue
-        record = records.get(request.token)
-        if record is None:
-            outcomes.append(DebitOutcome(404, {"error": "token_not_found"}))
-            continue
-        status, body = _decide(record, request.amount, now)
-        if status == 200:
-            last_id += 1
-            record = replace(record, spent=record.spent + request.amount)
-            records[request.token] = record
-            debit_rows.append((last_id, request.token, request.amount, request.memo, now))
-            body = {"debit_id": last_id, "amount": request.amount,
-                    "remaining": record.remaining, "expires_at": record.expires_at}
-        if request.key is not None:
-            answers[scope] = (request.request_digest, status, body)  # type: ignore[index]
-            key_rows.append((request.token, request.key, request.request_digest,
-                             status, json.dumps(body), now))
-        outcomes.append(DebitOutcome(status, body, record=record))
-    spent = {row[1]: records[row[1]].spent for row in debit_rows}
-    plan.spent_rows = [(value, token) for token, value in sorted(spent.items())]
-    return plan
+def _rows(plan: DebitPlan, last_id: int, now: int
+          ) -> tuple[list[tuple[Any, ...]], list[tuple[int, bytes]], list[tuple[Any, ...]]]:
+    """The plan's debits (numbered on from the last id: inside BEGIN IMMEDIATE nobody else
+    can take one), spent values and stored answers, as the three statements' rows."""
+    plan.number(range(last_id + 1, last_id + 1 + len(plan.applied)))
+    debit_rows = [(body["debit_id"], r.token, r.amount, r.memo, now) for r, body in plan.applied]
+    spent_rows = [(value, token) for token, value in sorted(plan.spent.items())]
+    key_rows = [(r.token, r.key, r.request_digest, status, json.dumps(body), now)
+                for r, status, body in plan.keyed]
+    return debit_rows, spent_rows, key_rows
 
 
 def _apply_sync(conn: sqlite3.Connection, requests: Sequence[DebitRequest],
@@ -279,10 +233,11 @@ def _apply_sync(conn: sqlite3.Connection, requests: Sequence[DebitRequest],
     for chunk in chunks(scopes):
         last_id = _collect(conn.execute(batch_read_sql(len(chunk)), _flat(chunk)).fetchall(),
                            records, answers)
-    plan = _plan(requests, records, answers, last_id, now)
-    if plan.debit_rows:
-        conn.executemany(_INSERT_DEBITS, plan.debit_rows)
-        conn.executemany(_UPDATE_SPENT, plan.spent_rows)
-    if plan.key_rows:
-        conn.executemany(_INSERT_KEYS, plan.key_rows)
+    plan = plan_debits(requests, records, answers, now)
+    debit_rows, spent_rows, key_rows = _rows(plan, last_id, now)
+    if debit_rows:
+        conn.executemany(_INSERT_DEBITS, debit_rows)
+        conn.executemany(_UPDATE_SPENT, spent_rows)
+    if key_rows:
+        conn.executemany(_INSERT_KEYS, key_rows)
     return plan.outcomes

@@ -24,12 +24,15 @@ import sys
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from anonticket.errors import StorageUnavailable
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS
+
+if TYPE_CHECKING:
+    from anonticket.storage.postgres.outbox import PgOutbox
 
 log = logging.getLogger("anonticket.storage")
 
@@ -58,6 +61,13 @@ _RETRY_ONCE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 # (a restart, a failover, pg_terminate_backend): a read is asked once more, on a fresh one
 _STALE_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError,
                      asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, ConnectionError)
+
+
+class FencedOut(StorageUnavailable):
+    """Another instance took over since this one became active: it must not credit, move
+    the cursor or mark webhook deliveries. Raised inside the transaction, which then rolls
+    back; to the monitor and the sender it is a storage error like any other, and the
+    leader steps down."""
 
 
 class PostgresError(Exception):
@@ -113,6 +123,8 @@ class PostgresCore:
         self._write_lock = asyncio.Lock()
         # the epoch this instance took over with (leader.py); None: not fenced (one instance)
         self.fencing_epoch: int | None = None
+        # webhook events are written only while this is set (PgOutboxStore.enable_outbox)
+        self.outbox: PgOutbox | None = None
 
     @classmethod
     async def open(
@@ -149,17 +161,29 @@ class PostgresCore:
 
     async def _write(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``work`` in one transaction; a serialization failure or a deadlock (only
-        possible against another process) rolls back and runs it once more."""
+        possible against another process) rolls back and runs it once more. The webhook
+        sender is woken after a COMMIT that wrote events, and a rollback forgets that
+        they were written (the retry writes its own)."""
         async with self._write_lock:
             try:
-                async with unavailable_on_error(pass_conflicts=True):
-                    async with self._pool.acquire() as conn, conn.transaction():
-                        return await work(conn)
-            except _RETRY_ONCE as exc:
-                log.info("transaction rolled back (%s); retrying once", type(exc).__name__)
-            async with unavailable_on_error():
-                async with self._pool.acquire() as conn, conn.transaction():
-                    return await work(conn)
+                try:
+                    async with unavailable_on_error(pass_conflicts=True):
+                        async with self._pool.acquire() as conn, conn.transaction():
+                            result = await work(conn)
+                except _RETRY_ONCE as exc:
+                    log.info("transaction rolled back (%s); retrying once", type(exc).__name__)
+                    if self.outbox is not None:
+                        self.outbox.rolled_back()
+                    async with unavailable_on_error():
+                        async with self._pool.acquire() as conn, conn.transaction():
+                            result = await work(conn)
+            except BaseException:
+                if self.outbox is not None:
+                    self.outbox.rolled_back()
+                raise
+        if self.outbox is not None:
+            self.outbox.committed()
+        return result
 
     async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """A query on any pooled connection. Asked twice at most: a read changes nothing,
@@ -200,6 +224,20 @@ class PostgresCore:
                 if count < _PREFIX_CHUNK:
                     break
         return prefixes
+
+
+async def check_fence(db: asyncpg.Connection, epoch: int | None, lock: str) -> None:
+    """Raise ``FencedOut`` (rolling the transaction back) unless the fencing epoch is still
+    ``epoch``, read under the cursor row's ``lock`` (``FOR UPDATE`` or ``FOR SHARE``): the
+    takeover's epoch bump waits for a transaction past this check, and any later one sees
+    the new epoch. None: this storage is not fenced (one instance, or a test)."""
+    if epoch is None:
+        return
+    if lock not in ("FOR UPDATE", "FOR SHARE"):
+        raise ValueError("lock must be FOR UPDATE or FOR SHARE")
+    current = await db.fetchval(f"SELECT epoch FROM monitor_state WHERE id = 1 {lock}")
+    if current != epoch:
+        raise FencedOut()
 
 
 def connection_settings(busy_timeout_ms: int) -> dict[str, str]:

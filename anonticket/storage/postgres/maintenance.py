@@ -1,6 +1,6 @@
 """Maintenance reads on PostgreSQL: counts, the schema version and the ledger invariants.
 
-The invariants are the SQLite module's queries unchanged: they are plain SQL (grouped
+The invariants are the SQLite module's queries unchanged (``ledger_rules``): plain SQL (grouped
 scans, ``MATERIALIZED`` CTEs, boolean comparisons) that means the same on both, and one
 text is what makes "``db check`` checks the same money rules on both" true. SQLite's
 file-level parts have no twin here: PostgreSQL has no ``integrity_check`` (the operator's
@@ -9,7 +9,7 @@ tools are data checksums and ``amcheck``) and no online backup API (``pg_dump``)
 
 from __future__ import annotations
 
-from anonticket.storage.maintenance import _INVARIANTS
+from anonticket.storage.ledger_rules import LEDGER_INVARIANTS, ledger_report
 from anonticket.storage.postgres.core import PostgresCore, unavailable_on_error
 from anonticket.storage.postgres.schema import schema_version
 
@@ -34,12 +34,7 @@ class PgMaintenanceStore(PostgresCore):
 
     async def ledger_problems(self) -> list[str]:
         """See ``MaintenanceStore.ledger_problems``."""
-        problems = []
-        for what, sql in _INVARIANTS:
-            (count,) = (await self._read(sql))[0]
-            if count:
-                problems.append(f"{count} {what}")
-        return problems
+        return ledger_report([(await self._read(sql))[0][0] for _, sql in LEDGER_INVARIANTS])
 
     async def schema_version(self) -> int:
         async with unavailable_on_error(), self._pool.acquire() as conn:

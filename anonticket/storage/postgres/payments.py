@@ -13,21 +13,21 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import asyncpg
 
 from anonticket.domain import PaymentId, Transfer, derive_service_token
-from anonticket.errors import StorageUnavailable
-from anonticket.storage.payments import seconds_bought
-from anonticket.storage.postgres.core import PostgresCore, column_list
+from anonticket.storage.ledger_rules import (
+    PidCredit,
+    claim_row,
+    credits_per_pid,
+    credits_per_token,
+    refuse_topup,
+)
+from anonticket.storage.outbox import issued_event, topped_up_event
+from anonticket.storage.payments import _topped_up_events
+from anonticket.storage.postgres.core import PostgresCore, check_fence, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
-
-
-class FencedOut(StorageUnavailable):
-    """Another instance took over since this one became active: it must not credit or
-    move the cursor. Raised inside the credit's transaction, which then rolls back; to
-    the monitor it is a storage error like any other, and the leader steps down."""
 
 
 # expires_at after crediting d.seconds more at $now (see storage.payments._EXTEND_EXPIRY)
@@ -59,6 +59,7 @@ class PgPaymentStore(PostgresCore):
             owners: list[bytes] = []
             amounts: list[int] = []
             expiries: list[int | None] = []
+            records: list[TokenRow] = []
             for pid, txid, amount, seconds in claimed:
                 token = derive_service_token(PaymentId(pid), txid.hex()).raw
                 expires_at = None if seconds is None else now + seconds
@@ -67,6 +68,7 @@ class PgPaymentStore(PostgresCore):
                 amounts.append(amount)
                 expiries.append(expires_at)
                 record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                records.append(record)
                 result[pid] = ClaimRow(1, amount, token, claimed_now=True, record=record)
             if tokens:
                 await db.execute(
@@ -80,6 +82,8 @@ class PgPaymentStore(PostgresCore):
                        FROM unnest($1::bytea[], $2::bytea[]) AS n(token, pid)
                        WHERE p.pid = n.pid""",
                     tokens, owners)
+                if self.outbox is not None:
+                    await self.outbox.add(db, map(issued_event, records), now)
             rest = [pid for pid in pids if pid not in result]
             if rest:
                 rows = await db.fetch(
@@ -88,7 +92,7 @@ class PgPaymentStore(PostgresCore):
                         WHERE p.pid = ANY($1::bytea[])""",
                     rest)
                 for pid, status, amount, *token_columns in rows:
-                    result[pid] = _claim_row(status, amount, token_columns)
+                    result[pid] = claim_row(status, amount, token_columns)
             return result
 
         return await self._write(work)
@@ -100,7 +104,7 @@ class PgPaymentStore(PostgresCore):
                 WHERE p.pid = $1""",
             pid)
         for status, amount, *token_columns in rows:
-            return _claim_row(status, amount, token_columns)
+            return claim_row(status, amount, token_columns)
         return None
 
     async def topup_token(
@@ -123,23 +127,22 @@ class PgPaymentStore(PostgresCore):
             if payment is None:
                 return TopupOutcome("pending_or_unknown")
             status, amount, seconds, owner = payment
-            if status == 1:
-                if owner == token and pid != own_pid:
-                    return TopupOutcome("topped_up", amount, record)
-                return TopupOutcome("pid_already_claimed", amount)
-            if record.revoked_at is not None:
-                return TopupOutcome("token_revoked", amount)
-            if amount < min_amount:
-                return TopupOutcome("underpaid", amount)
+            refused = refuse_topup(token, own_pid, record, pid, status, amount, owner, min_amount)
+            if refused is not None:
+                return refused
             await db.execute(
                 "UPDATE payments SET status = 1, claimed_at = $1, token = $2 WHERE pid = $3",
                 now, token, pid)
             updated = await db.fetchrow(
                 f"""UPDATE service_tokens AS t SET amount = t.amount + $3,
-                           expires_at = {_extend_expiry('$1::bigint', '$2::bigint')}
+                           expires_at = {_extend_expiry('$1::bigint', '$2::bigint')},
+                           expired_notified = 0
                     WHERE t.token = $4 RETURNING {_TOKEN_T}""",
                 seconds, now, amount, token)
-            return TopupOutcome("topped_up", amount, TokenRow(*updated))
+            topped = TokenRow(*updated)
+            if self.outbox is not None:
+                await self.outbox.add(db, [topped_up_event(topped, amount)], now)
+            return TopupOutcome("topped_up", amount, topped)
 
         return await self._write(work)
 
@@ -159,26 +162,12 @@ class PgPaymentStore(PostgresCore):
         epoch = self.fencing_epoch
 
         async def work(db: asyncpg.Connection) -> CreditResult:
-            if epoch is not None:
-                current = await db.fetchval(
-                    "SELECT epoch FROM monitor_state WHERE id = 1 FOR UPDATE")
-                if current != epoch:
-                    raise FencedOut()
+            await check_fence(db, epoch, "FOR UPDATE")
             fresh = await _insert_fresh_transfers(db, incoming, now)
-            per_pid: dict[bytes, list[Any]] = {}
-            for t in fresh:
-                bought = seconds_bought(t.amount, price_per_day)
-                row = per_pid.get(t.pid.raw)
-                if row is None:
-                    per_pid[t.pid.raw] = [t.pid.raw, t.txid, t.amount, t.height, bought]
-                    continue
-                row[2] += t.amount
-                if bought is not None:
-                    row[4] += bought
-                if (t.height, t.txid) < (row[3], row[1]):
-                    row[1], row[3] = t.txid, t.height
+            per_pid = credits_per_pid(fresh, price_per_day)
             if per_pid:
-                columns = list(zip(*(per_pid[pid] for pid in sorted(per_pid))))
+                columns = list(zip(*((pid, c.txid, c.amount, c.first_height, c.seconds)
+                                     for pid, c in sorted(per_pid.items()))))
                 await db.execute(
                     """INSERT INTO payments AS p (pid, txid, amount, first_height, created_at, seconds)
                        SELECT pid, txid, amount, first_height, $6, seconds
@@ -195,7 +184,9 @@ class PgPaymentStore(PostgresCore):
                            seconds = CASE WHEN p.seconds IS NULL OR excluded.seconds IS NULL
                                           THEN NULL ELSE p.seconds + excluded.seconds END""",
                     *map(list, columns), now)
-            topped_up = await _top_up_claimed(db, per_pid, now)
+            topped_up, added = await _top_up_claimed(db, per_pid, now)
+            if added and self.outbox is not None:  # nothing per row unless a token grew
+                await self.outbox.add(db, _topped_up_events(topped_up, added), now)
             if scanned_height is not None:
                 await db.execute("UPDATE monitor_state SET scanned_height = $1 WHERE id = 1",
                                  scanned_height)
@@ -235,34 +226,26 @@ async def _insert_fresh_transfers(
 
 
 async def _top_up_claimed(
-    db: asyncpg.Connection, per_pid: dict[bytes, list[Any]], now: int
-) -> dict[bytes, TokenRow]:
-    """Move new credit of claimed PIDs onto their tokens, all tokens in one statement."""
+    db: asyncpg.Connection, per_pid: dict[bytes, PidCredit], now: int
+) -> tuple[dict[bytes, TokenRow], dict[bytes, int]]:
+    """Move new credit of claimed PIDs onto their tokens, all tokens in one statement;
+    returns each token's row afterwards and the piconero it gained."""
     if not per_pid:
-        return {}
+        return {}, {}
     owners = await db.fetch(
         "SELECT pid, token FROM payments WHERE token IS NOT NULL AND pid = ANY($1::bytea[])",
         list(per_pid))
-    deltas: dict[bytes, list[Any]] = {}
-    for pid, token in owners:
-        _, _, amount, _, bought = per_pid[pid]
-        delta = deltas.setdefault(token, [0, 0])
-        delta[0] += amount
-        delta[1] = None if delta[1] is None or bought is None else delta[1] + bought
+    deltas = credits_per_token(owners, per_pid)
     if not deltas:
-        return {}
+        return {}, {}
     ordered = sorted(deltas)
     rows = await db.fetch(
         f"""UPDATE service_tokens AS t SET amount = t.amount + n.amount,
-                   expires_at = {_extend_expiry('n.seconds', '$4::bigint')}
+                   expires_at = {_extend_expiry('n.seconds', '$4::bigint')},
+                   expired_notified = 0
             FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS n(token, amount, seconds)
             WHERE t.token = n.token
             RETURNING {_TOKEN_T}""",
         ordered, [deltas[t][0] for t in ordered], [deltas[t][1] for t in ordered], now)
-    return {row[0]: TokenRow(*row) for row in rows}
-
-
-def _claim_row(status: int, amount: int, token_columns: Sequence[Any]) -> ClaimRow:
-    token = token_columns[0]
-    record = TokenRow(*token_columns) if token is not None else None
-    return ClaimRow(status, amount, token, claimed_now=False, record=record)
+    return ({row[0]: TokenRow(*row) for row in rows},
+            {token: amount for token, (amount, _) in deltas.items()})

@@ -4,8 +4,10 @@
 Two instances starting at once would otherwise both see version 0 and both run
 ``CREATE TABLE``; the second fails (or, with IF NOT EXISTS, can still collide in the
 catalog). The transaction-scoped lock is released by COMMIT or ROLLBACK whatever happens,
-so a starter that dies mid-migration never leaves it held. The version numbers are the
-SQLite ones: version 3 is the same tables either way (``schema_postgres.sql``).
+so a starter that dies mid-migration never leaves it held. The numbers are this dialect's
+own: version 3 (``schema_postgres.sql``) has SQLite version 3's ledger tables, version 4
+(``schema_postgres_v4.sql``) adds what SQLite's version 3 also holds, the webhook outbox
+and the expiry notices; ``PG_SCHEMA_VERSION`` is the one this program brings a database to.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from pathlib import Path
 
 import asyncpg
 
-from anonticket.storage.schema import SCHEMA_VERSION
-
 _ROOT = Path(__file__).resolve().parent.parent.parent.parent
 # version reached → script that reaches it from the one before (a new database: from 0)
-MIGRATIONS = {3: _ROOT / "schema_postgres.sql"}
+MIGRATIONS = {3: _ROOT / "schema_postgres.sql", 4: _ROOT / "schema_postgres_v4.sql"}
+PG_SCHEMA_VERSION = max(MIGRATIONS)
 # an arbitrary 64-bit key of our own, so the lock never meets another application's
 SCHEMA_LOCK_KEY = 0x616E_6F6E_7363_6801  # "anonsch" + 1
 
@@ -36,14 +37,14 @@ async def schema_version(conn: asyncpg.Connection) -> int:
 
 
 async def apply_schema(conn: asyncpg.Connection) -> None:
-    """Bring the database to ``SCHEMA_VERSION``; a newer one is refused and left alone."""
+    """Bring the database to ``PG_SCHEMA_VERSION``; a newer one is refused and left alone."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
         await conn.execute(_VERSIONS)
         version = await schema_version(conn)
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"database schema version {version} is newer than this program ({SCHEMA_VERSION})")
+        if version > PG_SCHEMA_VERSION:
+            raise RuntimeError(f"database schema version {version} is newer than this "
+                               f"program ({PG_SCHEMA_VERSION})")
         for target in sorted(MIGRATIONS):
             if version < target:
                 # one script per version, its row beside it: both commit or neither does

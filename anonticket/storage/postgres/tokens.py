@@ -3,8 +3,9 @@
 A debit batch locks its tokens' rows (``FOR UPDATE``, in token order) before it reads
 their balances and Idempotency-Keys, so a second process debiting the same token waits
 and then reads what the first committed: every decision in Python is made against rows
-nobody else can change until COMMIT, as under SQLite's ``BEGIN IMMEDIATE``. Debit ids
-come from a sequence instead of ``max(id) + 1``.
+nobody else can change until COMMIT, as under SQLite's ``BEGIN IMMEDIATE``; the decisions
+are the SQLite module's own (``ledger_rules.plan_debits``). Debit ids come from a sequence
+instead of ``max(id) + 1``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from __future__ import annotations
 import json
 from array import array
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
 
+from anonticket.storage import tokens as sqlite_tokens
+from anonticket.storage.ledger_rules import Answers, plan_debits
+from anonticket.storage.outbox import expired_event, revoked_event
 from anonticket.storage.postgres.core import PostgresCore, affected, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
-from anonticket.storage.tokens import _RECENT_DEBITS, _decide
+from anonticket.storage.tokens import _RECENT_DEBITS
 
 _TOKEN_T = column_list(TOKEN_COLUMNS, "t")
 
@@ -33,9 +36,17 @@ class PgTokenStore(PostgresCore):
     async def revoke_token(
         self, token: bytes, reason: str | None, abuse_score: int | None, now: int
     ) -> TokenRow | None:
-        """Revoke idempotently: the first revocation's time and reason stay; every call is audited."""
+        """Revoke idempotently: the first revocation's time and reason stay; every call is
+        audited; only the first writes a ``token.revoked`` event (see ``TokenStore``)."""
 
         async def work(db: asyncpg.Connection) -> TokenRow | None:
+            first = False
+            if self.outbox is not None:
+                # locked: of two revocations from two sessions, the second waits here and
+                # then reads the first one's revoked_at, so only one writes the event
+                before = await db.fetchrow(
+                    "SELECT revoked_at FROM service_tokens WHERE token = $1 FOR UPDATE", token)
+                first = before is not None and before[0] is None
             row = await db.fetchrow(
                 f"""UPDATE service_tokens AS t SET
                        revoke_reason = CASE WHEN t.revoked_at IS NULL THEN $1::text
@@ -52,7 +63,42 @@ class PgTokenStore(PostgresCore):
                 """INSERT INTO audit_log (at, action, token, reason, abuse_score)
                    VALUES ($1, 'revoke', $2, $3, $4)""",
                 now, token, reason, abuse_score)
-            return TokenRow(*row)
+            record = TokenRow(*row)
+            if first and self.outbox is not None:
+                await self.outbox.add(db, [revoked_event(record)], now)
+            return record
+
+        return await self._write(work)
+
+    async def notice_expired_tokens(self, now: int) -> int:
+        """See ``TokenStore.notice_expired_tokens``: up to ``EXPIRY_SWEEP_BATCH`` (the SQLite
+        module's) per transaction, after a probe that takes no lock. ``SKIP LOCKED``: a
+        token a top-up holds right now is left for the next sweep (the top-up may move its
+        expiry), and two sweeps at once never mark, or announce, one token twice."""
+        probe = await self._read(
+            """SELECT 1 FROM service_tokens
+               WHERE expired_notified = 0 AND expires_at IS NOT NULL AND expires_at <= $1
+               LIMIT 1""",
+            now)
+        if not probe:
+            return 0
+        batch = sqlite_tokens.EXPIRY_SWEEP_BATCH
+
+        async def work(db: asyncpg.Connection) -> int:
+            rows = await db.fetch(
+                """UPDATE service_tokens AS t SET expired_notified = 1
+                   FROM (SELECT token FROM service_tokens
+                         WHERE expired_notified = 0 AND expires_at IS NOT NULL
+                           AND expires_at <= $1
+                         ORDER BY token LIMIT $2 FOR UPDATE SKIP LOCKED) AS due
+                   WHERE t.token = due.token
+                   RETURNING t.token, t.expires_at, t.revoked_at""",
+                now, batch)
+            if self.outbox is not None:
+                await self.outbox.add(db, [expired_event(token, expires_at)
+                                           for token, expires_at, revoked_at in sorted(rows)
+                                           if revoked_at is None], now)
+            return len(rows)
 
         return await self._write(work)
 
@@ -84,62 +130,35 @@ class PgTokenStore(PostgresCore):
                     ORDER BY token FOR UPDATE""",
                 tokens)}
             answers = await _fetch_keys(db, [(r.token, r.key) for r in requests if r.key])
-            outcomes: list[DebitOutcome] = []
-            applied: list[tuple[DebitRequest, dict[str, Any]]] = []
-            key_rows: list[tuple[DebitRequest, int, dict[str, Any]]] = []
-            for request in requests:
-                scope = (request.token, request.key)
-                if request.key is not None and scope in answers:
-                    digest, status, body = answers[scope]
-                    if digest != request.request_digest:
-                        outcomes.append(DebitOutcome(422, {"error": "idempotency_key_reused"}))
-                    else:
-                        outcomes.append(DebitOutcome(status, body, replayed=True))
-                    continue
-                record = records.get(request.token)
-                if record is None:
-                    outcomes.append(DebitOutcome(404, {"error": "token_not_found"}))
-                    continue
-                status, body = _decide(record, request.amount, now)
-                if status == 200:
-                    record = replace(record, spent=record.spent + request.amount)
-                    records[request.token] = record
-                    # the id is filled in below, once the sequence has handed them out
-                    body = {"debit_id": None, "amount": request.amount,
-                            "remaining": record.remaining, "expires_at": record.expires_at}
-                    applied.append((request, body))
-                if request.key is not None:
-                    answers[scope] = (request.request_digest, status, body)
-                    key_rows.append((request, status, body))
-                outcomes.append(DebitOutcome(status, body, record=record))
+            plan = plan_debits(requests, records, answers, now)
+            applied, keyed = plan.applied, plan.keyed
             if applied:
-                ids = sorted(row[0] for row in await db.fetch(
-                    "SELECT nextval('debits_id_seq') FROM generate_series(1, $1)", len(applied)))
-                for debit_id, (_, body) in zip(ids, applied, strict=True):
-                    body["debit_id"] = debit_id
+                # the ids come from the sequence: two sessions never hand out one twice
+                plan.number(sorted(row[0] for row in await db.fetch(
+                    "SELECT nextval('debits_id_seq') FROM generate_series(1, $1)", len(applied))))
                 await db.execute(
                     """INSERT INTO debits (id, token, amount, memo, at)
                        SELECT id, token, amount, memo, $5
                        FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[])
                             AS n(id, token, amount, memo)""",
-                    ids, [r.token for r, _ in applied], [r.amount for r, _ in applied],
-                    [r.memo for r, _ in applied], now)
-                spent = sorted({r.token: records[r.token].spent for r, _ in applied}.items())
+                    [b["debit_id"] for _, b in applied], [r.token for r, _ in applied],
+                    [r.amount for r, _ in applied], [r.memo for r, _ in applied], now)
+                spent = sorted(plan.spent.items())
                 await db.execute(
                     """UPDATE service_tokens AS t SET spent = n.spent
                        FROM unnest($1::bytea[], $2::bigint[]) AS n(token, spent)
                        WHERE t.token = n.token""",
                     [token for token, _ in spent], [value for _, value in spent])
-            if key_rows:
+            if keyed:
                 await db.execute(
                     """INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
                        SELECT token, key, request, status, body, $6
                        FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::integer[],
                                    $5::text[]) AS n(token, key, request, status, body)""",
-                    [r.token for r, _, _ in key_rows], [r.key for r, _, _ in key_rows],
-                    [r.request_digest for r, _, _ in key_rows], [s for _, s, _ in key_rows],
-                    [json.dumps(b) for _, _, b in key_rows], now)
-            return outcomes
+                    [r.token for r, _, _ in keyed], [r.key for r, _, _ in keyed],
+                    [r.request_digest for r, _, _ in keyed], [s for _, s, _ in keyed],
+                    [json.dumps(b) for _, _, b in keyed], now)
+            return plan.outcomes
 
         return await self._write(work)
 
@@ -153,9 +172,7 @@ class PgTokenStore(PostgresCore):
         return await self._write(work)
 
 
-async def _fetch_keys(
-    db: asyncpg.Connection, scopes: list[tuple[bytes, str | None]]
-) -> dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]:
+async def _fetch_keys(db: asyncpg.Connection, scopes: list[tuple[bytes, str | None]]) -> Answers:
     if not scopes:
         return {}
     unique = sorted(set(scopes))
