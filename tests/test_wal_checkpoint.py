@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,7 @@ async def test_requests_during_a_checkpoint_run_one_more(
 
 async def test_a_failing_checkpoint_is_logged_and_left_to_the_next(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    before = set(threading.enumerate())
     checkpointer = BackgroundCheckpointer(tmp_path / "no-such-dir" / "anonticket.db", 100)
     with caplog.at_level(logging.WARNING, logger="anonticket.storage"):
         checkpointer.request()
@@ -80,3 +83,9 @@ async def test_a_failing_checkpoint_is_logged_and_left_to_the_next(
     assert checkpointer.completed == 0
     assert "background WAL checkpoint failed (OperationalError)" in caplog.text
     await checkpointer.aclose()
+    # aiosqlite (0.22) stops the worker of a failed connect without awaiting it: let that
+    # thread finish while this loop still runs, or it answers into a closed loop and the
+    # error lands on whichever test runs next (it may have finished already)
+    workers = [t for t in set(threading.enumerate()) - before if "_connection_worker_thread" in t.name]
+    await asyncio.to_thread(lambda: [worker.join(10) for worker in workers])
+    assert not any(worker.is_alive() for worker in workers)
