@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from anonticket.config import check_wallet_user, json_rpc_url
+from anonticket.config.values import check_wallet_user, json_rpc_url
 from anonticket.gc_pause import paused_gc
 
 #: Every value ``WalletError.reason`` can take, for metrics that pre-register labels.
