@@ -79,10 +79,20 @@ class PgTokenStore(PostgresCore):
 
         async def work(db: asyncpg.Connection) -> list[DebitOutcome]:
             tokens = sorted({r.token for r in requests})
-            records = {row[0]: TokenRow(*row) for row in await db.fetch(
-                f"""SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token = ANY($1::bytea[])
-                    ORDER BY token FOR UPDATE""",
-                tokens)}
+            # the rows locked and, in the same round trip, one debit id per request (the
+            # sequence's values are never reused; one a refusal or replay did not use is a
+            # gap, which a sequence has after any rollback too)
+            rows = await db.fetch(
+                f"""WITH ids AS MATERIALIZED (
+                        SELECT array_agg(nextval('debits_id_seq')) AS ids
+                        FROM generate_series(1, $2::integer))
+                    SELECT {_TOKEN_T}, ids.ids FROM service_tokens AS t, ids
+                    WHERE t.token = ANY($1::bytea[]) ORDER BY t.token FOR UPDATE OF t""",
+                tokens, len(requests))
+            records = {row[0]: TokenRow(*row[:-1]) for row in rows}
+            spare_ids = sorted(rows[0][-1]) if rows else []
+            # a statement of its own, after the lock: a snapshot taken once the lock is
+            # ours sees every key a transaction that held it before us committed
             answers = await _fetch_keys(db, [(r.token, r.key) for r in requests if r.key])
             outcomes: list[DebitOutcome] = []
             applied: list[tuple[DebitRequest, dict[str, Any]]] = []
@@ -104,41 +114,38 @@ class PgTokenStore(PostgresCore):
                 if status == 200:
                     record = replace(record, spent=record.spent + request.amount)
                     records[request.token] = record
-                    # the id is filled in below, once the sequence has handed them out
-                    body = {"debit_id": None, "amount": request.amount,
+                    # ids in the order the debits are applied, as max(id) + 1 gives on SQLite
+                    body = {"debit_id": spare_ids[len(applied)], "amount": request.amount,
                             "remaining": record.remaining, "expires_at": record.expires_at}
                     applied.append((request, body))
                 if request.key is not None:
                     answers[scope] = (request.request_digest, status, body)
                     key_rows.append((request, status, body))
                 outcomes.append(DebitOutcome(status, body, record=record))
-            if applied:
-                ids = sorted(row[0] for row in await db.fetch(
-                    "SELECT nextval('debits_id_seq') FROM generate_series(1, $1)", len(applied)))
-                for debit_id, (_, body) in zip(ids, applied, strict=True):
-                    body["debit_id"] = debit_id
-                await db.execute(
-                    """INSERT INTO debits (id, token, amount, memo, at)
-                       SELECT id, token, amount, memo, $5
-                       FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[])
-                            AS n(id, token, amount, memo)""",
-                    ids, [r.token for r, _ in applied], [r.amount for r, _ in applied],
-                    [r.memo for r, _ in applied], now)
+            if applied or key_rows:
+                # every write of the batch in one statement (data-modifying CTEs run once
+                # each, whether the main statement reads them or not): one round trip
                 spent = sorted({r.token: records[r.token].spent for r, _ in applied}.items())
                 await db.execute(
-                    """UPDATE service_tokens AS t SET spent = n.spent
-                       FROM unnest($1::bytea[], $2::bigint[]) AS n(token, spent)
-                       WHERE t.token = n.token""",
-                    [token for token, _ in spent], [value for _, value in spent])
-            if key_rows:
-                await db.execute(
-                    """INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
-                       SELECT token, key, request, status, body, $6
-                       FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::integer[],
-                                   $5::text[]) AS n(token, key, request, status, body)""",
+                    """WITH d AS (
+                           INSERT INTO debits (id, token, amount, memo, at)
+                           SELECT id, token, amount, memo, $5
+                           FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[])
+                                AS n(id, token, amount, memo)),
+                       u AS (
+                           UPDATE service_tokens AS t SET spent = n.spent
+                           FROM unnest($6::bytea[], $7::bigint[]) AS n(token, spent)
+                           WHERE t.token = n.token)
+                       INSERT INTO idempotency_keys (token, key, request, status, body, created_at)
+                       SELECT token, key, request, status, body, $5
+                       FROM unnest($8::bytea[], $9::text[], $10::bytea[], $11::integer[],
+                                   $12::text[]) AS n(token, key, request, status, body)""",
+                    [b["debit_id"] for _, b in applied], [r.token for r, _ in applied],
+                    [r.amount for r, _ in applied], [r.memo for r, _ in applied], now,
+                    [token for token, _ in spent], [value for _, value in spent],
                     [r.token for r, _, _ in key_rows], [r.key for r, _, _ in key_rows],
                     [r.request_digest for r, _, _ in key_rows], [s for _, s, _ in key_rows],
-                    [json.dumps(b) for _, _, b in key_rows], now)
+                    [json.dumps(b) for _, _, b in key_rows])
             return outcomes
 
         return await self._write(work)
