@@ -90,7 +90,7 @@ class PgTokenStore(PostgresCore):
                     WHERE t.token = ANY($1::bytea[]) ORDER BY t.token FOR UPDATE OF t""",
                 tokens, len(requests))
             records = {row[0]: TokenRow(*row[:-1]) for row in rows}
-            spare_ids = sorted(rows[0][-1]) if rows else []
+            spare_ids = sorted(rows[0][-1] or []) if rows else []
             # a statement of its own, after the lock: a snapshot taken once the lock is
             # ours sees every key a transaction that held it before us committed
             answers = await _fetch_keys(db, [(r.token, r.key) for r in requests if r.key])
