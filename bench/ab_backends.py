@@ -7,7 +7,7 @@ pairs interleaved, so a drift of the shared machine hits both backends alike.
 The answers from memory only (the unknown-PID flood, already claimed, issued tokens): each
 round runs, for each backend in turn (the order alternating by round), ``/health/live`` then
 the scenario, 1 s each, with wrk pinned to CPU 1 and both services and the cluster on CPU 0
-(the idle one costs nothing: it has no load). Prints the median ratio per backend and
+(the other one idles meanwhile: only its background timers run). Prints the median ratio per backend and
 scenario, and the service's CPU per request.
 """
 
