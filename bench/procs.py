@@ -75,6 +75,7 @@ class Proc:
         self.address = ""
         self.internal_address = ""  # the service's internal listener (TCP only)
         self.startup_secs = 0.0
+        self.ready_secs = 0.0  # to the first 200 of /health/ready (on PostgreSQL: active)
 
     @property
     def pid(self) -> int:
@@ -91,6 +92,12 @@ class Proc:
                 return int(line.split()[1])
         raise KeyError(key)
 
+    def kill(self) -> None:
+        """SIGKILL, and reap it (the takeover drill: nothing of it runs afterwards)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -105,10 +112,13 @@ class Proc:
 def start_service(
     db: Path, workdir: Path, name: str, *, unix_socket: Path | None = None,
     extra_env: Mapping[str, str] | None = None, cpus: str | None = None, timeout: float = 60.0,
+    wait_ready: bool = True,
 ) -> Proc:
     """Start ``bin/anonticket serve`` on production defaults (access log and metrics on,
     the monitor off: there is no wallet). Start-up time is measured from just before the
-    fork to the first 200 from ``/health/live``."""
+    fork to the first 200 from ``/health/live``; ``ready_secs`` to the first 200 from
+    ``/health/ready``, which on PostgreSQL is when the instance is active, its views
+    loaded (``wait_ready=False``: a second instance that will stand by)."""
     log = workdir / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "MONITOR_", "DATABASE_"))}
     env.update({
@@ -141,7 +151,36 @@ def start_service(
         _wait_for(lambda: http_get_ok(address), deadline, proc, name, log)
     service.startup_secs = time.monotonic() - started
     service.address = address
+    if wait_ready:
+        _wait_for(lambda: http_get_ok(address, "/health/ready"), deadline, proc, name, log)
+        service.ready_secs = time.monotonic() - started
     return service
+
+
+def cpu_secs_of_tree(root_pid: int) -> float:
+    """CPU of a process, its live children and its reaped ones (``cutime``/``cstime``):
+    a PostgreSQL cluster is its postmaster and the backends, autovacuum workers and
+    background writers it forks, some of them short-lived."""
+    def stat(pid: int) -> list[str] | None:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+
+    fields = stat(root_pid)
+    if fields is None:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != root_pid:
+            child = stat(int(entry.name))
+            if child is not None and int(child[1]) == root_pid:  # ppid
+                ticks += int(child[11]) + int(child[12])
+    return ticks / _CLK_TCK
+
+
+def postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postmaster.pid").read_text().split()[0])
 
 
 def start_bare(workdir: Path, *, cpus: str | None = None, timeout: float = 30.0) -> Proc:

@@ -40,7 +40,6 @@ T = TypeVar("T")
 C = TypeVar("C", bound="PostgresCore")
 
 POOL_MAX_SIZE = 8
-_PREFIX_CHUNK = 65536
 
 # a retry may fix these: the server or the network, not our SQL
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -197,32 +196,25 @@ class PostgresCore:
             return await self._pool.fetch(sql, *args)
 
     async def _load_prefixes(self, table: str, column: str) -> array:
-        """8-byte key prefixes, sorted, aggregated into one bytea per chunk server-side:
-        a million Records would cost more memory and time than the prefixes themselves."""
-        prefixes = array("Q")
-        last = b""
+        """8-byte key prefixes, sorted: one query, aggregated server-side into one bytea
+        (8 MB for a million keys) over an index-only scan in key order. A million Records
+        would cost more memory and time than the prefixes themselves, and the earlier
+        64k-row chunks (each re-sorted by ``string_agg(… ORDER BY k)``) took 0.8 s for a
+        million payments where this takes 0.27 s (docs/benchmarks.md). PostgreSQL keeps
+        a sorted subquery's order into the aggregate but does not promise it; ``KeyIndex``
+        checks the order and sorts only if it has to."""
         async with unavailable_on_error():
-            while True:
-                row = await self._pool.fetchrow(
-                    # (bytea has no max(): the last key is the chunk's last row)
-                    f"""WITH s AS MATERIALIZED (SELECT {column} AS k FROM {table}
-                                                WHERE {column} > $1 ORDER BY {column}
-                                                LIMIT {_PREFIX_CHUNK})
-                        SELECT (SELECT string_agg(substr(k, 1, 8), ''::bytea ORDER BY k) FROM s),
-                               (SELECT k FROM s ORDER BY k DESC LIMIT 1),
-                               (SELECT count(*) FROM s)""",
-                    last)
-                raw, last, count = row[0], row[1], row[2]
-                if not count:
-                    break
-                if len(raw) != 8 * count:
-                    raise RuntimeError("a stored key is shorter than 8 bytes")
-                chunk = array("Q", raw)
-                if sys.byteorder == "little":
-                    chunk.byteswap()  # the prefixes are big-endian (domain.key_prefix)
-                prefixes.extend(chunk)
-                if count < _PREFIX_CHUNK:
-                    break
+            raw, count = await self._pool.fetchrow(
+                f"""SELECT string_agg(substr(k, 1, 8), ''::bytea), count(*)
+                    FROM (SELECT {column} AS k FROM {table} ORDER BY {column}) AS s""")
+        prefixes = array("Q")
+        if not count:
+            return prefixes
+        if len(raw) != 8 * count:
+            raise RuntimeError("a stored key is shorter than 8 bytes")
+        prefixes.frombytes(raw)
+        if sys.byteorder == "little":
+            prefixes.byteswap()  # the prefixes are big-endian (domain.key_prefix)
         return prefixes
 
 
