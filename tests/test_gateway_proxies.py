@@ -56,6 +56,13 @@ def port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
+async def issue_token(service: Service, amount: int) -> str:
+    """A token of a fresh PID credited with ``amount``, redeemed through the ledger."""
+    pid = PaymentId.generate()
+    await service.state.ledger.credit([transfer(pid, amount)], None)
+    return (await service.state.ledger.redeem(pid)).token.hex()  # type: ignore[union-attr]
+
+
 @dataclass
 class Stack:
     kind: str
@@ -67,9 +74,7 @@ class Stack:
     tokens: list[str] = field(default_factory=list)
 
     async def issue(self, amount: int = 10 * COST) -> str:
-        pid = PaymentId.generate()
-        await self.service.state.ledger.credit([transfer(pid, amount)], None)
-        token = (await self.service.state.ledger.redeem(pid)).token.hex()  # type: ignore[union-attr]
+        token = await issue_token(self.service, amount)
         self.tokens.append(token)
         return token
 
@@ -320,9 +325,7 @@ async def test_nginx_without_the_credential_fails_closed(tmp_path: Path) -> None
     seen: list[dict[str, Any]] = []
     runner, upstream_port = await serve_tcp(recording_app(seen))
     try:
-        pid = PaymentId.generate()
-        await service.state.ledger.credit([transfer(pid, 5000)], None)
-        token = (await service.state.ledger.redeem(pid)).token.hex()  # type: ignore[union-attr]
+        token = await issue_token(service, 5000)
         with open_directory() as directory, proxy("nginx", directory, service, upstream_port, None) as base:
             async with aiohttp.ClientSession() as http:
                 for headers in (bearer(token), bearer(token, **{"X-Anonticket-Gateway-Token": "guess"})):
@@ -345,9 +348,7 @@ async def test_nginx_behind_an_onion_service_sets_a_cookie_without_secure(tmp_pa
     seen: list[dict[str, Any]] = []
     runner, upstream_port = await serve_tcp(recording_app(seen))
     try:
-        pid = PaymentId.generate()
-        await service.state.ledger.credit([transfer(pid, 5000)], None)
-        token = (await service.state.ledger.redeem(pid)).token.hex()  # type: ignore[union-attr]
+        token = await issue_token(service, 5000)
         with open_directory() as directory:
             port = free_port()
             site = nginx_site(directory, public_port=port_of(service.public_address),
