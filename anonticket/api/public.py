@@ -59,7 +59,7 @@ def json_body(payload: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(payload).encode(), content_type=_JSON)
 
 
-def _json_bytes(body: bytes, status: int = 200) -> web.Response:
+def json_bytes(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, content_type=_JSON)
 
 
@@ -187,7 +187,8 @@ def token_view(record: TokenRow, now: int | None = None) -> dict[str, Any]:
     }
 
 
-def _stamp_or_null(unix_seconds: int | None) -> str:
+def json_stamp(unix_seconds: int | None) -> str:
+    """An RFC 3339 stamp (or null) as JSON text, for answers formatted without the encoder."""
     return "null" if unix_seconds is None else f'"{_format_stamp(unix_seconds)}"'
 
 
@@ -195,9 +196,9 @@ def _token_view_bytes(record: TokenRow, now: int) -> bytes:
     """``json.dumps(token_view(record))`` without the encoder: ints and our own stamps only."""
     return (f'{{"status":"{record.status(now)}","amount":{int(record.amount)},'
             f'"issued_at":"{_format_stamp(record.issued_at)}",'
-            f'"revoked_at":{_stamp_or_null(record.revoked_at)},'
+            f'"revoked_at":{json_stamp(record.revoked_at)},'
             f'"abuse_score":{int(record.abuse_score)},'
-            f'"expires_at":{_stamp_or_null(record.expires_at)},'
+            f'"expires_at":{json_stamp(record.expires_at)},'
             f'"remaining":{int(record.remaining)}}}').encode()
 
 
@@ -214,7 +215,7 @@ def _claimed_bytes(result: Claimed) -> bytes:
     record = result.record
     return (f'{{"status":"{status}","service_token":"{result.token.hex()}",'
             f'"balance":{int(record.amount)},"remaining":{int(record.remaining)},'
-            f'"expires_at":{_stamp_or_null(record.expires_at)}}}').encode()
+            f'"expires_at":{json_stamp(record.expires_at)}}}').encode()
 
 
 async def redeem(request: web.Request) -> web.Response:
@@ -241,10 +242,10 @@ async def redeem(request: web.Request) -> web.Response:
     if result is None:
         # the flood case: no exception on the way, the answer's bytes made once
         counters["not_found"].inc()
-        return _json_bytes(_PAYMENT_NOT_FOUND, 404)
+        return json_bytes(_PAYMENT_NOT_FOUND, 404)
     if isinstance(result, Claimed):
         counters[result.status].inc()
-        return _json_bytes(_claimed_bytes(result))
+        return json_bytes(_claimed_bytes(result))
     counters["pending"].inc()
     return json_body(
         {"status": "pending", "confirmations": result.confirmations, "required": result.required},
@@ -263,7 +264,7 @@ async def introspect(request: web.Request) -> web.Response:
     if record is None:
         if ledger.token_certainly_unknown(raw):
             counters["not_found"].inc()
-            return _json_bytes(_TOKEN_NOT_FOUND, 404)
+            return json_bytes(_TOKEN_NOT_FOUND, 404)
         try:
             record = await ledger.find_token(ServiceToken(raw))
         except Unavailable:
@@ -271,10 +272,10 @@ async def introspect(request: web.Request) -> web.Response:
             raise
         if record is None:
             counters["not_found"].inc()
-            return _json_bytes(_TOKEN_NOT_FOUND, 404)
+            return json_bytes(_TOKEN_NOT_FOUND, 404)
     now = int(time.time())
     counters[record.status(now)].inc()
-    return _json_bytes(_token_view_bytes(record, now))
+    return json_bytes(_token_view_bytes(record, now))
 
 
 def _matched_token(request: web.Request) -> ServiceToken:

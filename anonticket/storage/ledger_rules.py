@@ -18,7 +18,7 @@ construction, not by two copies kept in step:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from anonticket.domain import Transfer
@@ -94,7 +94,7 @@ def plan_debits(requests: Sequence[DebitRequest], records: dict[bytes, TokenRow]
             continue
         status, body = decide_debit(record, request.amount, now)
         if status == 200:
-            record = replace(record, spent=record.spent + request.amount)
+            record = record.with_spent(record.spent + request.amount)
             records[request.token] = record
             plan.spent[request.token] = record.spent
             body = {"debit_id": None, "amount": request.amount,

@@ -219,9 +219,21 @@ def _rows(plan: DebitPlan, last_id: int, now: int
     plan.number(range(last_id + 1, last_id + 1 + len(plan.applied)))
     debit_rows = [(body["debit_id"], r.token, r.amount, r.memo, now) for r, body in plan.applied]
     spent_rows = [(value, token) for token, value in sorted(plan.spent.items())]
-    key_rows = [(r.token, r.key, r.request_digest, status, json.dumps(body), now)
+    key_rows = [(r.token, r.key, r.request_digest, status, _stored_body(status, body), now)
                 for r, status, body in plan.keyed]
     return debit_rows, spent_rows, key_rows
+
+
+def _stored_body(status: int, body: dict[str, Any]) -> str:
+    """The answer as stored for its key (read back with json.loads): a granted debit's
+    four numbers formatted directly, a refusal through the encoder (it is rarer, and its
+    fields vary)."""
+    if status != 200:
+        return json.dumps(body)
+    expires_at = body["expires_at"]
+    return (f'{{"debit_id": {int(body["debit_id"])}, "amount": {int(body["amount"])}, '
+            f'"remaining": {int(body["remaining"])}, '
+            f'"expires_at": {"null" if expires_at is None else int(expires_at)}}}')
 
 
 def _apply_sync(conn: sqlite3.Connection, requests: Sequence[DebitRequest],
