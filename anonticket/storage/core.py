@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # SQLite's default limit on bound parameters is 32766; stay well below it per statement.
 CHUNK = 5000
-# A larger checkpoint interval turns many small random WAL writes into fewer big ones.
-_WAL_AUTOCHECKPOINT_PAGES = 4000
+# SQLite's automatic checkpoint on the writer, in WAL pages (64 MiB): only the bound on
+# the WAL's size now. The background checkpointer copies the frames a tenth of a second
+# after their commit, off the writer (anonticket/wal_checkpoint.py); this one runs inside
+# a COMMIT only when the WAL reaches the limit, and then has little left to copy.
+_WAL_AUTOCHECKPOINT_PAGES = 16000
 # The database holds every unredeemed PID and live token: only its owner may read it.
 _DIRECTORY_MODE = 0o700
 _FILE_MODE = 0o600
@@ -174,6 +177,8 @@ class StorageCore:
                         f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         if checkpoint_later:
             self.checkpointer.request()
+        else:
+            self.checkpointer.soon()
         if self.outbox is not None:
             self.outbox.committed()  # wakes the webhook sender if events were written
 
