@@ -92,19 +92,22 @@ async def test_broken_schema_applies_nothing(
     assert (user_version(path), TABLES <= tables(path)) == (SCHEMA_VERSION, True)
 
 
-@pytest.mark.parametrize("marker", [
-    f"PRAGMA user_version = {SCHEMA_VERSION};",
-    "ALTER TABLE service_tokens ADD COLUMN expires_at INTEGER;",
+@pytest.mark.parametrize(("version", "marker"), [
+    (3, "PRAGMA user_version = 3;"),
+    (3, "ALTER TABLE service_tokens ADD COLUMN expires_at INTEGER;"),
+    (4, "PRAGMA user_version = 4;"),
+    (4, "DROP TABLE idempotency_keys;"),  # the copy made, the old table not yet dropped
 ])
 async def test_broken_migration_leaves_the_previous_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int, marker: str
 ) -> None:
     path = tmp_path / "anonticket.db"
-    broken = _broken_schema(tmp_path, schema_module.MIGRATIONS[3], marker, "CREATE TABLE (;")
-    monkeypatch.setitem(schema_module.MIGRATIONS, 3, broken)
+    broken = _broken_schema(tmp_path, schema_module.MIGRATIONS[version], marker, "CREATE TABLE (;")
+    monkeypatch.setitem(schema_module.MIGRATIONS, version, broken)
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(path)
-    assert (user_version(path), tables(path)) == (2, V2_TABLES)
+    # version 3 and 4 keep the table names: before 4 the tables are 3's, copy not left over
+    assert (user_version(path), tables(path)) == ((2, V2_TABLES) if version == 3 else (3, TABLES))
     monkeypatch.undo()
     store = await Storage.open(path)
     await store.close()
@@ -116,7 +119,8 @@ async def test_current_schema_is_not_reapplied(tmp_path: Path, monkeypatch: pyte
     await (await Storage.open(path)).close()
     # with the version already current, the schema file is not even read
     monkeypatch.setattr(schema_module, "SCHEMA_PATH", tmp_path / "missing.sql")
-    monkeypatch.setitem(schema_module.MIGRATIONS, 3, tmp_path / "missing.sql")
+    for version in schema_module.MIGRATIONS:
+        monkeypatch.setitem(schema_module.MIGRATIONS, version, tmp_path / "missing.sql")
     store = await Storage.open(path)
     await store.close()
     assert user_version(path) == SCHEMA_VERSION

@@ -14,8 +14,8 @@ import aiosqlite
 _ROOT = Path(__file__).resolve().parent.parent.parent
 SCHEMA_PATH = _ROOT / "schema.sql"  # versions 0 and 1 → 2
 # version reached → script that reaches it from the one before
-MIGRATIONS = {3: _ROOT / "schema_v3.sql"}
-SCHEMA_VERSION = 3
+MIGRATIONS = {3: _ROOT / "schema_v3.sql", 4: _ROOT / "schema_v4.sql"}
+SCHEMA_VERSION = 4
 
 
 async def user_version(db: aiosqlite.Connection) -> int:

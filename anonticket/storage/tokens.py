@@ -169,8 +169,8 @@ def batch_read_sql(count: int) -> str:
     last debit id. Each aiosqlite call is a round trip to its thread, ~80 µs of CPU here
     (docs/benchmarks.md); three reads cost three.
 
-    Both joins are primary-key probes driven by the VALUES list (a LEFT JOIN keeps it the
-    outer loop). Not ``WHERE (token, key) IN (VALUES …)``: SQLite (3.40) plans that
+    Both joins are key probes driven by the VALUES list (a LEFT JOIN keeps it the outer
+    loop): the token's primary key and the keys' UNIQUE (token, key) index. Not ``WHERE (token, key) IN (VALUES …)``: SQLite (3.40) plans that
     row-value IN as a scan of every key kept, 10 ms a batch with 45k keys stored.
     """
     pairs = ",".join(["(?, ?)"] * count)
