@@ -276,12 +276,23 @@ def small_disk(path: Path, how: str) -> Iterator[None]:
 
 
 class Filler:
-    """Takes the disk's last free byte away, and gives it back."""
+    """Takes the disk's last free byte away, and gives it back.
+
+    A full disk still lets SQLite overwrite space it already holds: once a checkpoint has
+    copied the whole WAL back (the service's runs a tenth of a second after each commit),
+    the next commit restarts the WAL at its start and needs no new block. Which commit
+    that is would be a race, so while full a reader of ours holds a snapshot, as a backup
+    tool or Litestream would: the WAL cannot restart, and every commit must grow it.
+    """
 
     def __init__(self, how: str, directory: Path, service: ServiceProcess) -> None:
         self.how, self.directory, self.service = how, directory, service
+        self._reader: sqlite3.Connection | None = None
 
     def fill(self) -> None:
+        self._reader = sqlite3.connect(self.directory / "anonticket.db", isolation_level=None)
+        self._reader.execute("BEGIN")
+        self._reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # the snapshot
         if self.how == "tmpfs":
             with open(self.directory / "filler", "wb") as out:
                 chunk = b"\0" * 65536
@@ -302,6 +313,9 @@ class Filler:
             resource.prlimit(self.service.pid, resource.RLIMIT_FSIZE, (wal, resource.RLIM_INFINITY))
 
     def free(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self.how == "tmpfs":
             (self.directory / "filler").unlink()
         else:
