@@ -169,11 +169,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_internal_routes(app: web.Application) -> None:
+    # aiohttp tries the routes under one prefix (/api/v1/token) in the order they were
+    # added, a regex each; none of them overlaps another, so the hot one goes first
+    add_debit_route(app)
     app.router.add_post("/api/v1/redeem", redeem)
     add_token_routes(app, inspect_token)
     app.router.add_post("/api/v1/token/{token}/revoke", revoke)
     add_topup_route(app)
-    add_debit_route(app)
     add_check_route(app)
     app.router.add_get("/api/v1/stats", stats, allow_head=False)
     app.router.add_post("/api/v1/monitor/rescan", rescan)

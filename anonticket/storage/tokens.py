@@ -119,11 +119,12 @@ class TokenStore(StorageCore):
         )
 
     # ------------------------------------------------------------------ debits
-    # The fast path: the batch's read, decision and writes as ONE call on the writer's
-    # thread, so a batch costs three round trips (BEGIN, this, COMMIT) instead of six.
-    # Each round trip costs ~80 µs of CPU on the benchmark machine (a thread switch
-    # each way, then a wake-up of the event loop): the fast path took the server's median
-    # CPU per debit from 201 to 177 µs (docs/benchmarks.md).
+    # The fast path: BEGIN, the batch's read, decision and writes, and COMMIT as ONE call
+    # on the writer's thread (StorageCore._in_one_call), so a batch costs one round trip
+    # instead of six. Each round trip costs ~80 µs of CPU on the benchmark machine (a
+    # thread switch each way, then a wake-up of the event loop): doing the statements in
+    # one call took the server's median CPU per debit from 201 to 177 µs, and BEGIN and
+    # COMMIT in it too saved a little more (docs/benchmarks.md).
     # False takes the general path, statement by statement through aiosqlite's public
     # API; tests/test_debit_queries.py proves the two agree.
     debits_in_one_call = True
@@ -136,12 +137,9 @@ class TokenStore(StorageCore):
         replayed too; an unknown token is not (it has no scope to keep a key in).
         """
         scopes = _scopes(requests)
+        if self.debits_in_one_call:
+            return await self._in_one_call(_apply_sync, requests, scopes, now)
         async with self._transaction() as db:
-            if self.debits_in_one_call:
-                # aiosqlite has no public "run this on the connection's thread"; _execute
-                # is what each of its public methods calls, and _conn its sqlite3
-                # connection, used here only on that thread, inside our transaction
-                return await db._execute(_apply_sync, db._conn, requests, scopes, now)
             records, answers, last_id = {}, {}, 0
             for chunk in chunks(scopes):
                 rows = await db.execute_fetchall(batch_read_sql(len(chunk)), _flat(chunk))
