@@ -4,7 +4,7 @@ A checkpoint copies committed WAL frames into the database file and fsyncs it. L
 SQLite's automatic checkpoint, that runs inside the COMMIT that crosses the WAL limit: the
 writer, and every request queued behind it, waits for the fsync. Under a steady stream of
 small writes (debits, redeems) that wait left the service's core idle ~10 % of the time
-(docs/benchmarks.md, "Checkpoints off the writer"); after a poll that credits 100k
+(docs/benchmarks.md, "The debit, cut to size"); after a poll that credits 100k
 transfers the COMMIT itself would copy most of a million-row table back, ~0.5 s the
 monitor waits for.
 

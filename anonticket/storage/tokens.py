@@ -168,8 +168,9 @@ def batch_read_sql(count: int) -> str:
     (docs/benchmarks.md); three reads cost three.
 
     Both joins are key probes driven by the VALUES list (a LEFT JOIN keeps it the outer
-    loop): the token's primary key and the keys' UNIQUE (token, key) index. Not ``WHERE (token, key) IN (VALUES …)``: SQLite (3.40) plans that
-    row-value IN as a scan of every key kept, 10 ms a batch with 45k keys stored.
+    loop): the token's primary key and the keys' UNIQUE (token, key) index. Not
+    ``WHERE (token, key) IN (VALUES …)``: SQLite (3.40) plans that row-value IN as a scan
+    of every key kept, 10 ms a batch with 45k keys stored.
     """
     pairs = ",".join(["(?, ?)"] * count)
     return f"""WITH wanted (token, key) AS (VALUES {pairs})
