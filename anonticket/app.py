@@ -85,12 +85,18 @@ def _standby(state: State, internal: bool) -> list[Any]:
     return [make_standby_middleware(state, internal=internal)]
 
 
+# the customer listener's limits on a request line and a header line (aiohttp's default is
+# 8190): its parser answers a longer one 400 before any route is looked up
+PUBLIC_MAX_LINE_BYTES = 4096
+
+
 def build_public_app(state: State) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[make_middleware(state.metrics, state.config.api_max_in_flight),
                      *_standby(state, internal=False)],
-        handler_args={"max_field_size": 4096, "max_line_size": 4096},
+        handler_args={"max_field_size": PUBLIC_MAX_LINE_BYTES,
+                      "max_line_size": PUBLIC_MAX_LINE_BYTES},
     )
     app[STATE] = state
     add_public_routes(app)

@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from anonticket.app import PUBLIC_MAX_LINE_BYTES
 from anonticket.domain import PaymentId, derive_service_token
 from conftest import REPO
 from fake_wallet import FakeWallet, make_transfer
@@ -149,9 +150,15 @@ def fuzz(public: str, internal: str, seeds: Seeds, examples: int) -> Tally:
         if "public" not in listeners:  # an admin route: absent, whatever was generated
             response = case.call(base_url=base["public"], session=session)
             record("public", response.status_code)
-            assert response.status_code == 404, case.as_curl_command()
-            if case.method.upper() != "HEAD":  # (the gateway check documents HEAD too)
-                assert response.json() == {"error": "not_found", "message": "no such route"}
+            request_line = f"{case.method.upper()} {response.request.path_url} HTTP/1.1"
+            if len(request_line.encode()) > PUBLIC_MAX_LINE_BYTES:
+                # aiohttp's parser refuses the line before any route is looked up: the same
+                # 400 whatever the path, so it tells nothing about the admin routes either
+                assert response.status_code == 400, case.as_curl_command()
+            else:
+                assert response.status_code == 404, case.as_curl_command()
+                if case.method.upper() != "HEAD":  # (the gateway check documents HEAD too)
+                    assert response.json() == {"error": "not_found", "message": "no such route"}
 
     def record(listener: str, status: int) -> None:
         tally.requests += 1
