@@ -96,7 +96,7 @@ async def test_broken_schema_applies_nothing(
     (3, "PRAGMA user_version = 3;"),
     (3, "ALTER TABLE service_tokens ADD COLUMN expires_at INTEGER;"),
     (4, "PRAGMA user_version = 4;"),
-    (4, "DROP TABLE idempotency_keys;"),  # the copy made, the old table not yet dropped
+    (4, "DROP TABLE idempotency_keys;"),  # the old table dropped, the copy not yet renamed
 ])
 async def test_broken_migration_leaves_the_previous_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int, marker: str

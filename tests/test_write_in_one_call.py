@@ -13,24 +13,25 @@ import pytest
 from anonticket.storage import Storage
 
 
-def _insert_audit(conn: sqlite3.Connection, reason: str, fail: bool = False,
-                  gate: threading.Event | None = None) -> int:
+def _bump_height(conn: sqlite3.Connection, fail: bool = False,
+                 gate: threading.Event | None = None) -> int:
+    """A work for the writer's thread: one write (the single monitor_state row), then
+    optionally a failure; waits for ``gate`` first when given one."""
     if gate is not None:
         assert gate.wait(10)
     conn.execute("UPDATE monitor_state SET scanned_height = coalesce(scanned_height, 6) + 1")
     if fail:
-        raise sqlite3.IntegrityError("the work failed: " + reason)
+        raise sqlite3.IntegrityError("the work failed")
     return conn.execute("SELECT scanned_height FROM monitor_state").fetchone()[0]
 
 
 async def height(storage: Storage) -> int | None:
-    rows = await storage._read("SELECT scanned_height FROM monitor_state")
-    return rows[0][0] if rows else None
+    return (await storage._read("SELECT scanned_height FROM monitor_state"))[0][0]
 
 
 async def test_the_work_commits_and_answers(storage: Storage) -> None:
     before = await height(storage)
-    answered = await storage._in_one_call(_insert_audit, "ok")
+    answered = await storage._in_one_call(_bump_height)
     assert answered == await height(storage) == (7 if before is None else before + 1)
     assert not storage._writer.in_transaction
 
@@ -38,17 +39,17 @@ async def test_the_work_commits_and_answers(storage: Storage) -> None:
 async def test_a_failing_work_is_rolled_back_and_the_writer_stays_usable(storage: Storage) -> None:
     before = await height(storage)
     with pytest.raises(sqlite3.IntegrityError, match="the work failed"):
-        await storage._in_one_call(_insert_audit, "boom", True)
+        await storage._in_one_call(_bump_height, True)
     assert await height(storage) == before  # its write is gone
     assert not storage._writer.in_transaction
-    await storage._in_one_call(_insert_audit, "after")  # BEGIN works again
+    await storage._in_one_call(_bump_height)  # BEGIN works again
     assert await height(storage) == (7 if before is None else before + 1)
 
 
 async def test_a_cancelled_caller_does_not_stop_the_commit(storage: Storage) -> None:
     before = await height(storage)
     gate = threading.Event()
-    call = asyncio.create_task(storage._in_one_call(_insert_audit, "late", False, gate))
+    call = asyncio.create_task(storage._in_one_call(_bump_height, False, gate))
     await asyncio.sleep(0)  # the call is on the writer's thread, waiting for the gate
     call.cancel()
     gate.set()
