@@ -7,8 +7,8 @@
 -- that key, and the keys of one second are random tokens: each debit's entry in
 -- idempotency_keys_by_age (created_at, token, key) landed on a random page among the ~50
 -- the current second fills, a quarter of the pages a debit batch dirties (docs/benchmarks.md,
--- "A debit's pages"). Keyed by a rowid, the table and the age index both grow at their end;
--- UNIQUE (token, key) is the one random write left, where the primary key was.
+-- "The debit, cut to size"). Keyed by a rowid, the table and the age index both grow at their end;
+-- the UNIQUE index on (token, key) is the one random write left, where the primary key was.
 -- The rows are only answers kept for replays (pruned after DEBIT_IDEMPOTENCY_TTL_SECS), so
 -- the copy is as long as a day of debits at most.
 BEGIN IMMEDIATE;
