@@ -52,7 +52,8 @@ def refused(token: object, keys: Any = None, implicit: bytes | str = b"",
             footer: bytes | None = None) -> PasetoError:
     """Verify must refuse: with a PasetoError, and a fixed message that does not echo the input."""
     with pytest.raises(PasetoError) as caught:
-        verify(VECTOR_KEY if keys is None else keys, token, implicit, footer)  # type: ignore[arg-type]
+        verify(VECTOR_KEY if keys is None else keys, token,  # type: ignore[arg-type]
+               implicit, footer)
     error = caught.value
     assert str(error) in FIXED_MESSAGES
     if isinstance(token, str) and len(token) > 12:
