@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,14 @@ def test_hostile_bytes_only_raise_blind_rsa_errors(key2048: RSA.RsaKey, data: by
             call()
         except BlindRSAError:
             pass
+
+
+def test_benchmark_helper_smoke() -> None:
+    """bench/blind_rsa.py keeps running (its figures are measured on a quiet machine, not here)."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "blind_rsa.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--json", "--cpu", "-1"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    figures = json.loads(done.stdout)["ops_per_second"]
+    assert set(figures) == {"blind_sign", "private_op", "issue", "verify", "client_request",
+                            "client_finalize"}
+    assert all(value > 0 for value in figures.values())
