@@ -1,4 +1,4 @@
-"""Privacy Pass type 0x0002 wire formats (anonticket/crypto/privacy_pass.py, http_auth.py):
+"""Privacy Pass type 0x0002 (anonticket/crypto/privacy_pass.py, privacy_pass_http.py, http_auth.py):
 the RFC 9578 Appendix A.2 vectors end to end, every refusal the issuer must answer with a 422,
 the header values and the issuer directory, and hostile bytes that must never crash a parser."""
 
@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 
 from anonticket.crypto import blind_rsa
 from anonticket.crypto import privacy_pass as pp
+from anonticket.crypto import privacy_pass_http as ppx
 from anonticket.crypto.http_auth import AuthHeaderError, parse_challenges, parse_credentials
 from anonticket.crypto.privacy_pass import (
-    InvalidToken, InvalidTokenKey, IssuerDirectory, IssuerKey, MalformedMessage, PrivacyPassError,
+    InvalidToken, InvalidTokenKey, IssuerKey, MalformedMessage, PrivacyPassError,
     Token, TokenChallenge, TokenKey, TokenRequest, TokenResponse, UnknownTokenKey,
     UnsupportedTokenType,
 )
+from anonticket.crypto.privacy_pass_http import IssuerDirectory
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc9578_type2_issuance.json").read_text())["vectors"]
 FUZZ = settings(deadline=None, database=None, max_examples=150)
@@ -179,29 +181,29 @@ def test_token_challenge_structure() -> None:
 
 
 def test_header_values_round_trip(issuer: IssuerKey) -> None:
-    value = pp.format_www_authenticate(CHALLENGE, issuer.token_key, max_age=300)
+    value = ppx.format_www_authenticate(CHALLENGE, issuer.token_key, max_age=300)
     assert value.startswith('PrivateToken challenge="') and '", token-key="' in value
-    (found,) = pp.parse_www_authenticate(f'Bearer realm="anonticket", {value}, Basic realm="x"')
-    assert found == pp.PrivateTokenChallenge(CHALLENGE, issuer.token_key.spki, 300)
+    (found,) = ppx.parse_www_authenticate(f'Bearer realm="anonticket", {value}, Basic realm="x"')
+    assert found == ppx.PrivateTokenChallenge(CHALLENGE, issuer.token_key.spki, 300)
     assert TokenKey.from_spki(found.token_key) == issuer.token_key
-    assert pp.parse_www_authenticate('Bearer realm="anonticket"') == []
+    assert ppx.parse_www_authenticate('Bearer realm="anonticket"') == []
 
     request, pending = pp.create_token_request(found.challenge, issuer.token_key)
     token = pp.finalize_token(pending, issuer.issue(request))
-    header = pp.format_authorization(token)
+    header = ppx.format_authorization(token)
     assert header == f'PrivateToken token="{base64.urlsafe_b64encode(token.encode()).decode()}"'
-    assert pp.parse_authorization(header) == token
+    assert ppx.parse_authorization(header) == token
     unpadded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-    assert pp.parse_authorization(f"privatetoken  TOKEN={unpadded}") == token
-    assert pp.parse_authorization("Bearer 0123abcd") is None
-    assert pp.parse_authorization('Basic realm="x"') is None
+    assert ppx.parse_authorization(f"privatetoken  TOKEN={unpadded}") == token
+    assert ppx.parse_authorization("Bearer 0123abcd") is None
+    assert ppx.parse_authorization('Basic realm="x"') is None
 
 
 def test_headers_as_privacypass_ts_writes_them(issuer: IssuerKey) -> None:
     """Its default output is unquoted, padding included, no space after the comma."""
     b64 = base64.urlsafe_b64encode
     value = f"PrivateToken challenge={b64(CHALLENGE).decode()},token-key={b64(issuer.token_key.spki).decode()}"
-    (found,) = pp.parse_www_authenticate(value)
+    (found,) = ppx.parse_www_authenticate(value)
     assert found.challenge == CHALLENGE and found.token_key == issuer.token_key.spki
 
 
@@ -212,7 +214,7 @@ def test_headers_as_privacypass_ts_writes_them(issuer: IssuerKey) -> None:
 ])
 def test_malformed_authorization(value: str) -> None:
     with pytest.raises(MalformedMessage):
-        pp.parse_authorization(value)
+        ppx.parse_authorization(value)
 
 
 _CHALLENGE_B64 = base64.urlsafe_b64encode(CHALLENGE).decode()
@@ -227,7 +229,7 @@ _CHALLENGE_B64 = base64.urlsafe_b64encode(CHALLENGE).decode()
 ])
 def test_malformed_www_authenticate(value: str) -> None:
     with pytest.raises(MalformedMessage):
-        pp.parse_www_authenticate(value)
+        ppx.parse_www_authenticate(value)
 
 
 def test_auth_grammar() -> None:
@@ -244,16 +246,16 @@ def test_auth_grammar() -> None:
 
 
 def test_issuer_directory(issuer: IssuerKey, other_issuer: IssuerKey) -> None:
-    document = pp.issuer_directory("/token-request", [(other_issuer.token_key, 2_000_000_000),
+    document = ppx.issuer_directory("/token-request", [(other_issuer.token_key, 2_000_000_000),
                                                       (issuer.token_key, None)])
     assert document == {
         "issuer-request-uri": "/token-request",
         "token-keys": [
-            {"token-type": 2, "token-key": pp.b64url_encode(other_issuer.token_key.spki),
+            {"token-type": 2, "token-key": ppx.b64url_encode(other_issuer.token_key.spki),
              "not-before": 2_000_000_000},
-            {"token-type": 2, "token-key": pp.b64url_encode(issuer.token_key.spki)},
+            {"token-type": 2, "token-key": ppx.b64url_encode(issuer.token_key.spki)},
         ]}
-    assert pp.b64url_encode(b"\xfb\xff") == "-_8="  # base64url, with padding (RFC 9578 §4)
+    assert ppx.b64url_encode(b"\xfb\xff") == "-_8="  # base64url, with padding (RFC 9578 §4)
     parsed = IssuerDirectory.from_json(json.loads(json.dumps(document)))
     assert parsed.to_json() == document
     assert parsed.current_key(1_999_999_999.5).token_key == issuer.token_key
@@ -329,9 +331,9 @@ _HEADERISH = st.one_of(
 @FUZZ
 @given(_HEADERISH)
 def test_hostile_header_values_never_crash_the_parsers(value: str) -> None:
-    _only_format_errors(lambda: pp.parse_authorization(value))
-    _only_format_errors(lambda: pp.parse_www_authenticate(value))
-    _only_format_errors(lambda: pp.b64url_decode(value))
+    _only_format_errors(lambda: ppx.parse_authorization(value))
+    _only_format_errors(lambda: ppx.parse_www_authenticate(value))
+    _only_format_errors(lambda: ppx.b64url_decode(value))
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

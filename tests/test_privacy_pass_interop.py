@@ -28,6 +28,7 @@ from Crypto.PublicKey import RSA
 
 from anonticket.crypto import blind_rsa
 from anonticket.crypto import privacy_pass as pp
+from anonticket.crypto import privacy_pass_http as ppx
 from anonticket.crypto.privacy_pass import IssuerKey, TokenChallenge, TokenKey, TokenRequest, TokenResponse
 
 INTEROP = Path(__file__).parent / "interop"
@@ -104,7 +105,7 @@ async def test_their_client_our_issuer(peer: Peer, issuer: IssuerKey, kind: str)
     key = issuer.token_key
     # they read our WWW-Authenticate value as we meant it
     (theirs,) = await peer.call("parse_www_authenticate",
-                                header=pp.format_www_authenticate(challenge, key, max_age=60))
+                                header=ppx.format_www_authenticate(challenge, key, max_age=60))
     assert (unb64(theirs["challenge"]), unb64(theirs["token_key"]), theirs["max_age"]) == (challenge, key.spki, 60)
 
     started = await peer.call("client_request", challenge=b64(challenge), token_key=b64(key.spki))
@@ -115,7 +116,7 @@ async def test_their_client_our_issuer(peer: Peer, issuer: IssuerKey, kind: str)
                            token_key=b64(key.spki))
     assert done["origin_verifies"] is True
 
-    token = pp.parse_authorization(done["authorization"])
+    token = ppx.parse_authorization(done["authorization"])
     assert token is not None and token.encode() == unb64(done["token"])
     assert token.token_key_id == key.token_key_id  # they computed the same key id from our SPKI
     assert token.challenge_digest == hashlib.sha256(challenge).digest()
@@ -127,7 +128,7 @@ async def test_their_client_our_issuer(peer: Peer, issuer: IssuerKey, kind: str)
 
 async def test_our_client_their_issuer(peer: Peer) -> None:
     made = await peer.call("issuer_new", issuer_name="issuer.example", origin_info=["origin.example"])
-    (offer,) = pp.parse_www_authenticate(made["www_authenticate"])
+    (offer,) = ppx.parse_www_authenticate(made["www_authenticate"])
     assert offer.token_key == unb64(made["token_key"])
     key = TokenKey.from_spki(offer.token_key)  # their SPKI is exactly the RFC 9578 encoding
     assert key.spki == pp.encode_spki(key.public_key)
@@ -138,13 +139,13 @@ async def test_our_client_their_issuer(peer: Peer) -> None:
     signed = await peer.call("issuer_issue", token_request=b64(request.encode()))
     token = pp.finalize_token(pending, TokenResponse.decode(unb64(signed["token_response"])))
     pp.verify_token(token, key)
-    assert (await peer.call("origin_verify", authorization=pp.format_authorization(token)))["verifies"] is True
+    assert (await peer.call("origin_verify", authorization=ppx.format_authorization(token)))["verifies"] is True
 
     # their Origin can say no: the same token with one authenticator bit flipped
     authenticator = bytearray(token.authenticator)
     authenticator[0] ^= 0x01
     tampered = pp.Token(token.nonce, token.challenge_digest, token.token_key_id, bytes(authenticator))
-    assert (await peer.call("origin_verify", authorization=pp.format_authorization(tampered)))["verifies"] is False
+    assert (await peer.call("origin_verify", authorization=ppx.format_authorization(tampered)))["verifies"] is False
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Privacy Pass token type 0x0002 (Blind RSA 2048): RFC 9578 §4 and §6 over RFC 9577.
+"""Privacy Pass token type 0x0002 (Blind RSA 2048): RFC 9578 §6 over RFC 9577.
 
-The wire formats and the three roles, with nothing of HTTP but the header values:
+The binary wire formats and the three roles, with nothing of HTTP:
 
 - the issuer (``IssuerKey``): decodes a ``TokenRequest``, checks its type, size and truncated
   key id (each a 422 in RFC 9578 §6.2), blind-signs it, answers a ``TokenResponse``;
@@ -8,8 +8,8 @@ The wire formats and the three roles, with nothing of HTTP but the header values
   ``finalize_token`` with the response, which yields a ``Token`` it can spend;
 - the origin: ``verify_token`` with the issuer's public key, offline.
 
-``TokenChallenge`` (RFC 9577 §2.1), the ``WWW-Authenticate``/``Authorization`` values
-(RFC 9577 §2.1–2.2) and the issuer directory (RFC 9578 §4) complete it. A key is named by its
+``TokenChallenge`` and ``Token`` are RFC 9577's structures (§2.1, §2.2); their HTTP header
+values and the issuer directory (RFC 9578 §4) are in ``privacy_pass_http``. A key is named by its
 ``token_key_id``: SHA-256 of its SubjectPublicKeyInfo with the id-RSASSA-PSS OID and the PSS
 parameters spelled out (RFC 9578 §6.5), the only encoding of the key a client ever sees.
 
@@ -19,32 +19,24 @@ Every decoder raises only ``PrivacyPassError`` subclasses, whose ``code`` the AP
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import math
-import re
 import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable
 
 from Crypto.PublicKey import RSA
 from Crypto.PublicKey.RSA import RsaKey
 from Crypto.Util.asn1 import DerBitString, DerInteger, DerObjectId, DerSequence
 
 from anonticket.crypto import blind_rsa
-from anonticket.crypto.http_auth import AuthHeaderError, format_challenge, parse_challenges
 
 TOKEN_TYPE = 0x0002  # Blind RSA (2048-bit)
 NK = 256  # bytes of a blinded message, a blind signature and an authenticator
 NID = 32  # bytes of a token key id
 NONCE_LEN = 32
 MODULUS_BITS = 2048
-AUTH_SCHEME = "PrivateToken"
 REQUEST_MEDIA_TYPE = "application/private-token-request"
 RESPONSE_MEDIA_TYPE = "application/private-token-response"
-DIRECTORY_MEDIA_TYPE = "application/private-token-issuer-directory"
-DIRECTORY_PATH = "/.well-known/private-token-issuer-directory"
 
 _RSASSA_PSS = "1.2.840.113549.1.1.10"
 _SHA384 = "2.16.840.1.101.3.4.2.2"
@@ -84,24 +76,6 @@ class InvalidTokenKey(PrivacyPassError):
 class InvalidToken(PrivacyPassError):
     code = "invalid_token"
     message = "token signature does not verify"
-
-
-def b64url_encode(data: bytes) -> str:
-    """base64url with padding, as RFC 9578 §4 asks for the token key and clients expect."""
-    return base64.urlsafe_b64encode(data).decode("ascii")
-
-
-_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
-
-
-def b64url_decode(text: str) -> bytes:
-    """base64url, padded or not (both are seen in the wild); anything else is malformed."""
-    if _B64URL.fullmatch(text) is None:
-        raise MalformedMessage()
-    unpadded = text.rstrip("=")
-    if len(unpadded) % 4 == 1 or (text != unpadded and len(text) % 4):
-        raise MalformedMessage()
-    return base64.urlsafe_b64decode(unpadded + "=" * (-len(unpadded) % 4))
 
 
 # --- the token key (RFC 9578 §6.5) ----------------------------------------------------------
@@ -424,132 +398,3 @@ def verify_token(token: Token, token_key: TokenKey) -> None:
         blind_rsa.verify(token_key.public_key, token.token_input, token.authenticator)
     except blind_rsa.BlindRSAError:
         raise InvalidToken() from None
-
-
-# --- HTTP header values (RFC 9577 §2.1, §2.2) -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrivateTokenChallenge:
-    """One ``PrivateToken`` challenge of a WWW-Authenticate field, decoded."""
-
-    challenge: bytes
-    token_key: bytes
-    max_age: int | None = None
-
-
-def format_www_authenticate(challenge: bytes, token_key: TokenKey,
-                            max_age: int | None = None) -> str:
-    """``PrivateToken challenge="…", token-key="…"[, max-age="…"]`` (RFC 9577 §2.1)."""
-    params = {"challenge": b64url_encode(challenge), "token-key": b64url_encode(token_key.spki)}
-    if max_age is not None:
-        params["max-age"] = str(int(max_age))
-    return format_challenge(AUTH_SCHEME, params)
-
-
-def parse_www_authenticate(value: str) -> list[PrivateTokenChallenge]:
-    """Every PrivateToken challenge in a WWW-Authenticate value (others, e.g. Bearer, skipped).
-
-    The challenge is checked to decode as a TokenChallenge; the key is returned as the SPKI
-    bytes (``TokenKey.from_spki`` checks it), since a client compares it with the directory.
-    """
-    try:
-        challenges = parse_challenges(value)
-    except AuthHeaderError:
-        raise MalformedMessage() from None
-    found = []
-    for item in challenges:
-        if item.scheme != AUTH_SCHEME.lower():
-            continue
-        if "challenge" not in item.params or "token-key" not in item.params:
-            raise MalformedMessage()
-        challenge = b64url_decode(item.params["challenge"])
-        TokenChallenge.decode(challenge)
-        max_age = item.params.get("max-age")
-        if max_age is not None and not (max_age.isascii() and max_age.isdigit()):
-            raise MalformedMessage()
-        found.append(PrivateTokenChallenge(challenge, b64url_decode(item.params["token-key"]),
-                                           int(max_age) if max_age is not None else None))
-    return found
-
-
-def format_authorization(token: Token) -> str:
-    """``PrivateToken token="…"`` (RFC 9577 §2.2)."""
-    return format_challenge(AUTH_SCHEME, {"token": b64url_encode(token.encode())})
-
-
-def parse_authorization(value: str) -> Token | None:
-    """The Token of an ``Authorization: PrivateToken token="…"`` value.
-
-    None when the credentials are of another scheme (a Bearer token is not ours to judge);
-    MalformedMessage or UnsupportedTokenType when they are PrivateToken but unusable.
-    """
-    try:
-        credentials = parse_challenges(value)
-    except AuthHeaderError:
-        raise MalformedMessage() from None
-    if not any(item.scheme == AUTH_SCHEME.lower() for item in credentials):
-        return None
-    if len(credentials) != 1 or "token" not in credentials[0].params:
-        raise MalformedMessage()
-    return Token.decode(b64url_decode(credentials[0].params["token"]))
-
-
-# --- the issuer directory (RFC 9578 §4) -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DirectoryKey:
-    token_key: TokenKey
-    not_before: int | None = None
-
-
-@dataclass(frozen=True)
-class IssuerDirectory:
-    issuer_request_uri: str
-    token_keys: tuple[DirectoryKey, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """The directory object; keys in order of preference, as the issuer lists them."""
-        keys = []
-        for entry in self.token_keys:
-            item: dict[str, Any] = {"token-type": TOKEN_TYPE,
-                                    "token-key": b64url_encode(entry.token_key.spki)}
-            if entry.not_before is not None:
-                item["not-before"] = int(entry.not_before)
-            keys.append(item)
-        return {"issuer-request-uri": self.issuer_request_uri, "token-keys": keys}
-
-    @classmethod
-    def from_json(cls, data: Any) -> IssuerDirectory:
-        """Parse a directory object; entries of other token types are skipped."""
-        if not isinstance(data, dict) or not isinstance(data.get("issuer-request-uri"), str) \
-                or not isinstance(data.get("token-keys"), list):
-            raise MalformedMessage()
-        keys = []
-        for item in data["token-keys"]:
-            if not isinstance(item, dict) or type(item.get("token-type")) is not int:
-                raise MalformedMessage()
-            if item["token-type"] != TOKEN_TYPE:
-                continue
-            not_before = item.get("not-before")
-            if not isinstance(item.get("token-key"), str) or not (
-                    not_before is None or type(not_before) is int):
-                raise MalformedMessage()
-            keys.append(DirectoryKey(TokenKey.from_spki(b64url_decode(item["token-key"])),
-                                     not_before))
-        return cls(data["issuer-request-uri"], tuple(keys))
-
-    def current_key(self, now: float) -> DirectoryKey | None:
-        """The key a client uses now: the first with no not-before, or one already past."""
-        for entry in self.token_keys:
-            if entry.not_before is None or entry.not_before <= math.floor(now):
-                return entry
-        return None
-
-
-def issuer_directory(issuer_request_uri: str,
-                     keys: Iterable[tuple[TokenKey, int | None]]) -> dict[str, Any]:
-    """The JSON object served at DIRECTORY_PATH (media type DIRECTORY_MEDIA_TYPE)."""
-    entries = tuple(DirectoryKey(key, not_before) for key, not_before in keys)
-    return IssuerDirectory(issuer_request_uri, entries).to_json()
