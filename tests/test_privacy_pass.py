@@ -224,6 +224,7 @@ _CHALLENGE_B64 = base64.urlsafe_b64encode(CHALLENGE).decode()
     'PrivateToken token-key="AAAA"', f'PrivateToken challenge="{_CHALLENGE_B64}"',
     f'PrivateToken challenge="{_CHALLENGE_B64}", token-key="AAAA", max-age="-1"',
     f'PrivateToken challenge="{_CHALLENGE_B64}", token-key="AAAA", max-age="1e3"',
+    f'PrivateToken challenge="{_CHALLENGE_B64}", token-key="AAAA", max-age={"9" * 5000}',
     'PrivateToken challenge="AAIAAA==", token-key="AAAA"',  # not a TokenChallenge
     "PrivateToken challenge=", 'PrivateToken challenge="a"b',
 ])

@@ -87,7 +87,8 @@ def parse_www_authenticate(value: str) -> list[PrivateTokenChallenge]:
         challenge = b64url_decode(item.params["challenge"])
         TokenChallenge.decode(challenge)
         max_age = item.params.get("max-age")
-        if max_age is not None and not (max_age.isascii() and max_age.isdigit()):
+        # a plain count of seconds; ten digits bound int() (which refuses 4,300+ digits anyway)
+        if max_age is not None and not (max_age.isascii() and max_age.isdigit() and len(max_age) <= 10):
             raise MalformedMessage()
         found.append(PrivateTokenChallenge(challenge, b64url_decode(item.params["token-key"]),
                                            int(max_age) if max_age is not None else None))
