@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("anonticket.sd_notify")  # named, not __name__: a module move keeps it
 
 
 class Notifier:
