@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anonticket.domain import PaymentId, derive_service_token  # noqa: E402
+from anonticket.domain.ids import PaymentId, derive_service_token  # noqa: E402
 from anonticket.storage import SCHEMA_VERSION, Storage  # noqa: E402
 from anonticket.storage import schema as schema_module  # noqa: E402
 from anonticket.storage.schema import SCHEMA_PATH  # noqa: E402

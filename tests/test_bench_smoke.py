@@ -30,9 +30,9 @@ from anonticket.api.public import (
     parse_pid,
     token_view,
 )
-from anonticket.domain import PaymentId
-from anonticket.errors import InvalidPid, InvalidRequest
-from anonticket.ledger import Claimed
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import InvalidPid, InvalidRequest
+from anonticket.ledger.views import Claimed
 from anonticket.storage import TokenRow
 
 REPO = Path(__file__).resolve().parent.parent

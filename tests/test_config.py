@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from anonticket import config as config_module
-from anonticket.cli import main
+from anonticket.cli.parser import main
 from anonticket.config import SETTINGS, Config, Setting
-from anonticket.wallet_rpc import WalletRpc
+from anonticket.monero.wallet_rpc import WalletRpc
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pw"

@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from anonticket.config import SETTINGS, Config, settings_table_markdown
-from anonticket.metrics import Metrics
+from anonticket.runtime.metrics import Metrics
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 
 from anonticket.config import SETTINGS
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.domain.ids import PaymentId, derive_service_token
 from anonticket.regtest import MERCHANT_KEYS, RegtestError, RegtestNetwork, RpcError
 from anonticket.regtest.process import pid_alive
 from anonticket.regtest.record import ENV_FORMAT, write_state
-from anonticket.sandbox import (
+from anonticket.cli.sandbox import (
     ENV_FILE,
     READY,
     TUNABLE_DEFAULTS,

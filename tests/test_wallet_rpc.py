@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 import pytest
 from fake_wallet import Failure, FakeWallet, RawReply, make_transfer, make_txid
 
-from anonticket import wallet_rpc
-from anonticket.wallet_rpc import (
+from anonticket.monero import wallet_rpc
+from anonticket.monero.wallet_rpc import (
     REASONS,
     WalletBadResponse,
     WalletError,

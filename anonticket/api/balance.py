@@ -23,8 +23,8 @@ from anonticket.api.public import (
     read_json_object,
     rfc3339,
 )
-from anonticket.domain import ServiceToken
-from anonticket.errors import (
+from anonticket.domain.ids import ServiceToken
+from anonticket.domain.errors import (
     IdempotencyKeyRequired,
     IdempotencyKeyReused,
     InsufficientBalance,
@@ -39,7 +39,7 @@ from anonticket.errors import (
     Unavailable,
     Underpaid,
 )
-from anonticket.ledger import Pending
+from anonticket.ledger.views import Pending
 from anonticket.storage import DebitRequest
 
 MAX_MEMO_CHARS = 128

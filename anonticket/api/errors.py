@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 
-from anonticket.errors import (
+from anonticket.domain.errors import (
     BodyTooLarge,
     InvalidRequest,
     MethodNotAllowed,
@@ -25,7 +25,7 @@ from anonticket.errors import (
     ServiceError,
     Unavailable,
 )
-from anonticket.metrics import Metrics
+from anonticket.runtime.metrics import Metrics
 
 log = logging.getLogger("anonticket.api")
 

@@ -11,7 +11,7 @@ import urllib.parse
 from aiohttp import web
 
 from anonticket.api.public import read_body
-from anonticket.errors import ServiceError
+from anonticket.domain.errors import ServiceError
 
 
 class BadForm(ServiceError):

@@ -34,8 +34,8 @@ from typing import Any
 from aiohttp import web
 
 from anonticket.api.public import STATE, rfc3339
-from anonticket.domain import ServiceToken, token_subject
-from anonticket.errors import (
+from anonticket.domain.ids import ServiceToken, token_subject
+from anonticket.domain.errors import (
     GatewayUnauthorized,
     InsufficientBalance,
     InvalidRequest,

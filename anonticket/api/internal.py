@@ -30,8 +30,8 @@ from anonticket.api.public import (
 from anonticket.api.balance import add_debit_route, add_topup_route
 from anonticket.api.gateway import CHECK_PATH, add_check_route
 from anonticket.api.webhooks import add_webhook_routes
-from anonticket.domain import ServiceToken, token_id
-from anonticket.errors import InvalidRequest, MonitorDisabled, Unauthorized
+from anonticket.domain.ids import ServiceToken, token_id
+from anonticket.domain.errors import InvalidRequest, MonitorDisabled, Unauthorized
 
 log = logging.getLogger("anonticket.admin")
 

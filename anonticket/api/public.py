@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.domain import PaymentId, ServiceToken
-from anonticket.errors import (
+from anonticket.domain.ids import PaymentId, ServiceToken
+from anonticket.domain.errors import (
     InvalidPid,
     InvalidRequest,
     InvalidToken,
@@ -31,8 +31,8 @@ from anonticket.errors import (
     Unavailable,
 )
 from anonticket.api.errors import plain_error_body
-from anonticket.ledger import ASK_STORAGE, Claimed
-from anonticket.state import State
+from anonticket.ledger.views import ASK_STORAGE, Claimed
+from anonticket.runtime.state import State
 from anonticket.storage import TokenRow
 
 STATE = web.AppKey("state", State)

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from anonticket.api.public import json_body
-from anonticket.errors import Unavailable
-from anonticket.state import State
+from anonticket.domain.errors import Unavailable
+from anonticket.runtime.state import State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from anonticket.amount import MAX_PICONERO
+from anonticket.domain.amount import MAX_PICONERO
 from anonticket.config.values import (
     DEFAULT_WEBHOOK_RETRIES,
     HostPort,
@@ -40,7 +40,7 @@ from anonticket.config.values import (
     parse_webhook_url,
     redact_userinfo,
 )
-from anonticket.errors import ConfigError
+from anonticket.domain.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from anonticket.amount import MAX_PICONERO, parse_xmr
-from anonticket.webhook import parse_secret
+from anonticket.domain.amount import MAX_PICONERO, parse_xmr
+from anonticket.domain.webhook import parse_secret
 
 
 @dataclass(frozen=True, slots=True)

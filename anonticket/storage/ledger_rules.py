@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from anonticket.domain import Transfer
+from anonticket.domain.ids import Transfer
 from anonticket.storage.rows import ClaimRow, DebitOutcome, DebitRequest, TokenRow, TopupOutcome
 
 SECONDS_PER_DAY = 86400

@@ -3,7 +3,7 @@
 A claim, a top-up, a revocation or an expiry sweep hands its events to ``Outbox.add``
 inside its own ``_transaction``, so the event commits with the change or rolls back with
 it: a crash can neither lose an event nor leave one for a change that never happened.
-The sender (anonticket/webhook_sender.py) reads due rows back from the database, never
+The sender (anonticket/webhooks/sender.py) reads due rows back from the database, never
 from memory; ``Outbox`` only wakes it after a COMMIT that wrote some.
 
 Payloads name a token by ``domain.token_id`` and hold nothing internal introspection does
@@ -19,10 +19,10 @@ from typing import Any
 
 import aiosqlite
 
-from anonticket.domain import token_id
+from anonticket.domain.ids import token_id
 from anonticket.storage.core import StorageCore
 from anonticket.storage.rows import TokenRow
-from anonticket.webhook import event_body, new_message_id, rfc3339
+from anonticket.domain.webhook import event_body, new_message_id, rfc3339
 
 Event = tuple[str, dict[str, Any]]  # (type, data)
 PENDING, DELIVERED, DEAD = 0, 1, 2

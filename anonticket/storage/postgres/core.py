@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from anonticket.errors import StorageUnavailable
+from anonticket.domain.errors import StorageUnavailable
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS
 
 if TYPE_CHECKING:

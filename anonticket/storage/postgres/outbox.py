@@ -6,7 +6,7 @@ sender reads due rows back from the database, never from memory. The event texts
 by the same functions (``storage.outbox``), so a payload is byte for byte what SQLite would
 store: a token id, never a PID, token, txid or address.
 
-Only the active instance sends (anonticket/leadership.py), and delivery is at least once:
+Only the active instance sends (anonticket/service/leadership.py), and delivery is at least once:
 an event is marked delivered only after the receiver's 2xx, in a transaction of its own.
 After a takeover the new leader reads every row still pending, including those the old one
 attempted but never marked, and sends them again with the same ``webhook-id`` (receivers
@@ -37,7 +37,7 @@ from anonticket.storage.outbox import (
     url_digest,
 )
 from anonticket.storage.postgres.core import PostgresCore, affected, check_fence
-from anonticket.webhook import event_body, new_message_id
+from anonticket.domain.webhook import event_body, new_message_id
 
 
 class PgOutbox(Outbox):

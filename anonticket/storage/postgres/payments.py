@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import asyncpg
 
-from anonticket.domain import PaymentId, Transfer, derive_service_token
+from anonticket.domain.ids import PaymentId, Transfer, derive_service_token
 from anonticket.storage.ledger_rules import (
     PidCredit,
     claim_row,

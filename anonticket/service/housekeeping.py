@@ -9,8 +9,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from anonticket.errors import StorageUnavailable
-from anonticket.state import State
+from anonticket.domain.errors import StorageUnavailable
+from anonticket.runtime.state import State
 
 log = logging.getLogger("anonticket.housekeeping")
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from Crypto.Hash import keccak
 
-from anonticket.domain import SHORT_PID_BYTES, PaymentId
-from anonticket.errors import InvalidPid
+from anonticket.domain.ids import SHORT_PID_BYTES, PaymentId
+from anonticket.domain.errors import InvalidPid
 
 ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import segno
 
-from anonticket.address import make_integrated_address
-from anonticket.domain import PaymentId
-from anonticket.payment_uri import format_xmr, payment_uri
+from anonticket.domain.address import make_integrated_address
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.payment_uri import format_xmr, payment_uri
 
 # 5 pixels a module: a version-8 code (an address and an amount) is 57 modules with its
 # quiet zone, 285 px, which fits a 360 px wide phone and reads from a screen

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from Crypto.Hash import SHA3_256
 
-from anonticket.errors import InvalidPid, InvalidToken
+from anonticket.domain.errors import InvalidPid, InvalidToken
 
 SHORT_PID_BYTES = 8
 LONG_PID_BYTES = 32

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from anonticket.address import make_integrated_address
+from anonticket.domain.address import make_integrated_address
 from anonticket.config import SETTINGS, Config
-from anonticket.domain import PaymentId
+from anonticket.domain.ids import PaymentId
 from anonticket.regtest import RegtestError, RegtestNetwork, ensure_monero_installed
 from anonticket.regtest.actions import wait_until_minable
 from anonticket.regtest.record import load_state, running
@@ -215,7 +215,7 @@ def run_sandbox(directory: Path, *, public_port: int = 0, internal_port: int = 0
 
 async def _serve(net: RegtestNetwork, config: Config, settings: dict[str, str], dir_option: str,
                  out: TextIO) -> int:
-    from anonticket.app import start_service  # aiohttp: only for the command that serves
+    from anonticket.service.app import start_service  # aiohttp: only for the command that serves
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

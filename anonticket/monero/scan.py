@@ -3,7 +3,7 @@
 ``classify`` gives one raw wallet entry its verdict (a ``transfers_total`` label);
 ``confirmed_transfer`` is its fast twin for the one common shape of a confirmed
 entry; ``scan`` turns a whole answer into the transfers to credit, the pending view
-and what to count. The monitor (``anonticket.monitor``) does the reading and writing.
+and what to count. The monitor (``anonticket.monitor.loop``) does the reading and writing.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from anonticket.domain import PaymentId, Transfer, parse_txid
-from anonticket.errors import InvalidPid
-from anonticket.wallet_rpc import WalletTransfers
+from anonticket.domain.ids import PaymentId, Transfer, parse_txid
+from anonticket.domain.errors import InvalidPid
+from anonticket.monero.wallet_rpc import WalletTransfers
 
 
 @dataclass(frozen=True, slots=True)

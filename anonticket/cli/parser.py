@@ -5,7 +5,7 @@ refused address or token, a damaged database …), 2 bad usage or bad configurat
 (unknown option, a malformed number or amount, a bad setting). Errors are one line on
 stderr, never a traceback, and never contain a PID or a token: argparse's own messages
 are trimmed where they would echo an argument back. The commands live in
-``anonticket.command``; this module is the parser and ``main``.
+``anonticket.cli.command``; this module is the parser and ``main``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from anonticket.command import (
+from anonticket.cli.command import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -40,9 +40,9 @@ from anonticket.command import (
     cmd_webhook_secret,
     cmd_webhook_test,
 )
-from anonticket.errors import ConfigError
-from anonticket.payment_uri import parse_xmr
-from anonticket.sandbox import SandboxError, add_sandbox_parser
+from anonticket.domain.errors import ConfigError
+from anonticket.domain.payment_uri import parse_xmr
+from anonticket.cli.sandbox import SandboxError, add_sandbox_parser
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 _MAX_REASON = 256

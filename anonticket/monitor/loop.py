@@ -33,12 +33,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from anonticket.cache import BoundedMap
-from anonticket.errors import StorageUnavailable
-from anonticket.gc_pause import paused_gc
-from anonticket.scan import Classified, Scan, scan
-from anonticket.state import State
-from anonticket.wallet_rpc import WalletError, WalletRpc
+from anonticket.ledger.cache import BoundedMap
+from anonticket.domain.errors import StorageUnavailable
+from anonticket.monero.gc_pause import paused_gc
+from anonticket.monero.scan import Classified, Scan, scan
+from anonticket.runtime.state import State
+from anonticket.monero.wallet_rpc import WalletError, WalletRpc
 
 log = logging.getLogger("anonticket.monitor")
 

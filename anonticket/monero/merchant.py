@@ -18,10 +18,10 @@ import logging
 from contextlib import suppress
 from dataclasses import dataclass
 
-from anonticket.address import AddressError, decode_address
+from anonticket.domain.address import AddressError, decode_address
 from anonticket.config import Config
-from anonticket.errors import ConfigError
-from anonticket.wallet_rpc import WalletError, WalletRpc, WalletRpcFault
+from anonticket.domain.errors import ConfigError
+from anonticket.monero.wallet_rpc import WalletError, WalletRpc, WalletRpcFault
 
 log = logging.getLogger("anonticket.merchant")
 

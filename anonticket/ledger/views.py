@@ -21,11 +21,11 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from anonticket.batching import KeyedBatcher, SequenceBatcher
-from anonticket.cache import BoundedMap, TtlSet
-from anonticket.domain import PaymentId, ServiceToken, Transfer
-from anonticket.errors import PaymentNotFound, TokenNotFound, Underpaid
-from anonticket.key_index import KeyIndex
+from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
+from anonticket.ledger.cache import BoundedMap, TtlSet
+from anonticket.domain.ids import PaymentId, ServiceToken, Transfer
+from anonticket.domain.errors import PaymentNotFound, TokenNotFound, Underpaid
+from anonticket.ledger.key_index import KeyIndex
 from anonticket.storage import (
     ClaimRow,
     CreditResult,

@@ -1,4 +1,4 @@
-"""What each subcommand does; ``anonticket.cli`` parses the arguments and calls these.
+"""What each subcommand does; ``anonticket.cli.parser`` parses the arguments and calls these.
 
 A command returns its exit status or raises ``CommandFailed`` (status 1) or
 ``UsageError`` (status 2) with a one-line message that never holds a PID or a token.
@@ -18,14 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from anonticket.address import AddressError, decode_address, make_integrated_address
+from anonticket.domain.address import AddressError, decode_address, make_integrated_address
 from anonticket.config import SETTINGS, Config, settings_table_markdown
-from anonticket.domain import PaymentId, ServiceToken, derive_service_token
-from anonticket.errors import InvalidPid, InvalidToken
-from anonticket.payment_uri import format_xmr, payment_uri
+from anonticket.domain.ids import PaymentId, ServiceToken, derive_service_token
+from anonticket.domain.errors import InvalidPid, InvalidToken
+from anonticket.domain.payment_uri import format_xmr, payment_uri
 
 if TYPE_CHECKING:  # imported for real only by the commands that talk to the service
-    from anonticket.admin_client import AdminClient
+    from anonticket.cli.admin_client import AdminClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _QR_KINDS = {".png": "png", ".svg": "svg"}
@@ -59,10 +59,10 @@ def _setup_logging(level: str) -> None:
 
 # ---------------------------------------------------------------------- serve, config, token derive
 def cmd_serve(args: argparse.Namespace) -> int:
-    from anonticket.app import serve
-    from anonticket.unix_socket import SocketPathError
+    from anonticket.service.app import serve
+    from anonticket.service.unix_socket import SocketPathError
 
-    from anonticket.merchant import configured_address
+    from anonticket.monero.merchant import configured_address
 
     config = _load_config()
     configured_address(config)  # a bad MERCHANT_ADDRESS: one line and exit 2, before any log
@@ -83,7 +83,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(settings_table_markdown(), end="")
         return EXIT_OK
     if args.check:
-        from anonticket.merchant import configured_address
+        from anonticket.monero.merchant import configured_address
 
         config = _load_config()
         configured_address(config)
@@ -188,7 +188,7 @@ def _token_argument(text: str) -> ServiceToken:
 
 def _admin(args: argparse.Namespace,
            call: Callable[[AdminClient], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    from anonticket.admin_client import AdminClient, AdminError
+    from anonticket.cli.admin_client import AdminClient, AdminError
 
     config = _load_config()
 
@@ -261,7 +261,7 @@ def cmd_monitor_rescan(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- webhook
 def cmd_webhook_secret(args: argparse.Namespace) -> int:
-    from anonticket.webhook import new_secret
+    from anonticket.domain.webhook import new_secret
 
     print(new_secret())
     return EXIT_OK
@@ -328,7 +328,7 @@ def _print_rows(rows: list[tuple[str, str]]) -> None:
 
 # ---------------------------------------------------------------------- db
 def cmd_db_backup(args: argparse.Namespace) -> int:
-    from anonticket.maintenance import MaintenanceError, backup_database
+    from anonticket.cli.maintenance import MaintenanceError, backup_database
 
     config = _load_config()
     try:
@@ -340,7 +340,7 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
-    from anonticket.maintenance import MaintenanceError, check_database
+    from anonticket.cli.maintenance import MaintenanceError, check_database
 
     config = _load_config()
     try:

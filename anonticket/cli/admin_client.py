@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from anonticket.config import Config, HostPort
-from anonticket.domain import ServiceToken
+from anonticket.domain.ids import ServiceToken
 
 DEFAULT_TIMEOUT_SECS = 10.0
 # Admin answers are a few hundred bytes; an audit trail of thousands of revocations

@@ -20,8 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from anonticket.errors import StorageUnavailable
-from anonticket.state import State
+from anonticket.domain.errors import StorageUnavailable
+from anonticket.runtime.state import State
 from anonticket.storage.postgres.core import PostgresCore
 from anonticket.storage.postgres.leader import LeaderLock, take_over
 

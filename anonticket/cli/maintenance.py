@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from anonticket.config import Config
-from anonticket.errors import StorageUnavailable
+from anonticket.domain.errors import StorageUnavailable
 from anonticket.storage import SCHEMA_VERSION, Storage, database_path, is_postgres_url, open_storage
 
 PG_BACKUP_HINT = ("db backup copies an SQLite file; on PostgreSQL use its own tools: "

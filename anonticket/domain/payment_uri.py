@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from anonticket.amount import DECIMALS, MAX_PICONERO, PICONERO_PER_XMR, format_xmr, parse_xmr
+from anonticket.domain.amount import DECIMALS, MAX_PICONERO, PICONERO_PER_XMR, format_xmr, parse_xmr
 
 __all__ = ["DECIMALS", "MAX_PICONERO", "PICONERO_PER_XMR", "format_xmr", "parse_xmr", "payment_uri"]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anonticket.config import Config
-from anonticket.ledger import Ledger
-from anonticket.merchant import Merchant
-from anonticket.metrics import Metrics
+from anonticket.ledger.views import Ledger
+from anonticket.monero.merchant import Merchant
+from anonticket.runtime.metrics import Metrics
 
 
 @dataclass
@@ -72,6 +72,6 @@ class State:
     monitor: MonitorStatus
     webhooks: WebhookControl | None = None  # None while WEBHOOK_URL is empty
     # False while another instance on the same PostgreSQL database is the active one
-    # (anonticket/leadership.py): the API then answers 503 (api/standby.py)
+    # (anonticket/service/leadership.py): the API then answers 503 (api/standby.py)
     active: bool = True
     merchant: Merchant = field(default_factory=Merchant)

@@ -1,7 +1,7 @@
 """Wiring: open the database, build both applications, start and stop everything in order.
 
 Start order: database → indexes → listeners → monitor → READY. On PostgreSQL the indexes
-and the monitor wait for the leader lock instead (anonticket/leadership.py): every
+and the monitor wait for the leader lock instead (anonticket/service/leadership.py): every
 instance listens, the active one serves. Stop order (one
 ``AsyncExitStack``): both listeners stop accepting at once and let their in-flight
 requests finish, then our socket files go; only then does the monitor stop (a credit it
@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket import sd_notify
+from anonticket.service import sd_notify
 from anonticket.api.access import add_access_routes
 from anonticket.api.balance import add_topup_route
 from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
@@ -30,17 +30,17 @@ from anonticket.api.errors import JsonErrorRunner, make_middleware
 from anonticket.api.internal import add_internal_routes, make_auth_middleware
 from anonticket.api.public import MAX_BODY_BYTES, STATE, add_public_routes
 from anonticket.api.standby import make_standby_middleware
-from anonticket.cache import TtlSet
+from anonticket.ledger.cache import TtlSet
 from anonticket.config import Config, HostPort
-from anonticket.housekeeping import Housekeeper
-from anonticket.ledger import Ledger
-from anonticket.merchant import AddressCheck
-from anonticket.metrics import Metrics
-from anonticket.monitor import Monitor
-from anonticket.state import MonitorStatus, State, WebhookControl
+from anonticket.service.housekeeping import Housekeeper
+from anonticket.ledger.views import Ledger
+from anonticket.monero.merchant import AddressCheck
+from anonticket.runtime.metrics import Metrics
+from anonticket.monitor.loop import Monitor
+from anonticket.runtime.state import MonitorStatus, State, WebhookControl
 from anonticket.storage import Storage, is_postgres_url, open_storage
-from anonticket.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
-from anonticket.webhook_sender import WebhookSender
+from anonticket.service.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
+from anonticket.webhooks.sender import WebhookSender
 
 log = logging.getLogger("anonticket")
 
@@ -124,7 +124,7 @@ class Service:
     public_address: str = ""
     internal_address: str = ""
     monitor_task: asyncio.Task[None] | None = None
-    leadership: Any = None  # anonticket.leadership.Leadership on PostgreSQL
+    leadership: Any = None  # anonticket.service.leadership.Leadership on PostgreSQL
     webhook_sender: WebhookSender | None = None  # runs only while this instance is active
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
@@ -289,7 +289,7 @@ async def _start_background(state: State, stack: AsyncExitStack,
 async def _start_leadership(service: Service, stack: AsyncExitStack) -> None:
     """Stand by until the leader lock is ours; each term as the active instance gets fresh
     views loaded from the database and its own monitor, stopped when the term ends."""
-    from anonticket.leadership import Leadership
+    from anonticket.service.leadership import Leadership
     from anonticket.storage.postgres.leader import LeaderLock
 
     state, config = service.state, service.state.config

@@ -31,12 +31,12 @@ from typing import Any
 
 import aiohttp
 
-from anonticket.batching import SequenceBatcher
-from anonticket.errors import StorageUnavailable
-from anonticket.state import State
+from anonticket.ledger.batching import SequenceBatcher
+from anonticket.domain.errors import StorageUnavailable
+from anonticket.runtime.state import State
 from anonticket.storage import AttemptResult, OutboxEvent
 from anonticket.storage.outbox import url_digest
-from anonticket.webhook import (
+from anonticket.domain.webhook import (
     TEST_EVENT_TYPE,
     event_body,
     new_message_id,

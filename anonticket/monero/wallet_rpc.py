@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from anonticket.config.values import check_wallet_user, json_rpc_url
-from anonticket.gc_pause import paused_gc
+from anonticket.monero.gc_pause import paused_gc
 
 #: Every value ``WalletError.reason`` can take, for metrics that pre-register labels.
 REASONS = ("unreachable", "timeout", "unauthorized", "http_error", "bad_response", "rpc_error")

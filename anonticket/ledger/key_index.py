@@ -16,7 +16,7 @@ from heapq import merge
 from itertools import islice
 from operator import gt
 
-from anonticket.domain import key_prefix
+from anonticket.domain.ids import key_prefix
 
 # ~70 bytes a key in the set: at most ~9 MB before the merge folds them into the array
 _MERGE_AT = 131072

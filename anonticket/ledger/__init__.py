@@ -1,0 +1,1 @@
+"""The in-memory views over storage and their rules."""

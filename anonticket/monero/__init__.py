@@ -1,0 +1,1 @@
+"""The wallet RPC client, transfer scanning and the merchant's address."""

@@ -1,0 +1,1 @@
+"""The wallet monitor: the poll loop that turns transfers into credit."""

@@ -1,0 +1,1 @@
+"""What the running parts share: the State object and the metrics registry."""

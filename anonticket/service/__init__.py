@@ -1,0 +1,1 @@
+"""Wiring: the app, leadership, housekeeping, sockets and systemd notify."""

@@ -1,0 +1,1 @@
+"""The webhook sender: delivers the outbox's events."""
