@@ -22,16 +22,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from anonticket.domain.errors import StorageUnavailable
+from anonticket.storage.events import Outbox
 from anonticket.storage.schema import apply_schema
 from anonticket.storage.wal_checkpoint import BackgroundCheckpointer
-
-if TYPE_CHECKING:
-    from anonticket.storage.outbox import Outbox
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # SQLite's default limit on bound parameters is 32766; stay well below it per statement.

@@ -22,7 +22,7 @@ from anonticket.storage.ledger_rules import (
     credits_per_token,
     refuse_topup,
 )
-from anonticket.storage.outbox import Event, issued_event, topped_up_event
+from anonticket.storage.events import Event, issued_event, topped_up_event
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
 
 # From this many transfers in one credit, COMMIT leaves the WAL copy to the background

@@ -24,7 +24,7 @@ from anonticket.storage.ledger_rules import (
     credits_per_token,
     refuse_topup,
 )
-from anonticket.storage.outbox import issued_event, topped_up_event
+from anonticket.storage.events import issued_event, topped_up_event
 from anonticket.storage.payments import _topped_up_events
 from anonticket.storage.postgres.core import PostgresCore, check_fence, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
