@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from anonticket.api.public import (
     _claimed_bytes,
     claimed_view,
-    _json_object,
     _redeem_pid,
     _token_view_bytes,
     parse_pid,
     token_view,
 )
+from anonticket.api.request import json_object
 from anonticket.domain.ids import PaymentId
 from anonticket.domain.errors import InvalidPid, InvalidRequest
 from anonticket.ledger.views import Claimed
@@ -95,7 +95,7 @@ def test_migration_benchmark_migrates_and_checks(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- shortcuts = long way
 def _general_pid(raw: bytes) -> PaymentId:
     """What a redeem body meant before the regex shortcut: json.loads, then PaymentId.parse."""
-    body = _json_object(raw)
+    body = json_object(raw)
     if "pid" not in body:
         raise InvalidRequest()
     return PaymentId.parse(body["pid"])

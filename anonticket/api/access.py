@@ -32,7 +32,7 @@ from anonticket.api import pages
 from anonticket.api.forms import read_form
 from anonticket.api.gateway import hex_token
 from anonticket.api.pages import Markup
-from anonticket.api.public import STATE
+from anonticket.api.request import STATE
 from anonticket.domain.ids import ServiceToken
 from anonticket.runtime.state import State
 

@@ -13,16 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.api.public import (
-    STATE,
-    TOKEN_PATTERN,
-    json_body,
-    json_bytes,
-    json_stamp,
-    parse_pid,
-    read_json_object,
-    rfc3339,
-)
+from anonticket.api.public import TOKEN_PATTERN, parse_pid
+from anonticket.api.request import STATE, json_body, json_bytes, json_stamp, read_json_object, rfc3339
 from anonticket.domain.ids import ServiceToken
 from anonticket.domain.errors import (
     IdempotencyKeyRequired,
@@ -115,7 +107,7 @@ def parse_debit(body: dict[str, Any]) -> tuple[int, str | None]:
     if type(amount) is not int or not 0 < amount <= MAX_DEBIT:
         raise InvalidRequest("amount must be a whole number of piconero greater than zero")
     memo = body.get("memo")
-    # lone surrogates were refused with the whole body (api.public.is_utf8_text)
+    # lone surrogates were refused with the whole body (api.request.is_utf8_text)
     if memo is not None and (not isinstance(memo, str) or len(memo) > MAX_MEMO_CHARS):
         raise InvalidRequest("memo must be a string of at most 128 characters")
     return amount, memo

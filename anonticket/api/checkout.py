@@ -24,7 +24,7 @@ from anonticket.api import pages
 from anonticket.api.access import log_in_form
 from anonticket.api.forms import BadForm, read_form
 from anonticket.api.pages import Markup
-from anonticket.api.public import STATE
+from anonticket.api.request import STATE
 from anonticket.domain.ids import PaymentId
 from anonticket.domain.errors import InvalidPid, Underpaid, Unavailable
 from anonticket.ledger.views import Claimed, Ledger

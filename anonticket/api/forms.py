@@ -10,7 +10,7 @@ import urllib.parse
 
 from aiohttp import web
 
-from anonticket.api.public import read_body
+from anonticket.api.request import read_body
 from anonticket.domain.errors import ServiceError
 
 

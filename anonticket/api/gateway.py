@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.api.public import STATE, rfc3339
+from anonticket.api.request import STATE, rfc3339
 from anonticket.domain.ids import ServiceToken, token_subject
 from anonticket.domain.errors import (
     GatewayUnauthorized,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from anonticket.api.public import json_body
+from anonticket.api.request import json_body
 from anonticket.domain.errors import Unavailable
 from anonticket.runtime.state import State
 

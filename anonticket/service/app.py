@@ -28,7 +28,8 @@ from anonticket.api.balance import add_topup_route
 from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
 from anonticket.api.errors import JsonErrorRunner, make_middleware
 from anonticket.api.internal import add_internal_routes, make_auth_middleware
-from anonticket.api.public import MAX_BODY_BYTES, STATE, add_public_routes
+from anonticket.api.public import add_public_routes
+from anonticket.api.request import MAX_BODY_BYTES, STATE
 from anonticket.api.standby import make_standby_middleware
 from anonticket.ledger.cache import TtlSet
 from anonticket.config import Config, HostPort
