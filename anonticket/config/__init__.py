@@ -3,6 +3,8 @@
 ``anonticket config``, the README's settings table and ``Config`` all derive from
 ``SETTINGS``, and a docs test checks the README against it. Variable names are the
 Rust original's, so an operator can switch implementations without rewriting units.
+
+May import: crypto, domain.
 """
 
 from __future__ import annotations

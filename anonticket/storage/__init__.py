@@ -7,6 +7,10 @@ decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups),
 (counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
 connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
 by hand. ``open_storage`` picks one from ``DATABASE_URL``.
+
+``wal_checkpoint`` copies the WAL back off the writer's commits.
+
+May import: crypto, domain, config.
 """
 
 from __future__ import annotations
