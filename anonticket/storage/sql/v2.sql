@@ -1,7 +1,9 @@
--- anonticket schema, applied by anonticket.storage on start inside one transaction together
--- with PRAGMA user_version (see SCHEMA_VERSION there). Hand-written; every invariant the code
--- relies on is a CHECK or a key here, so a bug elsewhere fails loudly instead of corrupting money
--- (one exception, transfers against payments, is verified by `anonticket db check`: see below).
+-- anonticket schema version 2, from a new database or version 1: applied by anonticket.storage
+-- on start inside one transaction together with PRAGMA user_version, like every version (the
+-- current schema as one script is schema.sql at the repository's root). Hand-written; every
+-- invariant the code relies on is a CHECK or a key here, so a bug elsewhere fails loudly instead
+-- of corrupting money (one exception, transfers against payments, is verified by
+-- `anonticket db check`: see below).
 BEGIN IMMEDIATE;
 
 -- One row per payment ID that has received confirmed credit.

@@ -1,5 +1,5 @@
 -- anonticket schema version 3: what a payment buys (time and/or credit), debits, top-ups.
--- Applied by anonticket.storage after schema.sql (which brings any database to version 2),
+-- Applied by anonticket.storage after v2.sql (which brings any database to version 2),
 -- inside one transaction together with PRAGMA user_version, like every version.
 -- ADD COLUMN keeps both tables in place: on a million payments the migration is one pass
 -- over the claimed ones (docs/operations.md has the measured time).

@@ -1,6 +1,6 @@
 -- anonticket schema version 4: idempotency_keys becomes a rowid table, so its age index is
 -- written at its end instead of all over the current second.
--- Applied by anonticket.storage after schema_v3.sql, inside one transaction together with
+-- Applied by anonticket.storage after v3.sql, inside one transaction together with
 -- PRAGMA user_version, like every version.
 --
 -- Why: as a WITHOUT ROWID table keyed by (token, key), every secondary index entry ends in

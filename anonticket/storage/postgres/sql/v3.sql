@@ -1,5 +1,5 @@
--- anonticket schema for PostgreSQL, version 3: the same tables, keys and CHECKs as schema.sql
--- followed by schema_v3.sql on SQLite, written for PostgreSQL by hand. Applied by
+-- anonticket schema for PostgreSQL, version 3: the same tables, keys and CHECKs as v2.sql
+-- followed by v3.sql on SQLite (storage/sql/), written for PostgreSQL by hand. Applied by
 -- anonticket.storage.postgres.schema inside one transaction that also records the version in
 -- schema_versions, under an advisory transaction lock so that instances starting together
 -- apply it once. Amounts, heights and times are bigint (integer is 32-bit here; piconero
@@ -80,7 +80,7 @@ CREATE TABLE debits (
 ALTER SEQUENCE debits_id_seq OWNED BY debits.id;
 CREATE INDEX debits_by_token ON debits (token, id);
 
--- The answer given to each (token, Idempotency-Key), replayed on a retry (see schema_v3.sql).
+-- The answer given to each (token, Idempotency-Key), replayed on a retry (see storage/sql/v3.sql).
 CREATE TABLE idempotency_keys (
     token      bytea   NOT NULL CHECK (length(token) = 32),
     key        text    NOT NULL CHECK (length(key) BETWEEN 1 AND 128),

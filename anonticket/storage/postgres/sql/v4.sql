@@ -1,6 +1,6 @@
 -- anonticket schema for PostgreSQL, version 4: the webhook outbox, and the expiry notices it
--- reports. Together with version 3 (schema_postgres.sql) this is what SQLite's version 3
--- holds (schema_v3.sql): the PostgreSQL backend shipped its version 3 without the outbox, so
+-- reports. Together with version 3 (v3.sql) this is what SQLite's version 3 holds
+-- (storage/sql/v3.sql): the PostgreSQL backend shipped its version 3 without the outbox, so
 -- the numbers of the two dialects part here. Applied by anonticket.storage.postgres.schema in
 -- the transaction that records version 4 in schema_versions, under the advisory lock.
 
