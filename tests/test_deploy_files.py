@@ -413,8 +413,6 @@ async def test_nginx_site_in_front_of_a_stand_in_app(open_dir):
 
 
 @needs_nginx
-@pytest.mark.skipif(not (REPO / "anonticket" / "cli.py").exists(),
-                    reason="anonticket/cli/parser.py (bin/anonticket serve) is not written yet")
 async def test_nginx_site_in_front_of_the_real_service(open_dir):
     sock = open_dir / "public.sock"
     notify = open_dir / "notify"

@@ -40,7 +40,7 @@ _HTTP_ERRORS: dict[int, type[ServiceError]] = {
 
 @lru_cache(maxsize=256)
 def plain_error_body(code: str, message: str) -> bytes:
-    # codes and messages are fixed texts (errors.py, aiohttp's reasons): a small set,
+    # codes and messages are fixed texts (domain/errors.py, aiohttp's reasons): a small set,
     # and a 404 flood should not pay for json.dumps on every answer
     return json.dumps({"error": code, "message": message}).encode()
 

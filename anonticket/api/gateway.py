@@ -208,7 +208,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
         if cost:
             return await metered(raw, cost)  # type: ignore[arg-type]
         # check only: what introspection does, without a coroutine for a cached record;
-        # the ledger is read per request: a PostgreSQL takeover replaces it (app.py)
+        # the ledger is read per request: a PostgreSQL takeover replaces it (service/app.py)
         ledger = state.ledger
         record = ledger.cached_token(raw)  # type: ignore[arg-type]
         if record is None:

@@ -7,7 +7,7 @@ delivered, and an event can never be lost by the sender (it may be sent twice if
 process dies between the receiver's answer and the stored outcome: receivers dedupe on
 ``webhook-id``). A pass runs when a commit wrote events (``wake``), when the next retry
 is due, and at least every ``IDLE_PASS_SECS`` (which also refreshes the queue gauges).
-On PostgreSQL the task runs only while this instance is active (app.py starts it with each
+On PostgreSQL the task runs only while this instance is active (service/app.py starts it with each
 term): a new leader's first pass sends whatever the old one left unmarked, and a stale
 leader's marks are fenced (storage/postgres/outbox.py), so a takeover may repeat an event,
 with its ``webhook-id``, but never skips one.
