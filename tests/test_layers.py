@@ -3,8 +3,8 @@
 The rule is per PACKAGE (``anonticket/<package>/``), so a new module inherits its package's
 rule without touching this file; only a new package needs a line in ``LAYERS``. Every import
 counts — at module level, inside a function, under ``if TYPE_CHECKING:`` — because each is
-an arrow a reader has to follow. Each package's ``__init__.py`` docstring names what it may
-import, checked against ``LAYERS`` below.
+an arrow a reader has to follow. docs/architecture.md draws the same rule, and each package's
+``__init__.py`` docstring names what it may import; both are checked against ``LAYERS`` below.
 """
 
 from __future__ import annotations
@@ -212,6 +212,19 @@ def test_each_package_docstring_says_what_it_may_import() -> None:
         allowed = _allowed(package) if package not in STANDALONE else []
         expected = "May import: " + (", ".join(allowed) if allowed else "nothing") + "."
         assert expected in " ".join(doc.split()), f"anonticket/{package}/__init__.py: {expected!r}"
+
+
+def test_the_architecture_page_draws_the_same_rule() -> None:
+    """docs/architecture.md and the map in anonticket/__init__.py show this very rule, and the
+    page's table names every package."""
+    arrow = " ← ".join("{" + ", ".join(row) + "}" if len(row) > 1 else row[0] for row in LAYERS)
+    page = (REPO / "docs" / "architecture.md").read_text()
+    assert arrow in " ".join(page.split()), arrow
+    top = ast.get_docstring(ast.parse((ROOT / "__init__.py").read_text())) or ""
+    assert arrow in " ".join(top.split()), arrow
+    for package in [name for row in LAYERS for name in row] + sorted(STANDALONE):
+        assert f"| `{package}/` |" in page, package
+        assert f"    {package}/" in top, package
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
