@@ -41,6 +41,7 @@ from anonticket.cli.sandbox import (
     Ready,
     banner,
     owned_settings,
+    program_name,
     until_stopped,
     sandbox_settings,
     write_env_file,
@@ -463,3 +464,10 @@ def test_the_readme_shows_what_the_sandbox_prints() -> None:
     shown = section.split("```\n  1. ", 1)[1].split("```", 1)[0]
     assert "  1. " + shown in banner(ready) + "\n"
     assert "bin/setup && bin/anonticket sandbox\n" in section
+
+
+def test_the_printed_program_is_this_checkouts_bin_anonticket(tmp_path: Path) -> None:
+    """What the banner tells a developer to run: relative from the checkout's root, absolute
+    elsewhere (the regtest test above runs it; this one needs no chain)."""
+    assert program_name(REPO) == "bin/anonticket"
+    assert program_name(tmp_path) == str(REPO / "bin" / "anonticket")

@@ -163,7 +163,7 @@ def banner(r: Ready) -> str:
 def program_name(cwd: Path) -> str:
     """``bin/anonticket`` from a checkout's root, its absolute path elsewhere, or the
     installed console script."""
-    script = Path(__file__).resolve().parents[1] / "bin" / "anonticket"
+    script = Path(__file__).resolve().parents[2] / "bin" / "anonticket"
     if not script.is_file():
         return "anonticket"
     try:
