@@ -108,8 +108,9 @@ async def _if(text: Any, check: Callable[[str], bool]) -> str:
 async def test_every_event_type_is_delivered_once_and_verifies(
         start: Start, receiver: Receiver, http: aiohttp.ClientSession) -> None:
     previous = new_secret()
-    # 5000 piconero buys one second, so the second token expires at once
-    service = await start(WEBHOOK_SECRET_PREVIOUS=previous, ACCESS_PRICE_PER_DAY=5000 * 86400)
+    # 1000 piconero (the minimum payment) buys one second, so the second token (5000) has
+    # expired five seconds on
+    service = await start(WEBHOOK_SECRET_PREVIOUS=previous, ACCESS_PRICE_PER_DAY=1000 * 86400)
     pid, token = await paid_token(service, http)
     await service.state.ledger.credit([transfer(pid, 2000)], None)  # a payment to the claimed PID
     second = PaymentId.generate()

@@ -34,6 +34,7 @@ from anonticket.api.errors import plain_error_body
 from anonticket.ledger import ASK_STORAGE, Claimed
 from anonticket.state import State
 from anonticket.storage import TokenRow
+from anonticket.timestamp import format_rfc3339
 
 STATE = web.AppKey("state", State)
 # Requests larger than this are refused with 413 before they are read; a redeem body is ~30 bytes.
@@ -168,7 +169,7 @@ def _redeem_pid(raw: bytes, accept_long: bool) -> PaymentId:
 def _format_stamp(unix_seconds: int) -> str:
     # tokens issued in the same second share their stamp; cached because formatting
     # a time costs more than the rest of an introspection answer
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_seconds))
+    return format_rfc3339(unix_seconds)
 
 
 def rfc3339(unix_seconds: int | None) -> str | None:
