@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from anonticket.batching import KeyedBatcher, SequenceBatcher
 from anonticket.cache import BoundedMap, TtlSet
 from anonticket.domain import PaymentId, ServiceToken, Transfer
-from anonticket.errors import PaymentNotFound, TokenNotFound, Underpaid
+from anonticket.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
 from anonticket.key_index import KeyIndex
 from anonticket.storage import (
     ClaimRow,
@@ -34,6 +34,7 @@ from anonticket.storage import (
     Storage,
     TokenRow,
     TopupOutcome,
+    is_storable_text,
     unix_now,
 )
 
@@ -246,7 +247,13 @@ class Ledger:
 
         An unknown token is answered without a transaction; everything else, replays
         included, is decided inside one, so a replay can never race its original.
+        Text the database cannot store is refused here, before the request joins a
+        batch: inside one it would fail every debit in it, other customers' included.
         """
+        if not (request.memo is None or is_storable_text(request.memo)) or not (
+                request.key is None or is_storable_text(request.key)):
+            raise InvalidRequest("memo and Idempotency-Key must be valid Unicode text "
+                                 "without U+0000")
         if not self._known_tokens.might_contain(request.token):
             return DebitOutcome(404, {"error": "token_not_found"})
         return await self._debits.submit(request)
