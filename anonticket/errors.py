@@ -132,6 +132,16 @@ class StorageUnavailable(Unavailable):
     """The database refused a statement (locked, disk full, I/O error); nothing was committed."""
 
 
+class DatabaseConnectFailed(StorageUnavailable):
+    """Opening the database failed: the server is unreachable or refused us (a wrong
+    password, no such database). ``reason`` names the error class and SQLSTATE, never a
+    value, so ``serve`` can exit with it in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
 class StorageValueOutOfRange(Exception):
     """A write would store a number past a signed 64-bit column; nothing was committed.
 
