@@ -158,6 +158,21 @@ class Ledger:
             return None
         raise Underpaid(balance=row.amount, minimum=self.min_payment)
 
+    def _unknown_pid_answer(self, raw: bytes) -> Pending | None | _AskStorage:
+        """For a PID memory knows has no payment row (no credited PID has its prefix, or
+        the negative cache holds it), what it is: pending or unknown (None). Otherwise
+        ``ASK_STORAGE``. The same rules as ``redeem_from_memory``'s, without its claims."""
+        pending = self._pending.get(raw)
+        if pending is None and raw in self.negative_cache:
+            self._on_negative_cache_hit()
+            return None
+        if self._known_pids.might_contain(raw):
+            return ASK_STORAGE
+        if pending is not None:
+            return Pending(pending, self.min_confirmations)
+        self._remember_unknown(raw)
+        return None
+
     def _remember_unknown(self, raw: bytes) -> None:
         self.negative_cache.add(raw)
 
@@ -179,9 +194,16 @@ class Ledger:
     # ------------------------------------------------------------------ top-ups
     async def topup(self, token: ServiceToken, pid: PaymentId) -> TopupOutcome | Pending | None:
         """Add a paid PID's credit to a token. None: the PID is unknown (nothing confirmed
-        or pending); ``Pending`` while its payment waits for confirmations."""
+        or pending); ``Pending`` while its payment waits for confirmations.
+
+        An unknown PID is answered from memory, as redeem does: otherwise anyone holding
+        one token could queue a write transaction per random PID ahead of the operator's
+        debits."""
         if not self._known_tokens.might_contain(token.raw):
             return TopupOutcome("token_not_found")
+        unknown = self._unknown_pid_answer(pid.raw)
+        if unknown is not ASK_STORAGE:
+            return unknown  # type: ignore[return-value]
         try:
             outcome = await self.storage.topup_token(
                 token.raw, pid.raw, self.min_payment, self.clock())
@@ -189,7 +211,10 @@ class Ledger:
             self._write_version += 1
         pending = self._pending.get(pid.raw)
         if outcome.kind == "pending_or_unknown":
-            return None if pending is None else Pending(pending, self.min_confirmations)
+            if pending is None:
+                self._remember_unknown(pid.raw)
+                return None
+            return Pending(pending, self.min_confirmations)
         if outcome.kind == "topped_up" and outcome.record is not None:
             self._records.put(token.raw, outcome.record)
             self._claimed.put(pid.raw, token.raw)
