@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "anonticket"
 # lower numbers are lower layers; a module may import only from strictly lower layers
 # (or from its own package, e.g. api.internal reusing api.public)
 LAYERS = {
+    "timestamp": -1,  # below webhook, which stamps its events
     "errors": 0, "gc_pause": 0, "batching": 0, "crypto": 0,
     "domain": 1, "amount": 0, "config": 1, "wal_checkpoint": 1, "webhook": 0,
     "address": 2, "storage": 2, "cache": 2, "key_index": 2, "metrics": 2, "wallet_rpc": 2,
