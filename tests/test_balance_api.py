@@ -117,6 +117,39 @@ async def test_topup_refusals_change_nothing(service: Service, http: aiohttp.Cli
     assert info["amount"] == 5000
 
 
+async def test_a_topup_with_an_unknown_pid_is_answered_from_memory(
+        service: Service, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As redeem is: otherwise anyone holding one token could queue a write transaction
+    per random PID ahead of the operator's debits."""
+    token = await issue(service, http, 5000)
+    path = f"/api/v1/token/{token}/topup"
+    storage = service.state.ledger.storage
+    real, transactions = storage.topup_token, []
+
+    async def counted(*args: Any) -> Any:
+        transactions.append(args)
+        return await real(*args)
+
+    monkeypatch.setattr(storage, "topup_token", counted)
+    for _ in range(50):
+        status, body = await post(http, service.public_address, path,
+                                  {"pid": PaymentId.generate().hex()})
+        assert (status, body["error"]) == (404, "payment_not_found")
+    waiting = PaymentId.generate()
+    service.state.ledger.set_pending({waiting.raw: 2})  # seen in the pool, not credited
+    status, body = await post(http, service.public_address, path, {"pid": waiting.hex()})
+    assert (status, body["status"], body["confirmations"]) == (202, "pending", 2)
+    assert transactions == []
+    paid = PaymentId.generate().hex()
+    await credit(service, paid, 2000)
+    status, body = await post(http, service.public_address, path, {"pid": paid})
+    assert (status, body["status"], body["balance"]) == (200, "topped_up", 7000)
+    assert len(transactions) == 1
+    async with http.get(url(service.internal_address, "/metrics")) as resp:
+        text = await resp.text()
+    assert 'anonticket_topup_requests_total{outcome="not_found"} 50.0' in text
+
+
 async def test_topup_of_an_unknown_token_is_404(service: Service, http: aiohttp.ClientSession) -> None:
     status, body = await post(http, service.public_address, f"/api/v1/token/{'ab' * 32}/topup",
                               {"pid": PaymentId.generate().hex()})

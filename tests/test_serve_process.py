@@ -255,6 +255,51 @@ async def test_a_bad_setting_exits_2_with_one_line(sockdir: Path, started: list[
     assert not (sockdir / "anonticket.db").exists()  # refused before touching anything
 
 
+DB_PASSWORD = "pg-s3cr3t-Pw"
+
+
+def _unlistened_port() -> socket.socket:
+    """A TCP port of 127.0.0.1 held (bound, not listening) for the caller's lifetime:
+    connecting to it is refused, and nothing else can take it meanwhile."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    return held
+
+
+def assert_one_error_line(server: ServeProcess, starts: str) -> str:
+    errors = [line for line in server.stderr.splitlines() if " INFO " not in line]
+    assert len(errors) == 1 and errors[0].startswith(starts), server.stderr
+    assert "Traceback" not in server.stderr
+    return errors[0]
+
+
+async def test_an_unreachable_postgresql_stops_serve_with_one_line(
+        sockdir: Path, started: list[ServeProcess]) -> None:
+    """The README's promise for start-up errors; it once was a 40-line traceback."""
+    with closing(_unlistened_port()) as held:
+        port = held.getsockname()[1]
+        server = await spawn(serve_env(
+            sockdir, DATABASE_URL=f"postgresql://anonticket:{DB_PASSWORD}@127.0.0.1:{port}/x"))
+        started.append(server)
+        assert await server.finish(START_TIMEOUT) == 1
+    line = assert_one_error_line(
+        server, "anonticket: serve failed: cannot connect to the database of DATABASE_URL ")
+    assert line.rstrip().endswith("(ConnectionRefusedError)"), line
+    assert DB_PASSWORD not in server.stderr
+    assert not (sockdir / "public.sock").exists()
+
+
+async def test_a_postgresql_that_refuses_us_stops_serve_with_one_line(
+        sockdir: Path, started: list[ServeProcess], pg: Any) -> None:
+    """Reached, but the database named is not there: the SQLSTATE says which refusal."""
+    server = await spawn(serve_env(sockdir, DATABASE_URL=pg.dsn("no_such_database")))
+    started.append(server)
+    assert await server.finish(START_TIMEOUT) == 1
+    line = assert_one_error_line(server, "anonticket: serve failed: cannot connect ")
+    assert line.rstrip().endswith("(InvalidCatalogNameError 3D000)"), line
+    assert "no_such_database" not in line
+
+
 async def test_a_live_socket_is_refused_by_the_process(sockdir: Path, started: list[ServeProcess]) -> None:
     public = sockdir / "public.sock"
     with closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as other:

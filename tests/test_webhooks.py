@@ -18,6 +18,7 @@ from anonticket.service.app import Service, start_service
 from anonticket.domain.ids import PaymentId, token_id
 from anonticket.service.housekeeping import Housekeeper
 from anonticket.domain.webhook import new_secret
+from anonticket.webhooks.sender import MAX_RETRY_AFTER_SECS
 from conftest import REPO, make_config, transfer, url
 from crash_helpers import wait_until
 from webhook_receiver import Receiver
@@ -108,8 +109,9 @@ async def _if(text: Any, check: Callable[[str], bool]) -> str:
 async def test_every_event_type_is_delivered_once_and_verifies(
         start: Start, receiver: Receiver, http: aiohttp.ClientSession) -> None:
     previous = new_secret()
-    # 5000 piconero buys one second, so the second token expires at once
-    service = await start(WEBHOOK_SECRET_PREVIOUS=previous, ACCESS_PRICE_PER_DAY=5000 * 86400)
+    # 1000 piconero (the minimum payment) buys one second, so the second token (5000) has
+    # expired five seconds on
+    service = await start(WEBHOOK_SECRET_PREVIOUS=previous, ACCESS_PRICE_PER_DAY=1000 * 86400)
     pid, token = await paid_token(service, http)
     await service.state.ledger.credit([transfer(pid, 2000)], None)  # a payment to the claimed PID
     second = PaymentId.generate()
@@ -345,6 +347,93 @@ def test_retry_after_as_seconds_or_a_date() -> None:
     assert parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0  # in the past
     for garbage in (None, "", "soon", "-5", "1.5e3", "Thu, 01 Jan 2026 00:02:00"):
         assert parse_retry_after(garbage, now) is None
+    # what once raised inside the sender: a digit that is not ASCII, a year int() refuses
+    for hostile in ("²", "١٢٠", "Fri, 31 Dec 99999999999999999999 23:59:59 GMT",
+                    "Fri, 31 Dec 99999 23:59:59 GMT"):
+        assert parse_retry_after(hostile, now) is None
+    # far in the future, however written: capped at a day
+    for far in ("9" * 400, "9" * 5000, "Fri, 31 Dec 9999 23:59:59 GMT",
+                "Fri, 31 Dec 9999 23:59:59 -2359"):
+        assert parse_retry_after(far, now) == MAX_RETRY_AFTER_SECS
+
+
+@pytest.mark.parametrize("retry_after", ["²", "Fri, 31 Dec 99999999999999999999 23:59:59 GMT"],
+                         ids=["superscript two", "year past what datetime holds"])
+async def test_a_retry_after_the_sender_cannot_read_still_ends_every_attempt(
+        start: Start, receiver: Receiver, http: aiohttp.ClientSession, retry_after: str) -> None:
+    """Once it raised inside the sender: no outcome was stored, so the event was re-posted
+    forever and never became dead, and the queue gauges were never refreshed."""
+    receiver.default.status = 503
+    receiver.default.headers = {"Retry-After": retry_after}
+    service = await start()
+    await paid_token(service, http)
+    storage = service.state.ledger.storage
+
+    async def dead() -> bool:
+        return (await storage.webhook_queue())["dead"] == 1
+
+    await wait_until(dead, "the event to be dead after its three attempts")
+    assert len(receiver.requests) == 3  # each attempt stored; the schedule, not a loop
+    status, listed = await internal(http, service, "GET", "/api/v1/webhooks?dead=true")
+    assert [(e["attempts"], e["last_result"]) for e in listed["events"]] == [(3, "http_503")]
+
+    async def scraped() -> str:
+        return await (await http.get(url(service.internal_address, "/metrics"))).text()
+
+    metrics = await wait_until(
+        lambda: _if(scraped(), lambda text: "anonticket_webhook_dead_events 1.0" in text),
+        "the dead gauge to be refreshed")
+    assert "anonticket_webhook_queue_events 0.0" in metrics
+
+
+async def test_a_retry_after_far_in_the_future_waits_a_day_at_most(
+        start: Start, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    receiver.answer(503, headers={"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})
+    service = await start()
+    await paid_token(service, http)
+    storage = service.state.ledger.storage
+
+    async def attempted() -> list[dict[str, Any]]:
+        listed = await storage.list_webhook_events(dead_only=False, limit=5)
+        return listed if listed and listed[0]["attempts"] == 1 else []
+
+    listed = await wait_until(attempted, "the first attempt's outcome")
+    assert listed[0]["last_result"] == "http_503"
+    assert time.time() + 3600 < listed[0]["next_attempt_at"] <= time.time() + 86400
+
+
+async def test_a_failing_pass_still_refreshes_the_queue_gauges(
+        start: Start, receiver: Receiver, http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that fails (here its read of the due events, a fault the real database
+    gives only when it is broken) leaves gauges that say what waits, not what did."""
+    receiver.default.status = 204
+    service = await start(WEBHOOK_RETRY_SCHEDULE_SECS="60")
+    storage = service.state.ledger.storage
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the pass")
+
+    monkeypatch.setattr(storage, "due_webhook_events", broken)
+    await paid_token(service, http)
+    await paid_token(service, http)
+
+    async def scraped() -> str:
+        return await (await http.get(url(service.internal_address, "/metrics"))).text()
+
+    await wait_until(
+        lambda: _if(scraped(), lambda text: "anonticket_webhook_queue_events 2.0" in text),
+        "the queue gauge to show the two waiting events")
+    assert receiver.requests == []
+
+
+@pytest.mark.parametrize("limit", ["²", "١٠", "1" * 5000, "0", "1001", "-1", "+5", " 5"])
+async def test_a_webhook_list_limit_is_ascii_digits(
+        start: Start, http: aiohttp.ClientSession, limit: str) -> None:
+    service = await start()
+    async with http.get(url(service.internal_address, "/api/v1/webhooks"),
+                        params={"limit": limit}) as resp:
+        assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
 
 
 async def test_replay_refuses_a_null_id_beside_all_dead(tmp_path) -> None:  # type: ignore[no-untyped-def]

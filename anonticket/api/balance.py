@@ -107,7 +107,7 @@ def parse_debit(body: dict[str, Any]) -> tuple[int, str | None]:
     if type(amount) is not int or not 0 < amount <= MAX_DEBIT:
         raise InvalidRequest("amount must be a whole number of piconero greater than zero")
     memo = body.get("memo")
-    # lone surrogates were refused with the whole body (api.request.is_utf8_text)
+    # lone surrogates and U+0000 were refused with the whole body (api.request.is_storable_json)
     if memo is not None and (not isinstance(memo, str) or len(memo) > MAX_MEMO_CHARS):
         raise InvalidRequest("memo must be a string of at most 128 characters")
     return amount, memo

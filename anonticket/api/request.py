@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from functools import lru_cache
 from typing import Any
 
@@ -19,6 +18,8 @@ from aiohttp import web
 
 from anonticket.domain.errors import InvalidRequest, RequestTimeout
 from anonticket.runtime.state import State
+from anonticket.storage import is_storable_text
+from anonticket.domain.timestamp import format_rfc3339
 
 STATE = web.AppKey("state", State)
 # Requests larger than this are refused with 413 before they are read; a redeem body is ~30 bytes.
@@ -74,30 +75,31 @@ def json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
-    if not is_utf8_text(body):
-        raise InvalidRequest("request body holds a string that is not valid Unicode")
+    if not is_storable_json(body):
+        raise InvalidRequest("request body holds a string that is not valid Unicode text "
+                             "(a lone surrogate, or U+0000)")
     return body
 
 
-def is_utf8_text(value: object) -> bool:
-    """True when every string in a parsed JSON value, keys included, encodes as UTF-8.
+def is_storable_json(value: object) -> bool:
+    """True when every string in a parsed JSON value, keys included, encodes as UTF-8
+    and holds no U+0000 (``storage.is_storable_text``).
 
     A ``\\ud800`` escape, or the raw bytes of one (json.loads decodes bytes with
     surrogatepass), gives Python a lone surrogate: a str that SQLite cannot bind and a
-    UTF-8 log cannot write, so it would fail far from the edge, as a 500. Every JSON body
-    passes here, so a string field added later is covered without a line of its own;
-    text taken from elsewhere (a header, a form) needs the same check. A loop, not
-    recursion: the value may be nested as deep as json.loads allowed.
+    UTF-8 log cannot write. PostgreSQL refuses a ``\\u0000`` in any text (SQLite keeps it,
+    so the backends would disagree). Either would fail far from the edge, as a 500, and
+    inside a batch of debits it would fail everyone's. Every JSON body passes here, so a
+    string field added later is covered without a line of its own; text taken from
+    elsewhere (a header, a form) needs the same check. A loop, not recursion: the value
+    may be nested as deep as json.loads allowed.
     """
     pending = [value]
     while pending:
         item = pending.pop()
         if type(item) is str:
-            if not item.isascii():
-                try:
-                    item.encode()
-                except UnicodeEncodeError:
-                    return False
+            if not is_storable_text(item):
+                return False
         elif type(item) is dict:
             pending.extend(item)
             pending.extend(item.values())
@@ -110,7 +112,7 @@ def is_utf8_text(value: object) -> bool:
 def format_stamp(unix_seconds: int) -> str:
     # tokens issued in the same second share their stamp; cached because formatting
     # a time costs more than the rest of an introspection answer
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_seconds))
+    return format_rfc3339(unix_seconds)
 
 
 def rfc3339(unix_seconds: int | None) -> str | None:

@@ -31,7 +31,10 @@ def _flag(request: web.Request, name: str) -> bool:
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", str(_DEFAULT_LISTED))
-    if not text.isdigit() or not 1 <= int(text) <= _MAX_LISTED:
+    # ASCII digits only ("²".isdigit() is true, and int() refuses it), and few of them
+    # (int() refuses more than 4,300)
+    if not (text.isascii() and text.isdigit() and len(text) <= 4
+            and 1 <= int(text) <= _MAX_LISTED):
         raise InvalidRequest(f"limit must be a whole number from 1 to {_MAX_LISTED}")
     return int(text)
 

@@ -65,6 +65,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _digits(text: str, most: int) -> bool:
+    """1 to ``most`` ASCII digits: ``"²".isdigit()`` is true, and int() refuses it."""
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
 def _amount(text: str) -> int:
     try:
         return parse_xmr(text)
@@ -73,7 +78,7 @@ def _amount(text: str) -> int:
 
 
 def _score(text: str) -> int:
-    if not text.isdigit() or int(text) > _MAX_SCORE:
+    if not _digits(text, 19) or int(text) > _MAX_SCORE:
         raise argparse.ArgumentTypeError("must be a whole number from 0 to 2^62")
     return int(text)
 
@@ -85,7 +90,7 @@ def _reason(text: str) -> str:
 
 
 def _height(text: str) -> int:
-    if not text.isdigit() or int(text) > _MAX_HEIGHT:
+    if not _digits(text, 19) or int(text) > _MAX_HEIGHT:
         raise argparse.ArgumentTypeError("must be a block height, a whole number from 0 to 2^62")
     return int(text)
 
@@ -110,7 +115,7 @@ def _add_timeout(parser: argparse.ArgumentParser, default: float = 10.0) -> None
 
 
 def _limit(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
+    if not _digits(text, 4) or not 1 <= int(text) <= 1000:
         raise argparse.ArgumentTypeError("must be a whole number from 1 to 1000")
     return int(text)
 

@@ -325,13 +325,15 @@ def _pid16(text: str) -> str:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= _MAX_MINE:
+    # ASCII digits ("²".isdigit() is true), few enough for int()
+    if not (text.isascii() and text.isdigit() and len(text) <= 5
+            and 1 <= int(text) <= _MAX_MINE):
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {_MAX_MINE}")
     return int(text)
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or int(text) > 65535:
         raise argparse.ArgumentTypeError("must be a port number from 0 to 65535 (0: any free port)")
     return int(text)
 

@@ -43,6 +43,7 @@ from anonticket.config.values import (
     redact_userinfo,
 )
 from anonticket.domain.errors import ConfigError
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, SECONDS_PER_DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Readiness fails when no wallet poll succeeded for this long."),
     Setting("ACCESS_PRICE_PER_DAY", "access_price_per_day", "", parse_optional_price,
             "Price of one day of access, in piconero or XMR with a decimal point (0.01); "
-            "empty: tokens never expire."),
+            "empty: tokens never expire. MONITOR_MIN_PAYMENT_AMOUNT must buy from one second "
+            "to 100 years; one credit buys 100 years at most, no expiry passes year 9999."),
     Setting("DEBIT_IDEMPOTENCY_TTL_SECS", "debit_idempotency_ttl_secs", "86400",
             parse_int_at_least(86400),
             "How long a debit's Idempotency-Key is remembered (at least 24 h)."),
@@ -253,6 +255,7 @@ class Config:
             raise ConfigError("WEBHOOK_SECRET: required when WEBHOOK_URL is set")
         if self.webhook_secret_previous and not self.webhook_secret:
             raise ConfigError("WEBHOOK_SECRET_PREVIOUS: set WEBHOOK_SECRET too (the new secret)")
+        self._check_price()
         for offer in self.checkout_offers:
             if offer.days is not None and self.access_price_per_day is None:
                 raise ConfigError("CHECKOUT_OFFERS: offers in days need ACCESS_PRICE_PER_DAY")
@@ -263,6 +266,22 @@ class Config:
             if price > MAX_PICONERO:
                 raise ConfigError("CHECKOUT_OFFERS: an offer is larger than one Monero transfer "
                                   "can carry")
+
+    def _check_price(self) -> None:
+        """The smallest redeemable payment must buy at least one second, and at most what
+        one credit may buy (anonticket/domain/timestamp.py): a price outside that range is a
+        typo (piconero for XMR) or a unit mistake, and would issue tokens expired at
+        issue or good for centuries."""
+        price = self.access_price_per_day
+        if price is None:
+            return
+        bought = self.monitor_min_payment_amount * SECONDS_PER_DAY // price
+        if bought < 1:
+            raise ConfigError("ACCESS_PRICE_PER_DAY: MONITOR_MIN_PAYMENT_AMOUNT would buy less "
+                              "than one second at this price")
+        if bought > MAX_CREDIT_SECONDS:
+            raise ConfigError("ACCESS_PRICE_PER_DAY: MONITOR_MIN_PAYMENT_AMOUNT would buy more "
+                              "than 100 years at this price (one credit buys 100 years at most)")
 
     def offer_price(self, offer: Offer) -> int:
         """Piconero the customer pays for ``offer`` (checked by ``check``)."""

@@ -55,9 +55,13 @@ def parse_host_port(text: str) -> HostPort:
 
 
 def parse_int(text: str, low: int | None = None, high: int | None = None) -> int:
+    # ASCII digits with an optional minus: int() alone also takes "1_000", "٣" and "³"'s kin
+    digits = text.strip().removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError("expected a whole number")
     try:
         value = int(text.strip(), 10)
-    except ValueError:
+    except ValueError:  # more than 4,300 digits
         raise ValueError("expected a whole number") from None
     if low is not None and value < low:
         raise ValueError(f"must be at least {low}")
@@ -92,6 +96,8 @@ def parse_non_negative_seconds(text: str) -> float:
 
 def parse_file_mode(text: str) -> int:
     try:
+        if not (text.strip().isascii() and text.strip().isdigit()):
+            raise ValueError
         mode = int(text.strip(), 8)
     except ValueError:
         raise ValueError("expected an octal file mode such as 0660") from None

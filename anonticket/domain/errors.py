@@ -132,6 +132,25 @@ class StorageUnavailable(Unavailable):
     """The database refused a statement (locked, disk full, I/O error); nothing was committed."""
 
 
+class DatabaseConnectFailed(StorageUnavailable):
+    """Opening the database failed: the server is unreachable or refused us (a wrong
+    password, no such database). ``reason`` names the error class and SQLSTATE, never a
+    value, so ``serve`` can exit with it in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+class StorageValueOutOfRange(Exception):
+    """A write would store a number past a signed 64-bit column; nothing was committed.
+
+    Times are capped well below (anonticket/domain/timestamp.py) and the API bounds what it
+    accepts, so only sums of amounts a wallet reports get there (9.2 million XMR): the
+    monitor skips the transfer that does it instead of failing every poll. Not a retry
+    case, unlike ``StorageUnavailable``: the same write fails the same way again."""
+
+
 class WebhookEventNotFound(ServiceError):
     status, code, message = 404, "webhook_event_not_found", "no such webhook event"
 

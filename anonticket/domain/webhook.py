@@ -15,9 +15,10 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from anonticket.domain.timestamp import format_rfc3339
 
 SECRET_PREFIX = "whsec_"
 # the specification's bounds for a symmetric secret: 192 to 512 bits
@@ -60,8 +61,7 @@ def new_message_id() -> str:
 
 
 def rfc3339(unix_seconds: int | None) -> str | None:
-    return None if unix_seconds is None else time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_seconds))
+    return None if unix_seconds is None else format_rfc3339(unix_seconds)
 
 
 def event_body(event_type: str, occurred_at: int, data: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
 from anonticket.ledger.cache import BoundedMap, TtlSet
 from anonticket.domain.ids import PaymentId, ServiceToken, Transfer
-from anonticket.domain.errors import PaymentNotFound, TokenNotFound, Underpaid
+from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
 from anonticket.ledger.key_index import KeyIndex
 from anonticket.storage import (
     ClaimRow,
@@ -34,6 +34,7 @@ from anonticket.storage import (
     Storage,
     TokenRow,
     TopupOutcome,
+    is_storable_text,
     unix_now,
 )
 
@@ -157,6 +158,21 @@ class Ledger:
             return None
         raise Underpaid(balance=row.amount, minimum=self.min_payment)
 
+    def _unknown_pid_answer(self, raw: bytes) -> Pending | None | _AskStorage:
+        """For a PID memory knows has no payment row (no credited PID has its prefix, or
+        the negative cache holds it), what it is: pending or unknown (None). Otherwise
+        ``ASK_STORAGE``. The same rules as ``redeem_from_memory``'s, without its claims."""
+        pending = self._pending.get(raw)
+        if pending is None and raw in self.negative_cache:
+            self._on_negative_cache_hit()
+            return None
+        if self._known_pids.might_contain(raw):
+            return ASK_STORAGE
+        if pending is not None:
+            return Pending(pending, self.min_confirmations)
+        self._remember_unknown(raw)
+        return None
+
     def _remember_unknown(self, raw: bytes) -> None:
         self.negative_cache.add(raw)
 
@@ -178,9 +194,16 @@ class Ledger:
     # ------------------------------------------------------------------ top-ups
     async def topup(self, token: ServiceToken, pid: PaymentId) -> TopupOutcome | Pending | None:
         """Add a paid PID's credit to a token. None: the PID is unknown (nothing confirmed
-        or pending); ``Pending`` while its payment waits for confirmations."""
+        or pending); ``Pending`` while its payment waits for confirmations.
+
+        An unknown PID is answered from memory, as redeem does: otherwise anyone holding
+        one token could queue a write transaction per random PID ahead of the operator's
+        debits."""
         if not self._known_tokens.might_contain(token.raw):
             return TopupOutcome("token_not_found")
+        unknown = self._unknown_pid_answer(pid.raw)
+        if unknown is not ASK_STORAGE:
+            return unknown  # type: ignore[return-value]
         try:
             outcome = await self.storage.topup_token(
                 token.raw, pid.raw, self.min_payment, self.clock())
@@ -188,7 +211,10 @@ class Ledger:
             self._write_version += 1
         pending = self._pending.get(pid.raw)
         if outcome.kind == "pending_or_unknown":
-            return None if pending is None else Pending(pending, self.min_confirmations)
+            if pending is None:
+                self._remember_unknown(pid.raw)
+                return None
+            return Pending(pending, self.min_confirmations)
         if outcome.kind == "topped_up" and outcome.record is not None:
             self._records.put(token.raw, outcome.record)
             self._claimed.put(pid.raw, token.raw)
@@ -246,7 +272,13 @@ class Ledger:
 
         An unknown token is answered without a transaction; everything else, replays
         included, is decided inside one, so a replay can never race its original.
+        Text the database cannot store is refused here, before the request joins a
+        batch: inside one it would fail every debit in it, other customers' included.
         """
+        if not (request.memo is None or is_storable_text(request.memo)) or not (
+                request.key is None or is_storable_text(request.key)):
+            raise InvalidRequest("memo and Idempotency-Key must be valid Unicode text "
+                                 "without U+0000")
         if not self._known_tokens.might_contain(request.token):
             return DebitOutcome(404, {"error": "token_not_found"})
         return await self._debits.submit(request)

@@ -34,7 +34,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from anonticket.ledger.cache import BoundedMap
-from anonticket.domain.errors import StorageUnavailable
+from anonticket.domain.ids import Transfer
+from anonticket.domain.errors import StorageUnavailable, StorageValueOutOfRange
 from anonticket.monero.gc_pause import paused_gc
 from anonticket.monero.scan import Classified, Scan, scan
 from anonticket.runtime.state import State
@@ -141,16 +142,45 @@ class Monitor:
         if self._margin_due(found, cursor, height):
             await self._read_margin(found, cursor, height)
         new_cursor = max(cursor, height - need)
-        result = await ledger.credit(found.credited.values(),
-                                     new_cursor if new_cursor != cursor else None)
+        credited = await self._credit(list(found.credited.values()),
+                                      new_cursor if new_cursor != cursor else None)
         self._cursor = new_cursor
         self._watched, self._wallet_height = found.watched, height
         ledger.set_pending(found.pending)
         for verdict in found.reportable:
             self._count_once(verdict)
-        state.metrics.transfer["credited"].inc(result.transfers_credited)
+        state.metrics.transfer["credited"].inc(credited)
         self._record_success(height)
-        return result.transfers_credited
+        return credited
+
+    async def _credit(self, transfers: list[Transfer], scanned_height: int | None) -> int:
+        """Credit ``transfers`` and move the cursor in one transaction; returns how many
+        were new. When the database cannot hold what one of them would make (a sum past
+        2^63 - 1 piconero: a wallet reporting impossible amounts), that one is found by
+        halving, reported and skipped, the rest credited, and the cursor moves on: one
+        such transfer must not stop every later payment from being credited. A skipped
+        transfer is tried again only by a re-read of its block (the margin, a rescan)."""
+        ledger = self.state.ledger
+        try:
+            return (await ledger.credit(transfers, scanned_height)).transfers_credited
+        except StorageValueOutOfRange:
+            if not transfers:
+                raise  # the cursor alone: not a transfer's doing
+        credited = await self._credit_or_skip(transfers)
+        if scanned_height is not None:
+            await ledger.credit((), scanned_height)
+        return credited
+
+    async def _credit_or_skip(self, transfers: list[Transfer]) -> int:
+        try:
+            return (await self.state.ledger.credit(transfers, None)).transfers_credited
+        except StorageValueOutOfRange:
+            if len(transfers) > 1:
+                half = len(transfers) // 2
+                return (await self._credit_or_skip(transfers[:half])
+                        + await self._credit_or_skip(transfers[half:]))
+        self._count_once(Classified("uncreditable", transfers[0].txid.hex()))
+        return 0
 
     def _margin_floor(self, cursor: int) -> int:
         """Where the margin starts (exclusive): never below the start height, which the
@@ -222,6 +252,10 @@ class Monitor:
         self.state.metrics.transfer[verdict.result].inc()
         if verdict.result == "invalid":
             log.warning("skipped a wallet entry that failed validation (field: %s)", verdict.problem)
+        elif verdict.result == "uncreditable":
+            log.warning("skipped a confirmed transfer that cannot be credited: its amount, or "
+                        "its payment's or token's total with it, is beyond 2^63 - 1 piconero; "
+                        "the wallet reports amounts no real payment has")
 
     def _record_success(self, wallet_height: int) -> None:
         status, metrics = self.state.monitor, self.state.metrics

@@ -41,7 +41,7 @@ def watch(root: Path, owner_pid: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or not args[1].isdigit():
+    if len(args) != 2 or not (args[1].isascii() and args[1].isdigit()):
         sys.stderr.write("usage: python -m anonticket.regtest.watchdog DIRECTORY OWNER_PID\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s watchdog %(levelname)s %(message)s")

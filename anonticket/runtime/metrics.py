@@ -29,7 +29,7 @@ GATEWAY_OUTCOMES = ("allowed", "token_missing", "invalid_token", "token_not_foun
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
-                    "invalid")
+                    "invalid", "uncreditable")
 # Route templates as registered (plus two for unmatched requests); never a concrete path.
 ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revoke",
           "/api/v1/token/{token}/topup", "/api/v1/token/{token}/debit", "/api/v1/stats",

@@ -27,6 +27,7 @@ from anonticket.storage.rows import (
     DebitRequest,
     TokenRow,
     TopupOutcome,
+    is_storable_text,
 )
 from anonticket.storage.schema import SCHEMA_VERSION
 from anonticket.storage.tokens import TokenStore
@@ -61,5 +62,6 @@ async def open_storage(
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
     "DebitOutcome", "DebitRequest", "OutboxEvent", "Storage", "TokenRow", "TopupOutcome",
-    "database_path", "is_postgres_url", "open_storage", "seconds_bought", "unix_now",
+    "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
+    "unix_now",
 ]

@@ -5,7 +5,7 @@ change runs inside ``BEGIN IMMEDIATE`` under one asyncio lock, so statements fro
 coroutines never interleave inside one transaction. Reads go to the second connection:
 WAL lets it see the last commit without waiting for the writer. Errors from SQLite other
 than constraint bugs become ``StorageUnavailable`` (a 503 with Retry-After) and never
-carry SQL parameters.
+carry SQL parameters; a number past 64 bits is ``StorageValueOutOfRange``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from anonticket.domain.errors import StorageUnavailable
+from anonticket.domain.errors import StorageUnavailable, StorageValueOutOfRange
 from anonticket.storage.events import Outbox
 from anonticket.storage.schema import apply_schema
 from anonticket.storage.wal_checkpoint import BackgroundCheckpointer
@@ -41,6 +41,8 @@ CHUNK = 5000
 _WAL_AUTOCHECKPOINT_PAGES = 16000
 # The database holds every unredeemed PID and live token: only its owner may read it.
 _DIRECTORY_MODE = 0o700
+# SQLITE_CONSTRAINT_DATATYPE (sqlite3 has no name for it before Python 3.12)
+_SQLITE_CONSTRAINT_DATATYPE = 3091
 _FILE_MODE = 0o600
 
 log = logging.getLogger("anonticket.storage")
@@ -52,7 +54,12 @@ T = TypeVar("T")
 async def unavailable_on_error() -> AsyncIterator[None]:
     try:
         yield
-    except sqlite3.IntegrityError:
+    except OverflowError:  # sqlite3 cannot bind an int past 64 bits
+        raise StorageValueOutOfRange() from None
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorcode == _SQLITE_CONSTRAINT_DATATYPE:
+            # a sum past 2^63 - 1 turns into a REAL, which a STRICT INTEGER column refuses
+            raise StorageValueOutOfRange() from None
         raise  # a bug, not an outage: let it surface as a 500 and in the logs
     except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
         # sqlite messages ("database is locked", "database or disk is full") carry no parameters

@@ -23,16 +23,29 @@ from typing import Any
 
 from anonticket.domain.ids import Transfer
 from anonticket.storage.rows import ClaimRow, DebitOutcome, DebitRequest, TokenRow, TopupOutcome
-
-SECONDS_PER_DAY = 86400
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP, SECONDS_PER_DAY
 
 # (token, key) -> (request digest, status, body) of an answer stored or given in this batch
 Answers = dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]
 
 
 def seconds_bought(amount: int, price_per_day: int | None) -> int | None:
-    """What ``amount`` piconero buys at the price in force; None is unlimited time."""
-    return None if price_per_day is None else amount * SECONDS_PER_DAY // price_per_day
+    """What ``amount`` piconero buys at the price in force, at most ``MAX_CREDIT_SECONDS``
+    (anonticket/domain/timestamp.py); None is unlimited time."""
+    if price_per_day is None:
+        return None
+    return min(amount * SECONDS_PER_DAY // price_per_day, MAX_CREDIT_SECONDS)
+
+
+def add_seconds(bought: int | None, more: int | None) -> int | None:
+    """Two credits' seconds as one credit: capped like each; None (unlimited) wins."""
+    return None if bought is None or more is None else min(bought + more, MAX_CREDIT_SECONDS)
+
+
+def expiry_after(now: int, seconds: int | None) -> int | None:
+    """The expiry of a token issued at ``now`` with ``seconds`` bought (None: no limit),
+    never past ``MAX_TIMESTAMP``. The SQL twins: each dialect's ``_EXTEND_EXPIRY``."""
+    return None if seconds is None else min(now + min(seconds, MAX_CREDIT_SECONDS), MAX_TIMESTAMP)
 
 
 # ---------------------------------------------------------------------- debits
@@ -155,8 +168,7 @@ def credits_per_pid(fresh: Iterable[Transfer], price_per_day: int | None
             per_pid[t.pid.raw] = PidCredit(t.txid, t.amount, t.height, bought)
             continue
         credit.amount += t.amount
-        if bought is not None and credit.seconds is not None:
-            credit.seconds += bought
+        credit.seconds = add_seconds(credit.seconds, bought)
         if (t.height, t.txid) < (credit.first_height, credit.txid):
             credit.txid, credit.first_height = t.txid, t.height
     return per_pid
@@ -171,7 +183,7 @@ def credits_per_token(owners: Iterable[tuple[bytes, bytes]], per_pid: dict[bytes
     for pid, token in owners:
         credit = per_pid[pid]
         amount, seconds = deltas.get(token, (0, 0))
-        seconds = None if seconds is None or credit.seconds is None else seconds + credit.seconds
+        seconds = add_seconds(seconds, credit.seconds)
         deltas[token] = (amount + credit.amount, seconds)
     return deltas
 

@@ -20,10 +20,12 @@ from anonticket.storage.ledger_rules import (
     claim_row,
     credits_per_pid,
     credits_per_token,
+    expiry_after,
     refuse_topup,
 )
 from anonticket.storage.events import Event, issued_event, topped_up_event
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
 # From this many transfers in one credit, COMMIT leaves the WAL copy to the background
 # checkpointer (anonticket/storage/wal_checkpoint.py); smaller ones checkpoint as usual.
@@ -31,9 +33,12 @@ BULK_CREDIT_TRANSFERS = 1000
 
 # expires_at after crediting ``?1`` more seconds at time ``?2``: the clock restarts from
 # now for an expired token; a token without a time limit, or a credit that buys unlimited
-# time (NULL seconds: no price was in force), has none afterwards
-_EXTEND_EXPIRY = """CASE WHEN expires_at IS NULL OR ?1 IS NULL THEN NULL
-                         ELSE max(expires_at, ?2) + ?1 END"""
+# time (NULL seconds: no price was in force), has none afterwards. Never past the horizon
+# (ledger_rules.expiry_after), and clamped inside too, so that a row stored before the cap
+# existed cannot make the sum overflow
+_EXTEND_EXPIRY = f"""CASE WHEN expires_at IS NULL OR ?1 IS NULL THEN NULL
+                          ELSE min(max(min(expires_at, {MAX_TIMESTAMP}), ?2)
+                                   + min(?1, {MAX_CREDIT_SECONDS}), {MAX_TIMESTAMP}) END"""
 
 
 class PaymentStore(StorageCore):
@@ -60,7 +65,7 @@ class PaymentStore(StorageCore):
                 tokens, links, records = [], [], []
                 for pid, txid, amount, seconds in claimed:
                     token = derive_service_token(PaymentId(pid), txid.hex()).raw
-                    expires_at = None if seconds is None else now + seconds
+                    expires_at = expiry_after(now, seconds)
                     tokens.append((token, pid, amount, now, expires_at))
                     links.append((token, pid))
                     record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
@@ -159,7 +164,7 @@ class PaymentStore(StorageCore):
             payments = [(pid, c.txid, c.amount, c.first_height, now, c.seconds)
                         for pid, c in sorted(per_pid.items())]
             await db.executemany(
-                """INSERT INTO payments (pid, txid, amount, first_height, created_at, seconds)
+                f"""INSERT INTO payments (pid, txid, amount, first_height, created_at, seconds)
                    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                    ON CONFLICT (pid) DO UPDATE SET
                        amount = amount + excluded.amount,
@@ -168,7 +173,8 @@ class PaymentStore(StorageCore):
                                    THEN excluded.txid ELSE txid END,
                        first_height = min(first_height, excluded.first_height),
                        seconds = CASE WHEN seconds IS NULL OR excluded.seconds IS NULL THEN NULL
-                                      ELSE seconds + excluded.seconds END""",
+                                      ELSE min(min(seconds, {MAX_CREDIT_SECONDS})
+                                               + excluded.seconds, {MAX_CREDIT_SECONDS}) END""",
                 payments,
             )
             topped_up, added = await _top_up_claimed(db, per_pid, now)

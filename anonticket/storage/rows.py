@@ -45,6 +45,21 @@ class TokenRow:
                 f"revoked_at={self.revoked_at})")
 
 
+def is_storable_text(text: str) -> bool:
+    """Whether both backends can store ``text``: valid UTF-8 (a lone surrogate is not:
+    sqlite3 cannot bind it) without U+0000 (PostgreSQL refuses it in any text; SQLite
+    would keep it, so the backends would disagree). Two C calls for ASCII text."""
+    if "\0" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # the columns of a TokenRow, in field order, for SELECT and RETURNING
 TOKEN_COLUMNS = "token, amount, issued_at, revoked_at, revoke_reason, abuse_score, spent, expires_at"
 

@@ -72,19 +72,23 @@ def failure_reason(result: str) -> str:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None
+    for anything else. Never raises: the receiver writes this header, and an exception
+    here would leave its attempt without a stored outcome. Digits are ASCII ones
+    (``"²".isdigit()`` is true); a date past year 9999 or any overflow is ignored; the
+    wait is at most ``MAX_RETRY_AFTER_SECS``."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECS)  # float: inf at worst, never an error
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            return None
+        return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_SECS)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class WebhookSender:
@@ -161,7 +165,25 @@ class WebhookSender:
                 pass
 
     async def deliver_due(self) -> float:
-        """Attempt every event due now; returns the seconds until the next pass is needed."""
+        """Attempt every event due now; returns the seconds until the next pass is needed.
+
+        The queue gauges are refreshed whatever the pass did, failure included: they are
+        what the docs tell operators to alert on, so a failing sender must not freeze them
+        at their last good value."""
+        try:
+            await self._attempt_due()
+        finally:
+            queue = await self.state.ledger.storage.webhook_queue()
+            metrics = self.state.metrics
+            metrics.webhook_queue_events.set(queue["pending"])
+            metrics.webhook_dead_events.set(queue["dead"])
+            self._oldest_pending = queue["oldest_pending_created_at"]
+        next_due = queue["next_attempt_at"]
+        if self._gone or next_due is None:
+            return IDLE_PASS_SECS
+        return min(IDLE_PASS_SECS, max(0.0, next_due - self._clock()))
+
+    async def _attempt_due(self) -> None:
         storage = self.state.ledger.storage
         disabled = await storage.get_webhook_disabled()
         self._gone = disabled is not None and disabled[1] == self._url_digest
@@ -178,15 +200,6 @@ class WebhookSender:
                         raise outcome
             if len(due) < BATCH:
                 break
-        queue = await storage.webhook_queue()
-        metrics = self.state.metrics
-        metrics.webhook_queue_events.set(queue["pending"])
-        metrics.webhook_dead_events.set(queue["dead"])
-        self._oldest_pending = queue["oldest_pending_created_at"]
-        next_due = queue["next_attempt_at"]
-        if self._gone or next_due is None:
-            return IDLE_PASS_SECS
-        return min(IDLE_PASS_SECS, max(0.0, next_due - self._clock()))
 
     async def _deliver(self, event: OutboxEvent) -> None:
         async with self._slots:
@@ -258,6 +271,10 @@ class WebhookSender:
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, OSError):
             return "unreachable", None, None
         except aiohttp.ClientError:
+            return "error", None, None
+        except Exception as exc:  # noqa: BLE001 - an attempt always ends in a result word
+            # the type only: a message could quote the receiver's answer or the URL
+            log.error("webhook attempt failed unexpectedly (%s)", type(exc).__name__)
             return "error", None, None
         if 200 <= status < 300:
             return "delivered", status, None

@@ -10,10 +10,12 @@ fencing epoch under the cursor row's lock before a credit.
 
 Errors: a lost or refused connection, too many connections, a standby that is read-only,
 a lock or statement timeout become ``StorageUnavailable`` (503 + Retry-After); a
-serialization failure or deadlock retries the whole transaction once. Everything else
-asyncpg raises is re-raised as ``PostgresError`` carrying only the SQLSTATE and the
-constraint name: asyncpg's own texts quote the offending values (``Key (pid)=(…)``,
-``invalid input for query argument $1: …``), and those are PIDs and tokens.
+serialization failure or deadlock retries the whole transaction once; a number out of
+bigint's range is ``StorageValueOutOfRange``, as on SQLite. Everything else asyncpg
+raises is re-raised as ``PostgresError`` carrying only the SQLSTATE and the constraint
+name: asyncpg's own texts quote the offending values (``Key (pid)=(…)``, ``invalid input
+for query argument $1: …``), and those are PIDs and tokens. Failing to connect at all is
+``DatabaseConnectFailed``, naming the class and SQLSTATE.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from anonticket.domain.errors import StorageUnavailable
+from anonticket.domain.errors import DatabaseConnectFailed, StorageUnavailable, StorageValueOutOfRange
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS
 from anonticket.storage.postgres.events import PgOutbox
 
@@ -109,6 +111,10 @@ async def unavailable_on_error(*, pass_conflicts: bool = False) -> AsyncIterator
                     getattr(exc, "sqlstate", "") or "")
         raise StorageUnavailable() from None
     except asyncpg.PostgresError as exc:
+        # bigint out of range in the server, or an int asyncpg cannot send as one
+        if isinstance(exc, asyncpg.NumericValueOutOfRangeError) or (
+                isinstance(exc, asyncpg.DataError) and isinstance(exc.__cause__, OverflowError)):
+            raise StorageValueOutOfRange() from None
         raise _sanitised(exc) from None
 
 
@@ -133,12 +139,17 @@ class PostgresCore:
         maintenance commands, which must never create our tables in some other database."""
         from anonticket.storage.postgres.schema import apply_schema as apply
 
-        async with unavailable_on_error():
+        try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=pool_max_size, timeout=max(busy_timeout_ms / 1000, 1),
                 command_timeout=max(busy_timeout_ms / 1000, 1) * 6,
                 server_settings=connection_settings(busy_timeout_ms),
             )
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            # the class and SQLSTATE only: a server message can quote the user or database
+            sqlstate = getattr(exc, "sqlstate", None)
+            reason = type(exc).__name__ + (f" {sqlstate}" if sqlstate else "")
+            raise DatabaseConnectFailed(reason) from None
         try:
             if apply_schema:
                 async with unavailable_on_error(), pool.acquire() as conn:

@@ -22,18 +22,21 @@ from anonticket.storage.ledger_rules import (
     claim_row,
     credits_per_pid,
     credits_per_token,
+    expiry_after,
     refuse_topup,
 )
 from anonticket.storage.events import issued_event, topped_up_event
 from anonticket.storage.payments import _topped_up_events
 from anonticket.storage.postgres.core import PostgresCore, check_fence, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
 
 # expires_at after crediting d.seconds more at $now (see storage.payments._EXTEND_EXPIRY)
 def _extend_expiry(seconds: str, now: str) -> str:
     return (f"CASE WHEN t.expires_at IS NULL OR {seconds} IS NULL THEN NULL "
-            f"ELSE GREATEST(t.expires_at, {now}) + {seconds} END")
+            f"ELSE LEAST(GREATEST(LEAST(t.expires_at, {MAX_TIMESTAMP}), {now}) "
+            f"+ LEAST({seconds}, {MAX_CREDIT_SECONDS}), {MAX_TIMESTAMP}) END")
 
 
 _TOKEN_T = column_list(TOKEN_COLUMNS, "t")
@@ -62,7 +65,7 @@ class PgPaymentStore(PostgresCore):
             records: list[TokenRow] = []
             for pid, txid, amount, seconds in claimed:
                 token = derive_service_token(PaymentId(pid), txid.hex()).raw
-                expires_at = None if seconds is None else now + seconds
+                expires_at = expiry_after(now, seconds)
                 tokens.append(token)
                 owners.append(pid)
                 amounts.append(amount)
@@ -169,7 +172,8 @@ class PgPaymentStore(PostgresCore):
                 columns = list(zip(*((pid, c.txid, c.amount, c.first_height, c.seconds)
                                      for pid, c in sorted(per_pid.items()))))
                 await db.execute(
-                    """INSERT INTO payments AS p (pid, txid, amount, first_height, created_at, seconds)
+                    f"""INSERT INTO payments AS p
+                           (pid, txid, amount, first_height, created_at, seconds)
                        SELECT pid, txid, amount, first_height, $6, seconds
                        FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[],
                                    $5::bigint[]) AS n(pid, txid, amount, first_height, seconds)
@@ -182,7 +186,10 @@ class PgPaymentStore(PostgresCore):
                                        THEN excluded.txid ELSE p.txid END,
                            first_height = LEAST(p.first_height, excluded.first_height),
                            seconds = CASE WHEN p.seconds IS NULL OR excluded.seconds IS NULL
-                                          THEN NULL ELSE p.seconds + excluded.seconds END""",
+                                          THEN NULL
+                                          ELSE LEAST(LEAST(p.seconds, {MAX_CREDIT_SECONDS})
+                                                     + excluded.seconds,
+                                                     {MAX_CREDIT_SECONDS}) END""",
                     *map(list, columns), now)
             topped_up, added = await _top_up_claimed(db, per_pid, now)
             if added and self.outbox is not None:  # nothing per row unless a token grew
