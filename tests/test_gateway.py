@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from anonticket.api.gateway import cookie_finder, make_check_handler, token_from
 from anonticket.app import Service, build_internal_app, start_service
-from anonticket.domain import PaymentId, token_subject
+from anonticket.domain import PaymentId, ServiceToken, token_subject
 from anonticket.errors import StorageUnavailable
 from conftest import make_config, transfer, url
 
@@ -162,6 +162,49 @@ async def test_the_cookie_counts_across_every_cookie_header(service: Service) ->
     assert token_from(both, find) == bytes.fromhex("cd" * 32)
     basic = CIMultiDict([("Authorization", "Basic eA=="), ("Cookie", f"{COOKIE}={token}")])
     assert token_from(basic, find) == bytes.fromhex(token)
+
+
+async def test_a_second_copy_is_refused_whatever_else_the_request_carries(
+        service: Service, http: aiohttp.ClientSession) -> None:
+    """A proxy strips one access cookie and one Authorization: a second copy of either,
+    next to a Bearer token that would let the request through, would reach the upstream.
+    And a second cost header (a proxy that appends instead of replacing) must not let the
+    customer's own 0 win."""
+    token = await issue(service, 5000)
+    cookie = f"{COOKIE}={token}"
+    copies = [
+        [("Authorization", f"Bearer {token}"), ("Cookie", f"{cookie}; {cookie}")],
+        [("Authorization", f"Bearer {token}"), ("Cookie", f"a=1; {cookie}"), ("Cookie", cookie)],
+        [("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")],
+        [("Authorization", "Basic eA=="), ("Authorization", f"Bearer {token}")],
+        [("Authorization", f"Bearer {token}"), ("Authorization", "Basic eA=="), ("Cookie", cookie)],
+    ]
+    for pairs in copies:
+        for cost in ([], [("X-Anonticket-Cost", "700")]):
+            status, answer, _ = await check(http, service, CIMultiDict(pairs + cost))  # type: ignore[arg-type]
+            assert (status, answer["X-Anonticket-Reason"]) == (401, "invalid_token"), pairs
+    assert outcome(service, "invalid_token") == 2 * len(copies)
+    for costs in (("0", "700"), ("700", "0"), ("700", "700")):
+        headers = CIMultiDict([("Authorization", f"Bearer {token}")]
+                              + [("X-Anonticket-Cost", cost) for cost in costs])
+        status, answer, _ = await check(http, service, headers)  # type: ignore[arg-type]
+        assert status == 400 and "X-Anonticket-Subject" not in answer, costs
+    assert outcome(service, "invalid_cost") == 3 and outcome(service, "allowed") == 0
+    record = await service.state.ledger.find_token(ServiceToken(bytes.fromhex(token)))
+    assert record is not None and record.remaining == 5000  # nothing was charged
+    # one of each is fine, the Bearer token winning over a cookie
+    assert (await check(http, service, bearer(token, Cookie=cookie, **{"X-Anonticket-Cost": "700"})))[0] == 200
+
+
+def test_a_cookie_copy_after_any_ascii_whitespace_counts() -> None:
+    """nginx's and Caddy's strip patterns take ``\\s`` before the name: so does the count."""
+    find = cookie_finder(COOKIE)
+    token = "ab" * 32
+    for space in ("\x0b", "\x0c", "\r", "\n", " \t "):
+        headers = CIMultiDict([("Authorization", f"Bearer {'cd' * 32}"),
+                               ("Cookie", f"a=1;{space}{COOKIE}={token}; {COOKIE}={token}")])
+        assert token_from(headers, find) == "invalid_token", repr(space)
+    assert token_from(CIMultiDict([("Cookie", f"a=1;\x0b{COOKIE}={token}")]), find) == bytes.fromhex(token)
 
 
 async def test_a_token_in_the_query_string_is_never_read(

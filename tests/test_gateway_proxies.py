@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from anonticket.app import Service, start_service
 from anonticket.domain import PaymentId, ServiceToken, token_subject
@@ -201,6 +202,16 @@ async def test_the_walk(stack: Stack) -> None:
     # the cookie twice (another path's, a subdomain's): refused, never half-stripped upstream
     twice = f"anonticket_access={cookie.value}; anonticket_access={cookie.value}"
     assert (await stack.request("GET", "/docs/page", {"Cookie": twice}))[0] == 401
+    # ... also next to a Bearer token, in two Cookie headers, and a second Authorization:
+    # refused by the check (or by nginx itself), so no copy can reach the upstream
+    reached = len(stack.seen)
+    for pairs in ([("Cookie", twice)], [("Cookie", f"theme=dark; {jar}"), ("Cookie", jar)],
+                  [("Authorization", f"Bearer {token}")], [("Authorization", "Basic eA==")]):
+        for path in ("/docs/page", "/api/items"):
+            headers = CIMultiDict([("Authorization", f"Bearer {token}"), *pairs])
+            status, _, _ = await stack.request("GET", path, headers)  # type: ignore[arg-type]
+            assert status in (400, 401), (pairs, status)
+    assert len(stack.seen) == reached
 
     # metered: exactly the cost per request, never below zero under concurrency
     before = await stack.remaining(token)

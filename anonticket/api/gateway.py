@@ -14,6 +14,10 @@ passes only 401 and 403 on to the client and turns any other status into a 500, 
   the gateway credential (407), a cost header that is not a number (400).
 
 The token comes from ``Authorization: Bearer`` or the access cookie, never from the URL.
+A request carrying two of either (two ``Authorization`` headers, the access cookie twice,
+whatever else it carries) is refused, and so are two cost headers: a proxy strips or
+replaces what it knows of, and the copy it missed must never be the one that counts or
+the one the upstream receives.
 When ``API_INTERNAL_TOKEN`` is set the proxy proves itself in a header of its own
 (``X-Anonticket-Gateway-Token``): ``Authorization`` here is the customer's, so the admin
 middleware skips this route and the two secrets are never compared with each other.
@@ -91,28 +95,31 @@ def hex_token(text: str) -> bytes | str:
 
 
 def cookie_finder(name: str) -> Callable[[str], list[str]]:
-    """Every value of the cookie ``name`` in one Cookie header (``a=1; name=v; b=2``)."""
-    return re.compile(r"(?:^|;)[ \t]*" + re.escape(name) + r"=([^;]*)").findall
+    """Every value of the cookie ``name`` in one Cookie header (``a=1; name=v; b=2``).
+
+    Any ASCII whitespace may precede the name: the proxies' strip patterns use ``\\s``, so
+    whatever copy they would take for the cookie is counted here too.
+    """
+    return re.compile(r"(?:^|;)\s*" + re.escape(name) + r"=([^;]*)", re.ASCII).findall
 
 
 def token_from(headers: Any, find_cookie: Callable[[str], list[str]]) -> bytes | str:
     """The customer's token, or why there is none (a reason of ``DENIALS``).
 
     ``Authorization: Bearer`` wins; another scheme (a site's own Basic auth) is not ours
-    and is passed over. The cookie must appear exactly once across every Cookie header:
-    two values (another path's or a subdomain's cookie of the same name) are refused,
-    because a proxy that strips the first one would hand the second to the upstream.
+    and is passed over. Two ``Authorization`` headers, or the cookie twice across every
+    Cookie header (another path's or a subdomain's cookie of the same name), are refused
+    whatever else the request carries: a proxy strips one copy, and the other would
+    reach the upstream next to a Bearer token that let the request through.
     """
-    authorization = headers.get("Authorization")
-    if authorization is not None and authorization[:7].lower() == "bearer ":
-        return hex_token(authorization[7:].strip(" \t"))
-    cookies = headers.getall("Cookie", None)
-    if cookies:
-        values = [value for header in cookies for value in find_cookie(header)]
-        if len(values) == 1:
-            return hex_token(values[0].strip(" \t"))
-        if values:
-            return "invalid_token"
+    authorizations = headers.getall("Authorization", ())
+    values = [value for header in headers.getall("Cookie", ()) for value in find_cookie(header)]
+    if len(authorizations) > 1 or len(values) > 1:
+        return "invalid_token"
+    if authorizations and authorizations[0][:7].lower() == "bearer ":
+        return hex_token(authorizations[0][7:].strip(" \t"))
+    if values:
+        return hex_token(values[0].strip(" \t"))
     return "token_missing"
 
 
@@ -184,17 +191,22 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
                 raise GatewayUnauthorized()
         cost_text = headers.get(COST_HEADER)
         cost = 0
-        if cost_text is not None and cost_text != "0":
+        if cost_text is not None:
             try:
-                cost = parse_cost(cost_text)
+                if len(headers.getall(COST_HEADER)) > 1:  # a proxy that appends: ambiguous
+                    raise InvalidRequest("X-Anonticket-Cost must be sent once")
+                if cost_text != "0":
+                    cost = parse_cost(cost_text)
             except InvalidRequest:
                 tallies["invalid_cost"].inc()
                 raise
-        # the usual request, "Bearer <64 hex>", without a call; anything else (another
-        # spelling, the cookie, garbage) takes token_from, which answers the same for it
+        # the usual request, one "Bearer <64 hex>" and no cookie, without a call; anything
+        # else (another spelling, a cookie, a second copy, garbage) takes token_from, which
+        # answers the same for it
         authorization = headers.get("Authorization")
         raw: bytes | str | None = None
-        if authorization is not None and len(authorization) == 71 and authorization[:7] == "Bearer ":
+        if (authorization is not None and len(authorization) == 71 and authorization[:7] == "Bearer "
+                and "Cookie" not in headers and len(headers.getall("Authorization")) == 1):
             try:
                 raw = bytes.fromhex(authorization[7:])
             except ValueError:
