@@ -188,19 +188,34 @@ async def test_the_walk(stack: Stack) -> None:
         "POST", "/access", {"Sec-Fetch-Site": "same-origin", **HTML},
         data={"token": token, "next": "/docs/page"})
     assert (status, headers["Location"]) == (303, "/docs/page")
-    cookie = SimpleCookie(headers["Set-Cookie"])["anonticket_access"]
-    assert cookie["httponly"] and cookie["samesite"] == "Strict"
-    assert bool(cookie["secure"]) is (stack.kind == "nginx")  # HTTPS here, plain HTTP for Caddy
-    jar = f"theme=dark; anonticket_access={cookie.value}; lang=en"
+    # HTTPS here: the __Host- name, which no sibling subdomain can set; plain HTTP for Caddy
+    https = stack.kind == "nginx"
+    name = "__Host-anonticket_access" if https else "anonticket_access"
+    cookie = SimpleCookie(headers.getall("Set-Cookie")[0])[name]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+    assert bool(cookie["secure"]) is https
+    jar = f"theme=dark; {name}={cookie.value}; lang=en"
     status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": jar, **HTML})
     assert status == 200
     got = upstream_headers(stack.seen[-1])
     assert got["cookie"] == "theme=dark; lang=en"
     assert got["x-anonticket-subject"] == subject
-    status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": f"anonticket_access={cookie.value}"})
+    status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": f"{name}={cookie.value}"})
     assert status == 200 and "cookie" not in upstream_headers(stack.seen[-1])
+    # a plain copy beside it (left from before, or planted by a sibling site): the
+    # __Host- one is read, and neither reaches the upstream
+    planted = await stack.issue()
+    secure_copy = f"__Host-anonticket_access={cookie.value}"
+    for both in (f"anonticket_access={planted}; theme=dark; {secure_copy}; lang=en",
+                 f"{secure_copy}; anonticket_access={planted}", f"{secure_copy}; a=1; anonticket_access={planted}"):
+        status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": both})
+        assert status == 200 and upstream_headers(stack.seen[-1])["x-anonticket-subject"] == subject
+        assert "anonticket_access" not in upstream_headers(stack.seen[-1]).get("cookie", "")
+    # a plain one alone over HTTPS could have been planted: it opens nothing there
+    status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": f"anonticket_access={planted}"})
+    assert status == (401 if https else 200)
     # the cookie twice (another path's, a subdomain's): refused, never half-stripped upstream
-    twice = f"anonticket_access={cookie.value}; anonticket_access={cookie.value}"
+    twice = f"{name}={cookie.value}; {name}={cookie.value}"
     assert (await stack.request("GET", "/docs/page", {"Cookie": twice}))[0] == 401
     # ... also next to a Bearer token, in two Cookie headers, and a second Authorization:
     # refused by the check (or by nginx itself), so no copy can reach the upstream
@@ -402,6 +417,7 @@ def test_the_configs_agree_with_the_service() -> None:
     assert f"/{gateway.CHECK_PATH.lstrip('/')};" in nginx and f"uri {gateway.CHECK_PATH}" in caddy
     for text in (nginx, caddy):
         assert f"{defaults.access_cookie_name}=" in text
+        assert f"__Host-{defaults.access_cookie_name}=" in text or f"(?:__Host-)?{defaults.access_cookie_name}=" in text
         for header in (gateway.SUBJECT_HEADER, gateway.REMAINING_HEADER, gateway.EXPIRES_HEADER,
                        gateway.COST_HEADER, gateway.CREDENTIAL_HEADER):
             assert header in text, header

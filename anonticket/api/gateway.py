@@ -13,7 +13,8 @@ passes only 401 and 403 on to the client and turns any other status into a 500, 
   nginx answers 500 and never opens the door: storage unavailable (503), a proxy without
   the gateway credential (407), a cost header that is not a number (400).
 
-The token comes from ``Authorization: Bearer`` or the access cookie, never from the URL.
+The token comes from ``Authorization: Bearer`` or the access cookie (``__Host-`` over
+HTTPS, see access_cookie.py), never from the URL.
 A request carrying two of either (two ``Authorization`` headers, the access cookie twice,
 whatever else it carries) is refused, and so are two cost headers: a proxy strips or
 replaces what it knows of, and the copy it missed must never be the one that counts or
@@ -31,12 +32,12 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from anonticket.api.access_cookie import AccessCookie
 from anonticket.api.public import STATE, rfc3339
 from anonticket.domain import ServiceToken, token_subject
 from anonticket.errors import (
@@ -94,32 +95,27 @@ def hex_token(text: str) -> bytes | str:
     return raw if len(raw) == 32 else "invalid_token"
 
 
-def cookie_finder(name: str) -> Callable[[str], list[str]]:
-    """Every value of the cookie ``name`` in one Cookie header (``a=1; name=v; b=2``).
-
-    Any ASCII whitespace may precede the name: the proxies' strip patterns use ``\\s``, so
-    whatever copy they would take for the cookie is counted here too.
-    """
-    return re.compile(r"(?:^|;)\s*" + re.escape(name) + r"=([^;]*)", re.ASCII).findall
-
-
-def token_from(headers: Any, find_cookie: Callable[[str], list[str]]) -> bytes | str:
+def token_from(headers: Any, cookie: AccessCookie) -> bytes | str:
     """The customer's token, or why there is none (a reason of ``DENIALS``).
 
     ``Authorization: Bearer`` wins; another scheme (a site's own Basic auth) is not ours
-    and is passed over. Two ``Authorization`` headers, or the cookie twice across every
-    Cookie header (another path's or a subdomain's cookie of the same name), are refused
-    whatever else the request carries: a proxy strips one copy, and the other would
-    reach the upstream next to a Bearer token that let the request through.
+    and is passed over. Two ``Authorization`` headers, or either name of the cookie twice
+    across every Cookie header (another path's or a subdomain's cookie of the same name),
+    are refused whatever else the request carries: a proxy strips one copy, and the other
+    would reach the upstream next to a Bearer token that let the request through. The
+    ``__Host-`` copy is read first; the plain one only when the request is not known to
+    have come over HTTPS, where a sibling site could have planted it (access_cookie.py).
     """
     authorizations = headers.getall("Authorization", ())
-    values = [value for header in headers.getall("Cookie", ()) for value in find_cookie(header)]
-    if len(authorizations) > 1 or len(values) > 1:
+    secure, plain = cookie.copies(headers.getall("Cookie", ()))
+    if len(authorizations) > 1 or len(secure) > 1 or len(plain) > 1:
         return "invalid_token"
     if authorizations and authorizations[0][:7].lower() == "bearer ":
         return hex_token(authorizations[0][7:].strip(" \t"))
-    if values:
-        return hex_token(values[0].strip(" \t"))
+    if secure:
+        return hex_token(secure[0].strip(" \t"))
+    if plain and not cookie.is_secure(headers.get("X-Forwarded-Proto")):
+        return hex_token(plain[0].strip(" \t"))
     return "token_missing"
 
 
@@ -158,7 +154,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
     state = app[STATE]
     config = state.config
     tallies, debited = state.metrics.gateway, state.metrics.gateway_debited
-    find_cookie = cookie_finder(config.access_cookie_name)
+    cookie = AccessCookie.from_config(config)
     # encoded like the admin middleware's: a header that is not UTF-8 is a wrong credential
     credential = (config.api_internal_token.encode("utf-8", "surrogateescape")
                   if config.api_internal_token else None)
@@ -214,7 +210,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
             if raw is not None and len(raw) != 32:
                 raw = None
         if raw is None:
-            raw = token_from(headers, find_cookie)
+            raw = token_from(headers, cookie)
             if type(raw) is str:
                 return refuse(raw)
         if cost:

@@ -159,8 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
             "ACCESS_PRICE_PER_DAY) or amounts (0.05 XMR or piconero); empty: one offer at "
             "MONITOR_MIN_PAYMENT_AMOUNT."),
     Setting("ACCESS_COOKIE_NAME", "access_cookie_name", "anonticket_access", parse_cookie_name,
-            "Name of the cookie /access sets and the gateway check reads (the shipped proxy "
-            "configs strip it by this name)."),
+            "Name of the cookie /access sets and the gateway check reads; a Secure one is "
+            "__Host-<name>, which no sibling subdomain can set (the shipped proxy configs "
+            "strip both by this name). A name already __Host- or __Secure- is kept."),
     Setting("ACCESS_COOKIE_SECURE", "access_cookie_secure", "auto", parse_cookie_secure,
             "auto: the access cookie is Secure when the proxy says the request came over HTTPS "
             "(X-Forwarded-Proto: https), not over a plain-HTTP onion service; true or false."),
