@@ -386,8 +386,10 @@ async def test_storage_trouble_fails_closed_and_is_counted(
         try:
             holder.execute("BEGIN IMMEDIATE")
             holder.execute("UPDATE monitor_state SET scanned_height = scanned_height")
-            status, answer, _ = await check(http, service, bearer(token, **{"X-Anonticket-Cost": "1"}))
-            assert status == 503 and "X-Anonticket-Subject" not in answer
+            status, answer, body = await check(http, service, bearer(token, **{"X-Anonticket-Cost": "1"}))
+            # 500, not 503: a charge's failure is never one a proxy retries elsewhere
+            assert (status, b"charge_unconfirmed" in body) == (500, True)
+            assert "X-Anonticket-Subject" not in answer
             holder.execute("ROLLBACK")
         finally:
             holder.close()

@@ -11,7 +11,9 @@ passes only 401 and 403 on to the client and turns any other status into a 500, 
   the reason in ``X-Anonticket-Reason`` for the proxy's error pages;
 - everything that is not the customer's doing fails closed as a non-401/403 status, so
   nginx answers 500 and never opens the door: storage unavailable (503), a proxy without
-  the gateway credential (407), a cost header that is not a number (400).
+  the gateway credential (407), a cost header that is not a number (400); a charge whose
+  storage call failed is 500, never 503, because it may have been applied and a proxy
+  asks another instance after a 503 (a standby's, which comes before anything is read).
 
 The token comes from ``Authorization: Bearer`` or the access cookie (``__Host-`` over
 HTTPS, see access_cookie.py), never from the URL.
@@ -41,6 +43,7 @@ from anonticket.api.access_cookie import AccessCookie
 from anonticket.api.public import STATE, rfc3339
 from anonticket.domain import ServiceToken, token_subject
 from anonticket.errors import (
+    ChargeUnconfirmed,
     GatewayUnauthorized,
     InsufficientBalance,
     InvalidRequest,
@@ -169,7 +172,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
             outcome = await state.ledger.debit(DebitRequest(raw, cost))
         except Unavailable:
             tallies["unavailable"].inc()
-            raise
+            raise ChargeUnconfirmed() from None
         if outcome.status == 200 and outcome.record is not None:
             allowed_tally.inc()
             debited.inc(cost)
