@@ -124,6 +124,17 @@ class Unavailable(ServiceError):
         self.headers["Retry-After"] = str(retry_after)
 
 
+class ChargeUnconfirmed(ServiceError):
+    """The gateway check's debit failed in storage, possibly after it committed.
+
+    500, not 503: a proxy in front of two instances asks the other one after a standby's
+    503 (which comes before anything is read), and must never do so after a charge.
+    """
+
+    status, code, message = (500, "charge_unconfirmed",
+                             "storage failed during the charge; it may have been applied")
+
+
 class ConfigError(Exception):
     """A setting has a bad value; the message names the variable, never a secret value."""
 
