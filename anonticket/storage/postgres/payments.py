@@ -27,7 +27,7 @@ from anonticket.storage.ledger_rules import (
 )
 from anonticket.storage.outbox import issued_event, topped_up_event
 from anonticket.storage.payments import _topped_up_events
-from anonticket.storage.postgres.core import PostgresCore, check_fence, column_list
+from anonticket.storage.postgres.core import PostgresCore, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
 from anonticket.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
@@ -156,16 +156,13 @@ class PgPaymentStore(PostgresCore):
     ) -> CreditResult:
         """See ``PaymentStore.credit_transfers``: transfers and cursor in ONE transaction.
 
-        When this instance is fenced (it became active with ``fencing_epoch``), the first
-        statement locks the cursor row and compares the epoch: an instance that lost the
-        leader lock without noticing finds a newer epoch and rolls back (``FencedOut``),
-        and a takeover's epoch bump waits for a credit already past that check.
+        Fenced like every write (``PostgresCore._write``), with ``FOR UPDATE``: the cursor
+        row is updated here, and two instances' credits must not both hold a share lock on
+        it and then deadlock upgrading it.
         """
         incoming = {t.txid: t for t in transfers}
-        epoch = self.fencing_epoch
 
         async def work(db: asyncpg.Connection) -> CreditResult:
-            await check_fence(db, epoch, "FOR UPDATE")
             fresh = await _insert_fresh_transfers(db, incoming, now)
             per_pid = credits_per_pid(fresh, price_per_day)
             if per_pid:
@@ -201,7 +198,7 @@ class PgPaymentStore(PostgresCore):
                                  scanned_height)
             return CreditResult(list(per_pid), topped_up, len(fresh), stored)
 
-        return await self._write(work)
+        return await self._write(work, fence="FOR UPDATE")
 
     async def get_cursor(self) -> int | None:
         rows = await self._read("SELECT scanned_height FROM monitor_state WHERE id = 1")
