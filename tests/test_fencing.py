@@ -378,7 +378,7 @@ async def test_a_deposed_leader_refuses_writes_like_a_standby_and_stands_by(
 
     async def stood_by() -> bool:
         return not old.state.active
-    await until(stood_by, timeout=5)
+    await until(stood_by, timeout=10)
     assert old.leadership.step_downs == 1
     for path, body in [(f"/api/v1/token/{shop.token}/debit", {"amount": 10}),
                        (f"/api/v1/token/{shop.token}/topup", {"pid": shop.spare.hex()}),
