@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from anonticket.errors import DatabaseConnectFailed, StorageUnavailable, StorageValueOutOfRange
+from anonticket.errors import (
+    DatabaseConnectFailed,
+    NotActive,
+    StorageUnavailable,
+    StorageValueOutOfRange,
+)
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS
 
 if TYPE_CHECKING:
@@ -65,14 +70,12 @@ _STALE_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError,
                      asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, ConnectionError)
 
 
-class FencedOut(StorageUnavailable):
+class FencedOut(NotActive):
     """Another instance took over since this one became active: it must not write at all.
     Raised at BEGIN, before the transaction did anything (it is rolled back). To the API it
-    is the standby's answer, 503 with Retry-After (nothing was applied, so nginx may send
-    the request on to the new leader); to the monitor and the sender a storage error like
-    any other; and it wakes the leadership, which steps down at once."""
-
-    message = "standing by: another instance is active"
+    is the standby's answer, 503 with Retry-After (``NotActive``: nothing was applied, so
+    nginx may send the request on to the new leader); to the monitor and the sender a
+    storage error like any other; and it wakes the leadership, which steps down at once."""
 
 
 class PostgresError(Exception):
