@@ -27,7 +27,7 @@ from anonticket.cache import TtlSet
 from anonticket.domain import PaymentId, ServiceToken
 from anonticket.errors import StorageUnavailable
 from anonticket.ledger import Claimed, Ledger
-from anonticket.storage import DebitRequest, Storage, open_storage
+from anonticket.storage import DebitRequest, Storage
 from conftest import make_config, transfer, url
 
 BOTH_BACKENDS = True
