@@ -143,6 +143,16 @@ class StorageUnavailable(Unavailable):
     """The database refused a statement (locked, disk full, I/O error); nothing was committed."""
 
 
+class NotActive(StorageUnavailable):
+    """This instance is not the active one any more (PostgreSQL: another took over, so
+    its write was fenced out before it did anything). Answered as a standby answers, 503
+    with Retry-After: nothing was applied, so the request may go to the active instance,
+    a metered check's charge included (unlike a storage failure after the charge began,
+    ``ChargeUnconfirmed``)."""
+
+    message = "standing by: another instance is active"
+
+
 class DatabaseConnectFailed(StorageUnavailable):
     """Opening the database failed: the server is unreachable or refused us (a wrong
     password, no such database). ``reason`` names the error class and SQLSTATE, never a

@@ -47,6 +47,7 @@ from anonticket.errors import (
     GatewayUnauthorized,
     InsufficientBalance,
     InvalidRequest,
+    NotActive,
     TokenExpired,
     TokenRevoked,
     Unavailable,
@@ -170,6 +171,9 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
     async def metered(raw: bytes, cost: int) -> web.Response:
         try:
             outcome = await state.ledger.debit(DebitRequest(raw, cost))
+        except NotActive:
+            tallies["unavailable"].inc()
+            raise  # fenced out before anything was charged: a standby's 503, ask the other
         except Unavailable:
             tallies["unavailable"].inc()
             raise ChargeUnconfirmed() from None

@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from anonticket.api.public import json_body
-from anonticket.errors import Unavailable
+from anonticket.errors import NotActive
 from anonticket.state import State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _SERVED = frozenset({"/health/live", "/metrics"})
-STANDBY_REASON = "standing by: another instance is active"
+STANDBY_REASON = NotActive.message  # also what a write fenced out by a takeover answers
 
 
 def make_standby_middleware(state: State, *, internal: bool
@@ -40,6 +40,6 @@ def make_standby_middleware(state: State, *, internal: bool
             response = json_body(ready, status=503)
             response.headers["Retry-After"] = "1"
             return response
-        raise Unavailable(STANDBY_REASON)
+        raise NotActive()
 
     return standby
