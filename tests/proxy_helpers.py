@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -19,6 +21,7 @@ from aiohttp import web
 REPO = Path(__file__).resolve().parent.parent
 NGINX_GATEWAY = REPO / "deploy" / "nginx-gateway.conf"
 CADDYFILE = REPO / "deploy" / "Caddyfile"
+CADDY_DROP_IN = REPO / "systemd" / "caddy.service.d" / "anonticket-gateway.conf"
 PUBLIC_SOCKET = "/run/anonticket/public.sock"
 
 
@@ -166,15 +169,59 @@ def caddyfile(directory: Path, *, public_port: int, internal_port: int, upstream
     })
 
 
+def env_file_values(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (no quotes used here)."""
+    pairs = (line.split("=", 1) for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def caddy_as_its_unit_runs_it(directory: Path, credential: str | None
+                              ) -> tuple[list[str], dict[str, str]]:
+    """The command and the environment systemd gives Caddy with the shipped drop-in.
+
+    The drop-in's own install lines run (under ``directory/etc``) on an anonticket.env
+    holding ``API_INTERNAL_TOKEN``; the file they make must be 0600 and is read as
+    systemd reads an ``EnvironmentFile=``; the command is the drop-in's ``ExecStart=``.
+    """
+    text = CADDY_DROP_IN.read_text()
+    etc = directory / "etc"
+    for sub in ("anonticket", "caddy"):
+        (etc / sub).mkdir(parents=True, exist_ok=True)
+    (etc / "anonticket" / "anonticket.env").write_text(
+        f"API_UNIX_SOCKET={PUBLIC_SOCKET}\n" + (f"API_INTERNAL_TOKEN={credential}\n" if credential else ""))
+    commands = [line.lstrip("#").strip() for line in text.splitlines()
+                if line.lstrip("#").strip().startswith(("install -m 0600 ", "sed -n "))]
+    assert len(commands) == 2, commands
+    for command in commands:
+        subprocess.run(["sh", "-c", command.replace("/etc/", f"{etc}/")], check=True, timeout=30)
+    (env_file,) = [line.split("=", 1)[1] for line in text.splitlines()
+                   if line.startswith("EnvironmentFile=")]
+    written = Path(env_file.replace("/etc/", f"{etc}/"))
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    exec_start = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start[0] == "", "the drop-in must reset Debian's ExecStart first"
+    argv = shlex.split(exec_start[-1])
+    caddy = shutil.which("caddy")
+    assert caddy is not None
+    command = [caddy if arg == "/usr/bin/caddy" else
+               str(directory / "Caddyfile") if arg == "/etc/caddy/Caddyfile" else arg
+               for arg in argv]
+    return command, env_file_values(written.read_text())
+
+
 @contextlib.contextmanager
 def caddy_running(directory: Path, text: str, port: int, credential: str | None
                   ) -> Iterator[subprocess.Popen]:
+    """Caddy on ``text``, started the way the shipped drop-in starts it; its output goes
+    to ``directory/log``, which the tests search for secrets."""
     (directory / "log").mkdir(exist_ok=True)
     (directory / "Caddyfile").write_text(text)
+    command, unit_env = caddy_as_its_unit_runs_it(directory, credential)
     env = {"PATH": os.environ["PATH"], "HOME": str(directory),
            "XDG_DATA_HOME": str(directory / "data"), "XDG_CONFIG_HOME": str(directory / "config"),
-           "ANONTICKET_GATEWAY_TOKEN": credential or ""}
-    command = ["caddy", "run", "--config", str(directory / "Caddyfile"), "--adapter", "caddyfile"]
+           **unit_env}
+    assert unit_env.get("ANONTICKET_GATEWAY_TOKEN") == credential
     check = subprocess.run(["caddy", "validate", "--config", str(directory / "Caddyfile"),
                             "--adapter", "caddyfile"], env=env, capture_output=True, text=True,
                            timeout=60)

@@ -152,24 +152,47 @@ async def test_a_valid_token_sets_the_cookie_and_goes_on(service: Service, http:
 
 
 async def test_secure_follows_the_setting_and_the_scheme(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """A Secure cookie is the ``__Host-`` one (no sibling subdomain can set it), and a
+    plain copy is expired beside it; over plain HTTP the plain name, nothing else."""
     for secure, proto, expected in (("auto", None, False), ("auto", "https", True),
-                                    ("auto", "http", False), ("true", None, True),
-                                    ("false", "https", False)):
+                                    ("auto", "HTTPS", True), ("auto", "http", False),
+                                    ("true", None, True), ("false", "https", False)):
         service = await start_service(make_config(tmp_path, ACCESS_COOKIE_SECURE=secure,
                                                   ACCESS_COOKIE_MAX_AGE_SECS="3600",
                                                   ACCESS_COOKIE_NAME="gate"))
         try:
             token = await issue(service)
             headers = {"X-Forwarded-Proto": proto} if proto else None
-            status, answer, _ = await post(http, service, "/access", {"token": token}, headers)
-            assert status == 303
-            cookie = SimpleCookie(answer["Set-Cookie"])  # type: ignore[index]
-            assert cookie["gate"].value == token
-            assert bool(cookie["gate"]["secure"]) is expected, (secure, proto)
-            assert cookie["gate"]["max-age"] == "3600"
-            assert cookie["gate"]["samesite"] == "Strict" and cookie["gate"]["httponly"]
+            for path, form in (("/access", {"token": token}), ("/access/logout", {})):
+                status, answer, _ = await post(http, service, path, form, headers)
+                assert status in (200, 303)
+                cookies = [SimpleCookie(raw) for raw in answer.getall("Set-Cookie")]  # type: ignore[attr-defined]
+                name = "__Host-gate" if expected else "gate"
+                assert [list(c) for c in cookies] == ([[name], ["gate"]] if expected else [[name]])
+                main = cookies[0][name]
+                assert main.value == (token if path == "/access" else "")
+                assert bool(main["secure"]) is expected, (secure, proto)
+                assert main["max-age"] == ("3600" if path == "/access" else "0")
+                assert main["samesite"] == "Strict" and main["httponly"] and main["path"] == "/"
+                assert not main["domain"]  # host-only, as __Host- requires
+                if expected:  # the plain copy, from before or planted, is expired
+                    plain = cookies[1]["gate"]
+                    assert (plain.value, plain["max-age"], plain["path"]) == ("", "0", "/")
         finally:
             await service.aclose()
+
+
+async def test_a_name_the_operator_prefixed_is_kept(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    service = await start_service(make_config(tmp_path, ACCESS_COOKIE_SECURE="true",
+                                              ACCESS_COOKIE_NAME="__Host-gate"))
+    try:
+        token = await issue(service)
+        status, answer, _ = await post(http, service, "/access", {"token": token})
+        assert status == 303
+        (raw,) = answer.getall("Set-Cookie")  # type: ignore[attr-defined]
+        assert raw.startswith(f"__Host-gate={token}; ") and raw.endswith("; Secure")
+    finally:
+        await service.aclose()
 
 
 async def test_refusals_set_no_cookie_and_echo_no_token(priced: Service, http: aiohttp.ClientSession) -> None:
@@ -216,6 +239,34 @@ async def test_a_form_from_another_site_is_refused(service: Service, http: aioht
     for site in ("same-origin", "none"):
         status, _, _ = await post(http, service, "/access", {"token": token}, {"Sec-Fetch-Site": site})
         assert status == 303, site
+
+
+async def test_a_form_whose_origin_is_another_site_is_refused(
+        service: Service, http: aiohttp.ClientSession) -> None:
+    """Plain-HTTP sites and older browsers send no Sec-Fetch-Site, but every browser
+    sends Origin with a form POST: ``null`` or another host is refused; so is another
+    scheme than the one the proxy names. The port is not compared (nginx's $host drops it)."""
+    token = await issue(service)
+    host, port = service.public_address.rsplit(":", 1)
+    foreign = [{"Origin": "null"}, {"Origin": "https://evil.example"},
+               {"Origin": f"http://{host}.evil.example:{port}"}, {"Origin": f"http://sub.{host}:{port}"},
+               {"Origin": f"http://{host}:{port}/"}, {"Origin": "http://[::1"}, {"Origin": f"ftp://{host}"},
+               {"Origin": f"http://{host}:{port}", "X-Forwarded-Proto": "https"},
+               {"Origin": f"https://{host}", "X-Forwarded-Proto": "http"},
+               {"Origin": f"http://{host}:{port}", "Sec-Fetch-Site": "cross-site"}]
+    for headers in foreign:
+        for path, form in (("/access", {"token": token}), ("/access/logout", {})):
+            status, answer, body = await post(http, service, path, form, headers)
+            assert (status, "Set-Cookie" in answer) == (403, False), (headers, path)
+            assert_page(answer, body)
+    ours = [{"Origin": f"http://{host}:{port}"}, {"Origin": f"HTTP://{host.upper()}:{port}"},
+            {"Origin": f"http://{host}:1"}, {"Origin": f"https://{host}", "X-Forwarded-Proto": "https"},
+            {"Origin": f"http://{host}:{port}", "Sec-Fetch-Site": "same-origin"}, {}]
+    for headers in ours:
+        status, _, _ = await post(http, service, "/access", {"token": token}, headers)
+        assert status == 303, headers
+        status, _, _ = await post(http, service, "/access/logout", {}, headers)
+        assert status == 200, headers
 
 
 async def test_logging_out_clears_the_cookie(service: Service, http: aiohttp.ClientSession) -> None:

@@ -92,6 +92,26 @@ def test_migration_benchmark_migrates_and_checks(tmp_path: Path) -> None:
     assert result["payments"] == 2000 and result["migration_secs"][0] > 0
 
 
+def test_fence_cost_benchmark_runs_both_modes(tmp_path: Path) -> None:
+    """bench/fence_cost.py measures the same PostgreSQL write fenced and unfenced."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import pg_cluster
+
+    reason = pg_cluster.missing()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "fence.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "fence_cost.py"), "--quick", "--cpus", "",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result) == {"fenced", "unfenced", "fence"}
+    assert result["fenced"]["wall_us"] > 0 and result["unfenced"]["wall_us"] > 0
+
+
 # ---------------------------------------------------------------------- shortcuts = long way
 def _general_pid(raw: bytes) -> PaymentId:
     """What a redeem body meant before the regex shortcut: json.loads, then PaymentId.parse."""

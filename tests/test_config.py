@@ -20,6 +20,7 @@ import pytest
 from anonticket import config as config_module
 from anonticket.cli.parser import main
 from anonticket.config import SETTINGS, Config, Setting
+from anonticket.config.values import redact_userinfo
 from anonticket.monero.wallet_rpc import WalletRpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,6 +182,34 @@ def test_describe_never_shows_a_urls_userinfo(setting: Setting) -> None:
         config = dataclasses.replace(DEFAULTS, **{setting.attr: text})
         shown = config.describe()[setting.name]
         assert SECRET not in shown and "***@" in shown, shown
+
+
+@pytest.mark.parametrize("setting", TEXT_SETTINGS, ids=lambda s: s.name)
+def test_describe_never_shows_a_secret_query_parameter(setting: Setting) -> None:
+    """asyncpg takes a password from ``?password=`` as well as from the userinfo (and
+    decodes the name first), so the query's secrets are masked too; the rest of it stays
+    readable for the operator."""
+    for text in (f"postgresql://anonticket@db1,db2/x?target_session_attrs=read-write&password={SECRET}",
+                 f"postgresql:///x?host=/run/postgresql&sslpassword={SECRET}#frag",
+                 f"postgresql:///x?pass%77ord={SECRET}", f"postgresql:///x?PASSWORD={SECRET}&a=1"):
+        config = dataclasses.replace(DEFAULTS, **{setting.attr: text})
+        shown = config.describe()[setting.name]
+        assert SECRET not in shown, shown
+        assert "***" in shown and shown.split("?")[0] == redact_userinfo(text.split("?")[0]), shown
+    if setting.name != "WEBHOOK_URL":  # its whole query is masked (a receiver's key)
+        plain = "postgresql:///x?target_session_attrs=any"
+        assert dataclasses.replace(DEFAULTS, **{setting.attr: plain}).describe()[setting.name] == plain
+
+
+def test_config_check_masks_a_password_in_the_database_urls_query(
+        settings_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"postgresql://anonticket@db1:5432,db2:5432/anonticket?target_session_attrs=read-write&password={SECRET}"
+    settings_env.setenv("DATABASE_URL", url)
+    assert main(["config", "--check"]) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert ("DATABASE_URL=postgresql://***@db1:5432,db2:5432/anonticket"
+            "?target_session_attrs=read-write&password=***\n") in out
 
 
 def test_config_check_and_listing_show_no_secret(settings_env: pytest.MonkeyPatch,

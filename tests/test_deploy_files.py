@@ -34,12 +34,14 @@ from aiohttp import web
 import proxy_helpers
 from anonticket.regtest import MERCHANT_KEYS
 from page_helpers import parse_page
-from proxy_helpers import free_port, wait_port
+from proxy_helpers import env_file_values, free_port, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "anonticket.service"
 WALLET_UNIT = REPO / "systemd" / "monero-wallet-rpc.service"
 LITESTREAM_UNIT = REPO / "systemd" / "anonticket-litestream.service"  # tests/test_litestream.py
+CADDY_DROP_IN = proxy_helpers.CADDY_DROP_IN  # run by tests/test_gateway_proxies.py
+DEBIAN_CADDY_UNIT = Path("/lib/systemd/system/caddy.service")
 ENV_EXAMPLE = REPO / "systemd" / "anonticket.env.example"
 NGINX_SITE = REPO / "deploy" / "nginx.conf"
 TORRC = REPO / "deploy" / "torrc"
@@ -81,12 +83,6 @@ def exec_start(unit_text: str) -> list[str]:
     assert line, "no ExecStart="
     return shlex.split(line.group(1))
 
-
-def env_file_values(text: str) -> dict[str, str]:
-    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (no quotes used here)."""
-    pairs = (line.split("=", 1) for line in text.splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 
@@ -221,6 +217,44 @@ def test_unit_security_exposure_is_low(unit, tmp_path):
     assert found, result.stdout[-2000:]
     assert float(found.group(1)) <= MAX_EXPOSURE, result.stdout
     assert found.group(2) in ("OK", "SAFE")
+
+
+@needs_analyze
+def test_the_caddy_drop_in_verifies_on_debians_caddy_unit(tmp_path):
+    """The drop-in is read with the unit it amends (Debian's, where installed), and a
+    misspelt key in it would be reported: so a clean verify means every line applies."""
+    unit = (DEBIAN_CADDY_UNIT.read_text() if DEBIAN_CADDY_UNIT.exists() else
+            "[Unit]\nDescription=Caddy\n[Service]\nType=notify\nUser=caddy\n"
+            "ExecStart=/usr/bin/caddy run --environ --config /etc/caddy/Caddyfile\n")
+    drop_in = CADDY_DROP_IN.read_text()
+    if not os.access("/usr/bin/caddy", os.X_OK):  # verify insists that ExecStart's binary exists
+        unit, drop_in = (text.replace("/usr/bin/caddy ", "/bin/true ") for text in (unit, drop_in))
+    (tmp_path / "caddy.service").write_text(unit)
+    (tmp_path / "caddy.service.d").mkdir()
+    copy = tmp_path / "caddy.service.d" / CADDY_DROP_IN.name
+
+    def complaints(text: str) -> list[str]:
+        copy.write_text(text)
+        result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(tmp_path / "caddy.service")],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stderr.splitlines() if copy.name in line]
+
+    assert complaints(drop_in) == []
+    assert complaints(drop_in.replace("EnvironmentFile=", "EnvironmentFle="))  # it is read
+    assert re.search(r"^EnvironmentFile=/etc/caddy/anonticket-gateway.env$", drop_in, re.M)
+    exec_starts = re.findall(r"^ExecStart=(.*)$", drop_in, re.M)
+    assert exec_starts[0] == "" and "--environ" not in exec_starts[-1]
+
+
+def test_no_shipped_file_puts_a_secret_in_an_environment_line():
+    """``Environment=`` is world-readable over D-Bus (systemctl show): secrets go in a
+    0600 EnvironmentFile= (anonticket.env, the Caddy drop-in's file)."""
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "deploy").iterdir(),
+             *(path for path in (REPO / "systemd").rglob("*") if path.is_file())]
+    for path in files:
+        found = re.findall(r"Environment=\S*(?:TOKEN|PASSWORD|SECRET|KEY)", path.read_text(), re.I)
+        assert found == [], path
 
 
 def test_service_unit_has_the_runtime_contract():

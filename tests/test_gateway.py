@@ -18,9 +18,10 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from anonticket.api.gateway import cookie_finder, make_check_handler, token_from
+from anonticket.api.access_cookie import HOST_PREFIX, AccessCookie
+from anonticket.api.gateway import make_check_handler, token_from
 from anonticket.service.app import Service, build_internal_app, start_service
-from anonticket.domain.ids import PaymentId, token_subject
+from anonticket.domain.ids import PaymentId, ServiceToken, token_subject
 from anonticket.domain.errors import StorageUnavailable
 from conftest import make_config, transfer, url
 
@@ -28,6 +29,8 @@ from conftest import make_config, transfer, url
 BOTH_BACKENDS = True
 OPERATOR = "gateway-and-admin-secret-5d1c"
 COOKIE = "anonticket_access"
+# the default settings' names: __Host- over HTTPS, the plain one over HTTP
+DEFAULT_COOKIE = AccessCookie(HOST_PREFIX + COOKIE, COOKIE, "auto")
 
 
 async def issue(service: Service, amount: int = 5000) -> str:
@@ -151,7 +154,7 @@ async def test_no_usable_token_is_401_with_a_challenge_and_a_reason(
 async def test_the_cookie_counts_across_every_cookie_header(service: Service) -> None:
     """Two Cookie headers (HTTP/1.1 allows it; some proxies forward them apart) each
     holding the access cookie are refused like two copies in one header."""
-    find = cookie_finder(COOKIE)
+    find = DEFAULT_COOKIE
     token = "ab" * 32
     one = CIMultiDict([("Cookie", "a=1"), ("Cookie", f"{COOKIE}={token}")])
     two = CIMultiDict([("Cookie", f"{COOKIE}={token}"), ("Cookie", f"{COOKIE}={token}")])
@@ -162,6 +165,90 @@ async def test_the_cookie_counts_across_every_cookie_header(service: Service) ->
     assert token_from(both, find) == bytes.fromhex("cd" * 32)
     basic = CIMultiDict([("Authorization", "Basic eA=="), ("Cookie", f"{COOKIE}={token}")])
     assert token_from(basic, find) == bytes.fromhex(token)
+
+
+async def test_a_second_copy_is_refused_whatever_else_the_request_carries(
+        service: Service, http: aiohttp.ClientSession) -> None:
+    """A proxy strips one access cookie and one Authorization: a second copy of either,
+    next to a Bearer token that would let the request through, would reach the upstream.
+    And a second cost header (a proxy that appends instead of replacing) must not let the
+    customer's own 0 win."""
+    token = await issue(service, 5000)
+    cookie = f"{COOKIE}={token}"
+    copies = [
+        [("Authorization", f"Bearer {token}"), ("Cookie", f"{cookie}; {cookie}")],
+        [("Authorization", f"Bearer {token}"), ("Cookie", f"a=1; {cookie}"), ("Cookie", cookie)],
+        [("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")],
+        [("Authorization", "Basic eA=="), ("Authorization", f"Bearer {token}")],
+        [("Authorization", f"Bearer {token}"), ("Authorization", "Basic eA=="), ("Cookie", cookie)],
+    ]
+    for pairs in copies:
+        for cost in ([], [("X-Anonticket-Cost", "700")]):
+            status, answer, _ = await check(http, service, CIMultiDict(pairs + cost))  # type: ignore[arg-type]
+            assert (status, answer["X-Anonticket-Reason"]) == (401, "invalid_token"), pairs
+    assert outcome(service, "invalid_token") == 2 * len(copies)
+    for costs in (("0", "700"), ("700", "0"), ("700", "700")):
+        headers = CIMultiDict([("Authorization", f"Bearer {token}")]
+                              + [("X-Anonticket-Cost", cost) for cost in costs])
+        status, answer, _ = await check(http, service, headers)  # type: ignore[arg-type]
+        assert status == 400 and "X-Anonticket-Subject" not in answer, costs
+    assert outcome(service, "invalid_cost") == 3 and outcome(service, "allowed") == 0
+    record = await service.state.ledger.find_token(ServiceToken(bytes.fromhex(token)))
+    assert record is not None and record.remaining == 5000  # nothing was charged
+    # one of each is fine, the Bearer token winning over a cookie
+    assert (await check(http, service, bearer(token, Cookie=cookie, **{"X-Anonticket-Cost": "700"})))[0] == 200
+
+
+def test_a_cookie_copy_after_any_ascii_whitespace_counts() -> None:
+    """nginx's and Caddy's strip patterns take ``\\s`` before the name: so does the count."""
+    find = DEFAULT_COOKIE
+    token = "ab" * 32
+    for space in ("\x0b", "\x0c", "\r", "\n", " \t "):
+        headers = CIMultiDict([("Authorization", f"Bearer {'cd' * 32}"),
+                               ("Cookie", f"a=1;{space}{COOKIE}={token}; {COOKIE}={token}")])
+        assert token_from(headers, find) == "invalid_token", repr(space)
+    assert token_from(CIMultiDict([("Cookie", f"a=1;\x0b{COOKIE}={token}")]), find) == bytes.fromhex(token)
+
+
+async def test_the_host_prefixed_cookie_is_read_first_and_the_plain_one_never_over_https(
+        service: Service, http: aiohttp.ClientSession) -> None:
+    """A sibling subdomain can plant a plain ``anonticket_access`` for this host, never a
+    ``__Host-`` one: over HTTPS (the proxy's X-Forwarded-Proto) only the latter counts."""
+    mine, planted = await issue(service), await issue(service)
+    host, plain = f"__Host-{COOKIE}", COOKIE
+    subject = token_subject(bytes.fromhex(mine))
+    cases = [  # (Cookie, X-Forwarded-Proto) -> the subject allowed, or the reason refused
+        (f"{host}={mine}", "https", subject), (f"{host}={mine}", None, subject),
+        (f"{plain}={planted}; {host}={mine}", "https", subject),
+        (f"{host}={mine}; {plain}={planted}", "http", subject),  # the prefixed one first
+        (f"{plain}={mine}", "http", subject), (f"{plain}={mine}", None, subject),
+        (f"{plain}={planted}", "https", "token_missing"), (f"{plain}={planted}", "HTTPS", "token_missing"),
+        (f"{host}={mine}; {host}={mine}", "https", "invalid_token"),
+        (f"{host}={mine}; {plain}={planted}; {plain}={planted}", "https", "invalid_token"),
+    ]
+    for cookie, proto, expected in cases:
+        headers = {"Cookie": cookie, **({"X-Forwarded-Proto": proto} if proto else {})}
+        status, answer, _ = await check(http, service, headers)
+        got = answer.get("X-Anonticket-Subject") or answer["X-Anonticket-Reason"]
+        assert got == expected, (cookie, proto)
+        assert status == (200 if expected == subject else 401)
+
+
+def test_the_cookies_names_follow_the_settings(tmp_path: Path) -> None:
+    def names(**settings: str) -> tuple[str, str | None]:
+        cookie = AccessCookie.from_config(make_config(tmp_path, **settings))
+        return cookie.name(True), cookie.name(False)
+
+    assert names() == (f"__Host-{COOKIE}", COOKIE)
+    assert names(ACCESS_COOKIE_SECURE="true") == (f"__Host-{COOKIE}", COOKIE)
+    assert names(ACCESS_COOKIE_SECURE="false") == (COOKIE, COOKIE)  # never Secure: no prefix
+    assert names(ACCESS_COOKIE_NAME="__Host-x", ACCESS_COOKIE_SECURE="true") == ("__Host-x", "__Host-x")
+    strict = AccessCookie.from_config(make_config(tmp_path, ACCESS_COOKIE_SECURE="true"))
+    headers = CIMultiDict([("Cookie", f"{COOKIE}={'ab' * 32}")])
+    assert token_from(headers, strict) == "token_missing"  # always Secure: the plain one never counts
+    lax = AccessCookie.from_config(make_config(tmp_path, ACCESS_COOKIE_SECURE="false"))
+    headers = CIMultiDict([("Cookie", f"{COOKIE}={'ab' * 32}"), ("X-Forwarded-Proto", "https")])
+    assert token_from(headers, lax) == bytes.fromhex("ab" * 32)  # never Secure: the plain one is it
 
 
 async def test_a_token_in_the_query_string_is_never_read(
@@ -299,8 +386,10 @@ async def test_storage_trouble_fails_closed_and_is_counted(
         try:
             holder.execute("BEGIN IMMEDIATE")
             holder.execute("UPDATE monitor_state SET scanned_height = scanned_height")
-            status, answer, _ = await check(http, service, bearer(token, **{"X-Anonticket-Cost": "1"}))
-            assert status == 503 and "X-Anonticket-Subject" not in answer
+            status, answer, body = await check(http, service, bearer(token, **{"X-Anonticket-Cost": "1"}))
+            # 500, not 503: a charge's failure is never one a proxy retries elsewhere
+            assert (status, b"charge_unconfirmed" in body) == (500, True)
+            assert "X-Anonticket-Subject" not in answer
             holder.execute("ROLLBACK")
         finally:
             holder.close()
@@ -369,7 +458,7 @@ async def test_the_bearer_fast_path_answers_like_token_from(service: Service) ->
     token = await issue(service)
     app = build_internal_app(service.state)
     handler = make_check_handler(app)
-    find = cookie_finder(COOKIE)
+    find = DEFAULT_COOKIE
     hexchars = "0123456789abcdefABCDEF"
     near = st.text(alphabet=hexchars + " \t\u00e9g", min_size=60, max_size=68)
     values = st.one_of(

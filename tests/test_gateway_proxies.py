@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from anonticket.service.app import Service, start_service
 from anonticket.domain.ids import PaymentId, ServiceToken, token_subject
@@ -187,20 +188,45 @@ async def test_the_walk(stack: Stack) -> None:
         "POST", "/access", {"Sec-Fetch-Site": "same-origin", **HTML},
         data={"token": token, "next": "/docs/page"})
     assert (status, headers["Location"]) == (303, "/docs/page")
-    cookie = SimpleCookie(headers["Set-Cookie"])["anonticket_access"]
-    assert cookie["httponly"] and cookie["samesite"] == "Strict"
-    assert bool(cookie["secure"]) is (stack.kind == "nginx")  # HTTPS here, plain HTTP for Caddy
-    jar = f"theme=dark; anonticket_access={cookie.value}; lang=en"
+    # HTTPS here: the __Host- name, which no sibling subdomain can set; plain HTTP for Caddy
+    https = stack.kind == "nginx"
+    name = "__Host-anonticket_access" if https else "anonticket_access"
+    cookie = SimpleCookie(headers.getall("Set-Cookie")[0])[name]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+    assert bool(cookie["secure"]) is https
+    jar = f"theme=dark; {name}={cookie.value}; lang=en"
     status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": jar, **HTML})
     assert status == 200
     got = upstream_headers(stack.seen[-1])
     assert got["cookie"] == "theme=dark; lang=en"
     assert got["x-anonticket-subject"] == subject
-    status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": f"anonticket_access={cookie.value}"})
+    status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": f"{name}={cookie.value}"})
     assert status == 200 and "cookie" not in upstream_headers(stack.seen[-1])
+    # a plain copy beside it (left from before, or planted by a sibling site): the
+    # __Host- one is read, and neither reaches the upstream
+    planted = await stack.issue()
+    secure_copy = f"__Host-anonticket_access={cookie.value}"
+    for both in (f"anonticket_access={planted}; theme=dark; {secure_copy}; lang=en",
+                 f"{secure_copy}; anonticket_access={planted}", f"{secure_copy}; a=1; anonticket_access={planted}"):
+        status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": both})
+        assert status == 200 and upstream_headers(stack.seen[-1])["x-anonticket-subject"] == subject
+        assert "anonticket_access" not in upstream_headers(stack.seen[-1]).get("cookie", "")
+    # a plain one alone over HTTPS could have been planted: it opens nothing there
+    status, _, _ = await stack.request("GET", "/docs/page", {"Cookie": f"anonticket_access={planted}"})
+    assert status == (401 if https else 200)
     # the cookie twice (another path's, a subdomain's): refused, never half-stripped upstream
-    twice = f"anonticket_access={cookie.value}; anonticket_access={cookie.value}"
+    twice = f"{name}={cookie.value}; {name}={cookie.value}"
     assert (await stack.request("GET", "/docs/page", {"Cookie": twice}))[0] == 401
+    # ... also next to a Bearer token, in two Cookie headers, and a second Authorization:
+    # refused by the check (or by nginx itself), so no copy can reach the upstream
+    reached = len(stack.seen)
+    for pairs in ([("Cookie", twice)], [("Cookie", f"theme=dark; {jar}"), ("Cookie", jar)],
+                  [("Authorization", f"Bearer {token}")], [("Authorization", "Basic eA==")]):
+        for path in ("/docs/page", "/api/items"):
+            headers = CIMultiDict([("Authorization", f"Bearer {token}"), *pairs])
+            status, _, _ = await stack.request("GET", path, headers)  # type: ignore[arg-type]
+            assert status in (400, 401), (pairs, status)
+    assert len(stack.seen) == reached
 
     # metered: exactly the cost per request, never below zero under concurrency
     before = await stack.remaining(token)
@@ -373,6 +399,177 @@ async def test_nginx_behind_an_onion_service_sets_a_cookie_without_secure(tmp_pa
     assert token not in repr(seen)
 
 
+# ---------------------------------------------------------------------- two instances
+class Link:
+    """A TCP link from nginx to one instance's internal listener that counts the requests
+    it carries. With ``lose_answers`` each request still reaches the instance, which
+    decides (and debits), but the connection closes before a byte of the answer goes
+    back: an answer lost in a takeover, a network fault or a timeout."""
+
+    def __init__(self, target: str, *, lose_answers: bool) -> None:
+        self.host, port = target.rsplit(":", 1)
+        self.target_port = int(port)
+        self.lose_answers = lose_answers
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.carry, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # nginx keeps the connection for its next check
+                head = await reader.readuntil(b"\r\n\r\n")  # a check has no body
+                self.requests += 1
+                up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+                try:
+                    up_writer.write(head)
+                    answer = await up_reader.readuntil(b"\r\n\r\n")
+                    length = next((int(line.split(b":", 1)[1]) for line in answer.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    answer += await up_reader.readexactly(length)
+                finally:
+                    up_writer.close()
+                if self.lose_answers:
+                    return
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+def behind_two_instances(site: str, internal_port: int, first: str, second: str) -> str:
+    """The shipped file with both instances listed, as its upstream's comment says.
+    ``max_fails=0`` keeps nginx alternating between them for the test (by default a failed
+    instance is skipped for 10 s); what is tested is the locations' own lines."""
+    line = f"server 127.0.0.1:{internal_port};"
+    assert site.count(line) == 1
+    return site.replace(line, f"server {first} max_fails=0; server {second} max_fails=0;")
+
+
+async def charge(http: aiohttp.ClientSession, base: str, token: str, method: str) -> int:
+    body = b"x=1" if method == "POST" else None
+    async with http.request(method, base + "/api/items", headers=bearer(token), data=body,
+                            ssl=False, allow_redirects=False) as resp:
+        await resp.read()
+        return resp.status
+
+
+@needs_nginx
+async def test_nginx_never_asks_another_instance_after_a_charges_answer_is_lost(tmp_path: Path) -> None:
+    """docs/operations.md: nginx retries after an error or a timeout by default; on a
+    charge that repeats a debit the first instance may have made. The shipped charge
+    location retries only a standby's 503, so every charge is debited once: allowed, or
+    refused when its answer was lost (paid for nonetheless: forward-auth cannot tell).
+    The check-only locations do retry, and open."""
+    service = await start_service(make_config(tmp_path))
+    seen: list[dict[str, Any]] = []
+    runner, upstream_port = await serve_tcp(recording_app(seen))
+    link = Link(service.internal_address, lose_answers=True)
+    try:
+        token = await issue_token(service, 100 * COST)
+        with open_directory() as directory:
+            port = free_port()
+            internal_port = port_of(service.internal_address)
+            site = nginx_site(directory, public_port=port_of(service.public_address),
+                              internal_port=internal_port, upstream_port=upstream_port,
+                              listen_port=port, credential=None)
+            site = behind_two_instances(site, internal_port, await link.start(), service.internal_address)
+            with nginx_running(directory, site, port):
+                base = f"https://127.0.0.1:{port}"
+                async with aiohttp.ClientSession() as http:
+                    statuses = [await charge(http, base, token, method) for method in ("GET", "POST") * 5]
+                    lost = link.requests
+                    # every charge was debited exactly once, including those whose answer was lost
+                    record = service.state.ledger.cached_token(bytes.fromhex(token))
+                    assert record is not None and record.spent == len(statuses) * COST
+                    assert lost >= 1 and sorted(statuses) == [200] * (len(statuses) - lost) + [503] * lost
+                    assert len(seen) == len(statuses) - lost  # a refused charge never reaches upstream
+                    # check-only: nothing changes, so nginx asks the other instance and opens
+                    for method in ("GET", "POST") * 3:
+                        async with http.request(method, base + "/docs/page", headers=bearer(token),
+                                                ssl=False) as resp:
+                            assert resp.status == 200, method
+                    assert link.requests > lost
+                    # a debit that commits and then fails in storage (its COMMIT answer lost):
+                    # the check answers 500, not 503, so nginx does not charge again elsewhere
+                    ledger = service.state.ledger
+                    real_debit = ledger.debit
+
+                    async def committed_then_lost(request: Any) -> Any:
+                        await real_debit(request)
+                        raise StorageUnavailable()
+
+                    ledger.debit = committed_then_lost  # type: ignore[method-assign]
+                    spent = record.spent
+                    try:
+                        statuses = [await charge(http, base, token, "GET") for _ in range(2)]
+                    finally:
+                        ledger.debit = real_debit  # type: ignore[method-assign]
+                    assert statuses == [503, 503]
+                    record = ledger.cached_token(bytes.fromhex(token))
+                    assert record is not None and record.spent == spent + 2 * COST
+    finally:
+        await link.close()
+        await runner.cleanup()
+        await service.aclose()
+
+
+@needs_nginx
+async def test_nginx_asks_the_active_instance_after_a_standbys_503(tmp_path: Path, pg_url: str) -> None:
+    """Two real instances on PostgreSQL: the standby answers every check 503 before
+    reading anything, and nginx asks the active one: charges (a POST's too) and
+    check-only requests all open, and each charge is debited once."""
+    services: list[Service] = []
+    links: list[Link] = []
+    seen: list[dict[str, Any]] = []
+    runner, upstream_port = await serve_tcp(recording_app(seen))
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            services.append(await start_service(make_config(tmp_path / name, DATABASE_URL=pg_url)))
+        active, standby = services
+        assert (active.state.active, standby.state.active) == (True, False)
+        token = await issue_token(active, 100 * COST)
+        links = [Link(standby.internal_address, lose_answers=False)]
+        with open_directory() as directory:
+            port = free_port()
+            internal_port = port_of(active.internal_address)
+            site = nginx_site(directory, public_port=port_of(active.public_address),
+                              internal_port=internal_port, upstream_port=upstream_port,
+                              listen_port=port, credential=None)
+            site = behind_two_instances(site, internal_port, await links[0].start(), active.internal_address)
+            with nginx_running(directory, site, port):
+                base = f"https://127.0.0.1:{port}"
+                async with aiohttp.ClientSession() as http:
+                    statuses = [await charge(http, base, token, method) for method in ("GET", "POST") * 5]
+                    assert statuses == [200] * 10
+                    asked = links[0].requests
+                    assert asked >= 1  # the standby was asked, answered 503, and nginx went on
+                    for method in ("GET", "POST") * 3:
+                        async with http.request(method, base + "/docs/page", headers=bearer(token),
+                                                ssl=False) as resp:
+                            assert resp.status == 200, method
+                    assert links[0].requests > asked
+        record = await active.state.ledger.find_token(ServiceToken(bytes.fromhex(token)))
+        assert record is not None and record.spent == 10 * COST
+        assert len(seen) == 16
+    finally:
+        for link in links:
+            await link.close()
+        await runner.cleanup()
+        for service in services:
+            await service.aclose()
+
+
 # ---------------------------------------------------------------------- the files agree
 def test_the_configs_agree_with_the_service() -> None:
     """Names and addresses the proxy files hard-code are the service's own."""
@@ -391,6 +588,7 @@ def test_the_configs_agree_with_the_service() -> None:
     assert f"/{gateway.CHECK_PATH.lstrip('/')};" in nginx and f"uri {gateway.CHECK_PATH}" in caddy
     for text in (nginx, caddy):
         assert f"{defaults.access_cookie_name}=" in text
+        assert f"__Host-{defaults.access_cookie_name}=" in text or f"(?:__Host-)?{defaults.access_cookie_name}=" in text
         for header in (gateway.SUBJECT_HEADER, gateway.REMAINING_HEADER, gateway.EXPIRES_HEADER,
                        gateway.COST_HEADER, gateway.CREDENTIAL_HEADER):
             assert header in text, header

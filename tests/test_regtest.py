@@ -8,6 +8,7 @@ same, and nothing keeps running after ``stop`` or after the owner dies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -267,6 +268,91 @@ def test_start_failure_raises_the_log_tail_and_leaves_nothing(tmp_path: Path, mo
     state = json.loads((tmp_path / "net" / "env.json").read_text())
     assert state["stopped"] and len(state["pids"]) == 3
     assert not [name for name, pid in state["pids"].items() if pid_alive(pid)]
+
+
+class StemDaemon:
+    """A stand-in monerod for the one moment the real one will not hold on demand: a
+    transaction in the pool but left out of block templates (its Dandelion++ stem state,
+    which ends on another thread a few ms later; under load, later). Here that lasts
+    ``stem_polls`` template requests; a block takes what its template holds."""
+
+    def __init__(self, txid: str, stem_polls: int) -> None:
+        self.pool = {txid: stem_polls}
+        self.blocks: list[list[str]] = []
+
+    def template(self) -> list[str]:
+        return [txid for txid, stem in self.pool.items() if stem <= 0]
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 0) -> dict[str, Any]:
+        if method == "get_block_template":
+            ready = self.template()
+            for txid in self.pool:
+                self.pool[txid] -= 1
+            return {"blocktemplate_blob": "0e0e" + "".join(ready)}
+        if method == "generateblocks":
+            for _ in range((params or {})["amount_of_blocks"]):
+                taken = self.template()
+                self.blocks.append(taken)
+                for txid in taken:
+                    del self.pool[txid]
+            return {"blocks": ["00" * 32] * (params or {})["amount_of_blocks"]}
+        if method == "get_block_count":
+            return {"count": 100 + len(self.blocks)}
+        raise AssertionError(method)
+
+    def path(self, path: str, body: dict[str, Any] | None = None, timeout: float = 0) -> dict[str, Any]:
+        assert path == "/get_transaction_pool", path
+        return {"transactions": [{"id_hash": txid, "double_spend_seen": False} for txid in self.pool]}
+
+
+class Wallet:
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 0) -> dict[str, Any]:
+        assert method == "refresh", method
+        return {}
+
+
+def test_mine_takes_the_pool_into_its_first_block() -> None:
+    """``pay`` then ``mine 2`` (the sandbox's steps, and many tests') must give the
+    payment exactly two confirmations: mine waits until the pool is in the template."""
+    txid = "ab" * 32
+    daemon = StemDaemon(txid, stem_polls=3)
+    net = type("Net", (), {"lock": contextlib.nullcontext(), "daemon": daemon, "payer": Wallet(),
+                           "merchant": Wallet(), "payer_address": "payer",
+                           "height": lambda self: daemon.call("get_block_count")["count"]})()
+    assert actions.mine(net, 2) == 102  # type: ignore[arg-type]
+    assert daemon.blocks == [[txid], []]
+
+
+# the interrupted Popen never learns that its child was stopped and reaped without it
+@pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")
+def test_an_interrupt_inside_a_spawn_leaves_nothing_running(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or the sandbox's SIGTERM) can land inside Popen after its fork: the child
+    runs, but no Popen object or recorded pid holds it. The start's cleanup must find it
+    anyway, before the interrupt goes on: once start has raised, nothing names the
+    directory (a single look is right here; nothing is stopping in the background)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("monerod", "monero-wallet-rpc"):  # stand-ins that keep their arguments
+        (bindir / name).write_text(f'#!/bin/sh\nexec {sys.executable} -c "import time; time.sleep(120)" "$@"\n')
+        (bindir / name).chmod(0o755)
+    monkeypatch.setenv("MONERO_BIN_DIR", str(bindir))
+    real = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+    spawned: list[int] = []
+
+    def interrupted_after_the_fork(self: subprocess.Popen[bytes], *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        spawned.append(self.pid)
+        if len(spawned) == 3:  # the payer's wallet-rpc: forked, never recorded
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", interrupted_after_the_fork)
+    root = tmp_path / "net"
+    with pytest.raises(KeyboardInterrupt):
+        RegtestNetwork.start(root, timeout=20)
+    monkeypatch.undo()
+    assert len(spawned) == 3
+    assert [pid for pid in spawned if pid_alive(pid)] == []
 
 
 def test_a_binary_dir_without_monero_is_an_error_not_an_install(tmp_path: Path,

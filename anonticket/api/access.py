@@ -12,23 +12,33 @@ bearer secret), ``SameSite=Strict`` (no other site's page can make the browser s
 over HTTPS (``X-Forwarded-Proto: https``, set by the shipped configs) and left off over a
 plain-HTTP onion service, where Tor already encrypts end to end and browsers other than
 Tor Browser (one behind Orbot, say) would refuse to send a Secure cookie over http.
+A Secure cookie is named ``__Host-<name>``, which no sibling subdomain can set
+(access_cookie.py).
 
 Where to go on is a relative path only (``/…``, never ``//host`` or a scheme): an open
 redirect would let anyone's link send a customer elsewhere straight after they logged in.
 The proxy passes it as the last query parameter, verbatim (``/access?next=$request_uri``),
 so a ``next`` that has its own query string arrives whole, without escaping in nginx.
-The form POSTs are refused when the browser says they came from another site
-(``Sec-Fetch-Site``): a forged login would set the attacker's token in the victim's
-browser, and whatever the victim then did upstream would be kept under the attacker's
-subject.
+The form POSTs are refused when the browser says they came from another site: a forged
+login would set the attacker's token in the victim's browser, and whatever the victim
+then did upstream would be kept under the attacker's subject (a forged log-out only
+annoys). Browsers say it in ``Sec-Fetch-Site`` (cross-site or same-site: refused) and,
+older ones and plain-HTTP pages included, in ``Origin``: refused when it is ``null`` (a
+sandboxed frame, a ``data:`` page, some redirects) or names another host, or another
+scheme than the one the proxy names in ``X-Forwarded-Proto``. The port is not compared:
+cookies do not keep ports apart either, and nginx's ``$host`` drops it. A POST with
+neither header (curl, a browser too old for both) is taken as it is.
 """
 
 from __future__ import annotations
 
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from anonticket.api import pages
+from anonticket.api.access_cookie import AccessCookie
 from anonticket.api.forms import read_form
 from anonticket.api.gateway import hex_token
 from anonticket.api.pages import Markup
@@ -83,21 +93,52 @@ def reason_from_query(raw_query: str) -> str | None:
     return None
 
 
-def cookie_header(state: State, request: web.Request, value: str, max_age: int | None) -> str:
-    config = state.config
-    parts = [f"{config.access_cookie_name}={value}", "Path=/", "HttpOnly", "SameSite=Strict"]
+def cookie_header(name: str, value: str, max_age: int | None, secure: bool) -> str:
+    parts = [f"{name}={value}", "Path=/", "HttpOnly", "SameSite=Strict"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
-    secure = config.access_cookie_secure
-    if secure == "true" or (secure == "auto" and request.headers.get(
-            "X-Forwarded-Proto", "").lower() == "https"):
+    if secure:
         parts.append("Secure")
     return "; ".join(parts)
 
 
+def set_access_cookie(response: web.Response, state: State, request: web.Request,
+                      value: str, max_age: int | None) -> None:
+    """Set (or with ``max_age`` 0 clear) the access cookie under this request's name.
+
+    Over HTTPS that is the ``__Host-`` name, and a plain copy is expired alongside: one
+    left from before, or planted by a sibling, would otherwise stay in the browser.
+    """
+    cookie = AccessCookie.from_config(state.config)
+    secure = cookie.is_secure(request.headers.get("X-Forwarded-Proto"))
+    name = cookie.name(secure)
+    response.headers.add("Set-Cookie", cookie_header(name, value, max_age, secure))
+    if secure and cookie.plain_name is not None and cookie.plain_name != name:
+        response.headers.add("Set-Cookie", cookie_header(cookie.plain_name, "", 0, secure))
+
+
+def foreign_origin(request: web.Request) -> bool:
+    """True when ``Origin`` is ``null`` or names another host than ``Host``, or another
+    scheme than the proxy's ``X-Forwarded-Proto``; absent, it proves nothing either way."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    try:
+        named, target = urlsplit(origin), urlsplit("//" + request.headers.get("Host", ""))
+    except ValueError:  # a malformed [IPv6] literal
+        return True
+    if (named.scheme not in ("http", "https") or not named.hostname or named.path
+            or named.query or named.fragment or named.username is not None):
+        return True  # "null" and anything that is not scheme://host[:port]
+    proto = request.headers.get("X-Forwarded-Proto")
+    if proto is not None and proto.lower() != named.scheme:
+        return True
+    return named.hostname != target.hostname
+
+
 def cross_site(request: web.Request) -> web.Response | None:
     """A 403 page when the browser says another site sent this form, else None."""
-    if request.headers.get("Sec-Fetch-Site") not in _CROSS_SITE:
+    if request.headers.get("Sec-Fetch-Site") not in _CROSS_SITE and not foreign_origin(request):
         return None
     return pages.page("Not from this site", Markup(_CROSS_SITE_TEXT), status=403,
                       home="/access", home_label="Enter your token here")
@@ -188,7 +229,7 @@ async def log_in(request: web.Request) -> web.Response:
                          note=_REASONS["token_revoked" if status == "revoked" else "token_expired"])
     response = pages.see_other(next_path or "/")
     max_age = state.config.access_cookie_max_age_secs or None
-    response.headers["Set-Cookie"] = cookie_header(state, request, raw.hex(), max_age)  # type: ignore[union-attr]
+    set_access_cookie(response, state, request, raw.hex(), max_age)  # type: ignore[union-attr]
     return response
 
 
@@ -199,7 +240,7 @@ async def log_out(request: web.Request) -> web.Response:
     await read_form(request, frozenset(), _MAX_FIELDS)
     response = pages.page("Token forgotten", Markup(_LOGGED_OUT), home="/access",
                           home_label="Enter a token")
-    response.headers["Set-Cookie"] = cookie_header(state, request, "", 0)
+    set_access_cookie(response, state, request, "", 0)
     return response
 
 

@@ -11,9 +11,16 @@ passes only 401 and 403 on to the client and turns any other status into a 500, 
   the reason in ``X-Anonticket-Reason`` for the proxy's error pages;
 - everything that is not the customer's doing fails closed as a non-401/403 status, so
   nginx answers 500 and never opens the door: storage unavailable (503), a proxy without
-  the gateway credential (407), a cost header that is not a number (400).
+  the gateway credential (407), a cost header that is not a number (400); a charge whose
+  storage call failed is 500, never 503, because it may have been applied and a proxy
+  asks another instance after a 503 (a standby's, which comes before anything is read).
 
-The token comes from ``Authorization: Bearer`` or the access cookie, never from the URL.
+The token comes from ``Authorization: Bearer`` or the access cookie (``__Host-`` over
+HTTPS, see access_cookie.py), never from the URL.
+A request carrying two of either (two ``Authorization`` headers, the access cookie twice,
+whatever else it carries) is refused, and so are two cost headers: a proxy strips or
+replaces what it knows of, and the copy it missed must never be the one that counts or
+the one the upstream receives.
 When ``API_INTERNAL_TOKEN`` is set the proxy proves itself in a header of its own
 (``X-Anonticket-Gateway-Token``): ``Authorization`` here is the customer's, so the admin
 middleware skips this route and the two secrets are never compared with each other.
@@ -27,18 +34,20 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from anonticket.api.access_cookie import AccessCookie
 from anonticket.api.request import STATE, rfc3339
 from anonticket.domain.ids import ServiceToken, token_subject
 from anonticket.domain.errors import (
+    ChargeUnconfirmed,
     GatewayUnauthorized,
     InsufficientBalance,
     InvalidRequest,
+    NotActive,
     TokenExpired,
     TokenRevoked,
     Unavailable,
@@ -90,29 +99,27 @@ def hex_token(text: str) -> bytes | str:
     return raw if len(raw) == 32 else "invalid_token"
 
 
-def cookie_finder(name: str) -> Callable[[str], list[str]]:
-    """Every value of the cookie ``name`` in one Cookie header (``a=1; name=v; b=2``)."""
-    return re.compile(r"(?:^|;)[ \t]*" + re.escape(name) + r"=([^;]*)").findall
-
-
-def token_from(headers: Any, find_cookie: Callable[[str], list[str]]) -> bytes | str:
+def token_from(headers: Any, cookie: AccessCookie) -> bytes | str:
     """The customer's token, or why there is none (a reason of ``DENIALS``).
 
     ``Authorization: Bearer`` wins; another scheme (a site's own Basic auth) is not ours
-    and is passed over. The cookie must appear exactly once across every Cookie header:
-    two values (another path's or a subdomain's cookie of the same name) are refused,
-    because a proxy that strips the first one would hand the second to the upstream.
+    and is passed over. Two ``Authorization`` headers, or either name of the cookie twice
+    across every Cookie header (another path's or a subdomain's cookie of the same name),
+    are refused whatever else the request carries: a proxy strips one copy, and the other
+    would reach the upstream next to a Bearer token that let the request through. The
+    ``__Host-`` copy is read first; the plain one only when the request is not known to
+    have come over HTTPS, where a sibling site could have planted it (access_cookie.py).
     """
-    authorization = headers.get("Authorization")
-    if authorization is not None and authorization[:7].lower() == "bearer ":
-        return hex_token(authorization[7:].strip(" \t"))
-    cookies = headers.getall("Cookie", None)
-    if cookies:
-        values = [value for header in cookies for value in find_cookie(header)]
-        if len(values) == 1:
-            return hex_token(values[0].strip(" \t"))
-        if values:
-            return "invalid_token"
+    authorizations = headers.getall("Authorization", ())
+    secure, plain = cookie.copies(headers.getall("Cookie", ()))
+    if len(authorizations) > 1 or len(secure) > 1 or len(plain) > 1:
+        return "invalid_token"
+    if authorizations and authorizations[0][:7].lower() == "bearer ":
+        return hex_token(authorizations[0][7:].strip(" \t"))
+    if secure:
+        return hex_token(secure[0].strip(" \t"))
+    if plain and not cookie.is_secure(headers.get("X-Forwarded-Proto")):
+        return hex_token(plain[0].strip(" \t"))
     return "token_missing"
 
 
@@ -151,7 +158,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
     state = app[STATE]
     config = state.config
     tallies, debited = state.metrics.gateway, state.metrics.gateway_debited
-    find_cookie = cookie_finder(config.access_cookie_name)
+    cookie = AccessCookie.from_config(config)
     # encoded like the admin middleware's: a header that is not UTF-8 is a wrong credential
     credential = (config.api_internal_token.encode("utf-8", "surrogateescape")
                   if config.api_internal_token else None)
@@ -164,9 +171,12 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
     async def metered(raw: bytes, cost: int) -> web.Response:
         try:
             outcome = await state.ledger.debit(DebitRequest(raw, cost))
+        except NotActive:
+            tallies["unavailable"].inc()
+            raise  # fenced out before anything was charged: a standby's 503, ask the other
         except Unavailable:
             tallies["unavailable"].inc()
-            raise
+            raise ChargeUnconfirmed() from None
         if outcome.status == 200 and outcome.record is not None:
             allowed_tally.inc()
             debited.inc(cost)
@@ -184,17 +194,22 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
                 raise GatewayUnauthorized()
         cost_text = headers.get(COST_HEADER)
         cost = 0
-        if cost_text is not None and cost_text != "0":
+        if cost_text is not None:
             try:
-                cost = parse_cost(cost_text)
+                if len(headers.getall(COST_HEADER)) > 1:  # a proxy that appends: ambiguous
+                    raise InvalidRequest("X-Anonticket-Cost must be sent once")
+                if cost_text != "0":
+                    cost = parse_cost(cost_text)
             except InvalidRequest:
                 tallies["invalid_cost"].inc()
                 raise
-        # the usual request, "Bearer <64 hex>", without a call; anything else (another
-        # spelling, the cookie, garbage) takes token_from, which answers the same for it
+        # the usual request, one "Bearer <64 hex>" and no cookie, without a call; anything
+        # else (another spelling, a cookie, a second copy, garbage) takes token_from, which
+        # answers the same for it
         authorization = headers.get("Authorization")
         raw: bytes | str | None = None
-        if authorization is not None and len(authorization) == 71 and authorization[:7] == "Bearer ":
+        if (authorization is not None and len(authorization) == 71 and authorization[:7] == "Bearer "
+                and "Cookie" not in headers and len(headers.getall("Authorization")) == 1):
             try:
                 raw = bytes.fromhex(authorization[7:])
             except ValueError:
@@ -202,7 +217,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
             if raw is not None and len(raw) != 32:
                 raw = None
         if raw is None:
-            raw = token_from(headers, find_cookie)
+            raw = token_from(headers, cookie)
             if type(raw) is str:
                 return refuse(raw)
         if cost:

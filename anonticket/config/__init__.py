@@ -40,7 +40,7 @@ from anonticket.config.values import (
     parse_wallet_user,
     parse_webhook_secret,
     parse_webhook_url,
-    redact_userinfo,
+    redact_secrets,
 )
 from anonticket.domain.errors import ConfigError
 from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, SECONDS_PER_DAY
@@ -161,8 +161,9 @@ SETTINGS: tuple[Setting, ...] = (
             "ACCESS_PRICE_PER_DAY) or amounts (0.05 XMR or piconero); empty: one offer at "
             "MONITOR_MIN_PAYMENT_AMOUNT."),
     Setting("ACCESS_COOKIE_NAME", "access_cookie_name", "anonticket_access", parse_cookie_name,
-            "Name of the cookie /access sets and the gateway check reads (the shipped proxy "
-            "configs strip it by this name)."),
+            "Name of the cookie /access sets and the gateway check reads; a Secure one is "
+            "__Host-<name>, which no sibling subdomain can set (the shipped proxy configs "
+            "strip both by this name). A name already __Host- or __Secure- is kept."),
     Setting("ACCESS_COOKIE_SECURE", "access_cookie_secure", "auto", parse_cookie_secure,
             "auto: the access cookie is Secure when the proxy says the request came over HTTPS "
             "(X-Forwarded-Proto: https), not over a plain-HTTP onion service; true or false."),
@@ -228,7 +229,7 @@ class Config:
             try:
                 values[setting.attr] = setting.parse(raw)
             except ValueError as exc:
-                problem = redact_userinfo(str(exc))
+                problem = redact_secrets(str(exc))
                 if setting.secret and raw and raw in problem:
                     problem = "not a valid value (not shown: it is a secret)"
                 raise ConfigError(f"{setting.name}: {problem}") from None
@@ -291,7 +292,8 @@ class Config:
 
     def describe(self) -> dict[str, str]:
         """Effective settings for the start-up log and ``config --check``: a secret setting
-        shows as ``***``, and so does the userinfo of any URL in the others."""
+        shows as ``***``, and so do the userinfo and the secret query parameters
+        (``?password=``) of any URL in the others."""
         out = {}
         for setting in SETTINGS:
             value = getattr(self, setting.attr)
@@ -305,7 +307,7 @@ class Config:
                 value = value.split("?", 1)[0] + "?***"  # a query may hold a key too
             elif setting.parse is parse_offers:
                 value = ", ".join(offer.key for offer in value)
-            out[setting.name] = "" if value is None else redact_userinfo(str(value))
+            out[setting.name] = "" if value is None else redact_secrets(str(value))
         return out
 
 

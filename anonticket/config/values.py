@@ -11,7 +11,8 @@ import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+import re
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from anonticket.domain.amount import MAX_PICONERO, parse_xmr
 from anonticket.domain.webhook import parse_secret
@@ -209,6 +210,32 @@ def redact_userinfo(text: str) -> str:
     if not sep or "@" not in rest:
         return text
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+# a query parameter whose (decoded) name says it holds a secret: libpq's password and
+# sslpassword, and anything named like a key or a token
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|key|auth", re.IGNORECASE)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with a URL's userinfo and the values of its secret-looking query
+    parameters shown as ``***``: ``postgresql://db/x?password=…`` reaches asyncpg as a
+    password, so it must never reach a log line or ``config --check`` either.
+
+    Names are compared decoded (``pass%77ord`` is ``password`` to a URL parser).
+    """
+    text = redact_userinfo(text)
+    head, sep, query = text.partition("?")
+    if not sep:
+        return text
+    query, hash_sign, fragment = query.partition("#")
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        if equals and _SECRET_PARAMETER.search(unquote_plus(name)):
+            part = f"{name}=***"
+        parts.append(part)
+    return f"{head}?{'&'.join(parts)}{hash_sign}{fragment}"
 
 
 # the checkout's offers: how many, and the longest duration one may sell

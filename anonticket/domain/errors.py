@@ -124,12 +124,33 @@ class Unavailable(ServiceError):
         self.headers["Retry-After"] = str(retry_after)
 
 
+class ChargeUnconfirmed(ServiceError):
+    """The gateway check's debit failed in storage, possibly after it committed.
+
+    500, not 503: a proxy in front of two instances asks the other one after a standby's
+    503 (which comes before anything is read), and must never do so after a charge.
+    """
+
+    status, code, message = (500, "charge_unconfirmed",
+                             "storage failed during the charge; it may have been applied")
+
+
 class ConfigError(Exception):
     """A setting has a bad value; the message names the variable, never a secret value."""
 
 
 class StorageUnavailable(Unavailable):
     """The database refused a statement (locked, disk full, I/O error); nothing was committed."""
+
+
+class NotActive(StorageUnavailable):
+    """This instance is not the active one any more (PostgreSQL: another took over, so
+    its write was fenced out before it did anything). Answered as a standby answers, 503
+    with Retry-After: nothing was applied, so the request may go to the active instance,
+    a metered check's charge included (unlike a storage failure after the charge began,
+    ``ChargeUnconfirmed``)."""
+
+    message = "standing by: another instance is active"
 
 
 class DatabaseConnectFailed(StorageUnavailable):

@@ -1,8 +1,12 @@
 """Redeem, introspection and crediting, with in-memory views kept coherent with SQLite.
 
 This process is the only writer of its database, so what it caches can only change
-through the methods below, which update the caches after each commit. Three views
-keep the hot paths off SQLite:
+through the methods below, which update the caches after each commit. A write whose
+outcome is unknown (it raised: on PostgreSQL a COMMIT may land and its answer be lost, a
+dropped connection or a timeout while the COMMIT waits for a synchronous standby) drops
+the cached rows it may have changed, and the views take what a write finds stored, not
+only what it reports as new: its retry then repairs what the lost answer left out (see
+``credit`` and ``_claim_batch``). Three views keep the hot paths off SQLite:
 
 - ``KeyIndex`` of every stored PID and token prefix: an unknown one is answered 404
   without a query (a prefix hit still asks the database);
@@ -181,12 +185,14 @@ class Ledger:
             rows = await self.storage.claim_payments(pids, self.min_payment, self.clock())
         finally:
             self._write_version += 1
-        # no await from here on: the caches are updated before any other write can start
+        # no await from here on: the caches are updated before any other write can start.
+        # A claim only creates rows (nothing cached can go stale by it), so a failed one
+        # drops nothing; every claimed row's token is indexed, not only one claimed now:
+        # the retry of a claim whose answer was lost reads it as claimed before
         for pid, row in rows.items():
             record = row.record
             if row.status == 1 and record is not None:
-                if row.claimed_now:
-                    self._known_tokens.add(record.token)
+                self._known_tokens.add(record.token)
                 self._records.put(record.token, record)
                 self._claimed.put(pid, record.token)
         return rows
@@ -207,6 +213,9 @@ class Ledger:
         try:
             outcome = await self.storage.topup_token(
                 token.raw, pid.raw, self.min_payment, self.clock())
+        except BaseException:
+            self._records.pop(token.raw)  # the outcome is unknown: it may have topped up
+            raise
         finally:
             self._write_version += 1
         pending = self._pending.get(pid.raw)
@@ -286,6 +295,10 @@ class Ledger:
     async def _debit_batch(self, requests: list[DebitRequest]) -> list[DebitOutcome]:
         try:
             outcomes = await self.storage.apply_debits(requests, self.clock())
+        except BaseException:
+            for request in requests:  # the outcome is unknown: any of them may be spent
+                self._records.pop(request.token)
+            raise
         finally:
             self._write_version += 1
         for request, outcome in zip(requests, outcomes, strict=True):
@@ -309,6 +322,15 @@ class Ledger:
     async def credit(self, transfers: Iterable[Transfer], scanned_height: int | None) -> CreditResult:
         """Credit confirmed transfers and move the cursor atomically, then refresh the views.
 
+        The views take what is stored, not only what this call credited: every incoming PID
+        enters the known-PID index and leaves the negative cache, and every cached token an
+        incoming PID is claimed onto is replaced by its stored row (``CreditResult.stored``).
+        A credit whose COMMIT landed but whose answer was lost raises here; the monitor then
+        sends the same transfers again, which finds them all stored and credits nothing new,
+        and this is what still brings its PIDs and tokens into the views. Until then the
+        failed call has indexed the PIDs (at worst a redeem asks the database once more)
+        and dropped the cached rows of the tokens this process knows them claimed onto.
+
         The write and the refresh run as one shielded task, and a cancel (the monitor
         stopping) waits for it before it propagates. aiosqlite commits on its own thread,
         so a cancel arriving during the COMMIT stops only the await, not the commit: the
@@ -316,20 +338,23 @@ class Ledger:
         from memory until a restart. The wait is that one write at most, bounded like any
         write by the write lock and the busy timeout.
         """
+        transfers = tuple(transfers)
+        pids = [t.pid.raw for t in transfers]
 
         async def write_then_refresh() -> CreditResult:
             try:
                 result = await self.storage.credit_transfers(
                     transfers, scanned_height, self.clock(), self.price_per_day)
+            except BaseException:
+                self._credit_unknown(pids)
+                raise
             finally:
                 self._write_version += 1
-            self._known_pids.add_many(result.credited_pids)
-            discard = self.negative_cache.discard
-            for pid in result.credited_pids:
-                discard(pid)
-            for token, record in result.topped_up.items():
-                if self._records.get(token) is not None:
-                    self._records.put(token, record)
+            self._index_pids(pids)
+            records = self._records
+            for token, record in result.stored.items():
+                if records.get(token) is not None:
+                    records.put(token, record)
             return result
 
         work = asyncio.ensure_future(write_then_refresh())
@@ -344,3 +369,22 @@ class Ledger:
             if not work.cancelled():
                 work.exception()  # retrieved: a failed write was rolled back, the cancel wins
             raise
+
+    def _index_pids(self, pids: list[bytes]) -> None:
+        """Every PID a credit was given may be stored now: into the "maybe" index, out of
+        the negative cache (``add_many`` skips a PID already indexed)."""
+        self._known_pids.add_many(pids)
+        discard = self.negative_cache.discard
+        for pid in pids:
+            discard(pid)
+
+    def _credit_unknown(self, pids: list[bytes]) -> None:
+        """A credit raised: it may have committed. Its PIDs are indexed as if it had (if
+        it did not, a redeem asks the database and finds nothing), and the cached rows of
+        the tokens this process knows them claimed onto are dropped. A cached token whose
+        claim this process never saw (introspected only) is refreshed by the retry."""
+        self._index_pids(pids)
+        for pid in pids:
+            token = self._claimed.get(pid)
+            if token is not None:
+                self._records.pop(token)

@@ -62,11 +62,12 @@ def generate(net: RunningNetwork, n: int, address: str | None = None) -> list[st
 def wait_until_minable(net: RunningNetwork, txids: list[str], timeout: float = 10.0) -> None:
     """Wait until the next block template includes every txid.
 
-    monerod leaves a just-relayed transaction out of new block templates for a moment,
-    so mining right after a transfer can miss it and land it one block later.
+    monerod leaves a just-relayed transaction out of new block templates for a moment
+    (its Dandelion++ stem state ends on another thread), so mining right after a transfer
+    can miss it and land it one block later.
     """
     deadline = time.monotonic() + timeout
-    while True:
+    while txids:
         template = net.daemon.call("get_block_template",
                                    {"wallet_address": net.payer_address, "reserve_size": 0})
         blob = str(template.get("blocktemplate_blob", ""))
@@ -94,10 +95,25 @@ def merchant_refresh_paused(net: RunningNetwork) -> Iterator[None]:
             net.merchant.call("auto_refresh", {"enable": True, "period": period})
 
 
+def pool_txids_to_mine(net: RunningNetwork) -> list[str]:
+    """The pool's transactions the next block should take: all but those the daemon saw
+    double-spent (a block never takes one of those, so waiting for it would be vain)."""
+    reply = net.daemon.path("/get_transaction_pool", {})
+    return [str(tx["id_hash"]) for tx in reply.get("transactions") or []
+            if not tx.get("double_spend_seen")]
+
+
 def mine(net: RunningNetwork, n: int) -> int:
+    """Mine n blocks, the first one with every transaction waiting in the pool.
+
+    A payment made just before (``pay`` and then ``mine 2``, the sandbox's own steps) then
+    has exactly n confirmations: mining at once used to land it one block late now and
+    then, while monerod still kept it out of block templates.
+    """
     if n < 1:
         raise RegtestError("mine needs n >= 1")
     with net.lock:
+        wait_until_minable(net, pool_txids_to_mine(net))
         generate(net, n)
         sync(net)
         return net.height()

@@ -122,6 +122,32 @@ def pid_is_ours(pid: int, directory: Path) -> bool:
     return any(a == root or a.startswith(root + os.sep) for a in argv)
 
 
+def unrecorded_children(directory: Path, known: set[int]) -> list[int]:
+    """This process's running children that name DIRECTORY but are not in ``known``.
+
+    A KeyboardInterrupt (Ctrl-C, or the sandbox's SIGTERM) that lands inside
+    ``subprocess.Popen`` after its fork leaves the child running with no Popen object and
+    no recorded pid: only its parent can still find it, by its parent pid.
+    """
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in known:
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == me and pid_is_ours(int(entry.name), directory):
+            found.append(int(entry.name))
+    return found
+
+
+def reap(pid: int) -> None:
+    """Collect a stopped child of ours that no Popen object holds, so no zombie stays."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def stop_pid(pid: int, directory: Path, name: str, grace: float,
              proc: subprocess.Popen[bytes] | None = None) -> bool:
     """SIGTERM, then SIGKILL after ``grace`` s; True if it was running. A child we spawned

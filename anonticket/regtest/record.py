@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from anonticket.regtest.process import DirLock, pid_is_ours, stop_pid
+from anonticket.regtest.process import DirLock, pid_is_ours, reap, stop_pid, unrecorded_children
 
 log = logging.getLogger("anonticket.regtest")
 
@@ -48,17 +48,26 @@ def running(root: Path, state: dict[str, Any]) -> bool:
 def stop_recorded(root: Path, reason: str, procs: dict[str, subprocess.Popen[bytes]], lock: DirLock) -> int:
     """Stop the recorded processes, and reap ``procs``, the ones this process spawned.
 
-    Marks env.json stopped (the pids stay, for the post-mortem). The watchdog calls
-    this too, so it never signals its own pid. Returns how many were running.
+    Then any child of this process that still names ROOT: one whose spawn an interrupt
+    cut short, after the fork but before its pid could be recorded. Marks env.json
+    stopped (the pids stay, for the post-mortem). The watchdog calls this too, so it
+    never signals its own pid. Returns how many were running.
     """
     stopped = 0
     with lock:
         state = load_state(root) or {"pids": {}}
         pids = dict(state.get("pids") or {})
+        known = {os.getpid()}
         for name, grace in STOP_ORDER:
             pid = int(pids.get(name) or (procs[name].pid if name in procs else 0))
+            known.add(pid)
             if pid and pid != os.getpid():
                 stopped += stop_pid(pid, root, name, grace, procs.get(name))
+        for pid in unrecorded_children(root, known | {proc.pid for proc in procs.values()}):
+            log.warning("stopping pid %d, started for %s but never recorded (an interrupted start)",
+                        pid, root)
+            stopped += stop_pid(pid, root, "an unrecorded child", 5.0)
+            reap(pid)
         if "directory" in state and not state.get("stopped"):
             state["stopped"] = reason
             write_state(root, state)

@@ -5,11 +5,14 @@ the others stand by and answer 503 with Retry-After, which nginx and Onionbalanc
 
 A start/stop pair like the monitor. Standing by, it tries the lock every
 ``check_secs``; active, it checks the lock as often, and also wakes the moment the lock's
-connection reports its end. On any doubt it steps down first (stops serving and stops the
-monitor) and releases the lock after, so at no moment does it serve without the lock it
-believes it has. Taking over bumps the fencing epoch before anything else, then
-``on_elected`` builds fresh in-memory views from the database: the previous leader's
-writes never passed through this process's caches.
+connection reports its end, or a write of its term is fenced out (another instance took
+over: the epoch says so, whatever the lock check would answer). On any doubt it steps down
+first (stops serving and stops the monitor) and releases the lock after, so at no moment
+does it serve without the lock it believes it has. Taking over bumps the fencing epoch
+before anything else, which waits for the previous leader's writes in flight and refuses
+its later ones; then ``on_elected`` builds fresh in-memory views from the database: the
+previous leader's writes never passed through this process's caches, and none can land
+after the load.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class Leadership:
         active. A deposed instance lets two rounds pass before it tries again: a healthy
         peer (polling every round) should win, and if there is none it costs two rounds."""
         if self.state.active:
+            if self._storage.fenced_out.is_set():
+                await self.step_down("another instance took over (a write was fenced out)")
+                self._hold_off = 2
+                return
             if await self._lock.still_held():
                 return
             await self.step_down("the leader lock is no longer held")
@@ -76,12 +83,19 @@ class Leadership:
                 await asyncio.shield(self.step_down("stopping"))
 
     async def _wait(self) -> None:
-        """Sleep ``check_secs``, or less when the lock's connection ends meanwhile."""
+        """Sleep ``check_secs``, or less when the lock's connection ends or a write is
+        fenced out meanwhile."""
         if not self.state.active:
             await asyncio.sleep(self._check_secs)
             return
-        with suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._lock.lost.wait(), self._check_secs)
+        waits = [asyncio.ensure_future(self._lock.lost.wait()),
+                 asyncio.ensure_future(self._storage.fenced_out.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self._check_secs,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _become_active(self) -> None:
         try:
@@ -113,7 +127,7 @@ class Leadership:
             self.step_downs += 1
             log.warning("standing by: %s", why)
         # the storage keeps its (now stale) fencing epoch: should anything still try to
-        # credit, it rolls back; the next takeover fences it with a new one
+        # write, it rolls back; the next takeover fences it with a new one
         try:
             await self._on_deposed()
         finally:

@@ -57,7 +57,8 @@ async def unavailable_on_error() -> AsyncIterator[None]:
     except OverflowError:  # sqlite3 cannot bind an int past 64 bits
         raise StorageValueOutOfRange() from None
     except sqlite3.IntegrityError as exc:
-        if exc.sqlite_errorcode == _SQLITE_CONSTRAINT_DATATYPE:
+        # getattr: an IntegrityError raised by other code (or built by hand) has no code
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_CONSTRAINT_DATATYPE:
             # a sum past 2^63 - 1 turns into a REAL, which a STRICT INTEGER column refuses
             raise StorageValueOutOfRange() from None
         raise  # a bug, not an outage: let it surface as a 500 and in the logs

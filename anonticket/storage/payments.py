@@ -177,14 +177,16 @@ class PaymentStore(StorageCore):
                                                + excluded.seconds, {MAX_CREDIT_SECONDS}) END""",
                 payments,
             )
-            topped_up, added = await _top_up_claimed(db, per_pid, now)
+            owners = await _owners(db, incoming.values())
+            topped_up, added = await _top_up_claimed(db, owners, per_pid, now)
             if added and self.outbox is not None:  # nothing per row unless a token grew
                 await self.outbox.add(db, _topped_up_events(topped_up, added), now)
+            stored = await _stored_rows(db, {token for _, token in owners}, topped_up)
             if scanned_height is not None:
                 await db.execute(
                     "UPDATE monitor_state SET scanned_height = ? WHERE id = 1", (scanned_height,)
                 )
-        return CreditResult(list(per_pid), topped_up, len(fresh))
+        return CreditResult(list(per_pid), topped_up, len(fresh), stored)
 
     async def get_cursor(self) -> int | None:
         rows = await self._read("SELECT scanned_height FROM monitor_state WHERE id = 1")
@@ -194,19 +196,42 @@ class PaymentStore(StorageCore):
         return await self._load_prefixes("SELECT substr(pid, 1, 8) FROM payments ORDER BY pid")
 
 
-async def _top_up_claimed(
-    db: aiosqlite.Connection, per_pid: dict[bytes, PidCredit], now: int
-) -> tuple[dict[bytes, TokenRow], dict[bytes, int]]:
-    """Move new credit of claimed PIDs onto their tokens (several PIDs may share one);
-    returns each token's row afterwards and the piconero it gained."""
+async def _owners(db: aiosqlite.Connection, transfers: Iterable[Transfer]
+                  ) -> list[tuple[bytes, bytes]]:
+    """(pid, token) for every PID of ``transfers`` that is claimed onto a token: those with
+    fresh credit, whose token it tops up, and the others, whose token the ledger refreshes
+    all the same (``CreditResult.stored``). Normally the two sets are one (a poll's transfers
+    are new); only a re-read (a retry, the rescan margin) asks for more."""
     owners: list[tuple[bytes, bytes]] = []
-    for chunk in chunks(list(per_pid)):
+    for chunk in chunks(sorted({t.pid.raw for t in transfers})):
         owners += await db.execute_fetchall(
             f"""SELECT pid, token FROM payments
                 WHERE token IS NOT NULL AND pid IN ({marks(len(chunk))})""",
             chunk,
         )
-    deltas = credits_per_token(owners, per_pid)
+    return owners
+
+
+async def _stored_rows(db: aiosqlite.Connection, tokens: set[bytes],
+                       topped_up: dict[bytes, TokenRow]) -> dict[bytes, TokenRow]:
+    """The rows of ``tokens``: those ``topped_up`` already holds, the rest read."""
+    stored = {token: topped_up[token] for token in tokens if token in topped_up}
+    for chunk in chunks(sorted(tokens - stored.keys())):
+        rows = await db.execute_fetchall(
+            f"SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token IN ({marks(len(chunk))})",
+            chunk)
+        stored.update((row[0], TokenRow(*row)) for row in rows)
+    return stored
+
+
+async def _top_up_claimed(
+    db: aiosqlite.Connection, owners: list[tuple[bytes, bytes]],
+    per_pid: dict[bytes, PidCredit], now: int
+) -> tuple[dict[bytes, TokenRow], dict[bytes, int]]:
+    """Move new credit of claimed PIDs onto their tokens (several PIDs may share one);
+    returns each token's row afterwards and the piconero it gained."""
+    deltas = credits_per_token([(pid, token) for pid, token in owners if pid in per_pid],
+                               per_pid)
     topped_up: dict[bytes, TokenRow] = {}
     for token in sorted(deltas):
         amount, bought = deltas[token]

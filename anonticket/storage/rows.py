@@ -7,7 +7,7 @@ row)`` or an exception that captures one must print a placeholder, as ``PaymentI
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -84,6 +84,10 @@ class CreditResult:
     credited_pids: list[bytes]  # PIDs that received new credit in this call
     topped_up: dict[bytes, TokenRow]  # token -> its row after this credit, for claimed PIDs
     transfers_credited: int
+    # token -> its row as stored after this credit, for every token an incoming PID is
+    # claimed onto, whether or not this call changed it: a retry of a credit whose answer
+    # was lost changes nothing, yet the ledger must refresh what the first one changed
+    stored: dict[bytes, TokenRow] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (f"CreditResult(<{len(self.credited_pids)} PIDs>, <{len(self.topped_up)} tokens>, "

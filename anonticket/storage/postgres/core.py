@@ -6,7 +6,8 @@ one at a time under an asyncio lock: the ledger's caches take each write's retur
 in the order the writes finish, which is then the order they committed, exactly as on
 SQLite. Against another process (a stale leader during a takeover) the guards are in SQL:
 the claim's conditional UPDATE, ``FOR UPDATE`` before a debit or top-up decides, and the
-fencing epoch under the cursor row's lock before a credit.
+fencing epoch, checked under the cursor row's lock by every write transaction of an
+instance that became active (``_write``, and ``leader.py`` for the takeover's side).
 
 Errors: a lost or refused connection, too many connections, a standby that is read-only,
 a lock or statement timeout become ``StorageUnavailable`` (503 + Retry-After); a
@@ -30,7 +31,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from anonticket.domain.errors import DatabaseConnectFailed, StorageUnavailable, StorageValueOutOfRange
+from anonticket.domain.errors import (
+    DatabaseConnectFailed,
+    NotActive,
+    StorageUnavailable,
+    StorageValueOutOfRange,
+)
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS
 from anonticket.storage.postgres.events import PgOutbox
 
@@ -62,11 +68,12 @@ _STALE_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError,
                      asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, ConnectionError)
 
 
-class FencedOut(StorageUnavailable):
-    """Another instance took over since this one became active: it must not credit, move
-    the cursor or mark webhook deliveries. Raised inside the transaction, which then rolls
-    back; to the monitor and the sender it is a storage error like any other, and the
-    leader steps down."""
+class FencedOut(NotActive):
+    """Another instance took over since this one became active: it must not write at all.
+    Raised at BEGIN, before the transaction did anything (it is rolled back). To the API it
+    is the standby's answer, 503 with Retry-After (``NotActive``: nothing was applied, so
+    nginx may send the request on to the new leader); to the monitor and the sender a
+    storage error like any other; and it wakes the leadership, which steps down at once."""
 
 
 class PostgresError(Exception):
@@ -126,6 +133,8 @@ class PostgresCore:
         self._write_lock = asyncio.Lock()
         # the epoch this instance took over with (leader.py); None: not fenced (one instance)
         self.fencing_epoch: int | None = None
+        # set when a write of the current term was fenced out: another instance took over
+        self.fenced_out = asyncio.Event()
         # webhook events are written only while this is set (PgOutboxStore.enable_outbox)
         self.outbox: PgOutbox | None = None
 
@@ -167,30 +176,57 @@ class PostgresCore:
     def dsn(self) -> str:
         return self._dsn
 
-    async def _write(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _write(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *,
+                     fence: str = "FOR SHARE") -> T:
         """Run ``work`` in one transaction; a serialization failure or a deadlock (only
         possible against another process) rolls back and runs it once more. The webhook
         sender is woken after a COMMIT that wrote events, and a rollback forgets that
-        they were written (the retry writes its own)."""
+        they were written (the retry writes its own).
+
+        Fenced (``fencing_epoch`` set, as taken when the call is made): the BEGIN carries
+        the epoch check, ``fence`` (``FOR SHARE``, or ``FOR UPDATE`` for a credit, which
+        moves the cursor in that row) being the lock it takes on the cursor row
+        (``begin_fenced``). ``fence=""`` is the takeover's own write, unfenced."""
+        epoch = self.fencing_epoch if fence else None
+        begin = begin_fenced(epoch, fence) if epoch is not None else "BEGIN"
         async with self._write_lock:
             try:
                 try:
                     async with unavailable_on_error(pass_conflicts=True):
-                        async with self._pool.acquire() as conn, conn.transaction():
-                            result = await work(conn)
+                        result = await self._transaction(begin, epoch, work)
                 except _RETRY_ONCE as exc:
                     log.info("transaction rolled back (%s); retrying once", type(exc).__name__)
                     if self.outbox is not None:
                         self.outbox.rolled_back()
                     async with unavailable_on_error():
-                        async with self._pool.acquire() as conn, conn.transaction():
-                            result = await work(conn)
+                        result = await self._transaction(begin, epoch, work)
             except BaseException:
                 if self.outbox is not None:
                     self.outbox.rolled_back()
                 raise
         if self.outbox is not None:
             self.outbox.committed()
+        return result
+
+    async def _transaction(self, begin: str, epoch: int | None,
+                           work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """BEGIN (with the fence, in the same round trip), ``work``, COMMIT; ROLLBACK on
+        any failure. Written out rather than ``conn.transaction()``, whose BEGIN is a round
+        trip of its own that cannot carry the check."""
+        async with self._pool.acquire() as conn:
+            try:
+                # a simple-protocol query: several statements, one round trip, and the
+                # status of the last one ("SELECT 1": the epoch is still ours, now locked)
+                status = await conn.execute(begin)
+                if epoch is not None and status != "SELECT 1":
+                    if epoch == self.fencing_epoch:
+                        self.fenced_out.set()  # this term is over: the leadership steps down
+                    raise FencedOut()
+                result = await work(conn)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _roll_back(conn)
+                raise
         return result
 
     async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -227,18 +263,29 @@ class PostgresCore:
         return prefixes
 
 
-async def check_fence(db: asyncpg.Connection, epoch: int | None, lock: str) -> None:
-    """Raise ``FencedOut`` (rolling the transaction back) unless the fencing epoch is still
-    ``epoch``, read under the cursor row's ``lock`` (``FOR UPDATE`` or ``FOR SHARE``): the
-    takeover's epoch bump waits for a transaction past this check, and any later one sees
-    the new epoch. None: this storage is not fenced (one instance, or a test)."""
-    if epoch is None:
-        return
+def begin_fenced(epoch: int, lock: str) -> str:
+    """BEGIN and the fencing check as one simple-protocol query: the cursor row is locked
+    (``lock``: ``FOR SHARE``, or ``FOR UPDATE``) only while its epoch is still ``epoch``,
+    so the status says "SELECT 1" when this instance may write and "SELECT 0" once another
+    took over. The takeover's UPDATE of the epoch waits for every transaction that holds
+    the lock, and a lock asked for while that UPDATE is in flight waits for it and then
+    re-reads the row (READ COMMITTED's re-check): it finds the new epoch. So a write either
+    committed before the takeover, or does nothing. The epoch is our own integer, never
+    input; the simple protocol has no parameters."""
     if lock not in ("FOR UPDATE", "FOR SHARE"):
         raise ValueError("lock must be FOR UPDATE or FOR SHARE")
-    current = await db.fetchval(f"SELECT epoch FROM monitor_state WHERE id = 1 {lock}")
-    if current != epoch:
-        raise FencedOut()
+    return f"BEGIN; SELECT FROM monitor_state WHERE id = 1 AND epoch = {int(epoch)} {lock}"
+
+
+async def _roll_back(conn: asyncpg.Connection) -> None:
+    """End a failed transaction; a connection that cannot even do that is dropped (the pool
+    opens a new one), and the original error is the one that matters."""
+    if conn.is_closed():
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001 - the caller re-raises the original error
+        conn.terminate()
 
 
 def connection_settings(busy_timeout_ms: int) -> dict[str, str]:

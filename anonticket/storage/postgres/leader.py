@@ -14,8 +14,9 @@ timeout, the connection's termination callback) is an answer of no.
 
 Losing the lock without noticing is still possible for a moment (a partition), so taking
 over also bumps ``monitor_state.epoch`` and the storage remembers the epoch it took over
-with: every credit checks it under the cursor row's lock (``PgPaymentStore``), and a stale
-leader's credit rolls back instead of moving the cursor or crediting twice.
+with: every write transaction checks it under the cursor row's lock, in its BEGIN
+(``PostgresCore._write``), so a stale leader's revocation, claim, debit, top-up, credit,
+sweep, prune or delivery mark rolls back instead of landing behind the new leader's views.
 """
 
 from __future__ import annotations
@@ -111,15 +112,21 @@ class LeaderLock:
 async def take_over(storage: PostgresCore) -> int:
     """Bump the fencing epoch and fence ``storage`` with it; returns the new epoch.
 
-    The UPDATE waits for a credit of the previous leader that holds the cursor row (it
-    committed under the old epoch, which was still right), and any later one of it
-    finds the new epoch and rolls back.
+    The UPDATE waits for every write transaction of the previous leader that holds the
+    cursor row's lock (each takes it at BEGIN: it committed under the old epoch, which was
+    still right), and any later one finds the new epoch and rolls back. So once this
+    returns, no write of another instance can land any more, and views loaded afterwards
+    hold everything that did. A write of the previous leader stuck with its lock (a
+    partition mid-transaction) holds the takeover up to ``DATABASE_BUSY_TIMEOUT_MS`` (the
+    ``lock_timeout``), and then the takeover fails and is tried again next round; the
+    server ends such a session after ``idle_in_transaction_session_timeout`` (60 s) at most.
     """
 
     async def work(db: asyncpg.Connection) -> int:
         return await db.fetchval(
             "UPDATE monitor_state SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch")
 
-    epoch = await storage._write(work)
+    epoch = await storage._write(work, fence="")  # the one write that moves the epoch
     storage.fencing_epoch = epoch
+    storage.fenced_out.clear()
     return epoch

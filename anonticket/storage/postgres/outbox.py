@@ -12,9 +12,9 @@ an event is marked delivered only after the receiver's 2xx, in a transaction of 
 After a takeover the new leader reads every row still pending, including those the old one
 attempted but never marked, and sends them again with the same ``webhook-id`` (receivers
 dedupe on it, docs/webhooks.md). A stale leader that lost the lock without noticing may
-still finish an attempt; its outcome is refused (``FencedOut``): the mark checks the
-fencing epoch under a share lock of the cursor row, which the takeover's epoch bump waits
-for, so a mark either committed before the takeover or changes nothing. Either way no row
+still finish an attempt; its outcome is refused (``FencedOut``): the mark, like every
+write, checks the fencing epoch under a share lock of the cursor row, which the takeover's
+epoch bump waits for, so a mark either committed before the takeover or changes nothing. Either way no row
 is skipped: at worst one is sent twice.
 """
 
@@ -35,7 +35,7 @@ from anonticket.storage.outbox import (
     queue_summary,
     url_digest,
 )
-from anonticket.storage.postgres.core import PostgresCore, affected, check_fence
+from anonticket.storage.postgres.core import PostgresCore, affected
 from anonticket.storage.postgres.events import PgOutbox
 
 
@@ -60,14 +60,10 @@ class PgOutboxStore(PostgresCore):
 
     async def record_webhook_attempts(self, results: Sequence[AttemptResult]) -> None:
         """See ``OutboxStore.record_webhook_attempts``: each update names the attempt it
-        reports. A fenced storage (an instance that became active) first checks that no
-        other instance took over since (the module docstring says why)."""
+        reports. Fenced like every write (the module docstring says why it matters here)."""
         rows = [(*attempt_columns(r), r.at, r.result, r.seq, r.attempt - 1) for r in results]
-        epoch = self.fencing_epoch
 
         async def work(db: asyncpg.Connection) -> None:
-            # shared: marks do not wait for each other, the takeover's UPDATE waits for them
-            await check_fence(db, epoch, "FOR SHARE")
             # one statement per outcome, in order, as on SQLite (pipelined by asyncpg)
             await db.executemany(
                 """UPDATE webhook_events SET status = $1::smallint, attempts = $2::integer,

@@ -27,7 +27,7 @@ from anonticket.storage.ledger_rules import (
 )
 from anonticket.storage.events import issued_event, topped_up_event
 from anonticket.storage.payments import _topped_up_events
-from anonticket.storage.postgres.core import PostgresCore, check_fence, column_list
+from anonticket.storage.postgres.core import PostgresCore, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
 from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
@@ -156,16 +156,13 @@ class PgPaymentStore(PostgresCore):
     ) -> CreditResult:
         """See ``PaymentStore.credit_transfers``: transfers and cursor in ONE transaction.
 
-        When this instance is fenced (it became active with ``fencing_epoch``), the first
-        statement locks the cursor row and compares the epoch: an instance that lost the
-        leader lock without noticing finds a newer epoch and rolls back (``FencedOut``),
-        and a takeover's epoch bump waits for a credit already past that check.
+        Fenced like every write (``PostgresCore._write``), with ``FOR UPDATE``: the cursor
+        row is updated here, and two instances' credits must not both hold a share lock on
+        it and then deadlock upgrading it.
         """
         incoming = {t.txid: t for t in transfers}
-        epoch = self.fencing_epoch
 
         async def work(db: asyncpg.Connection) -> CreditResult:
-            await check_fence(db, epoch, "FOR UPDATE")
             fresh = await _insert_fresh_transfers(db, incoming, now)
             per_pid = credits_per_pid(fresh, price_per_day)
             if per_pid:
@@ -191,15 +188,17 @@ class PgPaymentStore(PostgresCore):
                                                      + excluded.seconds,
                                                      {MAX_CREDIT_SECONDS}) END""",
                     *map(list, columns), now)
-            topped_up, added = await _top_up_claimed(db, per_pid, now)
+            owners = await _owners(db, incoming.values())
+            topped_up, added = await _top_up_claimed(db, owners, per_pid, now)
             if added and self.outbox is not None:  # nothing per row unless a token grew
                 await self.outbox.add(db, _topped_up_events(topped_up, added), now)
+            stored = await _stored_rows(db, {token for _, token in owners}, topped_up)
             if scanned_height is not None:
                 await db.execute("UPDATE monitor_state SET scanned_height = $1 WHERE id = 1",
                                  scanned_height)
-            return CreditResult(list(per_pid), topped_up, len(fresh))
+            return CreditResult(list(per_pid), topped_up, len(fresh), stored)
 
-        return await self._write(work)
+        return await self._write(work, fence="FOR UPDATE")
 
     async def get_cursor(self) -> int | None:
         rows = await self._read("SELECT scanned_height FROM monitor_state WHERE id = 1")
@@ -232,17 +231,39 @@ async def _insert_fresh_transfers(
     return [t for t in in_order if t.txid in fresh]
 
 
+async def _owners(db: asyncpg.Connection, transfers: Iterable[Transfer]
+                  ) -> list[tuple[bytes, bytes]]:
+    """(pid, token) for every PID of ``transfers`` claimed onto a token (see
+    ``storage.payments._owners``: fresh credit or not)."""
+    pids = sorted({t.pid.raw for t in transfers})
+    if not pids:
+        return []
+    rows = await db.fetch(
+        "SELECT pid, token FROM payments WHERE token IS NOT NULL AND pid = ANY($1::bytea[])",
+        pids)
+    return [(pid, token) for pid, token in rows]
+
+
+async def _stored_rows(db: asyncpg.Connection, tokens: set[bytes],
+                       topped_up: dict[bytes, TokenRow]) -> dict[bytes, TokenRow]:
+    """The rows of ``tokens``: those ``topped_up`` already holds, the rest read."""
+    stored = {token: topped_up[token] for token in tokens if token in topped_up}
+    rest = sorted(tokens - stored.keys())
+    if rest:
+        rows = await db.fetch(
+            f"SELECT {TOKEN_COLUMNS} FROM service_tokens WHERE token = ANY($1::bytea[])", rest)
+        stored.update((row[0], TokenRow(*row)) for row in rows)
+    return stored
+
+
 async def _top_up_claimed(
-    db: asyncpg.Connection, per_pid: dict[bytes, PidCredit], now: int
+    db: asyncpg.Connection, owners: list[tuple[bytes, bytes]],
+    per_pid: dict[bytes, PidCredit], now: int
 ) -> tuple[dict[bytes, TokenRow], dict[bytes, int]]:
     """Move new credit of claimed PIDs onto their tokens, all tokens in one statement;
     returns each token's row afterwards and the piconero it gained."""
-    if not per_pid:
-        return {}, {}
-    owners = await db.fetch(
-        "SELECT pid, token FROM payments WHERE token IS NOT NULL AND pid = ANY($1::bytea[])",
-        list(per_pid))
-    deltas = credits_per_token(owners, per_pid)
+    deltas = credits_per_token([(pid, token) for pid, token in owners if pid in per_pid],
+                               per_pid)
     if not deltas:
         return {}, {}
     ordered = sorted(deltas)
