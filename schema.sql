@@ -1,66 +1,83 @@
--- anonticket schema, applied by anonticket.storage on start inside one transaction together
--- with PRAGMA user_version (see SCHEMA_VERSION there). Hand-written; every invariant the code
--- relies on is a CHECK or a key here, so a bug elsewhere fails loudly instead of corrupting money
--- (one exception, transfers against payments, is verified by `anonticket db check`: see below).
+-- anonticket's SQLite schema as it is now (version 4), as one script to read.
+--
+-- The service does not run this file: it applies the migrations in anonticket/storage/sql/
+-- (v2.sql, then v3.sql, v4.sql), each with its PRAGMA user_version in one transaction, so any
+-- older database is brought up to date the same way. tests/test_schema_files.py checks that
+-- this script and those migrations build the same database (tables, columns, CHECKs, keys,
+-- indexes, seed rows, version). A change is a new migration (docs/architecture.md) and an
+-- edit here. PostgreSQL has its own scripts in anonticket/storage/postgres/sql/.
+--
+-- Hand-written: every invariant the code relies on is a CHECK or a key here, so a bug
+-- elsewhere fails loudly instead of corrupting money (one exception, transfers against
+-- payments, is verified by `anonticket db check`: see transfers). Amounts are piconero and
+-- times unix seconds throughout.
 BEGIN IMMEDIATE;
 
 -- One row per payment ID that has received confirmed credit.
-CREATE TABLE IF NOT EXISTS payments (
+CREATE TABLE payments (
     pid          BLOB    NOT NULL PRIMARY KEY CHECK (length(pid) = 32),
     -- the transfer the token derives from: the earliest credited (lowest height, then txid)
     txid         BLOB    NOT NULL CHECK (length(txid) = 32),
-    amount       INTEGER NOT NULL CHECK (amount >= 0),          -- piconero, sum of transfers
+    amount       INTEGER NOT NULL CHECK (amount >= 0),          -- sum of its transfers
     first_height INTEGER NOT NULL CHECK (first_height >= 0),
     status       INTEGER NOT NULL DEFAULT 0 CHECK (status IN (0, 1)),  -- 0 unclaimed, 1 claimed
-    created_at   INTEGER NOT NULL,                              -- unix seconds
+    created_at   INTEGER NOT NULL,
     claimed_at   INTEGER,
+    -- the token this payment's credit goes to: its own (set when it is redeemed) or the one
+    -- it was added to by a top-up; NULL while unclaimed. Later transfers to the PID credit it.
+    token        BLOB    CHECK (token IS NULL OR length(token) = 32),
+    -- seconds of access bought so far, each credit priced at the ACCESS_PRICE_PER_DAY in
+    -- force when it was credited (a later price change never rewrites what was bought);
+    -- NULL: unlimited time (no price was in force)
+    seconds      INTEGER CHECK (seconds IS NULL OR seconds >= 0),
     CHECK ((status = 1) = (claimed_at IS NOT NULL))
 ) STRICT, WITHOUT ROWID;
 
 -- Every credited wallet transfer exactly once: the primary key makes re-ingestion harmless.
--- Version 2 dropped two things version 1 had, both paid on every credited transfer and
--- neither read by the service (docs/benchmarks.md): the index on pid, and the foreign key
--- to payments. Transfers are written only next to their payment, in the monitor's one
--- transaction; `anonticket db check` verifies that every transfer has its payment and
--- every payment is the sum of its transfers, which is stronger than the key was. An
--- operator's ad-hoc "transfers of this PID" query scans the table.
--- Written as a rebuild because version 1 to 2 must drop a constraint, which SQLite cannot do
--- in place: the rows are copied into the new definition (a new database has a placeholder
--- with none to copy), and the old table's index goes with it. A later version re-running
--- this script copies the table again: correct, ~3 s per million transfers.
-CREATE TABLE IF NOT EXISTS transfers (txid, pid, amount, height, credited_at);
-CREATE TABLE transfers_v2 (
+-- No index on pid and no foreign key to payments: both would be paid on every credited
+-- transfer and neither is read by the service (docs/benchmarks.md). Transfers are written
+-- only next to their payment, in the monitor's one transaction; `anonticket db check`
+-- verifies that every transfer has its payment and every payment is the sum of its
+-- transfers, which is stronger than the key was. An ad-hoc "transfers of this PID" query
+-- scans the table.
+CREATE TABLE transfers (
     txid        BLOB    NOT NULL PRIMARY KEY CHECK (length(txid) = 32),
     pid         BLOB    NOT NULL CHECK (length(pid) = 32),
     amount      INTEGER NOT NULL CHECK (amount > 0),
     height      INTEGER NOT NULL CHECK (height > 0),
     credited_at INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
-INSERT INTO transfers_v2 (txid, pid, amount, height, credited_at)
-    SELECT txid, pid, amount, height, credited_at FROM transfers ORDER BY txid;
-DROP TABLE transfers;
-ALTER TABLE transfers_v2 RENAME TO transfers;
 
-CREATE TABLE IF NOT EXISTS service_tokens (
-    token         BLOB    NOT NULL PRIMARY KEY CHECK (length(token) = 32),
-    pid           BLOB    NOT NULL UNIQUE REFERENCES payments (pid),
-    amount        INTEGER NOT NULL CHECK (amount >= 0),
-    issued_at     INTEGER NOT NULL,
-    revoked_at    INTEGER,
-    revoke_reason TEXT    CHECK (revoke_reason IS NULL OR length(revoke_reason) <= 256),
-    abuse_score   INTEGER NOT NULL DEFAULT 0 CHECK (abuse_score >= 0),
+-- A redeemed payment's token. amount is what was credited in all, spent what debits drew
+-- from it: the CHECK is the "never below zero" guard every debit statement relies on.
+CREATE TABLE service_tokens (
+    token            BLOB    NOT NULL PRIMARY KEY CHECK (length(token) = 32),
+    pid              BLOB    NOT NULL UNIQUE REFERENCES payments (pid),
+    amount           INTEGER NOT NULL CHECK (amount >= 0),
+    issued_at        INTEGER NOT NULL,
+    revoked_at       INTEGER,
+    revoke_reason    TEXT    CHECK (revoke_reason IS NULL OR length(revoke_reason) <= 256),
+    abuse_score      INTEGER NOT NULL DEFAULT 0 CHECK (abuse_score >= 0),
+    spent            INTEGER NOT NULL DEFAULT 0 CHECK (spent >= 0 AND spent <= amount),
+    expires_at       INTEGER,                                   -- NULL: no time limit
+    -- set once the expiry has been noticed (the sweep marks it and writes its token.expired
+    -- event in one transaction), cleared when a top-up moves the expiry again
+    expired_notified INTEGER NOT NULL DEFAULT 0 CHECK (expired_notified IN (0, 1)),
     CHECK (revoke_reason IS NULL OR revoked_at IS NOT NULL)
 ) STRICT, WITHOUT ROWID;
+-- only the tokens still to be noticed, so the sweep's probe costs nothing when none expired
+CREATE INDEX service_tokens_to_notice ON service_tokens (expires_at)
+    WHERE expired_notified = 0 AND expires_at IS NOT NULL;
 
 -- The monitor's cursor: the last block height fully scanned (NULL until the first poll).
-CREATE TABLE IF NOT EXISTS monitor_state (
+CREATE TABLE monitor_state (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
     scanned_height INTEGER CHECK (scanned_height IS NULL OR scanned_height >= -1)
 ) STRICT;
-INSERT OR IGNORE INTO monitor_state (id, scanned_height) VALUES (1, NULL);
+INSERT INTO monitor_state (id, scanned_height) VALUES (1, NULL);
 
 -- Every revocation request, repeats included.
-CREATE TABLE IF NOT EXISTS audit_log (
+CREATE TABLE audit_log (
     id          INTEGER PRIMARY KEY,
     at          INTEGER NOT NULL,
     action      TEXT    NOT NULL CHECK (action IN ('revoke')),
@@ -68,7 +85,66 @@ CREATE TABLE IF NOT EXISTS audit_log (
     reason      TEXT    CHECK (reason IS NULL OR length(reason) <= 256),
     abuse_score INTEGER CHECK (abuse_score IS NULL OR abuse_score >= 0)
 ) STRICT;
-CREATE INDEX IF NOT EXISTS audit_log_by_token ON audit_log (token);
+CREATE INDEX audit_log_by_token ON audit_log (token);
 
-PRAGMA user_version = 2;
+-- Every applied debit, kept for good: a token's spent is the sum of its debits (db check).
+CREATE TABLE debits (
+    id     INTEGER PRIMARY KEY,
+    token  BLOB    NOT NULL CHECK (length(token) = 32),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    memo   TEXT    CHECK (memo IS NULL OR length(memo) <= 128),
+    at     INTEGER NOT NULL
+) STRICT;
+CREATE INDEX debits_by_token ON debits (token, id);
+
+-- The answer given to each (token, Idempotency-Key), refusals included, replayed on a retry
+-- with the same request and refused (422) for a different one; pruned after
+-- DEBIT_IDEMPOTENCY_TTL_SECS. request is a digest of the request's fields. A rowid table, so
+-- the table and its age index grow at their end (v4.sql says why).
+CREATE TABLE idempotency_keys (
+    id         INTEGER PRIMARY KEY,
+    token      BLOB    NOT NULL CHECK (length(token) = 32),
+    key        TEXT    NOT NULL CHECK (length(key) BETWEEN 1 AND 128),
+    request    BLOB    NOT NULL CHECK (length(request) = 32),
+    status     INTEGER NOT NULL,
+    body       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+-- what a retry is looked up by, and the guard against one key stored twice
+CREATE UNIQUE INDEX idempotency_keys_by_key ON idempotency_keys (token, key);
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+
+-- The webhook outbox (docs/webhooks.md): one row per event, written in the transaction of
+-- the change it reports, and only while WEBHOOK_URL is set. id is the webhook-id (random,
+-- never reused), body the exact text every attempt sends and signs. status 0: due at
+-- next_attempt_at (unix seconds, fractions allowed); 1: delivered, pruned after
+-- WEBHOOK_RETENTION_SECS; 2: dead (every attempt failed), kept until replayed.
+-- last_result is a fixed word (http_503, timeout, ...), never text from the receiver.
+CREATE TABLE webhook_events (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT    NOT NULL UNIQUE CHECK (length(id) BETWEEN 1 AND 64),
+    type            TEXT    NOT NULL,
+    body            TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    status          INTEGER NOT NULL DEFAULT 0 CHECK (status IN (0, 1, 2)),
+    attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at REAL    NOT NULL,
+    last_attempt_at INTEGER,
+    last_result     TEXT,
+    delivered_at    INTEGER
+) STRICT;
+CREATE INDEX webhook_events_due ON webhook_events (next_attempt_at) WHERE status = 0;
+CREATE INDEX webhook_events_by_status ON webhook_events (status, seq);
+
+-- One row. disabled_url is the SHA-256 of the WEBHOOK_URL that answered 410 Gone (the URL
+-- may hold a password): delivery stays off for that URL until `anonticket webhook enable`,
+-- and a different URL is not affected.
+CREATE TABLE webhook_state (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    disabled_at  INTEGER,
+    disabled_url BLOB CHECK (disabled_url IS NULL OR length(disabled_url) = 32)
+) STRICT;
+INSERT INTO webhook_state (id) VALUES (1);
+
+PRAGMA user_version = 4;
 COMMIT;

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from anonticket.domain import PaymentId, Transfer
+from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage import is_postgres_url, open_storage
 
 AMOUNT = 10**12  # 1 XMR: above the default MONITOR_MIN_PAYMENT_AMOUNT

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from anonticket.domain import PaymentId, Transfer  # noqa: E402
+from anonticket.domain.ids import PaymentId, Transfer  # noqa: E402
 from anonticket.storage import DebitRequest  # noqa: E402
 from anonticket.storage.postgres import PostgresStorage  # noqa: E402
 from anonticket.storage.postgres.leader import take_over  # noqa: E402

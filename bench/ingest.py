@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from procs import BENCH  # noqa: E402
 
-from anonticket.app import open_state  # noqa: E402
+from anonticket.service.app import open_state  # noqa: E402
 from anonticket.config import Config  # noqa: E402
-from anonticket.monitor import Monitor  # noqa: E402
+from anonticket.monitor.loop import Monitor  # noqa: E402
 
 
 def _start_wallet(workdir: Path, batch: int, rounds: int) -> tuple[subprocess.Popen[bytes], str]:

@@ -6,9 +6,9 @@
 
 With ``--keys N`` the database is first brought to version 3 and given N kept debit
 answers (a day of Idempotency-Keys at ~12 debits a second), and only the step to version 4
-is timed: it copies them into a rowid table (schema_v4.sql).
+is timed: it copies them into a rowid table (anonticket/storage/sql/v4.sql).
 
-Builds a version-2 database as the previous release left it (``schema.sql`` alone:
+Builds a version-2 database as the previous release left it (``storage/sql/v2.sql`` alone:
 payments, their transfers, and a token for the claimed fraction), once per shape, kept
 in ``--workdir``; then, for each run, copies it and times ``Storage.open`` on the copy,
 which is what ``anonticket serve`` does at its first start after the upgrade (the
@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anonticket.domain import PaymentId, derive_service_token  # noqa: E402
+from anonticket.domain.ids import PaymentId, derive_service_token  # noqa: E402
 from anonticket.storage import SCHEMA_VERSION, Storage  # noqa: E402
 from anonticket.storage import schema as schema_module  # noqa: E402
 from anonticket.storage.schema import SCHEMA_PATH  # noqa: E402

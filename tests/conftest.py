@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service, start_service
+from anonticket.service.app import Service, start_service
 from anonticket.config import Config
-from anonticket.domain import PaymentId, Transfer
+from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage import Storage, open_storage
 from anonticket.storage.postgres import PostgresIntegrityError
 import pg_cluster
@@ -135,6 +135,6 @@ def transfer(pid: PaymentId, amount: int = 5000, height: int = 100, txid: bytes 
 
 def claim_summary(answer: object) -> tuple[str, bytes, int]:
     """A redeem's Claimed answer as (status, token, credited balance), for comparisons."""
-    from anonticket.ledger import Claimed
+    from anonticket.ledger.views import Claimed
     assert isinstance(answer, Claimed), answer
     return answer.status, answer.token, answer.balance

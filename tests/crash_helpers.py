@@ -27,9 +27,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from anonticket.app import start_service
+from anonticket.service.app import start_service
 from anonticket.config import SETTINGS
-from anonticket.domain import PaymentId, Transfer, derive_service_token
+from anonticket.domain.ids import PaymentId, Transfer, derive_service_token
 from anonticket.storage import Storage
 from conftest import make_config
 from fake_wallet import FakeWallet, make_transfer

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from anonticket.domain import PaymentId
+from anonticket.domain.ids import PaymentId
 from anonticket.storage.ledger_rules import LEDGER_INVARIANTS
 from crash_helpers import readonly_db
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from anonticket.cache import TtlSet
-from anonticket.domain import PaymentId, ServiceToken
-from anonticket.errors import Underpaid
-from anonticket.ledger import Claimed, Ledger, Pending
+from anonticket.ledger.cache import TtlSet
+from anonticket.domain.ids import PaymentId, ServiceToken
+from anonticket.domain.errors import Underpaid
+from anonticket.ledger.views import Claimed, Ledger, Pending
 from anonticket.storage import DebitRequest, Storage, TopupOutcome, seconds_bought
 from conftest import transfer
 
@@ -275,10 +275,10 @@ async def test_pruned_keys_are_forgotten_but_their_debits_stay(ledger: Ledger, c
 
 async def test_housekeeping_prunes_only_keys_past_the_retention(tmp_path, ledger: Ledger,  # type: ignore[no-untyped-def]
                                                                 clock: Clock) -> None:
-    from anonticket.housekeeping import Housekeeper
+    from anonticket.service.housekeeping import Housekeeper
     from conftest import make_config
-    from anonticket.metrics import Metrics
-    from anonticket.state import MonitorStatus, State
+    from anonticket.runtime.metrics import Metrics
+    from anonticket.runtime.state import MonitorStatus, State
     state = State(make_config(tmp_path), Metrics(), ledger, MonitorStatus(enabled=False))
     _, token = await issue(ledger, 5000)
     await ledger.debit(debit(token, 1, "old"))

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from anonticket.api.access import log_in_form, next_from_query, safe_next
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId
 from conftest import make_config, transfer, url
 from page_helpers import SECURITY_HEADERS, assert_safe_page, style_hash
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anonticket.address import (
+from anonticket.domain.address import (
     ALPHABET,
     KINDS,
     NETWORKS,

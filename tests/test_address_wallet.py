@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from anonticket.address import AddressError, MoneroAddress, decode_address, make_integrated_address
+from anonticket.domain.address import AddressError, MoneroAddress, decode_address, make_integrated_address
 
 pytestmark = pytest.mark.regtest
 

@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.service.app import Service
+from anonticket.domain.ids import PaymentId, derive_service_token
 from conftest import transfer, url
 
 BOTH_BACKENDS = True  # the HTTP contract on SQLite and on PostgreSQL
@@ -135,7 +135,7 @@ async def test_body_too_large_is_413_and_nothing_changes(service: Service, http:
 
 
 async def test_long_pids_when_enabled(config_factory, http: aiohttp.ClientSession) -> None:  # type: ignore[no-untyped-def]
-    from anonticket.app import start_service
+    from anonticket.service.app import start_service
 
     service = await start_service(config_factory(API_ACCEPT_LONG_PIDS="1"))
     try:
@@ -269,7 +269,7 @@ async def test_metrics_are_preregistered_and_count(service: Service, http: aioht
 
 
 async def test_internal_token_guards_admin_routes(config_factory, http: aiohttp.ClientSession) -> None:  # type: ignore[no-untyped-def]
-    from anonticket.app import start_service
+    from anonticket.service.app import start_service
 
     service = await start_service(config_factory(API_INTERNAL_TOKEN="s3cret-operator-token"))
     try:

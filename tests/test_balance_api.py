@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId
 from conftest import make_config, url
 from test_api import credit, get, post
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from anonticket.batching import KeyedBatcher, SequenceBatcher
+from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
 
 
 class GatedRun:

@@ -24,15 +24,15 @@ from hypothesis import strategies as st
 from anonticket.api.public import (
     _claimed_bytes,
     claimed_view,
-    _json_object,
     _redeem_pid,
     _token_view_bytes,
     parse_pid,
     token_view,
 )
-from anonticket.domain import PaymentId
-from anonticket.errors import InvalidPid, InvalidRequest
-from anonticket.ledger import Claimed
+from anonticket.api.request import json_object
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import InvalidPid, InvalidRequest
+from anonticket.ledger.views import Claimed
 from anonticket.storage import TokenRow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_fence_cost_benchmark_runs_both_modes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- shortcuts = long way
 def _general_pid(raw: bytes) -> PaymentId:
     """What a redeem body meant before the regex shortcut: json.loads, then PaymentId.parse."""
-    body = _json_object(raw)
+    body = json_object(raw)
     if "pid" not in body:
         raise InvalidRequest()
     return PaymentId.parse(body["pid"])

@@ -6,10 +6,10 @@ from array import array
 
 import pytest
 
-import anonticket.key_index as key_index_module
-from anonticket.cache import BoundedMap, TtlSet
-from anonticket.domain import key_prefix
-from anonticket.key_index import KeyIndex
+import anonticket.ledger.key_index as key_index_module
+from anonticket.ledger.cache import BoundedMap, TtlSet
+from anonticket.domain.ids import key_prefix
+from anonticket.ledger.key_index import KeyIndex
 
 
 class Clock:

@@ -18,11 +18,11 @@ import aiohttp
 import pytest
 import segno
 
-from anonticket.address import decode_address
+from anonticket.domain.address import decode_address
 from anonticket.api.pages import STYLE, security_headers
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId, derive_service_token
-from anonticket.payment_uri import parse_xmr
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.domain.payment_uri import parse_xmr
 from anonticket.regtest import MERCHANT_KEYS, PAYER_KEYS
 from conftest import make_config, transfer, url
 from page_helpers import SECURITY_HEADERS, Page, assert_safe_page, style_hash, zbar_decode
@@ -223,7 +223,7 @@ async def test_the_integrated_address_checks_a_payment_too(shop: Service, http: 
     assert (await status_of(http, shop, f"  {address}\n")).h1 == "Payment confirmed"
     assert (await status_of(http, shop, pid.upper() + " ")).h1 == "Payment confirmed"
     # an integrated address of someone else's wallet is not this shop's payment
-    from anonticket.address import make_integrated_address
+    from anonticket.domain.address import make_integrated_address
     foreign = make_integrated_address(PAYER_KEYS.address, pid)
     status, page, _ = await fetch(http, shop, "POST", "/pay/status", {"pid": foreign})
     assert status == 400 and foreign not in page.source and pid not in page.source

@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 import pytest
 import segno
 
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId, derive_service_token
-from anonticket.payment_uri import parse_xmr
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.domain.payment_uri import parse_xmr
 from anonticket.regtest import MERCHANT_KEYS, RegtestNetwork
 from anonticket.regtest.actions import wait_until_minable
 from conftest import REPO, make_config

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.domain.ids import PaymentId, derive_service_token
 from anonticket.regtest import MERCHANT_KEYS
 from fake_wallet import FakeWallet
 from page_helpers import SECURITY_HEADERS, LOCAL_TARGET, Page, assert_safe_page

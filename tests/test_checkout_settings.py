@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from anonticket.address import MoneroAddress, decode_address, make_integrated_address
-from anonticket.app import start_service
+from anonticket.domain.address import MoneroAddress, decode_address, make_integrated_address
+from anonticket.service.app import start_service
 from anonticket.config import Config
-from anonticket.errors import ConfigError
-from anonticket.merchant import AddressCheck, Merchant, check_address, reconcile
+from anonticket.domain.errors import ConfigError
+from anonticket.monero.merchant import AddressCheck, Merchant, check_address, reconcile
 from anonticket.regtest import MERCHANT_KEYS, PAYER_KEYS
 from conftest import REPO, make_config
 from fake_wallet import Failure, FakeWallet
@@ -112,7 +112,7 @@ async def test_a_wallet_down_at_start_is_asked_again_in_the_background(tmp_path:
 
 async def test_a_hanging_wallet_delays_the_start_by_a_bounded_time(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("anonticket.merchant.FIRST_ANSWER_SECS", 0.3)
+    monkeypatch.setattr("anonticket.monero.merchant.FIRST_ANSWER_SECS", 0.3)
     async with FakeWallet() as wallet:
         answering(wallet, MERCHANT).fail(Failure.HANG, times=1, method="get_address")
         wallet.hang_seconds = 0.8

@@ -23,11 +23,11 @@ import segno
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anonticket.address import decode_address
-from anonticket.cli import build_parser, main
+from anonticket.domain.address import decode_address
+from anonticket.cli.parser import build_parser, main
 from anonticket.config import SETTINGS
-from anonticket.domain import PaymentId
-from anonticket.payment_uri import MAX_PICONERO, format_xmr, parse_xmr, payment_uri
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.payment_uri import MAX_PICONERO, format_xmr, parse_xmr, payment_uri
 from anonticket.storage import SCHEMA_VERSION, Storage
 from conftest import REPO, transfer
 

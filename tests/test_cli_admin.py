@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service, start_service
-from anonticket.cli import main
-from anonticket.domain import PaymentId
+from anonticket.service.app import Service, start_service
+from anonticket.cli.parser import main
+from anonticket.domain.ids import PaymentId
 from conftest import make_config, transfer, url
 from test_cli import BIN, clean_env, one_error_line
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from anonticket.app import Service, start_service
-from anonticket.webhook import new_secret, parse_secret
+from anonticket.service.app import Service, start_service
+from anonticket.domain.webhook import new_secret, parse_secret
 from conftest import make_config
 from crash_helpers import wait_until
 from test_cli import clean_env, one_error_line

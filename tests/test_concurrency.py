@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service
-from anonticket.cache import TtlSet
-from anonticket.domain import PaymentId, ServiceToken, derive_service_token
-from anonticket.errors import Underpaid
-from anonticket.ledger import Claimed, Ledger
+from anonticket.service.app import Service
+from anonticket.ledger.cache import TtlSet
+from anonticket.domain.ids import PaymentId, ServiceToken, derive_service_token
+from anonticket.domain.errors import Underpaid
+from anonticket.ledger.views import Claimed, Ledger
 from anonticket.storage import Storage
 from conftest import claim_summary, transfer, url
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from anonticket import config as config_module
-from anonticket.cli import main
+from anonticket.cli.parser import main
 from anonticket.config import SETTINGS, Config, Setting
 from anonticket.config.values import redact_userinfo
-from anonticket.wallet_rpc import WalletRpc
+from anonticket.monero.wallet_rpc import WalletRpc
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pw"

@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from anonticket.domain import PaymentId, Transfer
+from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage import Storage
 from crash_helpers import BIN, ServiceProcess, redeem, service_env
 from debit_rounds import Book, check, snapshot

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.domain.ids import PaymentId, derive_service_token
 from crash_helpers import (
     RecordingWallet,
     ServiceProcess,

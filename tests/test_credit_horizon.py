@@ -1,4 +1,4 @@
-"""What a payment can buy is bounded (anonticket/timestamp.py), and no amount a wallet
+"""What a payment can buy is bounded (anonticket/domain/timestamp.py), and no amount a wallet
 reports stops the monitor; on SQLite and on PostgreSQL (``BOTH_BACKENDS``).
 
 The review's case: at ``ACCESS_PRICE_PER_DAY=1`` (one piconero) a 1 XMR payment bought an
@@ -22,18 +22,18 @@ import aiohttp
 import asyncpg
 import pytest
 
-from anonticket.app import Service, make_ledger, start_service
-from anonticket.cli import main
+from anonticket.service.app import Service, make_ledger, start_service
+from anonticket.cli.parser import main
 from anonticket.config import SETTINGS, Config
-from anonticket.domain import PaymentId
-from anonticket.errors import ConfigError
-from anonticket.ledger import Claimed
-from anonticket.metrics import Metrics
-from anonticket.monitor import Monitor
-from anonticket.state import MonitorStatus, State
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import ConfigError
+from anonticket.ledger.views import Claimed
+from anonticket.runtime.metrics import Metrics
+from anonticket.monitor.loop import Monitor
+from anonticket.runtime.state import MonitorStatus, State
 from anonticket.storage import Storage, is_postgres_url, open_storage
 from anonticket.storage.ledger_rules import expiry_after, seconds_bought
-from anonticket.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP, format_rfc3339
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP, format_rfc3339
 from conftest import make_config, transfer, url
 from fake_wallet import FakeWallet, make_transfer
 

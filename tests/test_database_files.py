@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from anonticket.domain import PaymentId
+from anonticket.domain.ids import PaymentId
 from anonticket.storage import ClaimRow, CreditResult, DebitRequest, Storage, TokenRow
 from conftest import transfer
 

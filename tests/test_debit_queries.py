@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anonticket.api.balance import request_digest
-from anonticket.domain import PaymentId, Transfer
+from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage import DebitRequest, Storage
 from anonticket.storage.core import CHUNK
 from anonticket.storage.tokens import batch_read_sql

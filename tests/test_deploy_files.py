@@ -447,8 +447,6 @@ async def test_nginx_site_in_front_of_a_stand_in_app(open_dir):
 
 
 @needs_nginx
-@pytest.mark.skipif(not (REPO / "anonticket" / "cli.py").exists(),
-                    reason="anonticket/cli.py (bin/anonticket serve) is not written yet")
 async def test_nginx_site_in_front_of_the_real_service(open_dir):
     sock = open_dir / "public.sock"
     notify = open_dir / "notify"
@@ -553,7 +551,7 @@ def _exported_series() -> dict[str, set[tuple[str, str]]]:
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from anonticket.metrics import Metrics
+    from anonticket.runtime.metrics import Metrics
 
     exported: dict[str, set[tuple[str, str]]] = {}
     for family in text_string_to_metric_families(generate_latest(Metrics().registry).decode()):

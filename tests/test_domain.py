@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anonticket.domain import PaymentId, ServiceToken, derive_service_token, parse_txid
-from anonticket.errors import InvalidPid, InvalidToken
+from anonticket.domain.ids import PaymentId, ServiceToken, derive_service_token, parse_txid
+from anonticket.domain.errors import InvalidPid, InvalidToken
 
 SHORT = "0123456789abcdef"
 
@@ -129,7 +129,7 @@ def test_token_derivation_matches_its_definition(short: bytes, txid: bytes) -> N
 def test_token_pseudonyms_are_stable_distinct_and_pinned() -> None:
     import hashlib
 
-    from anonticket.domain import token_id, token_subject
+    from anonticket.domain.ids import token_id, token_subject
     token = bytes(range(32))
     assert token_id(token) == hashlib.sha256(b"anonticket token id v1\x00" + token).hexdigest()[:32]
     assert token_subject(token) == hashlib.sha256(b"anonticket subject v1\x00" + token).hexdigest()[:32]

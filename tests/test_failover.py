@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.domain import PaymentId
+from anonticket.domain.ids import PaymentId
 from anonticket.storage import open_storage
 from fake_wallet import FakeWallet, make_transfer
 import pg_cluster

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.domain import PaymentId
+from anonticket.domain.ids import PaymentId
 from crash_helpers import (
     Filler,
     RecordingWallet,

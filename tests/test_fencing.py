@@ -23,10 +23,10 @@ import asyncpg
 import pytest
 
 from anonticket.api.standby import STANDBY_REASON
-from anonticket.app import Service, start_service
-from anonticket.cache import TtlSet
-from anonticket.domain import PaymentId, ServiceToken
-from anonticket.ledger import Ledger
+from anonticket.service.app import Service, start_service
+from anonticket.ledger.cache import TtlSet
+from anonticket.domain.ids import PaymentId, ServiceToken
+from anonticket.ledger.views import Ledger
 from anonticket.storage import AttemptResult, DebitRequest, open_storage
 from anonticket.storage.postgres import FencedOut, PostgresStorage
 from anonticket.storage.postgres.leader import take_over

@@ -40,8 +40,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from anonticket.app import PUBLIC_MAX_LINE_BYTES
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.service.app import PUBLIC_MAX_LINE_BYTES
+from anonticket.domain.ids import PaymentId, derive_service_token
 from conftest import REPO
 from fake_wallet import FakeWallet, make_transfer
 from test_privacy import Secrets, Served

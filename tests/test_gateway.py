@@ -20,9 +20,9 @@ from multidict import CIMultiDict
 
 from anonticket.api.access_cookie import HOST_PREFIX, AccessCookie
 from anonticket.api.gateway import make_check_handler, token_from
-from anonticket.app import Service, build_internal_app, start_service
-from anonticket.domain import PaymentId, ServiceToken, token_subject
-from anonticket.errors import StorageUnavailable
+from anonticket.service.app import Service, build_internal_app, start_service
+from anonticket.domain.ids import PaymentId, ServiceToken, token_subject
+from anonticket.domain.errors import StorageUnavailable
 from conftest import make_config, transfer, url
 
 # the check is the ledger's, so the tests on the ``service`` fixture run on both backends
@@ -430,7 +430,7 @@ async def test_metrics_count_outcomes_without_tokens(
 
 def test_metric_outcomes_are_the_reasons() -> None:
     from anonticket.api.gateway import DENIALS
-    from anonticket.metrics import GATEWAY_OUTCOMES
+    from anonticket.runtime.metrics import GATEWAY_OUTCOMES
 
     assert set(DENIALS) < set(GATEWAY_OUTCOMES)
     assert set(GATEWAY_OUTCOMES) - set(DENIALS) == {"allowed", "invalid_cost",

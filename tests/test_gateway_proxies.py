@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId, ServiceToken, token_subject
-from anonticket.errors import StorageUnavailable
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId, ServiceToken, token_subject
+from anonticket.domain.errors import StorageUnavailable
 from conftest import make_config, transfer
 from proxy_helpers import (
     caddy_running,

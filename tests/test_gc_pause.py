@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from anonticket.gc_pause import paused_gc
+from anonticket.monero.gc_pause import paused_gc
 
 
 @pytest.fixture

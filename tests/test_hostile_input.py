@@ -36,8 +36,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId
 from conftest import make_config, transfer
 from test_fuzz_schemathesis import HOSTILE, SPEC_PATH, assert_json_error
 

@@ -15,9 +15,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId
-from anonticket.errors import StorageUnavailable
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import StorageUnavailable
 from anonticket.storage import open_storage
 from anonticket.storage.postgres import FencedOut, PostgresStorage
 from anonticket.storage.postgres.leader import LeaderLock, take_over

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from anonticket.cache import TtlSet
-from anonticket.domain import PaymentId, ServiceToken, derive_service_token
-from anonticket.errors import PaymentNotFound, StorageUnavailable, TokenNotFound, Underpaid
-from anonticket.ledger import Claimed, Ledger, Pending
+from anonticket.ledger.cache import TtlSet
+from anonticket.domain.ids import PaymentId, ServiceToken, derive_service_token
+from anonticket.domain.errors import PaymentNotFound, StorageUnavailable, TokenNotFound, Underpaid
+from anonticket.ledger.views import Claimed, Ledger, Pending
 from anonticket.storage import Storage, open_storage
 from conftest import claim_summary, transfer
 

@@ -3,7 +3,7 @@ the storage contract tests run them on SQLite and PostgreSQL; these pin the edge
 
 from __future__ import annotations
 
-from anonticket.domain import PaymentId, Transfer
+from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage.ledger_rules import (
     LEDGER_INVARIANTS,
     credits_per_pid,

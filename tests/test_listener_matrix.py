@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 import yaml
 
-from anonticket.app import Service, start_service
+from anonticket.service.app import Service, start_service
 from anonticket.config import SETTINGS, Config
-from anonticket.domain import PaymentId
-from anonticket.errors import ConfigError
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import ConfigError
 from conftest import REPO, transfer, url
 
 SPEC = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())

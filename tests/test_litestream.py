@@ -36,7 +36,7 @@ import aiohttp
 import pytest
 import yaml
 
-from anonticket.domain import PaymentId
+from anonticket.domain.ids import PaymentId
 from crash_helpers import (
     BIN,
     RecordingWallet,

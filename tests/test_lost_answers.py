@@ -22,11 +22,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from anonticket.app import Service, make_ledger, start_service
-from anonticket.cache import TtlSet
-from anonticket.domain import PaymentId, ServiceToken
-from anonticket.errors import StorageUnavailable
-from anonticket.ledger import Claimed, Ledger
+from anonticket.service.app import Service, make_ledger, start_service
+from anonticket.ledger.cache import TtlSet
+from anonticket.domain.ids import PaymentId, ServiceToken
+from anonticket.domain.errors import StorageUnavailable
+from anonticket.ledger.views import Claimed, Ledger
 from anonticket.storage import DebitRequest, Storage
 from conftest import make_config, transfer, url
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anonticket.domain import PaymentId
-from anonticket.scan import classify, confirmed_transfer, scan
-from anonticket.wallet_rpc import WalletTransfers
+from anonticket.domain.ids import PaymentId
+from anonticket.monero.scan import classify, confirmed_transfer, scan
+from anonticket.monero.wallet_rpc import WalletTransfers
 from fake_wallet import make_transfer, make_txid
 
 PID = "0123456789abcdef"

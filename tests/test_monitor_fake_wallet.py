@@ -20,13 +20,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service, open_state, start_service
-from anonticket.domain import PaymentId, derive_service_token
-from anonticket.errors import PaymentNotFound
-from anonticket.ledger import Claimed, Pending
-from anonticket.monitor import Monitor
-from anonticket.state import State
-from anonticket.wallet_rpc import WalletError
+from anonticket.service.app import Service, open_state, start_service
+from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.domain.errors import PaymentNotFound
+from anonticket.ledger.views import Claimed, Pending
+from anonticket.monitor.loop import Monitor
+from anonticket.runtime.state import State
+from anonticket.monero.wallet_rpc import WalletError
 from conftest import make_config, transfer, url
 from fake_wallet import Failure, FakeWallet, make_transfer
 

@@ -19,14 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service, open_state, start_service
-from anonticket.domain import PaymentId, derive_service_token
-from anonticket.errors import PaymentNotFound
-from anonticket.ledger import Claimed, Pending
-from anonticket.monitor import Monitor
+from anonticket.service.app import Service, open_state, start_service
+from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.domain.errors import PaymentNotFound
+from anonticket.ledger.views import Claimed, Pending
+from anonticket.monitor.loop import Monitor
 from anonticket.regtest import RegtestNetwork
-from anonticket.state import State
-from anonticket.wallet_rpc import WalletUnauthorized
+from anonticket.runtime.state import State
+from anonticket.monero.wallet_rpc import WalletUnauthorized
 from conftest import claim_summary, make_config, url
 from regtest_fixtures import DIGEST_LOGIN, random_pid16
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from anonticket.app import open_state
-from anonticket.domain import derive_service_token
-from anonticket.errors import PaymentNotFound
-from anonticket.ledger import Claimed
-from anonticket.monitor import Monitor
+from anonticket.service.app import open_state
+from anonticket.domain.ids import derive_service_token
+from anonticket.domain.errors import PaymentNotFound
+from anonticket.ledger.views import Claimed
+from anonticket.monitor.loop import Monitor
 from anonticket.regtest import MERCHANT_KEYS, RegtestNetwork
-from anonticket.state import State
+from anonticket.runtime.state import State
 from regtest_fixtures import random_pid16
 from test_monitor_regtest import XMR, N, config_for, in_block, pay, pid_of, start_window
 

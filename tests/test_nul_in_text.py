@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId
-from anonticket.errors import InvalidRequest
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import InvalidRequest
 from anonticket.storage import DebitRequest
 from conftest import make_config, transfer, url
 from test_hostile_input import STRING_FIELDS, VALID

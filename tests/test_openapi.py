@@ -8,7 +8,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from anonticket.app import Service, build_internal_app, build_public_app
+from anonticket.service.app import Service, build_internal_app, build_public_app
 from conftest import url
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"

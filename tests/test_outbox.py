@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from anonticket.cache import TtlSet
-from anonticket.domain import PaymentId, ServiceToken, token_id
-from anonticket.ledger import Claimed, Ledger
+from anonticket.ledger.cache import TtlSet
+from anonticket.domain.ids import PaymentId, ServiceToken, token_id
+from anonticket.ledger.views import Claimed, Ledger
 from anonticket.storage import AttemptResult, Storage, database_path, is_postgres_url, open_storage
 from conftest import INTEGRITY_ERRORS, transfer
 

@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 
 from anonticket.config import SETTINGS
-from anonticket.domain import PaymentId, derive_service_token, token_subject
+from anonticket.domain.ids import PaymentId, derive_service_token, token_subject
 from conftest import REPO
 from fake_wallet import FakeWallet, make_transfer
 

@@ -30,17 +30,18 @@ from typing import Any
 import pytest
 
 from anonticket.config import SETTINGS
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.domain.ids import PaymentId, derive_service_token
 from anonticket.regtest import MERCHANT_KEYS, RegtestError, RegtestNetwork, RpcError
 from anonticket.regtest.process import pid_alive
 from anonticket.regtest.record import ENV_FORMAT, write_state
-from anonticket.sandbox import (
+from anonticket.cli.sandbox import (
     ENV_FILE,
     READY,
     TUNABLE_DEFAULTS,
     Ready,
     banner,
     owned_settings,
+    program_name,
     until_stopped,
     sandbox_settings,
     write_env_file,
@@ -475,3 +476,10 @@ def test_the_readme_shows_what_the_sandbox_prints() -> None:
     shown = section.split("```\n  1. ", 1)[1].split("```", 1)[0]
     assert "  1. " + shown in banner(ready) + "\n"
     assert "bin/setup && bin/anonticket sandbox\n" in section
+
+
+def test_the_printed_program_is_this_checkouts_bin_anonticket(tmp_path: Path) -> None:
+    """What the banner tells a developer to run: relative from the checkout's root, absolute
+    elsewhere (the regtest test above runs it; this one needs no chain)."""
+    assert program_name(REPO) == "bin/anonticket"
+    assert program_name(tmp_path) == str(REPO / "bin" / "anonticket")

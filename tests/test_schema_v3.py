@@ -8,7 +8,7 @@ from contextlib import closing
 from pathlib import Path
 
 import anonticket.storage.schema as schema_module
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.domain.ids import PaymentId, derive_service_token
 from anonticket.storage import SCHEMA_VERSION, Storage
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import anonticket.storage.schema as schema_module
-from anonticket.domain import PaymentId, Transfer
+from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage import SCHEMA_VERSION, DebitRequest, Storage
 
 T0 = 1_700_000_000

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from anonticket import sd_notify
+from anonticket.service import sd_notify
 
 
 @pytest.fixture

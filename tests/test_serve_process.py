@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from anonticket.config import SETTINGS
-from anonticket.domain import PaymentId, derive_service_token
+from anonticket.domain.ids import PaymentId, derive_service_token
 from anonticket.storage import Storage
 from conftest import transfer
 

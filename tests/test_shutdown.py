@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from anonticket.app import open_state, start_service
+from anonticket.service.app import open_state, start_service
 from anonticket.config import Config
-from anonticket.domain import PaymentId, derive_service_token
-from anonticket.ledger import ASK_STORAGE, Claimed
-from anonticket.monitor import Monitor
+from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.ledger.views import ASK_STORAGE, Claimed
+from anonticket.monitor.loop import Monitor
 from anonticket.storage import Storage
 from conftest import make_config, transfer
 from fake_wallet import FakeWallet, make_transfer

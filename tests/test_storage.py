@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import anonticket.storage.schema as schema_module
-from anonticket.domain import PaymentId, derive_service_token, key_prefix
+from anonticket.domain.ids import PaymentId, derive_service_token, key_prefix
 from anonticket.storage import SCHEMA_VERSION, Storage, database_path, open_storage
 from conftest import INTEGRITY_ERRORS, transfer
 

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from anonticket.domain import PaymentId
-from anonticket.errors import StorageUnavailable
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import StorageUnavailable
 from anonticket.storage import AttemptResult, DebitRequest, Storage, open_storage
 from anonticket.storage.postgres import (
     FencedOut,
@@ -299,7 +299,7 @@ async def test_two_instances_on_one_database_lose_nothing_and_claim_once(pg_url:
 # ---------------------------------------------------------------------- db check / db backup
 def test_db_check_and_backup_on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str], pg: Cluster) -> None:
-    from anonticket.cli import main
+    from anonticket.cli.parser import main
     from anonticket.config import SETTINGS
 
     async def fill() -> None:

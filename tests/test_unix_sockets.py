@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from anonticket.app import Service, start_service
-from anonticket.unix_socket import SocketPathError, claim_socket_path
+from anonticket.service.app import Service, start_service
+from anonticket.service.unix_socket import SocketPathError, claim_socket_path
 from conftest import make_config
 
 

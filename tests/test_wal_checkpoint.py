@@ -13,9 +13,9 @@ import pytest
 
 import anonticket.storage.core as core_module
 import anonticket.storage.payments as storage_module
-from anonticket.domain import PaymentId
+from anonticket.domain.ids import PaymentId
 from anonticket.storage import Storage
-from anonticket.wal_checkpoint import SOON_SECS, BackgroundCheckpointer
+from anonticket.storage.wal_checkpoint import SOON_SECS, BackgroundCheckpointer
 from conftest import transfer
 
 NOW = 1_700_000_000

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 import pytest
 from fake_wallet import Failure, FakeWallet, RawReply, make_transfer, make_txid
 
-from anonticket import wallet_rpc
-from anonticket.wallet_rpc import (
+from anonticket.monero import wallet_rpc
+from anonticket.monero.wallet_rpc import (
     REASONS,
     WalletBadResponse,
     WalletError,
@@ -134,8 +134,9 @@ def test_module_imports_only_the_allowed_layers() -> None:
             imported.update(f"{node.module}.{alias.name}" for alias in node.names)
     assert not [name for name in imported if name.startswith("aiohttp.web")]
     project = {name.split(".")[1] for name in imported if name.startswith("anonticket.")}
-    # config: the URL and login rules are the ones MONERO_RPC_URL and _USER are parsed with
-    assert project <= {"config", "domain", "errors", "gc_pause"}
+    # config: the URL and login rules are the ones MONERO_RPC_URL and _USER are parsed with;
+    # monero: its own package (gc_pause); never storage, the ledger or anything above
+    assert project <= {"config", "domain", "monero"}
 
 
 # -- happy paths -----------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from anonticket.config import Config
-from anonticket.errors import ConfigError
-from anonticket.webhook import new_secret
+from anonticket.domain.errors import ConfigError
+from anonticket.domain.webhook import new_secret
 
 SECRET = new_secret()
 

@@ -30,9 +30,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from anonticket.domain import PaymentId, token_id
+from anonticket.domain.ids import PaymentId, token_id
 from anonticket.storage import database_path, is_postgres_url
-from anonticket.webhook import new_secret
+from anonticket.domain.webhook import new_secret
 from crash_helpers import (
     RecordingWallet,
     ServiceProcess,

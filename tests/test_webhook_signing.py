@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from anonticket import webhook
+from anonticket.domain import webhook
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "webhooks.md"
 

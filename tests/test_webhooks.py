@@ -14,11 +14,11 @@ import pytest
 import yaml
 from standardwebhooks.webhooks import Webhook
 
-from anonticket.app import Service, start_service
-from anonticket.domain import PaymentId, token_id
-from anonticket.housekeeping import Housekeeper
-from anonticket.webhook import new_secret
-from anonticket.webhook_sender import MAX_RETRY_AFTER_SECS
+from anonticket.service.app import Service, start_service
+from anonticket.domain.ids import PaymentId, token_id
+from anonticket.service.housekeeping import Housekeeper
+from anonticket.domain.webhook import new_secret
+from anonticket.webhooks.sender import MAX_RETRY_AFTER_SECS
 from conftest import REPO, make_config, transfer, url
 from crash_helpers import wait_until
 from webhook_receiver import Receiver
@@ -334,13 +334,13 @@ async def test_with_webhooks_off_nothing_is_recorded_and_the_ping_is_refused(
     ("http_503", "server_error"), ("http_101", "error"), ("timeout", "timeout"),
     ("unreachable", "unreachable"), ("error", "error")])
 def test_every_result_has_its_metric_label(result: str, reason: str) -> None:
-    from anonticket.metrics import WEBHOOK_FAILURES
-    from anonticket.webhook_sender import failure_reason
+    from anonticket.runtime.metrics import WEBHOOK_FAILURES
+    from anonticket.webhooks.sender import failure_reason
     assert failure_reason(result) == reason and reason in WEBHOOK_FAILURES
 
 
 def test_retry_after_as_seconds_or_a_date() -> None:
-    from anonticket.webhook_sender import parse_retry_after
+    from anonticket.webhooks.sender import parse_retry_after
     now = 1_767_225_600.0  # Thu, 01 Jan 2026 00:00:00 GMT
     assert parse_retry_after("120", now) == 120.0
     assert parse_retry_after("Thu, 01 Jan 2026 00:02:00 GMT", now) == 120.0
@@ -440,7 +440,7 @@ async def test_replay_refuses_a_null_id_beside_all_dead(tmp_path) -> None:  # ty
     """Found by schemathesis: the body is exactly one of id or all_dead; a null id is not absent."""
     import aiohttp
 
-    from anonticket.app import start_service
+    from anonticket.service.app import start_service
     from conftest import make_config, url
     service = await start_service(make_config(tmp_path))
     try:

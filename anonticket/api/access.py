@@ -42,9 +42,9 @@ from anonticket.api.access_cookie import AccessCookie
 from anonticket.api.forms import read_form
 from anonticket.api.gateway import hex_token
 from anonticket.api.pages import Markup
-from anonticket.api.public import STATE
-from anonticket.domain import ServiceToken
-from anonticket.state import State
+from anonticket.api.request import STATE
+from anonticket.domain.ids import ServiceToken
+from anonticket.runtime.state import State
 
 ACCESS_PATH = "/access"
 LOGOUT_PATH = "/access/logout"

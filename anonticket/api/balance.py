@@ -13,18 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.api.public import (
-    STATE,
-    TOKEN_PATTERN,
-    json_body,
-    json_bytes,
-    json_stamp,
-    parse_pid,
-    read_json_object,
-    rfc3339,
-)
-from anonticket.domain import ServiceToken
-from anonticket.errors import (
+from anonticket.api.public import TOKEN_PATTERN, parse_pid
+from anonticket.api.request import STATE, json_body, json_bytes, json_stamp, read_json_object, rfc3339
+from anonticket.domain.ids import ServiceToken
+from anonticket.domain.errors import (
     IdempotencyKeyRequired,
     IdempotencyKeyReused,
     InsufficientBalance,
@@ -39,7 +31,7 @@ from anonticket.errors import (
     Unavailable,
     Underpaid,
 )
-from anonticket.ledger import Pending
+from anonticket.ledger.views import Pending
 from anonticket.storage import DebitRequest
 
 MAX_MEMO_CHARS = 128
@@ -115,7 +107,7 @@ def parse_debit(body: dict[str, Any]) -> tuple[int, str | None]:
     if type(amount) is not int or not 0 < amount <= MAX_DEBIT:
         raise InvalidRequest("amount must be a whole number of piconero greater than zero")
     memo = body.get("memo")
-    # lone surrogates and U+0000 were refused with the whole body (api.public.is_storable_json)
+    # lone surrogates and U+0000 were refused with the whole body (api.request.is_storable_json)
     if memo is not None and (not isinstance(memo, str) or len(memo) > MAX_MEMO_CHARS):
         raise InvalidRequest("memo must be a string of at most 128 characters")
     return amount, memo

@@ -18,18 +18,18 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from anonticket.address import AddressError, decode_address
-from anonticket.amount import format_xmr
+from anonticket.domain.address import AddressError, decode_address
+from anonticket.domain.amount import format_xmr
 from anonticket.api import pages
 from anonticket.api.access import log_in_form
 from anonticket.api.forms import BadForm, read_form
 from anonticket.api.pages import Markup
-from anonticket.api.public import STATE
-from anonticket.domain import PaymentId
-from anonticket.errors import InvalidPid, Underpaid, Unavailable
-from anonticket.ledger import Claimed, Ledger
-from anonticket.payment_request import PaymentRequest, new_payment_request, payment_request
-from anonticket.state import State
+from anonticket.api.request import STATE
+from anonticket.domain.ids import PaymentId
+from anonticket.domain.errors import InvalidPid, Underpaid, Unavailable
+from anonticket.ledger.views import Claimed, Ledger
+from anonticket.domain.payment_request import PaymentRequest, new_payment_request, payment_request
+from anonticket.runtime.state import State
 
 # one block every two minutes on average (DIFFICULTY_TARGET_V2 = 120 s)
 MINUTES_PER_BLOCK = 2

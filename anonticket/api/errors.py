@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 
-from anonticket.errors import (
+from anonticket.domain.errors import (
     BodyTooLarge,
     InvalidRequest,
     MethodNotAllowed,
@@ -25,7 +25,7 @@ from anonticket.errors import (
     ServiceError,
     Unavailable,
 )
-from anonticket.metrics import Metrics
+from anonticket.runtime.metrics import Metrics
 
 log = logging.getLogger("anonticket.api")
 
@@ -40,7 +40,7 @@ _HTTP_ERRORS: dict[int, type[ServiceError]] = {
 
 @lru_cache(maxsize=256)
 def plain_error_body(code: str, message: str) -> bytes:
-    # codes and messages are fixed texts (errors.py, aiohttp's reasons): a small set,
+    # codes and messages are fixed texts (domain/errors.py, aiohttp's reasons): a small set,
     # and a 404 flood should not pay for json.dumps on every answer
     return json.dumps({"error": code, "message": message}).encode()
 

@@ -10,8 +10,8 @@ import urllib.parse
 
 from aiohttp import web
 
-from anonticket.api.public import read_body
-from anonticket.errors import ServiceError
+from anonticket.api.request import read_body
+from anonticket.domain.errors import ServiceError
 
 
 class BadForm(ServiceError):

@@ -40,9 +40,9 @@ from typing import Any
 from aiohttp import web
 
 from anonticket.api.access_cookie import AccessCookie
-from anonticket.api.public import STATE, rfc3339
-from anonticket.domain import ServiceToken, token_subject
-from anonticket.errors import (
+from anonticket.api.request import STATE, rfc3339
+from anonticket.domain.ids import ServiceToken, token_subject
+from anonticket.domain.errors import (
     ChargeUnconfirmed,
     GatewayUnauthorized,
     InsufficientBalance,
@@ -223,7 +223,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
         if cost:
             return await metered(raw, cost)  # type: ignore[arg-type]
         # check only: what introspection does, without a coroutine for a cached record;
-        # the ledger is read per request: a PostgreSQL takeover replaces it (app.py)
+        # the ledger is read per request: a PostgreSQL takeover replaces it (service/app.py)
         ledger = state.ledger
         record = ledger.cached_token(raw)  # type: ignore[arg-type]
         if record is None:

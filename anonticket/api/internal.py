@@ -16,22 +16,13 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from anonticket.api.public import (
-    STATE,
-    add_token_routes,
-    json_body,
-    live,
-    lookup_token,
-    read_json_object,
-    redeem,
-    rfc3339,
-    token_view,
-)
+from anonticket.api.public import add_token_routes, live, lookup_token, redeem, token_view
+from anonticket.api.request import STATE, json_body, read_json_object, rfc3339
 from anonticket.api.balance import add_debit_route, add_topup_route
 from anonticket.api.gateway import CHECK_PATH, add_check_route
 from anonticket.api.webhooks import add_webhook_routes
-from anonticket.domain import ServiceToken, token_id
-from anonticket.errors import InvalidRequest, MonitorDisabled, Unauthorized
+from anonticket.domain.ids import ServiceToken, token_id
+from anonticket.domain.errors import InvalidRequest, MonitorDisabled, Unauthorized
 
 log = logging.getLogger("anonticket.admin")
 

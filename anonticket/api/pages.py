@@ -23,7 +23,7 @@ from functools import cache
 from aiohttp import web
 
 from anonticket.api.errors import route_template
-from anonticket.errors import ServiceError
+from anonticket.domain.errors import ServiceError
 
 log = logging.getLogger("anonticket.api")
 

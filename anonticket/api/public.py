@@ -9,40 +9,43 @@ the common one-field shape) takes the general path with the same answers.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 import time
 from binascii import unhexlify
-from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
 
-from anonticket.domain import PaymentId, ServiceToken
-from anonticket.errors import (
+from anonticket.domain.ids import PaymentId, ServiceToken
+from anonticket.domain.errors import (
     InvalidPid,
     InvalidRequest,
     InvalidToken,
     PaymentNotFound,
-    RequestTimeout,
     TokenNotFound,
     Underpaid,
     Unavailable,
 )
+from anonticket.api.checkout import add_checkout_routes
 from anonticket.api.errors import plain_error_body
-from anonticket.ledger import ASK_STORAGE, Claimed
-from anonticket.state import State
-from anonticket.storage import TokenRow, is_storable_text
-from anonticket.timestamp import format_rfc3339
+from anonticket.api.request import (
+    JSON_TYPE,
+    STATE,
+    format_stamp,
+    json_body,
+    json_bytes,
+    json_object,
+    json_stamp,
+    read_body,
+    rfc3339,
+)
+from anonticket.ledger.views import ASK_STORAGE, Claimed
+from anonticket.runtime.state import State
+from anonticket.storage import TokenRow
 
-STATE = web.AppKey("state", State)
-# Requests larger than this are refused with 413 before they are read; a redeem body is ~30 bytes.
-MAX_BODY_BYTES = 4096
 # The route pattern IS ServiceToken.parse's rule (64 hex), so a matched token needs no
 # second check; anything else reaches the catch-all route and gets 400 invalid_token.
 TOKEN_PATTERN = "{token:[0-9a-fA-F]{64}}"
-_JSON = "application/json"
 _OK_LIVE = b'{"status":"ok"}'
 _SHORT_PID_PADDING = bytes(24)
 # the two hot 404s, rendered once exactly as error_response would
@@ -54,87 +57,6 @@ _TOKEN_NOT_FOUND = plain_error_body(TokenNotFound.code, TokenNotFound.message)
 _SIMPLE_REDEEM = re.compile(
     rb'[ \t\n\r]*\{[ \t\n\r]*"pid"[ \t\n\r]*:[ \t\n\r]*"([0-9a-fA-F]{16})"[ \t\n\r]*\}[ \t\n\r]*'
 ).fullmatch
-
-
-def json_body(payload: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(payload).encode(), content_type=_JSON)
-
-
-def json_bytes(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body, content_type=_JSON)
-
-
-async def read_body(request: web.Request) -> bytes:
-    """The request body; with it all received already (the usual small POST), no await.
-
-    Same limit and same 413 as ``request.read()``, which the slow path still uses.
-    """
-    declared = request.content_length  # parsed from the header on each access: read once
-    if declared is not None and declared > MAX_BODY_BYTES:
-        # refuse on the declared size: reading first would wait for a body that may never come
-        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, declared)
-    payload = request.content
-    if payload.is_eof():
-        raw = payload.read_nowait()
-        if len(raw) > MAX_BODY_BYTES:
-            raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, len(raw))
-        return raw
-    # a client that sends headers and then stalls the body must give its slot back
-    try:
-        async with asyncio.timeout(request.app[STATE].config.api_body_timeout_secs):
-            return await request.read()
-    except TimeoutError:
-        raise RequestTimeout() from None
-
-
-async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The body as a JSON object. Any content type is accepted: ``curl -d`` sends a form type."""
-    raw = await read_body(request)
-    if allow_empty and not raw.strip():
-        return {}
-    return _json_object(raw)
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    # RecursionError: 4 KiB of "[[[[" nests deeper than json's C scanner may recurse; it
-    # unwinds cleanly, and it is the client's malformed body, not a 500 with a traceback
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    if not is_storable_json(body):
-        raise InvalidRequest("request body holds a string that is not valid Unicode text "
-                             "(a lone surrogate, or U+0000)")
-    return body
-
-
-def is_storable_json(value: object) -> bool:
-    """True when every string in a parsed JSON value, keys included, encodes as UTF-8
-    and holds no U+0000 (``storage.is_storable_text``).
-
-    A ``\\ud800`` escape, or the raw bytes of one (json.loads decodes bytes with
-    surrogatepass), gives Python a lone surrogate: a str that SQLite cannot bind and a
-    UTF-8 log cannot write. PostgreSQL refuses a ``\\u0000`` in any text (SQLite keeps it,
-    so the backends would disagree). Either would fail far from the edge, as a 500, and
-    inside a batch of debits it would fail everyone's. Every JSON body passes here, so a
-    string field added later is covered without a line of its own; text taken from
-    elsewhere (a header, a form) needs the same check. A loop, not recursion: the value
-    may be nested as deep as json.loads allowed.
-    """
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if type(item) is str:
-            if not is_storable_text(item):
-                return False
-        elif type(item) is dict:
-            pending.extend(item)
-            pending.extend(item.values())
-        elif type(item) is list:
-            pending.extend(item)
-    return True
 
 
 def parse_pid(text: object, accept_long: bool) -> PaymentId:
@@ -160,21 +82,10 @@ def _redeem_pid(raw: bytes, accept_long: bool) -> PaymentId:
         short = unhexlify(match[1])
         if any(short):
             return PaymentId(short + _SHORT_PID_PADDING)
-    body = _json_object(raw)
+    body = json_object(raw)
     if "pid" not in body:
         raise InvalidRequest("field 'pid' is required")
     return parse_pid(body["pid"], accept_long)
-
-
-@lru_cache(maxsize=4096)
-def _format_stamp(unix_seconds: int) -> str:
-    # tokens issued in the same second share their stamp; cached because formatting
-    # a time costs more than the rest of an introspection answer
-    return format_rfc3339(unix_seconds)
-
-
-def rfc3339(unix_seconds: int | None) -> str | None:
-    return None if unix_seconds is None else _format_stamp(unix_seconds)
 
 
 def token_view(record: TokenRow, now: int | None = None) -> dict[str, Any]:
@@ -189,15 +100,10 @@ def token_view(record: TokenRow, now: int | None = None) -> dict[str, Any]:
     }
 
 
-def json_stamp(unix_seconds: int | None) -> str:
-    """An RFC 3339 stamp (or null) as JSON text, for answers formatted without the encoder."""
-    return "null" if unix_seconds is None else f'"{_format_stamp(unix_seconds)}"'
-
-
 def _token_view_bytes(record: TokenRow, now: int) -> bytes:
     """``json.dumps(token_view(record))`` without the encoder: ints and our own stamps only."""
     return (f'{{"status":"{record.status(now)}","amount":{int(record.amount)},'
-            f'"issued_at":"{_format_stamp(record.issued_at)}",'
+            f'"issued_at":"{format_stamp(record.issued_at)}",'
             f'"revoked_at":{json_stamp(record.revoked_at)},'
             f'"abuse_score":{int(record.abuse_score)},'
             f'"expires_at":{json_stamp(record.expires_at)},'
@@ -306,7 +212,7 @@ async def invalid_token(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.Response:
-    return web.Response(body=_OK_LIVE, content_type=_JSON)
+    return web.Response(body=_OK_LIVE, content_type=JSON_TYPE)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -324,9 +230,6 @@ def add_token_routes(app: web.Application, handler: Any) -> None:
 
 
 def add_public_routes(app: web.Application) -> None:
-    # imported here: the checkout reads bodies with this module's read_body
-    from anonticket.api.checkout import add_checkout_routes
-
     app.router.add_post("/api/v1/redeem", redeem)
     add_token_routes(app, introspect)
     app.router.add_get("/health/live", live, allow_head=False)

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from anonticket.api.public import json_body
-from anonticket.errors import NotActive
-from anonticket.state import State
+from anonticket.api.request import json_body
+from anonticket.domain.errors import NotActive
+from anonticket.runtime.state import State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.api.public import STATE, json_body, read_json_object, rfc3339
-from anonticket.errors import InvalidRequest, WebhookEventNotFound, WebhooksOff
-from anonticket.state import State
+from anonticket.api.request import STATE, json_body, read_json_object, rfc3339
+from anonticket.domain.errors import InvalidRequest, WebhookEventNotFound, WebhooksOff
+from anonticket.runtime.state import State
 from anonticket.storage.outbox import url_digest
 
 _MAX_LISTED = 1000

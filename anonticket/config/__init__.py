@@ -3,6 +3,8 @@
 ``anonticket config``, the README's settings table and ``Config`` all derive from
 ``SETTINGS``, and a docs test checks the README against it. Variable names are the
 Rust original's, so an operator can switch implementations without rewriting units.
+
+May import: crypto, domain.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from anonticket.amount import MAX_PICONERO
+from anonticket.domain.amount import MAX_PICONERO
 from anonticket.config.values import (
     DEFAULT_WEBHOOK_RETRIES,
     HostPort,
@@ -40,8 +42,8 @@ from anonticket.config.values import (
     parse_webhook_url,
     redact_secrets,
 )
-from anonticket.errors import ConfigError
-from anonticket.timestamp import MAX_CREDIT_SECONDS, SECONDS_PER_DAY
+from anonticket.domain.errors import ConfigError
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, SECONDS_PER_DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +270,7 @@ class Config:
 
     def _check_price(self) -> None:
         """The smallest redeemable payment must buy at least one second, and at most what
-        one credit may buy (anonticket/timestamp.py): a price outside that range is a
+        one credit may buy (anonticket/domain/timestamp.py): a price outside that range is a
         typo (piconero for XMR) or a unit mistake, and would issue tokens expired at
         issue or good for centuries."""
         price = self.access_price_per_day

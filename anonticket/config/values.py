@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import re
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from anonticket.amount import MAX_PICONERO, parse_xmr
-from anonticket.webhook import parse_secret
+from anonticket.domain.amount import MAX_PICONERO, parse_xmr
+from anonticket.domain.webhook import parse_secret
 
 
 @dataclass(frozen=True, slots=True)

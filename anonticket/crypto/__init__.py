@@ -6,4 +6,6 @@ Pure code over pycryptodome and the standard library: no I/O, no storage, no aio
 other anonticket module, so a third-party service can import a verifier from here with nothing
 else installed, each module reads beside its standard and uses its names, and each is proven by
 the standard's own vectors (tests/vectors/) and by an independent implementation in a test.
+
+May import: nothing.
 """

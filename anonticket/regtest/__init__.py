@@ -10,6 +10,10 @@ the real monerod / monero-wallet-rpc 0.18 rather than against itself::
 
 ``network`` starts, attaches and stops the processes; ``actions`` pays, mines,
 reorganises and double-spends; ``watchdog`` stops a network whose owner died.
+
+It stands alone: only ``cli`` (the sandbox) imports it, and tests do.
+
+May import: nothing.
 """
 
 from anonticket.regtest.errors import RegtestError

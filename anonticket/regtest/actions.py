@@ -13,15 +13,29 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from anonticket.regtest.errors import RegtestError
-from anonticket.regtest.rpc import RpcError
-
-if TYPE_CHECKING:
-    from anonticket.regtest.network import RegtestNetwork
+from anonticket.regtest.process import DirLock
+from anonticket.regtest.rpc import RpcClient, RpcError
 
 log = logging.getLogger("anonticket.regtest")
+
+
+class RunningNetwork(Protocol):
+    """What an action needs of a running network. ``network.RegtestNetwork`` is one; it
+    imports this module (its methods are these actions), so the arrow points from the
+    network to its actions and never back."""
+
+    daemon: RpcClient
+    merchant: RpcClient
+    payer: RpcClient
+    payer_address: str
+    auto_refresh_seconds: int
+    lock: DirLock
+
+    def height(self) -> int: ...
+
 
 NO_PAYMENT_ID = "0000000000000000"
 # Regtest fees are ~0.003 XMR; the reserve also covers a transfer with many inputs.
@@ -33,19 +47,19 @@ MAX_REFILLS = 10
 _HEX = frozenset("0123456789abcdef")
 
 
-def sync(net: RegtestNetwork) -> None:
+def sync(net: RunningNetwork) -> None:
     net.payer.call("refresh")
     net.merchant.call("refresh")
 
 
-def generate(net: RegtestNetwork, n: int, address: str | None = None) -> list[str]:
+def generate(net: RunningNetwork, n: int, address: str | None = None) -> list[str]:
     """Mine without syncing (callers sync once at the end); the new block hashes."""
     reply = net.daemon.call("generateblocks", {"amount_of_blocks": n, "wallet_address": address or net.payer_address},
                             timeout=60.0 + n)
     return list(reply.get("blocks") or [])
 
 
-def wait_until_minable(net: RegtestNetwork, txids: list[str], timeout: float = 10.0) -> None:
+def wait_until_minable(net: RunningNetwork, txids: list[str], timeout: float = 10.0) -> None:
     """Wait until the next block template includes every txid.
 
     monerod leaves a just-relayed transaction out of new block templates for a moment
@@ -68,7 +82,7 @@ def wait_until_minable(net: RegtestNetwork, txids: list[str], timeout: float = 1
 
 
 @contextlib.contextmanager
-def merchant_refresh_paused(net: RegtestNetwork) -> Iterator[None]:
+def merchant_refresh_paused(net: RunningNetwork) -> Iterator[None]:
     """Keep the merchant's 1 s background refresh from seeing an intermediate state
     (a popped chain, a pool tx flushed and put back)."""
     period = net.auto_refresh_seconds
@@ -81,7 +95,7 @@ def merchant_refresh_paused(net: RegtestNetwork) -> Iterator[None]:
             net.merchant.call("auto_refresh", {"enable": True, "period": period})
 
 
-def pool_txids_to_mine(net: RegtestNetwork) -> list[str]:
+def pool_txids_to_mine(net: RunningNetwork) -> list[str]:
     """The pool's transactions the next block should take: all but those the daemon saw
     double-spent (a block never takes one of those, so waiting for it would be vain)."""
     reply = net.daemon.path("/get_transaction_pool", {})
@@ -89,7 +103,7 @@ def pool_txids_to_mine(net: RegtestNetwork) -> list[str]:
             if not tx.get("double_spend_seen")]
 
 
-def mine(net: RegtestNetwork, n: int) -> int:
+def mine(net: RunningNetwork, n: int) -> int:
     """Mine n blocks, the first one with every transaction waiting in the pool.
 
     A payment made just before (``pay`` and then ``mine 2``, the sandbox's own steps) then
@@ -105,7 +119,7 @@ def mine(net: RegtestNetwork, n: int) -> int:
         return net.height()
 
 
-def pay(net: RegtestNetwork, pid16: str, amount: int, *, mine: int = 0, double_spend_attempt: bool = False,
+def pay(net: RunningNetwork, pid16: str, amount: int, *, mine: int = 0, double_spend_attempt: bool = False,
         unlock_time: int = 0) -> dict[str, Any]:
     """Pay ``amount`` piconero to the merchant's integrated address for ``pid16``.
 
@@ -125,7 +139,7 @@ def pay(net: RegtestNetwork, pid16: str, amount: int, *, mine: int = 0, double_s
                      unlock_time=unlock_time, extra={"payment_id": pid})
 
 
-def pay_subaddress(net: RegtestNetwork, amount: int, *, mine: int = 0) -> dict[str, Any]:
+def pay_subaddress(net: RunningNetwork, amount: int, *, mine: int = 0) -> dict[str, Any]:
     """Pay a newly created merchant subaddress; the merchant sees payment id 0000000000000000."""
     with net.lock:
         sub = net.merchant.call("create_address", {"account_index": 0, "label": ""})
@@ -133,11 +147,11 @@ def pay_subaddress(net: RegtestNetwork, amount: int, *, mine: int = 0) -> dict[s
                          extra={"payment_id": NO_PAYMENT_ID, "subaddr_index": {"major": 0, "minor": sub["address_index"]}})
 
 
-def pay_address(net: RegtestNetwork, address: str, amount: int, *, mine: int = 0) -> dict[str, Any]:
+def pay_address(net: RunningNetwork, address: str, amount: int, *, mine: int = 0) -> dict[str, Any]:
     return _transfer(net, address, amount, mine=mine)
 
 
-def _transfer(net: RegtestNetwork, address: str, amount: int, *, mine: int, double_spend_attempt: bool = False,
+def _transfer(net: RunningNetwork, address: str, amount: int, *, mine: int, double_spend_attempt: bool = False,
               unlock_time: int = 0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise RegtestError("the amount must be a positive integer number of piconero (1 XMR = 10**12)")
@@ -176,7 +190,7 @@ def _transfer(net: RegtestNetwork, address: str, amount: int, *, mine: int, doub
         return result
 
 
-def _ensure_spendable(net: RegtestNetwork, amount: int) -> None:
+def _ensure_spendable(net: RunningNetwork, amount: int) -> None:
     """Mine until the payer can afford ``amount``, so a long suite never runs dry."""
     for _ in range(MAX_REFILLS):
         balance = net.payer.call("get_balance", {"account_index": 0})
@@ -192,7 +206,7 @@ def _ensure_spendable(net: RegtestNetwork, amount: int) -> None:
                        f"{MAX_REFILLS * REFILL_BLOCKS} blocks")
 
 
-def reorg(net: RegtestNetwork, depth: int, *, drop: list[str] | tuple[str, ...] = (),
+def reorg(net: RunningNetwork, depth: int, *, drop: list[str] | tuple[str, ...] = (),
           move_by: int | None = None) -> dict[str, Any]:
     """Replace the top ``depth`` blocks by ``depth + 1`` new ones (a longer chain wins).
 
@@ -264,7 +278,7 @@ def reorg(net: RegtestNetwork, depth: int, *, drop: list[str] | tuple[str, ...] 
                 "new_blocks": len(mined), "txs": plan}
 
 
-def _fetch_blobs(net: RegtestNetwork, txids: list[str]) -> dict[str, str]:
+def _fetch_blobs(net: RunningNetwork, txids: list[str]) -> dict[str, str]:
     if not txids:
         return {}
     got = net.daemon.path("/get_transactions", {"txs_hashes": txids, "decode_as_json": False})
@@ -274,7 +288,7 @@ def _fetch_blobs(net: RegtestNetwork, txids: list[str]) -> dict[str, str]:
     return blobs
 
 
-def _record_new_heights(net: RegtestNetwork, plan: list[dict[str, Any]]) -> None:
+def _record_new_heights(net: RunningNetwork, plan: list[dict[str, Any]]) -> None:
     kept = [p["txid"] for p in plan if p["action"] != "dropped"]
     if not kept:
         return
@@ -285,7 +299,7 @@ def _record_new_heights(net: RegtestNetwork, plan: list[dict[str, Any]]) -> None
             p["new_height"] = where.get(p["txid"])
 
 
-def double_spend(net: RegtestNetwork, txid: str, *, mode: str = "replace") -> dict[str, Any]:
+def double_spend(net: RunningNetwork, txid: str, *, mode: str = "replace") -> dict[str, Any]:
     """A 0-conf double spend of a payer tx still in the pool.
 
     ``replace``: the tx vanishes from the pool, replaced by a conflicting payer->payer
@@ -303,7 +317,7 @@ def double_spend(net: RegtestNetwork, txid: str, *, mode: str = "replace") -> di
     return result
 
 
-def _double_spend(net: RegtestNetwork, txid: str, mode: str) -> dict[str, Any]:
+def _double_spend(net: RunningNetwork, txid: str, mode: str) -> dict[str, Any]:
     """Flush the tx, let the payer forget it spent those outputs, sign a sweep of one of
     them without relaying, then submit the sweep (and for ``attempt`` the original first)."""
     got = net.daemon.path("/get_transactions", {"txs_hashes": [txid], "decode_as_json": True})

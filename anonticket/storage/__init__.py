@@ -2,10 +2,15 @@
 
 ``core`` (connections, the one write path), ``schema`` (versions), ``ledger_rules`` (the
 decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
-``outbox`` (webhook events, written inside the others' transactions), ``maintenance``
+``events`` (the webhook events a change writes inside its own transaction), ``outbox``
+(the sender's side of those rows: due events, outcomes, replays), ``maintenance``
 (counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
 connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
 by hand. ``open_storage`` picks one from ``DATABASE_URL``.
+
+``wal_checkpoint`` copies the WAL back off the writer's commits.
+
+May import: crypto, domain, config.
 """
 
 from __future__ import annotations

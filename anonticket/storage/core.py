@@ -22,23 +22,21 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from anonticket.errors import StorageUnavailable, StorageValueOutOfRange
+from anonticket.domain.errors import StorageUnavailable, StorageValueOutOfRange
+from anonticket.storage.events import Outbox
 from anonticket.storage.schema import apply_schema
-from anonticket.wal_checkpoint import BackgroundCheckpointer
-
-if TYPE_CHECKING:
-    from anonticket.storage.outbox import Outbox
+from anonticket.storage.wal_checkpoint import BackgroundCheckpointer
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # SQLite's default limit on bound parameters is 32766; stay well below it per statement.
 CHUNK = 5000
 # SQLite's automatic checkpoint on the writer, in WAL pages (64 MiB): only the bound on
 # the WAL's size now. The background checkpointer copies the frames a tenth of a second
-# after their commit, off the writer (anonticket/wal_checkpoint.py); this one runs inside
+# after their commit, off the writer (anonticket/storage/wal_checkpoint.py); this one runs inside
 # a COMMIT only when the WAL reaches the limit, and then has little left to copy.
 _WAL_AUTOCHECKPOINT_PAGES = 16000
 # The database holds every unredeemed PID and live token: only its owner may read it.
@@ -161,7 +159,7 @@ class StorageCore:
 
         ``checkpoint_later`` is for a transaction that rewrites much of the file: its COMMIT
         does not copy the WAL back into the database itself; the background checkpointer
-        does, once the lock is released (anonticket/wal_checkpoint.py).
+        does, once the lock is released (anonticket/storage/wal_checkpoint.py).
         """
         async with self._write_lock, unavailable_on_error():
             if checkpoint_later:

@@ -21,9 +21,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from anonticket.domain import Transfer
+from anonticket.domain.ids import Transfer
 from anonticket.storage.rows import ClaimRow, DebitOutcome, DebitRequest, TokenRow, TopupOutcome
-from anonticket.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP, SECONDS_PER_DAY
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP, SECONDS_PER_DAY
 
 # (token, key) -> (request digest, status, body) of an answer stored or given in this batch
 Answers = dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]
@@ -31,7 +31,7 @@ Answers = dict[tuple[bytes, str | None], tuple[bytes, int, dict[str, Any]]]
 
 def seconds_bought(amount: int, price_per_day: int | None) -> int | None:
     """What ``amount`` piconero buys at the price in force, at most ``MAX_CREDIT_SECONDS``
-    (anonticket/timestamp.py); None is unlimited time."""
+    (anonticket/domain/timestamp.py); None is unlimited time."""
     if price_per_day is None:
         return None
     return min(amount * SECONDS_PER_DAY // price_per_day, MAX_CREDIT_SECONDS)

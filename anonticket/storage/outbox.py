@@ -1,13 +1,9 @@
-"""The webhook outbox: events written in the transaction of the change they report.
+"""The webhook outbox's store: the rows the sender attempts, their outcomes, replays.
 
-A claim, a top-up, a revocation or an expiry sweep hands its events to ``Outbox.add``
-inside its own ``_transaction``, so the event commits with the change or rolls back with
-it: a crash can neither lose an event nor leave one for a change that never happened.
-The sender (anonticket/webhook_sender.py) reads due rows back from the database, never
-from memory; ``Outbox`` only wakes it after a COMMIT that wrote some.
-
-Payloads name a token by ``domain.token_id`` and hold nothing internal introspection does
-not show: no PID, txid, address or token, and no event per payment (docs/webhooks.md).
+Events are written by the changes they report, in the same transaction (``events``).
+The sender (anonticket/webhooks/sender.py) reads due rows back from the database, never
+from memory; ``Outbox`` only wakes it after a COMMIT that wrote some. The row rules
+below (``attempt_columns`` and the views) are shared with ``postgres/outbox.py``.
 """
 
 from __future__ import annotations
@@ -17,72 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
-from anonticket.domain import token_id
 from anonticket.storage.core import StorageCore
-from anonticket.storage.rows import TokenRow
-from anonticket.webhook import event_body, new_message_id, rfc3339
+from anonticket.storage.events import Outbox
 
-Event = tuple[str, dict[str, Any]]  # (type, data)
 PENDING, DELIVERED, DEAD = 0, 1, 2
 _STATUS_NAMES = {PENDING: "pending", DELIVERED: "delivered", DEAD: "dead"}
-
-
-def issued_event(record: TokenRow) -> Event:
-    return "token.issued", {
-        "token_id": token_id(record.token), "amount": str(record.amount),
-        "remaining": str(record.remaining), "expires_at": rfc3339(record.expires_at),
-        "issued_at": rfc3339(record.issued_at)}
-
-
-def topped_up_event(record: TokenRow, added: int) -> Event:
-    return "token.topped_up", {
-        "token_id": token_id(record.token), "amount": str(record.amount), "added": str(added),
-        "remaining": str(record.remaining), "expires_at": rfc3339(record.expires_at)}
-
-
-def revoked_event(record: TokenRow) -> Event:
-    return "token.revoked", {
-        "token_id": token_id(record.token), "revoked_at": rfc3339(record.revoked_at),
-        "reason": record.revoke_reason, "abuse_score": record.abuse_score}
-
-
-def expired_event(token: bytes, expires_at: int) -> Event:
-    return "token.expired", {"token_id": token_id(token), "expires_at": rfc3339(expires_at)}
-
-
-class Outbox:
-    """The switch (present only while webhooks are on) and the sender's wake-up call.
-
-    Every transaction runs under the storage's write lock, so one flag is enough to know
-    whether the transaction that just committed wrote events.
-    """
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-        self._written = False
-
-    async def add(self, db: aiosqlite.Connection, events: Iterable[Event], now: int) -> None:
-        rows = [(new_message_id(), kind, event_body(kind, now, data), now, now)
-                for kind, data in events]
-        if rows:
-            await db.executemany(
-                """INSERT INTO webhook_events (id, type, body, created_at, next_attempt_at)
-                   VALUES (?, ?, ?, ?, ?)""", rows)
-            self._written = True
-
-    def wake_after_commit(self) -> None:
-        """For a change that makes stored events due (a replay, an enable)."""
-        self._written = True
-
-    def committed(self) -> None:
-        if self._written:
-            self._written = False
-            self._wake()
-
-    def rolled_back(self) -> None:
-        self._written = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import aiosqlite
 
-from anonticket.domain import PaymentId, Transfer, derive_service_token
+from anonticket.domain.ids import PaymentId, Transfer, derive_service_token
 from anonticket.storage.core import StorageCore, chunks, marks
 from anonticket.storage.ledger_rules import (
     PidCredit,
@@ -23,12 +23,12 @@ from anonticket.storage.ledger_rules import (
     expiry_after,
     refuse_topup,
 )
-from anonticket.storage.outbox import Event, issued_event, topped_up_event
+from anonticket.storage.events import Event, issued_event, topped_up_event
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
-from anonticket.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
 # From this many transfers in one credit, COMMIT leaves the WAL copy to the background
-# checkpointer (anonticket/wal_checkpoint.py); smaller ones checkpoint as usual.
+# checkpointer (anonticket/storage/wal_checkpoint.py); smaller ones checkpoint as usual.
 BULK_CREDIT_TRANSFERS = 1000
 
 # expires_at after crediting ``?1`` more seconds at time ``?2``: the clock restarts from

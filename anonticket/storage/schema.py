@@ -1,6 +1,6 @@
 """Schema versions: each script moves the schema and ``user_version`` in one transaction.
 
-``schema.sql`` brings any database (new, version 1) to version 2; each later version is
+``sql/v2.sql`` brings any database (new, version 1) to version 2; each later version is
 a script of its own applied in order, so a crash between two leaves a valid database of
 the earlier version that the next start migrates on.
 """
@@ -11,10 +11,12 @@ from pathlib import Path
 
 import aiosqlite
 
-_ROOT = Path(__file__).resolve().parent.parent.parent
-SCHEMA_PATH = _ROOT / "schema.sql"  # versions 0 and 1 → 2
+# package data (setup.cfg), so an installed wheel has them; the repository's schema.sql is
+# the current schema as one script for readers, checked equal to what these build
+_SQL = Path(__file__).resolve().parent / "sql"
+SCHEMA_PATH = _SQL / "v2.sql"  # versions 0 and 1 → 2
 # version reached → script that reaches it from the one before
-MIGRATIONS = {3: _ROOT / "schema_v3.sql", 4: _ROOT / "schema_v4.sql"}
+MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql"}
 SCHEMA_VERSION = 4
 
 

@@ -20,7 +20,7 @@ import aiosqlite
 
 from anonticket.storage.core import StorageCore, chunks
 from anonticket.storage.ledger_rules import Answers, DebitPlan, plan_debits
-from anonticket.storage.outbox import expired_event, revoked_event
+from anonticket.storage.events import expired_event, revoked_event
 from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
 
 _RECENT_DEBITS = 20

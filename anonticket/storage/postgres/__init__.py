@@ -1,6 +1,6 @@
 """The PostgreSQL implementation of the storage interface: one hand-written SQL module per
-part, as for SQLite (``core``, ``schema``, ``payments``, ``tokens``, ``outbox``,
-``maintenance``), and
+part, as for SQLite (``core``, ``schema``, ``payments``, ``tokens``, ``events``,
+``outbox``, ``maintenance``), and
 ``leader``, the advisory lock and fencing epoch that make one of several instances active.
 
 It covers every public method of ``anonticket.storage.Storage`` except the SQLite file's

@@ -27,20 +27,18 @@ import sys
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
-from anonticket.errors import (
+from anonticket.domain.errors import (
     DatabaseConnectFailed,
     NotActive,
     StorageUnavailable,
     StorageValueOutOfRange,
 )
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS
-
-if TYPE_CHECKING:
-    from anonticket.storage.postgres.outbox import PgOutbox
+from anonticket.storage.postgres.events import PgOutbox
 
 log = logging.getLogger("anonticket.storage")
 

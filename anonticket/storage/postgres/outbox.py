@@ -1,12 +1,13 @@
 """The webhook outbox on PostgreSQL: the SQL of ``storage.outbox``, written for it.
 
-The rules are the SQLite module's: a change hands its events to ``PgOutbox.add`` inside its
-own transaction (``PostgresCore._write``), so they commit or roll back together, and the
-sender reads due rows back from the database, never from memory. The event texts are built
-by the same functions (``storage.outbox``), so a payload is byte for byte what SQLite would
-store: a token id, never a PID, token, txid or address.
+The rules are the SQLite module's: a change hands its events to ``PgOutbox.add``
+(``postgres/events.py``) inside its own transaction (``PostgresCore._write``), so they
+commit or roll back together, and the sender reads due rows back from the database, never
+from memory. The event texts are built by the same functions (``storage.events``), so a
+payload is byte for byte what SQLite would store: a token id, never a PID, token, txid or
+address.
 
-Only the active instance sends (anonticket/leadership.py), and delivery is at least once:
+Only the active instance sends (anonticket/service/leadership.py), and delivery is at least once:
 an event is marked delivered only after the receiver's 2xx, in a transaction of its own.
 After a takeover the new leader reads every row still pending, including those the old one
 attempted but never marked, and sends them again with the same ``webhook-id`` (receivers
@@ -19,7 +20,7 @@ is skipped: at worst one is sent twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -27,8 +28,6 @@ import asyncpg
 from anonticket.storage.outbox import (
     QUEUE_SQL,
     AttemptResult,
-    Event,
-    Outbox,
     OutboxEvent,
     attempt_columns,
     disabled_state,
@@ -37,24 +36,7 @@ from anonticket.storage.outbox import (
     url_digest,
 )
 from anonticket.storage.postgres.core import PostgresCore, affected
-from anonticket.webhook import event_body, new_message_id
-
-
-class PgOutbox(Outbox):
-    """``Outbox`` with its INSERT in this dialect: one statement for all of a change's events."""
-
-    async def add(self, db: asyncpg.Connection, events: Iterable[Event],  # type: ignore[override]
-                  now: int) -> None:
-        rows = [(new_message_id(), kind, event_body(kind, now, data)) for kind, data in events]
-        if rows:
-            await db.execute(
-                """INSERT INTO webhook_events (id, type, body, created_at, next_attempt_at)
-                   SELECT id, type, body, $4::bigint, $4::bigint
-                   FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
-                        AS n(id, type, body, ord)
-                   ORDER BY ord""",
-                [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], now)
-            self._written = True
+from anonticket.storage.postgres.events import PgOutbox
 
 
 class PgOutboxStore(PostgresCore):

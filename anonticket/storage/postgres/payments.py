@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import asyncpg
 
-from anonticket.domain import PaymentId, Transfer, derive_service_token
+from anonticket.domain.ids import PaymentId, Transfer, derive_service_token
 from anonticket.storage.ledger_rules import (
     PidCredit,
     claim_row,
@@ -25,11 +25,11 @@ from anonticket.storage.ledger_rules import (
     expiry_after,
     refuse_topup,
 )
-from anonticket.storage.outbox import issued_event, topped_up_event
+from anonticket.storage.events import issued_event, topped_up_event
 from anonticket.storage.payments import _topped_up_events
 from anonticket.storage.postgres.core import PostgresCore, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
-from anonticket.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
+from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
 
 # expires_at after crediting d.seconds more at $now (see storage.payments._EXTEND_EXPIRY)

@@ -5,8 +5,8 @@ Two instances starting at once would otherwise both see version 0 and both run
 ``CREATE TABLE``; the second fails (or, with IF NOT EXISTS, can still collide in the
 catalog). The transaction-scoped lock is released by COMMIT or ROLLBACK whatever happens,
 so a starter that dies mid-migration never leaves it held. The numbers are this dialect's
-own: version 3 (``schema_postgres.sql``) has SQLite version 3's ledger tables, version 4
-(``schema_postgres_v4.sql``) adds what SQLite's version 3 also holds, the webhook outbox
+own: version 3 (``sql/v3.sql``) has SQLite version 3's ledger tables, version 4
+(``sql/v4.sql``) adds what SQLite's version 3 also holds, the webhook outbox
 and the expiry notices; ``PG_SCHEMA_VERSION`` is the one this program brings a database to.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import asyncpg
 
-_ROOT = Path(__file__).resolve().parent.parent.parent.parent
+# package data (setup.cfg), so an installed wheel has them
+_SQL = Path(__file__).resolve().parent / "sql"
 # version reached → script that reaches it from the one before (a new database: from 0)
-MIGRATIONS = {3: _ROOT / "schema_postgres.sql", 4: _ROOT / "schema_postgres_v4.sql"}
+MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql"}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 # an arbitrary 64-bit key of our own, so the lock never meets another application's
 SCHEMA_LOCK_KEY = 0x616E_6F6E_7363_6801  # "anonsch" + 1

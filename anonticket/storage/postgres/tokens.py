@@ -19,7 +19,7 @@ import asyncpg
 
 from anonticket.storage import tokens as sqlite_tokens
 from anonticket.storage.ledger_rules import Answers, plan_debits
-from anonticket.storage.outbox import expired_event, revoked_event
+from anonticket.storage.events import expired_event, revoked_event
 from anonticket.storage.postgres.core import PostgresCore, affected, column_list
 from anonticket.storage.rows import TOKEN_COLUMNS, DebitOutcome, DebitRequest, TokenRow
 from anonticket.storage.tokens import _RECENT_DEBITS

@@ -1,0 +1,175 @@
+"""Payment IDs, service tokens and the derivation between them. No I/O.
+
+These values are the only secrets of the system, so their ``repr``/``str`` never
+show the value: a stray ``log.info("%s", pid)`` or an exception that captures one
+prints a placeholder, and only an explicit ``.hex()`` reveals it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from Crypto.Hash import SHA3_256
+
+from anonticket.domain.errors import InvalidPid, InvalidToken
+
+SHORT_PID_BYTES = 8
+LONG_PID_BYTES = 32
+TOKEN_BYTES = 32
+TXID_BYTES = 32
+_PADDING = bytes(LONG_PID_BYTES - SHORT_PID_BYTES)
+
+
+def _exact_hex(text: str) -> bytes | None:
+    """The bytes of ``text`` if it is nothing but hex digits, else None.
+
+    One C call (the monitor parses two per wallet entry, 100k a poll): ``fromhex``
+    rejects every non-hex character except ASCII whitespace, which it skips, so
+    exactly half as many bytes as characters means there was none.
+    """
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if 2 * len(raw) == len(text) else None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PaymentId:
+    """A Monero payment ID, stored as the wallet keeps it: 32 bytes, short ones zero-padded.
+
+    ``is_short`` means an 8-byte ID, the only kind current wallets can send (through
+    an integrated address, encrypted on chain). Long IDs travelled in clear text and
+    can be front-run, so they are accepted only when the operator opts in.
+    """
+
+    raw: bytes
+
+    @classmethod
+    def parse(cls, text: object, *, accept_long: bool = False) -> PaymentId:
+        """Parse 16 or 64 hex characters exactly as given (no trimming).
+
+        Raises InvalidPid, whose message never contains the input.
+        """
+        if not isinstance(text, str) or len(text) not in (16, 64):
+            raise InvalidPid()
+        raw = _exact_hex(text)
+        if raw is None:
+            raise InvalidPid()
+        if len(raw) == SHORT_PID_BYTES:
+            raw += _PADDING
+        pid = cls(raw)
+        if not any(raw):
+            # every plain or subaddress payment carries the zero PID: accepting it
+            # would let anyone redeem other people's money
+            raise InvalidPid()
+        if not pid.is_short and not accept_long:
+            raise InvalidPid("long (64 hex) payment IDs are not accepted by this service")
+        return pid
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PaymentId:
+        if len(raw) != LONG_PID_BYTES:
+            raise InvalidPid()
+        return cls(bytes(raw))
+
+    @classmethod
+    def generate(cls) -> PaymentId:
+        """A fresh random short PID; retries the (2^-64) all-zero draw."""
+        while True:
+            short = secrets.token_bytes(SHORT_PID_BYTES)
+            if any(short):
+                return cls(short + _PADDING)
+
+    @property
+    def is_short(self) -> bool:
+        return self.raw[SHORT_PID_BYTES:] == _PADDING
+
+    def hex(self) -> str:
+        """Canonical text: 16 lowercase hex for short PIDs, 64 for long ones."""
+        return (self.raw[:SHORT_PID_BYTES] if self.is_short else self.raw).hex()
+
+    def __repr__(self) -> str:
+        return "PaymentId(<redacted>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServiceToken:
+    """The bearer secret a customer gets for a redeemed payment."""
+
+    raw: bytes
+
+    @classmethod
+    def parse(cls, text: object) -> ServiceToken:
+        raw = _exact_hex(text) if isinstance(text, str) and len(text) == 2 * TOKEN_BYTES else None
+        if raw is None:
+            raise InvalidToken()
+        return cls(raw)
+
+    def hex(self) -> str:
+        return self.raw.hex()
+
+    def __repr__(self) -> str:
+        return "ServiceToken(<redacted>)"
+
+    __str__ = __repr__
+
+
+def derive_service_token(pid: PaymentId, txid_text: str) -> ServiceToken:
+    """SHA3-256 over ``canonical_pid_text|txid_text``.
+
+    The txid text is taken verbatim (the wallet reports lowercase hex), so the same
+    payment always yields the same token, which makes a redeem retry-safe.
+    """
+    digest = SHA3_256.new((pid.hex() + "|" + txid_text).encode()).digest()
+    return ServiceToken(digest)
+
+
+def parse_txid(text: object) -> bytes:
+    """A wallet txid: 64 hex characters. Raises ValueError with a fixed message."""
+    raw = _exact_hex(text) if isinstance(text, str) and len(text) == 2 * TXID_BYTES else None
+    if raw is None:
+        raise ValueError("txid must be 64 hex characters")
+    return raw
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Transfer:
+    """One confirmed incoming wallet transfer, validated, ready to be credited."""
+
+    txid: bytes
+    pid: PaymentId
+    amount: int
+    height: int
+
+    def __repr__(self) -> str:
+        return f"Transfer(<redacted>, amount={self.amount}, height={self.height})"
+
+
+def key_prefix(raw: bytes) -> int:
+    """The first 8 bytes as an unsigned int: the in-memory index key of a PID or token."""
+    return int.from_bytes(raw[:8], "big")
+
+
+def _pseudonym(domain: bytes, token: bytes) -> str:
+    # a token is 256 random bits: its SHA-256 under a fixed domain tag cannot be inverted,
+    # and the tag keeps one pseudonym from being computed from another
+    return hashlib.sha256(domain + b"\x00" + token).hexdigest()[:32]
+
+
+def token_id(token: bytes) -> str:
+    """The token's name in webhooks and internal introspection: stable, and the token
+    cannot be recovered from it, so a backend can key its records on it without holding
+    the bearer secret."""
+    return _pseudonym(b"anonticket token id v1", token)
+
+
+def token_subject(token: bytes) -> str:
+    """The pseudonym the gateway hands a protected service: stable across restarts, not
+    the bearer secret, and different from ``token_id`` so the service's logs and the
+    webhook receiver's records cannot be joined without the operator's help."""
+    return _pseudonym(b"anonticket subject v1", token)

@@ -1,0 +1,276 @@
+"""The wallet monitor: turns monero-wallet-rpc transfers into redeemable credit.
+
+Each poll reads the wallet height H (a block count: a transfer at height h has
+H − h confirmations) and asks for everything above the cursor plus the pool, in one
+call. Transfers at depth ≥ N (h ≤ H − N) are credited and the cursor moves to H − N in
+the same transaction; the rest form the pending view, rebuilt from scratch each poll
+so a transfer a reorg or a double spend removed stops being pending by itself.
+
+``min_height`` is EXCLUSIVE in wallet-rpc, so asking from the last scanned height (not
+the next one) is what makes a payment mined exactly at the cursor's next block visible
+— the Rust original's bug. The top is left open: a transfer mined between our two
+calls then shows as pending instead of vanishing for one poll.
+
+The wallet can report a transfer for the first time AT OR BELOW the cursor: a reorg
+deeper than N mines a waiting payment there, or a watch-only wallet restored with too
+high a restore height is rescanned. For the first, a poll also re-reads the last
+``MONITOR_RESCAN_MARGIN_BLOCKS`` scanned blocks (never below ``MONITOR_START_HEIGHT``),
+in a second bounded call, whenever the wallet's view under the cursor may have changed:
+a transaction pending at the last poll is gone from above the cursor, the wallet height
+went down, it is this process's first poll — and at least every
+``_MARGIN_BACKSTOP_SECS`` whatever happened, which is what the promise rests on; the
+triggers only make the common case immediate. Re-reading on every poll instead would
+re-decode the margin's already-credited transfers each time (docs/benchmarks.md). For the
+second, an operator's rescan request (``state.monitor.request_rescan``) lowers the cursor.
+Re-reading is harmless either way: transfers are unique by txid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from anonticket.ledger.cache import BoundedMap
+from anonticket.domain.ids import Transfer
+from anonticket.domain.errors import StorageUnavailable, StorageValueOutOfRange
+from anonticket.monero.gc_pause import paused_gc
+from anonticket.monero.scan import Classified, Scan, scan
+from anonticket.runtime.state import State
+from anonticket.monero.wallet_rpc import WalletError, WalletRpc
+
+log = logging.getLogger("anonticket.monitor")
+
+_BACKOFF_CAP_SECS = 60.0
+_REPORTED_CAPACITY = 100_000
+# One Monero block: the margin slides by about a block between two backstop re-reads.
+_MARGIN_BACKSTOP_SECS = 120.0
+# CRYPTONOTE_MAX_BLOCK_NUMBER, wallet-rpc's own default max_height: "no upper bound"
+_NO_MAX_HEIGHT = 500_000_000
+
+
+class Monitor:
+    def __init__(self, state: State, wallet: WalletRpc | None = None, *,
+                 rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``rng``, ``sleep`` and ``clock`` are seams for tests: backoff and the margin's
+        backstop are checked without waiting."""
+        self.state = state
+        config = state.config
+        self._wallet = wallet or WalletRpc(
+            config.monero_rpc_url, timeout=config.monero_rpc_timeout_secs,
+            user=config.monero_rpc_user, password=config.monero_rpc_password,
+        )
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._cursor: int | None = None
+        self._failures = 0
+        self._polled_ok = False
+        # (key, result) pairs already counted, so a transfer seen pending in ten polls
+        # counts once; bounded because plain payments in the pool can stay a long time
+        self._reported: BoundedMap[tuple[str, str], bool] = BoundedMap(_REPORTED_CAPACITY)
+        self._clock = clock
+        # what the margin's triggers compare with, from the last successful poll
+        self._watched: set[str] = set()
+        self._wallet_height: int | None = None
+        self._margin_read_at = clock()
+        self._margin_failing = False
+
+    @property
+    def cursor(self) -> int | None:
+        """The last fully scanned height, once the first poll has read it."""
+        return self._cursor
+
+    async def start(self) -> None:
+        await self._wallet.start()
+
+    async def aclose(self) -> None:
+        await self._wallet.close()
+
+    async def run(self) -> None:
+        """Poll forever; on failure back off exponentially (capped, jittered), reset on success."""
+        interval = self.state.config.monitor_poll_interval_secs
+        while True:
+            try:
+                await self.poll_once()
+            except WalletError as exc:
+                self._record_failure(exc.reason)
+            except StorageUnavailable:
+                self._record_failure("storage_error")
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the task silently
+                # the type only: a message could quote a value from the wallet
+                self._record_failure("internal", type(exc).__name__)
+            await self._sleep(self._backoff() if self._failures else interval)
+
+    def _backoff(self) -> float:
+        """Delay after ``_failures`` consecutive failures: interval·2^(k−1), capped, then
+        scaled by a random factor in [0.5, 1] so many instances do not retry in step."""
+        interval = self.state.config.monitor_poll_interval_secs
+        cap = max(_BACKOFF_CAP_SECS, interval)
+        exponent = min(max(self._failures - 1, 0), 32)
+        return min(cap, interval * 2.0**exponent) * self._rng.uniform(0.5, 1.0)
+
+    def _record_failure(self, reason: str, detail: str = "") -> None:
+        status, metrics = self.state.monitor, self.state.metrics
+        counter = metrics.poll.get(reason) or metrics.poll["bad_response"]
+        counter.inc()
+        if self._failures == 0 or status.last_error != reason:
+            log.warning("wallet poll failed (%s%s); retrying with backoff",
+                        reason, f": {detail}" if detail else "")
+        self._failures += 1
+        status.last_error = reason
+
+    async def poll_once(self) -> int:
+        """One poll; returns how many transfers were newly credited. Raises on failure."""
+        state = self.state
+        config, ledger = state.config, state.ledger
+        if self._cursor is None:
+            stored = await ledger.storage.get_cursor()
+            # the start height is the first height scanned: the cursor is the one before
+            self._cursor = stored if stored is not None else config.monitor_start_height - 1
+        await self._apply_rescan_request()
+        cursor = self._cursor
+        height = await self._wallet.get_height()
+        need = config.monitor_min_confirmations
+        batch = await self._wallet.get_transfers(max(cursor, 0), _NO_MAX_HEIGHT, pool=True)
+        with paused_gc():
+            found = scan(batch, height, cursor, need, config.api_accept_long_pids)
+        del batch  # the raw entries: the credit below should not carry them (or walk them)
+        if self._margin_due(found, cursor, height):
+            await self._read_margin(found, cursor, height)
+        new_cursor = max(cursor, height - need)
+        credited = await self._credit(list(found.credited.values()),
+                                      new_cursor if new_cursor != cursor else None)
+        self._cursor = new_cursor
+        self._watched, self._wallet_height = found.watched, height
+        ledger.set_pending(found.pending)
+        for verdict in found.reportable:
+            self._count_once(verdict)
+        state.metrics.transfer["credited"].inc(credited)
+        self._record_success(height)
+        return credited
+
+    async def _credit(self, transfers: list[Transfer], scanned_height: int | None) -> int:
+        """Credit ``transfers`` and move the cursor in one transaction; returns how many
+        were new. When the database cannot hold what one of them would make (a sum past
+        2^63 - 1 piconero: a wallet reporting impossible amounts), that one is found by
+        halving, reported and skipped, the rest credited, and the cursor moves on: one
+        such transfer must not stop every later payment from being credited. A skipped
+        transfer is tried again only by a re-read of its block (the margin, a rescan)."""
+        ledger = self.state.ledger
+        try:
+            return (await ledger.credit(transfers, scanned_height)).transfers_credited
+        except StorageValueOutOfRange:
+            if not transfers:
+                raise  # the cursor alone: not a transfer's doing
+        credited = await self._credit_or_skip(transfers)
+        if scanned_height is not None:
+            await ledger.credit((), scanned_height)
+        return credited
+
+    async def _credit_or_skip(self, transfers: list[Transfer]) -> int:
+        try:
+            return (await self.state.ledger.credit(transfers, None)).transfers_credited
+        except StorageValueOutOfRange:
+            if len(transfers) > 1:
+                half = len(transfers) // 2
+                return (await self._credit_or_skip(transfers[:half])
+                        + await self._credit_or_skip(transfers[half:]))
+        self._count_once(Classified("uncreditable", transfers[0].txid.hex()))
+        return 0
+
+    def _margin_floor(self, cursor: int) -> int:
+        """Where the margin starts (exclusive): never below the start height, which the
+        operator chose as the first height to credit (older payments may have been served
+        by another system). A rescan below it lowers the cursor itself, so is not cut off."""
+        config = self.state.config
+        start_floor = min(cursor, config.monitor_start_height - 1)
+        return max(cursor - config.monitor_rescan_margin_blocks, start_floor)
+
+    def _margin_due(self, found: Scan, cursor: int, wallet_height: int) -> bool:
+        """Whether the wallet's view at or below the cursor may have changed since the last
+        poll. A pending transaction missing from above the cursor was dropped (a double
+        spend, a reorg) or mined below it (a reorg deeper than N): the margin tells which."""
+        if self._margin_floor(cursor) >= cursor:
+            return False  # no margin (0, or the cursor still at the start height)
+        if self._wallet_height is None:
+            return True  # this process's first poll: what was pending before is not known
+        if wallet_height < self._wallet_height:
+            return True
+        if self._clock() - self._margin_read_at >= _MARGIN_BACKSTOP_SECS:
+            return True
+        return not all(found.still_has(txid) for txid in self._watched)
+
+    async def _read_margin(self, found: Scan, cursor: int, wallet_height: int) -> None:
+        """Add what the wallet reports in the margin to ``found``. A failure here does not
+        fail the poll: crediting above the cursor must never wait for the margin (too big
+        an answer would otherwise stop the monitor); the backstop tries again."""
+        self._margin_read_at = self._clock()
+        floor = self._margin_floor(cursor)
+        try:
+            batch = await self._wallet.get_transfers(max(floor, 0), cursor, pool=False)
+        except WalletError as exc:
+            if not self._margin_failing:
+                log.warning("re-reading the %d blocks below the cursor failed (%s); polls go on "
+                            "without them and retry every %.0f s", cursor - floor, exc.reason,
+                            _MARGIN_BACKSTOP_SECS)
+            self._margin_failing = True
+            return
+        if self._margin_failing:
+            log.info("re-reading the blocks below the cursor works again")
+            self._margin_failing = False
+        config = self.state.config
+        with paused_gc():
+            found.add(scan(batch, wallet_height, floor, config.monitor_min_confirmations,
+                           config.api_accept_long_pids))
+
+    async def _apply_rescan_request(self) -> None:
+        """Lower the cursor to just below an operator's requested height, durably and
+        before the poll reads: a poll that then fails, or a crash, resumes the rescan from
+        the database. Heights above the cursor are read by the poll anyway."""
+        state = self.state
+        requested = state.monitor.take_rescan()
+        if requested is None or self._cursor is None or requested - 1 >= self._cursor:
+            return
+        try:
+            await state.ledger.credit((), requested - 1)
+        except BaseException:
+            state.monitor.request_rescan(requested)  # not applied: the next poll tries again
+            raise
+        log.info("re-scanning from height %d on the operator's request (cursor was %d)",
+                 requested, self._cursor)
+        self._cursor = requested - 1
+        state.monitor.scanned_height = self._cursor
+
+    def _count_once(self, verdict: Classified) -> None:
+        if self._reported.get((verdict.key, verdict.result)) is not None:
+            return
+        self._reported.put((verdict.key, verdict.result), True)
+        self.state.metrics.transfer[verdict.result].inc()
+        if verdict.result == "invalid":
+            log.warning("skipped a wallet entry that failed validation (field: %s)", verdict.problem)
+        elif verdict.result == "uncreditable":
+            log.warning("skipped a confirmed transfer that cannot be credited: its amount, or "
+                        "its payment's or token's total with it, is beyond 2^63 - 1 piconero; "
+                        "the wallet reports amounts no real payment has")
+
+    def _record_success(self, wallet_height: int) -> None:
+        status, metrics = self.state.monitor, self.state.metrics
+        if self._failures:
+            log.info("wallet poll recovered after %d failed attempts", self._failures)
+        elif not self._polled_ok:
+            log.info("wallet monitor running: wallet height %d, scanned up to %d",
+                     wallet_height, self._cursor)
+        self._polled_ok = True
+        self._failures = 0
+        status.last_error = None
+        status.last_success = time.monotonic()
+        status.wallet_height = wallet_height
+        status.scanned_height = self._cursor
+        metrics.wallet_height.set(wallet_height)
+        metrics.scanned_height.set(self._cursor if self._cursor is not None else -1)
+        metrics.last_success.set(time.time())
+        metrics.poll["ok"].inc()
