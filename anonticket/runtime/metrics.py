@@ -16,15 +16,18 @@ from prometheus_client.registry import Collector
 
 REDEEM_OUTCOMES = ("success", "already_claimed", "pending", "underpaid", "invalid", "not_found",
                    "unavailable")
-TOKEN_OUTCOMES = ("active", "expired", "revoked", "invalid", "not_found", "unavailable")
+TOKEN_OUTCOMES = ("active", "expired", "revoked", "withdrawn", "invalid", "not_found",
+                  "unavailable")
 TOPUP_OUTCOMES = ("topped_up", "pending", "underpaid", "pid_already_claimed", "token_revoked",
                   "invalid", "not_found", "unavailable")
 DEBIT_OUTCOMES = ("success", "replayed", "insufficient_balance", "token_expired",
-                  "token_revoked", "not_found", "key_reused", "invalid", "unavailable")
+                  "token_revoked", "payment_withdrawn", "not_found", "key_reused", "invalid",
+                  "unavailable")
 # the gateway check's answers: allowed, or the reason it sends in X-Anonticket-Reason;
 # invalid_cost and gateway_unauthorized are the proxy's configuration, unavailable storage
 GATEWAY_OUTCOMES = ("allowed", "token_missing", "invalid_token", "token_not_found",
-                    "token_revoked", "token_expired", "insufficient_balance", "invalid_cost",
+                    "token_revoked", "payment_withdrawn", "token_expired",
+                    "insufficient_balance", "invalid_cost",
                     "gateway_unauthorized", "unavailable")
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")

@@ -20,20 +20,23 @@ from anonticket.storage.maintenance import MaintenanceStore
 from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
 from anonticket.storage.ledger_rules import seconds_bought
 from anonticket.storage.payments import PaymentStore
+from anonticket.storage.provisional import ProvisionalStore
 from anonticket.storage.rows import (
     ClaimRow,
     CreditResult,
     DebitOutcome,
     DebitRequest,
+    ProvisionalResult,
     TokenRow,
     TopupOutcome,
+    WithdrawResult,
     is_storable_text,
 )
 from anonticket.storage.schema import SCHEMA_VERSION
 from anonticket.storage.tokens import TokenStore
 
 
-class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore):
+class Storage(PaymentStore, ProvisionalStore, TokenStore, MaintenanceStore, OutboxStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -61,7 +64,8 @@ async def open_storage(
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
-    "DebitOutcome", "DebitRequest", "OutboxEvent", "Storage", "TokenRow", "TopupOutcome",
+    "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult", "Storage", "TokenRow",
+    "TopupOutcome", "WithdrawResult",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",
 ]

@@ -15,10 +15,11 @@ from anonticket.storage.postgres.core import FencedOut, PostgresError, PostgresI
 from anonticket.storage.postgres.maintenance import PgMaintenanceStore
 from anonticket.storage.postgres.outbox import PgOutboxStore
 from anonticket.storage.postgres.payments import PgPaymentStore
+from anonticket.storage.postgres.provisional import PgProvisionalStore
 from anonticket.storage.postgres.tokens import PgTokenStore
 
 
-class PostgresStorage(PgPaymentStore, PgTokenStore, PgMaintenanceStore, PgOutboxStore):
+class PostgresStorage(PgPaymentStore, PgProvisionalStore, PgTokenStore, PgMaintenanceStore, PgOutboxStore):
     """Every storage operation on PostgreSQL, over a pool of connections."""
 
 
