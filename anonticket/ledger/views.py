@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
 from anonticket.ledger.cache import BoundedMap, TtlSet
@@ -35,9 +36,11 @@ from anonticket.storage import (
     CreditResult,
     DebitOutcome,
     DebitRequest,
+    ProvisionalResult,
     Storage,
     TokenRow,
     TopupOutcome,
+    WithdrawResult,
     is_storable_text,
     unix_now,
 )
@@ -45,6 +48,7 @@ from anonticket.storage import (
 log = logging.getLogger("anonticket.ledger")
 
 _RECORD_CACHE_CAPACITY = 200_000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -370,6 +374,56 @@ class Ledger:
                 work.exception()  # retrieved: a failed write was rolled back, the cancel wins
             raise
 
+    # ------------------------------------------------------------------ provisional credit
+    async def credit_provisional(self, transfers: Iterable[Transfer], *, max_per_pid: int,
+                                 max_outstanding: int) -> ProvisionalResult:
+        """Credit unconfirmed transfers at once, within the caps, then refresh the views as
+        ``credit`` does (and, like it, shielded from a cancel): the PIDs become known, the
+        cached rows of their tokens are replaced. A write that raised may have committed:
+        its PIDs are indexed and their tokens' cached rows dropped (issue 20's rule)."""
+        transfers = tuple(transfers)
+        pids = [t.pid.raw for t in transfers]
+
+        async def write_then_refresh() -> ProvisionalResult:
+            try:
+                result = await self.storage.credit_provisional(
+                    transfers, self.clock(), max_per_pid=max_per_pid,
+                    max_outstanding=max_outstanding, price_per_day=self.price_per_day)
+            except BaseException:
+                self._credit_unknown(pids)
+                raise
+            finally:
+                self._write_version += 1
+            self._index_pids(result.credited_pids)
+            for token, record in result.stored.items():
+                if self._records.get(token) is not None:
+                    self._records.put(token, record)
+            return result
+
+        return await _shielded(write_then_refresh)
+
+    async def withdraw(self, txids: Iterable[bytes], pids: Iterable[bytes]) -> WithdrawResult:
+        """Take provisional credits back out (``pids``: theirs, for the views). The cached
+        rows of the tokens they were on are replaced by what is stored, or dropped when
+        the outcome is unknown; the negative cache is not touched (a withdrawn unclaimed
+        payment is simply gone, and its PID answers as unknown or pending again)."""
+        txids, pids = tuple(txids), list(pids)
+
+        async def write_then_refresh() -> WithdrawResult:
+            try:
+                result = await self.storage.withdraw_provisional(txids, self.clock())
+            except BaseException:
+                self._credit_unknown(pids)
+                raise
+            finally:
+                self._write_version += 1
+            for token, record in result.stored.items():
+                self._records.pop(token)
+                self._records.put(token, record)
+            return result
+
+        return await _shielded(write_then_refresh)
+
     def _index_pids(self, pids: list[bytes]) -> None:
         """Every PID a credit was given may be stored now: into the "maybe" index, out of
         the negative cache (``add_many`` skips a PID already indexed)."""
@@ -388,3 +442,21 @@ class Ledger:
             token = self._claimed.get(pid)
             if token is not None:
                 self._records.pop(token)
+
+
+async def _shielded(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` (a write and its cache refresh) as one shielded task: a cancel waits for
+    it before it propagates, so a COMMIT that lands is never left out of the views (see
+    ``Ledger.credit``)."""
+    task = asyncio.ensure_future(work())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError:
+                pass
+        if not task.cancelled():
+            task.exception()
+        raise

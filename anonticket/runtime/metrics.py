@@ -136,6 +136,24 @@ class Metrics:
             "anonticket_monitor_transfers", "Wallet transfers by the result they reached, each "
             "counted once per result.", ["result"], registry=r)
         self.transfer = {res: self.transfers.labels(res) for res in TRANSFER_RESULTS}
+        # provisional credit (docs/operations.md#provisional-credit); no label names a payment
+        self.provisional_credited = Counter(
+            "anonticket_provisional_credits", "Transfers credited provisionally, before "
+            "MONITOR_MIN_CONFIRMATIONS.", registry=r)
+        self.provisional_over_cap = Counter(
+            "anonticket_provisional_over_cap", "Unconfirmed transfers left to wait for "
+            "confirmations because a provisional cap was reached (each counted once).",
+            registry=r)
+        self.provisional_withdrawn = Counter(
+            "anonticket_provisional_withdrawn", "Provisional credits withdrawn (the payment "
+            "left the pool unmined, was double-spent or reorganised out).", registry=r)
+        self.provisional_withdrawn_piconero = Counter(
+            "anonticket_provisional_withdrawn_piconero", "Piconero of the provisional credits "
+            "withdrawn.", registry=r)
+        self.provisional_unrecovered_piconero = Counter(
+            "anonticket_provisional_unrecovered_piconero", "Piconero of withdrawn provisional "
+            "credits that debits had already spent: the operator's loss (never taken back).",
+            registry=r)
         self.webhook_delivered = Counter(
             "anonticket_webhook_delivered", "Webhook events delivered (answered 2xx).", registry=r)
         self.webhook_failed_attempts = Counter(

@@ -197,7 +197,8 @@ LEDGER_INVARIANTS = (
      """SELECT count(*) FROM (SELECT pid FROM transfers
                              UNION SELECT pid FROM provisional_credits WHERE state = 0) AS s
         WHERE NOT EXISTS (SELECT 1 FROM payments AS p WHERE p.pid = s.pid)"""),
-    # a payment holds its confirmed transfers and its provisional credits (not withdrawn ones)
+    # a payment holds its confirmed transfers and its provisional credits (not withdrawn
+    # ones: a claimed payment whose only credit was withdrawn holds 0)
     ("payments differ from the sum of their transfers",
      """WITH sums AS MATERIALIZED (
             SELECT pid, sum(amount) AS total
@@ -205,7 +206,7 @@ LEDGER_INVARIANTS = (
                   UNION ALL SELECT pid, amount FROM provisional_credits WHERE state = 0) AS c
             GROUP BY pid)
         SELECT count(*) FROM payments AS p LEFT JOIN sums USING (pid)
-        WHERE sums.total IS NULL OR sums.total != p.amount"""),
+        WHERE coalesce(sums.total, 0) != p.amount"""),
     ("claimed payments have no token, or unclaimed ones have one",
      """SELECT count(*) FROM payments
         WHERE (status = 1) != (token IS NOT NULL)

@@ -38,7 +38,7 @@ class ProvisionalStore(StorageCore):
         usual at N confirmations."""
         incoming = {t.txid: t for t in transfers}
         if not incoming:
-            return ProvisionalResult([], 0)
+            return ProvisionalResult([], [])
         async with self._transaction() as db:
             txids = sorted(incoming)
             known: set[bytes] = set()
@@ -101,7 +101,8 @@ class ProvisionalStore(StorageCore):
                     events.append(topped_up_event(stored[token], credit.amount))
             if events and self.outbox is not None:
                 await self.outbox.add(db, events, now)
-        return ProvisionalResult(sorted(plan.per_pid), plan.over_cap, stored)
+        return ProvisionalResult(sorted(plan.per_pid), plan.over_cap, stored,
+                                 len(plan.accepted))
 
     async def withdraw_provisional(self, txids: Sequence[bytes], now: int) -> WithdrawResult:
         """Take provisional credits back out (their payment left the pool unmined, was

@@ -24,7 +24,7 @@ class ProvisionalPlan:
     """Which transfers to credit provisionally now and what that makes of the totals."""
 
     accepted: list[Transfer]
-    over_cap: int  # transfers left to wait for confirmations: a cap would be exceeded
+    over_cap: list[bytes]  # txids left to wait for confirmations: a cap would be exceeded
     outstanding: int  # every provisional credit's sum afterwards
     per_pid: dict[bytes, PidCredit] = field(default_factory=dict)
     counts: dict[bytes, int] = field(default_factory=dict)  # pid -> credits accepted now
@@ -39,13 +39,13 @@ def plan_provisional(transfers: Iterable[Transfer], known: set[bytes],
     transaction, which is what makes concurrent credits respect the caps."""
     totals = dict(pid_totals)
     accepted: list[Transfer] = []
-    over = 0
+    over: list[bytes] = []
     for t in sorted(transfers, key=lambda t: t.txid):
         if t.txid in known:
             continue
         pid_total = totals.get(t.pid.raw, 0) + t.amount
         if pid_total > max_per_pid or outstanding + t.amount > max_outstanding:
-            over += 1
+            over.append(t.txid)
             continue
         totals[t.pid.raw] = pid_total
         outstanding += t.amount

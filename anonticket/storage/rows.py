@@ -158,11 +158,13 @@ class ProvisionalResult:
     claimed onto (for the ledger's cache)."""
 
     credited_pids: list[bytes]
-    over_cap: int
+    over_cap: list[bytes]  # txids a cap left waiting for confirmations
     stored: dict[bytes, TokenRow] = field(default_factory=dict)
+    transfers_credited: int = 0
 
     def __repr__(self) -> str:
-        return f"ProvisionalResult(<{len(self.credited_pids)} PIDs>, over_cap={self.over_cap})"
+        return (f"ProvisionalResult(<{len(self.credited_pids)} PIDs>, "
+                f"over_cap={len(self.over_cap)})")
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -41,7 +41,7 @@ class PgProvisionalStore(PostgresCore):
         """See ``ProvisionalStore.credit_provisional``."""
         incoming = {t.txid: t for t in transfers}
         if not incoming:
-            return ProvisionalResult([], 0)
+            return ProvisionalResult([], [])
 
         async def work(db: asyncpg.Connection) -> ProvisionalResult:
             outstanding = await db.fetchval(LOCK_OUTSTANDING)
@@ -100,7 +100,8 @@ class PgProvisionalStore(PostgresCore):
                 events.append(topped_up_event(stored[token], credit.amount))
             if events and self.outbox is not None:
                 await self.outbox.add(db, events, now)
-            return ProvisionalResult(sorted(plan.per_pid), plan.over_cap, stored)
+            return ProvisionalResult(sorted(plan.per_pid), plan.over_cap, stored,
+                                     len(plan.accepted))
 
         return await self._write(work, fence="FOR UPDATE")
 
