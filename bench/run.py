@@ -58,7 +58,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.db: Path | str = workdir / "bench.db"
-        self.cluster: Any = None  # tests/pg_cluster.Cluster with --backend postgres
+        self.cluster: Any = None  # a Cluster of tests/pg_cluster.py with --backend postgres
         self.pids: list[str] = []
         self.priced_pids: list[str] = []  # credited with a price in force (plans phase)
         self.gateway_pids: list[str] = []

@@ -65,7 +65,7 @@ EXAMPLES = int(os.environ.get("ANONTICKET_FUZZ_EXAMPLES", str(DEFAULT_EXAMPLES))
 WALLET_HEIGHT = 1000
 CONFIG = {
     # U+0000 in any JSON string, an object's key included, is refused with 400 on both
-    # backends (tests/test_nul_in_text.py proves it field by field); JSON Schema cannot say
+    # backends (tests/api/test_nul_in_text.py proves it field by field); JSON Schema cannot say
     # that of the free keys a body may carry, so positive cases would meet a 400 the
     # contract does not list: the generator leaves NUL out
     "generation": {"allow-x00": False},
@@ -301,7 +301,7 @@ def raw_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield served
     assert asyncio.run(served.stop()) == 0
     # the real binary's own log, after every garbage request of the module: no traceback
-    # (tests/test_hostile_input.py finds the request that wrote one, record by record)
+    # (tests/api/test_hostile_input.py finds the request that wrote one, record by record)
     log = served.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 

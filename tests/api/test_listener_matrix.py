@@ -34,7 +34,7 @@ ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/token/{token
 # what the route answers the valid call with when it is not 200: these test services run
 # without a monitor, so a rescan request is refused (and reached the handler: not 401/404)
 NOT_200 = {"/api/v1/monitor/rescan": 409, "/api/v1/webhooks/test": 409}  # nor webhooks
-# internal only, with a credential of its own for the proxy (tests/test_gateway.py): the
+# internal only, with a credential of its own for the proxy (tests/api/test_gateway.py): the
 # Authorization header there is the customer's, so the admin bearer neither opens nor closes it
 GATEWAY_PATHS = {"/api/v1/check"}
 TOPUP_PID = "00000000000000a1"  # paid, never redeemed: what a top-up adds to the token

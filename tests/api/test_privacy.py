@@ -22,7 +22,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from anonticket.config import SETTINGS
 from anonticket.domain.ids import PaymentId, derive_service_token, token_subject
 from conftest import REPO
 from fake_wallet import FakeWallet, make_transfer
+from secret_search import Secrets
 
 _LISTENERS = re.compile(r"public listener on (\S+), internal listener on (\S+), monitor")
 _SETTING_NAMES = frozenset(setting.name for setting in SETTINGS)
@@ -103,32 +104,6 @@ class Served:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-# ---------------------------------------------------------------------- secrets and where they hide
-def spellings(hex_text: str, slices: bool = False) -> set[str]:
-    """Every form of one secret a log line might carry, lowercased for a case-blind search."""
-    raw = bytes.fromhex(hex_text)
-    forms = {hex_text.lower(), repr(raw)[2:-1].lower()}
-    if slices:  # a token or txid shortened for a log is still a leak
-        forms |= {hex_text[:16].lower(), hex_text[-16:].lower()}
-    return forms
-
-
-@dataclass
-class Secrets:
-    items: dict[str, set[str]] = field(default_factory=dict)
-
-    def add_pid(self, name: str, pid16: str) -> None:
-        # the wallet's own 32-byte form too: 16 hex followed by 48 zeros
-        self.items[name] = spellings(pid16) | spellings(pid16 + "0" * 48)
-
-    def add(self, name: str, hex_text: str) -> None:
-        self.items[name] = spellings(hex_text, slices=True)
-
-    def found_in(self, text: str) -> list[str]:
-        low = text.lower()
-        return sorted(name for name, forms in self.items.items() if any(form in low for form in forms))
 
 
 @dataclass

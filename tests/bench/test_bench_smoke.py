@@ -35,7 +35,7 @@ from anonticket.domain.errors import InvalidPid, InvalidRequest
 from anonticket.ledger.views import Claimed
 from anonticket.storage import TokenRow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_already_claimed", "redeem_unknown_flood",
              "token_issued", "token_unknown", "mixed", "uds_redeem_unknown_flood",
              "uds_token_issued_cold", "redeem_success_plans", "token_issued_plans", "debit")

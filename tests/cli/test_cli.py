@@ -29,9 +29,9 @@ from anonticket.config import SETTINGS
 from anonticket.domain.ids import PaymentId
 from anonticket.domain.payment_uri import MAX_PICONERO, format_xmr, parse_xmr, payment_uri
 from anonticket.storage import SCHEMA_VERSION, Storage
-from conftest import REPO, transfer
+from cli_helpers import BIN, clean_env, one_error_line
+from conftest import transfer
 
-BIN = str(REPO / "bin" / "anonticket")
 # the MONERO.md vector, checked against wallet-rpc's make_integrated_address
 PRIMARY = ("435CNkaTRD9PHWEbixszvSfaG6UYdSwq7bEwRxJVTcea9Sz2YfppjWDFQBzniXsqhKYZo4FJQf4ZbJeSu9Pu8Wx"
            "L4bpF6az")
@@ -39,14 +39,6 @@ VECTOR_PID = "0123456789abcdef"
 VECTOR_INTEGRATED = ("4CmsPZPx2UfPHWEbixszvSfaG6UYdSwq7bEwRxJVTcea9Sz2YfppjWDFQBzniXsqhKYZo4FJQf4Z"
                      "bJeSu9Pu8WxL6BnMUc71Dr4Tyd8GuK")
 TOKEN = "ab" * 32
-
-
-def clean_env(**settings: str) -> dict[str, str]:
-    """The caller's environment without any anonticket setting, plus the given ones."""
-    names = {s.name for s in SETTINGS}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env.update(settings)
-    return env
 
 
 @pytest.fixture
@@ -59,13 +51,6 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def run_bin(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60,
                           env=env if env is not None else clean_env())
-
-
-def one_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def pid_new_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, str | None]:

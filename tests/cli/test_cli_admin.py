@@ -28,7 +28,7 @@ from anonticket.service.app import Service, start_service
 from anonticket.cli.parser import main
 from anonticket.domain.ids import PaymentId
 from conftest import make_config, transfer, url
-from test_cli import BIN, clean_env, one_error_line
+from cli_helpers import cli, clean_env, one_error_line
 
 ADMIN_TOKEN = "s3cret-admin-token"
 # a dead proxy: if the client honoured the proxy environment, every command would fail
@@ -66,21 +66,6 @@ async def running(request: pytest.FixtureRequest, tmp_path: Path,
         yield Running(service, env)
     finally:
         await service.aclose()
-
-
-async def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        BIN, *args, env=env, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(stdin.encode() if stdin is not None else None), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def paid_and_redeemed(service: Service, amount: int = 5000, height: int = 100) -> tuple[str, str]:

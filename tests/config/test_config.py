@@ -23,7 +23,7 @@ from anonticket.config import SETTINGS, Config, Setting
 from anonticket.config.values import redact_userinfo
 from anonticket.monero.wallet_rpc import WalletRpc
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Pw"
 
 BAD_WALLET_URLS = {

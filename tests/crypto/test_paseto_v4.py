@@ -31,7 +31,7 @@ from anonticket.crypto.paseto_v4 import (
     verify,
 )
 
-VECTORS = Path(__file__).resolve().parent / "vectors" / "paseto"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "paseto"
 FIXED_MESSAGES = set(PasetoError.MESSAGES.values())
 SETTINGS = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -26,7 +26,7 @@ from anonticket.crypto.privacy_pass import (
 )
 from anonticket.crypto.privacy_pass_http import IssuerDirectory
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc9578_type2_issuance.json").read_text())["vectors"]
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "rfc9578_type2_issuance.json").read_text())["vectors"]
 FUZZ = settings(deadline=None, database=None, max_examples=150)
 
 

@@ -31,8 +31,8 @@ from anonticket.crypto import privacy_pass as pp
 from anonticket.crypto import privacy_pass_http as ppx
 from anonticket.crypto.privacy_pass import IssuerKey, TokenChallenge, TokenKey, TokenRequest, TokenResponse
 
-INTEROP = Path(__file__).parent / "interop"
-VECTORS = Path(__file__).parent / "vectors"
+INTEROP = Path(__file__).resolve().parents[1] / "interop"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 ANSWER_DEADLINE = 60.0  # seconds for one answer: a 2048-bit keygen on a loaded machine included
 
 

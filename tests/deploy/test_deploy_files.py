@@ -36,11 +36,11 @@ from anonticket.regtest import MERCHANT_KEYS
 from page_helpers import parse_page
 from proxy_helpers import env_file_values, free_port, wait_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "anonticket.service"
 WALLET_UNIT = REPO / "systemd" / "monero-wallet-rpc.service"
-LITESTREAM_UNIT = REPO / "systemd" / "anonticket-litestream.service"  # tests/test_litestream.py
-CADDY_DROP_IN = proxy_helpers.CADDY_DROP_IN  # run by tests/test_gateway_proxies.py
+LITESTREAM_UNIT = REPO / "systemd" / "anonticket-litestream.service"  # tests/deploy/test_litestream.py
+CADDY_DROP_IN = proxy_helpers.CADDY_DROP_IN  # run by tests/deploy/test_gateway_proxies.py
 DEBIAN_CADDY_UNIT = Path("/lib/systemd/system/caddy.service")
 ENV_EXAMPLE = REPO / "systemd" / "anonticket.env.example"
 NGINX_SITE = REPO / "deploy" / "nginx.conf"

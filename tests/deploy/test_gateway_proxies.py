@@ -578,7 +578,7 @@ def test_the_configs_agree_with_the_service() -> None:
     from proxy_helpers import CADDYFILE, NGINX_GATEWAY, PUBLIC_SOCKET
 
     defaults = Config.from_env({"DATABASE_URL": "/nonexistent/x.db"})
-    env = (Path(__file__).resolve().parent.parent / "systemd" / "anonticket.env.example").read_text()
+    env = (Path(__file__).resolve().parents[2] / "systemd" / "anonticket.env.example").read_text()
     assert f"API_UNIX_SOCKET={PUBLIC_SOCKET}" in env
     internal = str(defaults.api_internal_bind_address)
     assert f"API_INTERNAL_BIND_ADDRESS={internal}" in env

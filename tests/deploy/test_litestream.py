@@ -52,7 +52,7 @@ from crash_helpers import (
 )
 from test_deploy_files import env_file_values, exec_start, mdwe_prefix
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "litestream.yml"
 UNIT = REPO / "systemd" / "anonticket-litestream.service"
 ENV_EXAMPLE = REPO / "systemd" / "anonticket.env.example"

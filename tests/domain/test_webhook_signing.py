@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from anonticket.domain import webhook
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "webhooks.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 
 
 def _vector() -> dict[str, str]:

@@ -34,8 +34,7 @@ from anonticket.runtime.state import State
 from anonticket.monero.wallet_rpc import WalletError
 from conftest import url
 from fake_wallet import MAX_BLOCK_NUMBER, Failure, FakeWallet, RawReply, make_transfer
-from test_cli import clean_env, one_error_line
-from test_cli_admin import cli
+from cli_helpers import cli, clean_env, one_error_line
 from test_monitor_fake_wallet import N, counted, monitor_config, new_pid, wait_for
 
 

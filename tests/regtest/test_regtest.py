@@ -231,7 +231,7 @@ def test_watchdog_stops_the_network_when_its_owner_dies(tmp_path: Path) -> None:
     members = {name: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path)])
                for name in ("monerod", "merchant", "payer")}
     owner = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     watchdog = subprocess.Popen([sys.executable, "-m", "anonticket.regtest.watchdog", str(tmp_path), str(owner.pid)],
                                 cwd=root, stderr=subprocess.PIPE)
     state = {"format": 1, "directory": str(tmp_path), "stopped": None,

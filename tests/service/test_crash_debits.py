@@ -13,7 +13,7 @@ of the answered ones is asked again (each must replay its answer byte for byte),
 the next round begins. After the last restart, ``anonticket db check`` must pass.
 
 Rounds: ``ANONTICKET_CRASH_ROUNDS`` (default 20 with ``CI``, 5 otherwise) and
-``ANONTICKET_CRASH_SEED``, as tests/test_crash_safety.py; the slow variant runs 50.
+``ANONTICKET_CRASH_SEED``, as tests/service/test_crash_safety.py; the slow variant runs 50.
 """
 
 from __future__ import annotations

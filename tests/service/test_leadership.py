@@ -1,7 +1,7 @@
 """Active/passive on one PostgreSQL database, in-process: the standby's answers, a
 partitioned leader stepping down, and the fencing epoch that stops a stale leader.
 
-The drills with real processes killed by SIGKILL are in tests/test_failover.py.
+The drills with real processes killed by SIGKILL are in tests/service/test_failover.py.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from anonticket.domain.ids import PaymentId, derive_service_token
 from anonticket.storage import Storage
 from conftest import transfer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "bin" / "anonticket"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0

@@ -28,7 +28,7 @@ import pytest
 
 from anonticket.storage.schema import SCHEMA_VERSION, apply_schema
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CURRENT = REPO / "schema.sql"
 
 

@@ -3,7 +3,7 @@ revocation, persistence across a restart, backup and recovery of the one write p
 
 The storage contract (crediting, claiming, revocation, restart, prefixes) runs on both
 backends; the tests about the SQLite file itself are ``sqlite_only``, and PostgreSQL's
-own (schema versions, locks, error mapping) are in tests/test_storage_postgres.py."""
+own (schema versions, locks, error mapping) are in tests/storage/test_storage_postgres.py."""
 
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ CHECK, TYPE, FK = "CHECK constraint failed", "cannot store", "FOREIGN KEY constr
     ("INSERT INTO transfers VALUES (?, ?, 0, 5, 1)", (_TXID, _PID), CHECK),  # zero amount
     ("INSERT INTO transfers VALUES (?, ?, 5, 0, 1)", (_TXID, _PID), CHECK),  # height 0
     # (a transfer of an unknown payment is no longer refused here: `db check` reports it,
-    # tests/test_cli.py::test_db_check_finds_money_that_does_not_add_up)
+    # tests/cli/test_cli.py::test_db_check_finds_money_that_does_not_add_up)
     (_TOKEN_ROW, (_TOKEN2, _NEW, None, None), FK),  # token for a payment that does not exist
     (_TOKEN_ROW, (_TOKEN2, _PID, None, None), "UNIQUE"),  # a second token for one payment
     (_TOKEN_ROW, (_TOKEN2, _PID2, 2, "x" * 257), CHECK),  # reason too long

@@ -43,7 +43,7 @@ from crash_helpers import (
     service_env,
     wait_until,
 )
-from test_privacy import Secrets
+from secret_search import Secrets
 from webhook_receiver import Behaviour, Receiver
 
 BOTH_BACKENDS = True
