@@ -1,9 +1,11 @@
-"""Running the real ``bin/anonticket`` as an operator does, for tests in any folder:
-the binary's path, an environment without the caller's anonticket settings, the one-line
-error check, and an async runner for commands that talk to a service in the test's loop."""
+"""The command line, for tests in any folder: the real ``bin/anonticket``'s path, an
+environment without the caller's anonticket settings, the one-line error check, an async
+runner for commands that talk to a service in the test's loop, and every command path of the
+parser (what ``--help`` and the docs must cover)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 
@@ -43,3 +45,13 @@ async def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> tupl
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command, ``()`` for the bare program, walking argparse's tree."""
+    paths = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += command_paths(sub, prefix + (name,))
+    return paths

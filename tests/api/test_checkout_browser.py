@@ -12,7 +12,7 @@ not render there, while chromium draws it.
 
 The chain is the session's watch-only one (``monero_regtest_view_only``); each test
 runs its own service on its own database. ``ANONTICKET_SCREENSHOTS=docs/checkout``
-writes the Firefox screenshots where the README shows them.
+writes the Firefox screenshots where the README and docs/customers.md show them.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from anonticket.regtest.actions import wait_until_minable
 from conftest import REPO, make_config
 from marionette import SAFEST, Firefox, MarionetteError, firefox_binary
 from page_helpers import zbar_decode
+import tiers
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 N = 3  # confirmations: pending shows 0, then 1 of 3, then confirmed
@@ -82,6 +83,7 @@ def wallet_address(net: RegtestNetwork, pid: str) -> str:
 
 # ---------------------------------------------------------------------- chromium
 async def launch_chromium(p: Any) -> Any:
+    tiers.starting("chromium")
     try:
         return await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
     except Exception as exc:  # noqa: BLE001 - any launch failure is the skip reason

@@ -6,7 +6,6 @@ which is what users type, to pin exit statuses and the absence of tracebacks.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -29,7 +28,7 @@ from anonticket.config import SETTINGS
 from anonticket.domain.ids import PaymentId
 from anonticket.domain.payment_uri import MAX_PICONERO, format_xmr, parse_xmr, payment_uri
 from anonticket.storage import SCHEMA_VERSION, Storage
-from cli_helpers import BIN, clean_env, one_error_line
+from cli_helpers import BIN, clean_env, command_paths, one_error_line
 from conftest import transfer
 
 # the MONERO.md vector, checked against wallet-rpc's make_integrated_address
@@ -62,15 +61,6 @@ def pid_new_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, st
 
 
 # ---------------------------------------------------------------------- help and usage
-def command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    paths = [prefix]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                paths += command_paths(sub, prefix + (name,))
-    return paths
-
-
 COMMANDS = command_paths(build_parser())
 
 

@@ -1,4 +1,6 @@
-"""The README and the docs are checked against the code they describe."""
+"""The README and the docs are checked against the code they describe: the reference pages'
+tables (settings, metrics, commands, routes) name exactly what the code has, the README's
+quick start is what CI runs, and every file they cite exists."""
 
 from __future__ import annotations
 
@@ -7,15 +9,34 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+import yaml
+
+from anonticket.cli.parser import build_parser
 from anonticket.config import SETTINGS, Config, settings_table_markdown
 from anonticket.runtime.metrics import Metrics
+from cli_helpers import command_paths
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+DOCS = REPO / "docs"
+
+
+def first_column(page: str, header: str) -> list[str]:
+    """The first cell of every row of the table whose header row starts ``| <header> |``."""
+    lines = page.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(re.split(r"(?<!\\)\|", line)[1].strip())
+    return rows
 
 
 def test_settings_table_matches_the_declaration() -> None:
-    match = re.search(r"<!-- settings-table:[^>]*-->\n(.*?)<!-- /settings-table -->", README, re.S)
-    assert match, "settings table markers missing from README"
+    page = (DOCS / "settings.md").read_text()
+    match = re.search(r"<!-- settings-table:[^>]*-->\n(.*?)<!-- /settings-table -->", page, re.S)
+    assert match, "settings table markers missing from docs/settings.md"
     assert match.group(1) == settings_table_markdown()
 
 
@@ -23,11 +44,38 @@ def test_config_and_settings_declare_the_same_fields() -> None:
     assert {f.name for f in fields(Config)} == {s.attr for s in SETTINGS}
 
 
-def test_every_metric_is_documented() -> None:
-    names = {metric.name for metric in Metrics().registry.collect()}
-    for name in names:
-        shown = name + "_total" if f"{name}_total" in README else name
-        assert shown in README, f"{name} is not documented in the README"
+def test_the_metrics_table_names_exactly_the_exported_metrics() -> None:
+    """A metric added without its row fails, and so does a row left behind by a removed one."""
+    exported = {metric.name + ("_total" if metric.type == "counter" else "")
+                for metric in Metrics().registry.collect()}
+    cells = first_column((DOCS / "metrics.md").read_text(), "Metric")
+    documented = {name for cell in cells for name in re.findall(r"`(anonticket_\w+)", cell)}
+    assert documented == exported
+
+
+def test_the_command_table_names_every_command() -> None:
+    """Each row starts with one command's words, and every command without sub-commands gets
+    a row (one with them may have its own, as ``sandbox`` does)."""
+    commands = {" ".join(path) for path in command_paths(build_parser()) if path}
+    leaves = {c for c in commands if not any(other.startswith(c + " ") for other in commands)}
+    rows = [cell.strip("`").split("`")[0] for cell in first_column((DOCS / "cli.md").read_text(), "Command")]
+    documented = {max((c for c in commands if row == c or row.startswith(c + " ")), key=len, default=row)
+                  for row in rows}
+    assert leaves <= documented <= commands, (leaves - documented, documented - commands)
+
+
+def test_the_api_tables_name_exactly_the_documented_routes() -> None:
+    """Every route of docs/openapi.yaml is in docs/api.md's tables as `METHOD /path` (`*` for
+    the check, which answers any method), and the page names no route the spec lacks."""
+    spec = yaml.safe_load((DOCS / "openapi.yaml").read_text())
+    routes = set()
+    for path, operations in spec["paths"].items():
+        if all(op.get("x-any-method") for op in operations.values()):
+            routes.add(("*", path))
+        else:
+            routes |= {(method.upper(), path) for method in operations}
+    named = set(re.findall(r"`(GET|POST|PUT|PATCH|DELETE|\*) (/[^\s`\[]*)", (DOCS / "api.md").read_text()))
+    assert named == routes
 
 
 def test_quick_start_is_two_commands() -> None:
@@ -35,11 +83,10 @@ def test_quick_start_is_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["bin/setup && bin/anonticket serve",
                         "bin/setup --test && .venv/bin/python -m pytest"]
-    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
     assert commands[1] in ci
 
 
-REPO = Path(__file__).resolve().parents[2]
 # what a reader follows into the code and the tests: the docs, the production files, the
 # build, bench and CI scripts, the code's and the tests' own comments (not the docs checks': they
 # invent names on purpose)

@@ -275,7 +275,7 @@ def assert_one_error_line(server: ServeProcess, starts: str) -> str:
 
 async def test_an_unreachable_postgresql_stops_serve_with_one_line(
         sockdir: Path, started: list[ServeProcess]) -> None:
-    """The README's promise for start-up errors; it once was a 40-line traceback."""
+    """docs/cli.md's promise for start-up errors; it once was a 40-line traceback."""
     with closing(_unlistened_port()) as held:
         port = held.getsockname()[1]
         server = await spawn(serve_env(
