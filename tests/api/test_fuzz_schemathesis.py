@@ -1,6 +1,6 @@
 """Schemathesis against the running ``bin/anonticket serve``, both listeners, real sockets.
 
-docs/openapi.yaml is the contract: every generated request must get a documented
+anonticket/api/openapi.yaml is the contract: every generated request must get a documented
 status, content type and body, and never a 5xx. The database is seeded through the
 real path (FakeWallet → monitor → SQLite) with paid, underpaid, pending, claimed and
 revoked payments, and a quarter of the positive cases use those PIDs and tokens, so
@@ -46,7 +46,7 @@ from conftest import REPO
 from fake_wallet import FakeWallet, make_transfer
 from test_privacy import Secrets, Served
 
-SPEC_PATH = REPO / "docs" / "openapi.yaml"
+SPEC_PATH = REPO / "anonticket" / "api" / "openapi.yaml"
 # about 10,000 generated requests in all, shared by the operations that take input (each
 # sent to every listener it is on, in two modes): the run stays minutes long, not ten, as
 # the API grows

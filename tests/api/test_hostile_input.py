@@ -152,7 +152,7 @@ OPEN_PATHS = {"/health/live", "/health/ready"}
 
 def string_fields() -> list[tuple[str, str, str]]:
     """(listener, path, field) for every string property of every JSON request body in
-    docs/openapi.yaml, so a field added to the contract is fuzzed without a test edit."""
+    anonticket/api/openapi.yaml, so a field added to the contract is fuzzed without a test edit."""
     spec = yaml.safe_load(SPEC_PATH.read_text())
     found = []
     for path, item in spec["paths"].items():

@@ -1,6 +1,6 @@
 """Every documented route × both listeners, and who may reach the internal one.
 
-The route list comes from docs/openapi.yaml (test_openapi keeps it equal to what the
+The route list comes from anonticket/api/openapi.yaml (test_openapi keeps it equal to what the
 apps register), so a route added later is covered here without editing this file.
 The admin routes must not exist at all on the public listener — whatever the method —
 because that listener is what Tor exposes; and when the operator sets
@@ -26,7 +26,7 @@ from anonticket.domain.ids import PaymentId
 from anonticket.domain.errors import ConfigError
 from conftest import REPO, transfer, url
 
-SPEC = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())
+SPEC = yaml.safe_load((REPO / "anonticket" / "api" / "openapi.yaml").read_text())
 ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/token/{token}/debit",
                "/api/v1/monitor/rescan", "/api/v1/stats", "/docs/openapi.yaml",
                "/api/v1/webhooks", "/api/v1/webhooks/replay", "/api/v1/webhooks/test",

@@ -1,4 +1,4 @@
-"""docs/openapi.yaml describes exactly the routes each listener registers."""
+"""anonticket/api/openapi.yaml describes exactly the routes each listener registers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiohttp import web
 from anonticket.service.app import Service, build_internal_app, build_public_app
 from conftest import url
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
+SPEC_PATH = Path(__file__).resolve().parents[2] / "anonticket" / "api" / "openapi.yaml"
 
 
 def spec() -> dict:

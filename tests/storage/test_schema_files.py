@@ -1,6 +1,6 @@
 """The schema files: the migrations inside the package build exactly the database the
 repository's ``schema.sql`` describes, and an installed wheel (not this checkout) carries
-them and opens a fresh database.
+them and opens a fresh database, and carries the OpenAPI file its internal listener serves.
 
 ``schema.sql`` is for readers (the current schema in one script); the service runs only
 ``anonticket/storage/sql/v*.sql``. The comparison reads what SQLite itself recorded: every
@@ -129,9 +129,12 @@ from anonticket.storage.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 site = Path(sys.argv[1]).resolve()
 assert Path(anonticket.__file__).resolve().is_relative_to(site), anonticket.__file__
 assert all(p.is_relative_to(site) and p.is_file() for p in PG_MIGRATIONS.values())
+from anonticket.api.internal import openapi
 async def main():
     storage = await open_storage(sys.argv[2])
     await storage.close()
+    served = await openapi(None)  # the handler of GET /docs/openapi.yaml: reads no request
+    assert served.body == Path(sys.argv[3]).read_bytes(), "the installed spec is not the repository's"
 asyncio.run(main())
 conn = sqlite3.connect(sys.argv[2])
 print(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION,
@@ -140,7 +143,7 @@ print(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION,
 
 
 @pytest.mark.slow
-def test_an_installed_wheel_carries_the_schema_and_opens_a_database(tmp_path: Path) -> None:
+def test_an_installed_wheel_carries_the_schema_and_the_spec_and_opens_a_database(tmp_path: Path) -> None:
     """Not the editable install the tests run on: a wheel built from the project's files,
     installed into a directory of its own, imported with this checkout out of reach (``-S``:
     no site directories, so not the editable install's finder either; the dependencies come
@@ -155,16 +158,17 @@ def test_an_installed_wheel_carries_the_schema_and_opens_a_database(tmp_path: Pa
           "--no-index", "--wheel-dir", str(wheels), str(source)])
     (wheel,) = wheels.glob("anonticket-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for script in ("anonticket/storage/sql/v2.sql", "anonticket/storage/sql/v3.sql",
+    for packaged in ("anonticket/storage/sql/v2.sql", "anonticket/storage/sql/v3.sql",
                    "anonticket/storage/sql/v4.sql", "anonticket/storage/postgres/sql/v3.sql",
-                   "anonticket/storage/postgres/sql/v4.sql"):
-        assert script in names
+                   "anonticket/storage/postgres/sql/v4.sql", "anonticket/api/openapi.yaml"):
+        assert packaged in names
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
           "--target", str(site), str(wheel)])
 
     dependencies = sysconfig.get_paths()["purelib"]
     database = tmp_path / "fresh" / "anonticket.db"
-    done = _run([sys.executable, "-S", "-c", _INSTALLED_CHECK, str(site), str(database)],
+    done = _run([sys.executable, "-S", "-c", _INSTALLED_CHECK, str(site), str(database),
+                 str(REPO / "anonticket" / "api" / "openapi.yaml")],
                 cwd=tmp_path, env={"PYTHONPATH": f"{site}:{dependencies}", "PATH": "/usr/bin:/bin"})
     version, expected, tables = done.stdout.split()
     assert int(version) == int(expected) == SCHEMA_VERSION

@@ -75,11 +75,11 @@ async def internal(http: aiohttp.ClientSession, service: Service, method: str, p
 
 
 def event_validator() -> Any:
-    """docs/openapi.yaml's event schemas as JSON Schema (OpenAPI 3.0's nullable spelled
+    """anonticket/api/openapi.yaml's event schemas as JSON Schema (OpenAPI 3.0's nullable spelled
     out), with the validator schemathesis brings along."""
     import jsonschema_rs
 
-    spec = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())
+    spec = yaml.safe_load((REPO / "anonticket" / "api" / "openapi.yaml").read_text())
 
     def convert(node: Any) -> Any:
         if isinstance(node, dict):
