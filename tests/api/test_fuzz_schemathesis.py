@@ -231,6 +231,7 @@ async def requests_seen_by_server(http: aiohttp.ClientSession, internal: str) ->
                    if line.startswith("anonticket_request_duration_seconds_count")))
 
 
+@pytest.mark.slow  # about 10,000 requests: the full suite's, not the quick tier's
 async def test_schemathesis_fuzz_both_listeners(tmp_path: Path) -> None:
     async with FakeWallet(height=WALLET_HEIGHT) as wallet, aiohttp.ClientSession(trust_env=False) as http:
         txids = fill_wallet(wallet)

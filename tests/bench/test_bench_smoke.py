@@ -41,6 +41,7 @@ SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_already_claimed", "rede
              "uds_token_issued_cold", "redeem_success_plans", "token_issued_plans", "debit")
 
 
+@pytest.mark.slow  # every phase of bench/run.py, a minute or more
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (Debian package wrk)")
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
@@ -92,6 +93,7 @@ def test_migration_benchmark_migrates_and_checks(tmp_path: Path) -> None:
     assert result["payments"] == 2000 and result["migration_secs"][0] > 0
 
 
+@pytest.mark.postgres  # bench/fence_cost.py starts its cluster itself, out of conftest's sight
 def test_fence_cost_benchmark_runs_both_modes(tmp_path: Path) -> None:
     """bench/fence_cost.py measures the same PostgreSQL write fenced and unfenced."""
     sys.path.insert(0, str(REPO / "tests"))

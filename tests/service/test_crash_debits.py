@@ -34,6 +34,8 @@ from crash_helpers import BIN, ServiceProcess, redeem, service_env
 from debit_rounds import Book, check, snapshot
 from test_crash_safety import crash_rounds
 
+pytestmark = pytest.mark.slow  # SIGKILL rounds: the full suite's, not the quick tier's
+
 PRICE = 1000  # piconero a day: every credit buys days, so no token expires mid-test
 MIN_PAYMENT = 1000  # service_env's MONITOR_MIN_PAYMENT_AMOUNT
 TOKENS, TOKEN_CREDIT = 12, 50_000

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from anonticket.domain.ids import PaymentId, derive_service_token
 from crash_helpers import (
@@ -35,6 +36,8 @@ from crash_helpers import (
     wait_until,
 )
 from fake_wallet import make_transfer
+
+pytestmark = pytest.mark.slow  # SIGKILL rounds: the full suite's, not the quick tier's
 
 N = 1  # confirmations: every mined block is credited on the next poll, so crashes land mid-ingest
 MIN_PAYMENT = 1000

@@ -47,6 +47,7 @@ from secret_search import Secrets
 from webhook_receiver import Behaviour, Receiver
 
 BOTH_BACKENDS = True
+pytestmark = pytest.mark.slow  # SIGKILL rounds: the full suite's, not the quick tier's
 SECRET = new_secret()
 MIN_PAYMENT = 1000
 
