@@ -112,16 +112,18 @@ async def test_a_wallet_down_at_start_is_asked_again_in_the_background(tmp_path:
 
 async def test_a_hanging_wallet_delays_the_start_by_a_bounded_time(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up waits FIRST_ANSWER_SECS (0.3 s here), not the wallet's 3 s timeout: the bound
+    sits between the two with room to spare, so a busy machine cannot fail it."""
     monkeypatch.setattr("anonticket.monero.merchant.FIRST_ANSWER_SECS", 0.3)
     async with FakeWallet() as wallet:
         answering(wallet, MERCHANT).fail(Failure.HANG, times=1, method="get_address")
-        wallet.hang_seconds = 0.8
+        wallet.hang_seconds = 4.0
         merchant = Merchant()
-        check = AddressCheck(wallet_config(tmp_path, wallet, MONERO_RPC_TIMEOUT_SECS="0.5"))
+        check = AddressCheck(wallet_config(tmp_path, wallet, MONERO_RPC_TIMEOUT_SECS="3"))
         started = time.monotonic()
         await check.start(merchant)
         try:
-            assert time.monotonic() - started < 0.6 and merchant.address is None
+            assert time.monotonic() - started < 2.0 and merchant.address is None
             deadline = time.monotonic() + 10
             while merchant.address is None:
                 assert time.monotonic() < deadline

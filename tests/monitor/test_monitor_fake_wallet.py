@@ -327,7 +327,7 @@ async def test_the_api_keeps_serving_while_a_poll_hangs(
             assert resp.status == 200 and (await resp.json())["status"] == "success"
         async with http.get(url(service.internal_address, "/health/live")) as resp:
             assert resp.status == 200
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10  # far below the stuck call's 60 s timeout
         assert service.state.monitor.last_success is None and service.state.monitor.last_error is None
         assert len(fake.calls("get_height")) == 1  # still the same, unanswered poll
         stop_started = time.monotonic()
