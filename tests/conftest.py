@@ -95,12 +95,15 @@ def heavy_marks(item: pytest.Item) -> set[str]:
 @pytest.hookimpl(tryfirst=True)  # before -m reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     heavy = []
+    grouped = config.pluginmanager.hasplugin("xdist")
     for item in items:
         marks = heavy_marks(item)
         for name in sorted(marks):
             item.add_marker(name)
         if marks:
             heavy.append(item)
+        if grouped and "regtest" in marks:  # --dist loadgroup: one worker mines the chains
+            item.add_marker(pytest.mark.xdist_group("regtest"))
     if config.getoption("quick") and heavy:
         config.hook.pytest_deselected(items=heavy)
         left_out = set(map(id, heavy))
