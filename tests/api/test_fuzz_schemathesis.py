@@ -149,14 +149,21 @@ def fuzz(public: str, internal: str, seeds: Seeds, examples: int) -> Tally:
 
     def send(case: schemathesis.Case, listeners: list[str]) -> None:
         for listener in listeners:
+            if listener == "public" and line_too_long(case):
+                # the public listener's parser refuses a request line past its limit before
+                # any route is looked up (the same 400 on every path, documented once for
+                # the listener): it says nothing about this operation's contract
+                response = case.call(base_url=base[listener], session=session)
+                record(listener, response.status_code)
+                assert response.status_code == 400, case.as_curl_command()
+                continue
             response = case.call_and_validate(base_url=base[listener], session=session)
             record(listener, response.status_code)
             assert response.status_code < 500, case.as_curl_command()
         if "public" not in listeners:  # an admin route: absent, whatever was generated
             response = case.call(base_url=base["public"], session=session)
             record("public", response.status_code)
-            request_line = f"{case.method.upper()} {response.request.path_url} HTTP/1.1"
-            if len(request_line.encode()) > PUBLIC_MAX_LINE_BYTES:
+            if line_too_long(case):
                 # aiohttp's parser refuses the line before any route is looked up: the same
                 # 400 whatever the path, so it tells nothing about the admin routes either
                 assert response.status_code == 400, case.as_curl_command()
@@ -164,6 +171,14 @@ def fuzz(public: str, internal: str, seeds: Seeds, examples: int) -> Tally:
                 assert response.status_code == 404, case.as_curl_command()
                 if case.method.upper() != "HEAD":  # (the gateway check documents HEAD too)
                     assert response.json() == {"error": "not_found", "message": "no such route"}
+
+    def line_too_long(case: schemathesis.Case) -> bool:
+        wanted = ("method", "url", "params", "headers", "cookies")
+        kwargs = case.as_transport_kwargs(base_url=base["public"])
+        prepared = session.prepare_request(
+            requests.Request(**{k: v for k, v in kwargs.items() if k in wanted}))
+        request_line = f"{case.method.upper()} {prepared.path_url} HTTP/1.1"
+        return len(request_line.encode()) > PUBLIC_MAX_LINE_BYTES
 
     def record(listener: str, status: int) -> None:
         tally.requests += 1

@@ -21,6 +21,7 @@ from anonticket import config as config_module
 from anonticket.cli.parser import main
 from anonticket.config import SETTINGS, Config, Setting
 from anonticket.config.values import redact_userinfo
+from anonticket.domain.errors import ConfigError
 from anonticket.monero.wallet_rpc import WalletRpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,3 +245,29 @@ def test_an_error_in_a_secret_setting_never_quotes_it(monkeypatch: pytest.Monkey
         Config.from_env({"MONERO_RPC_USER": "anon", "MONERO_RPC_PASSWORD": SECRET})
     assert str(info.value).startswith("MONERO_RPC_PASSWORD: ")
     assert SECRET not in str(info.value)
+
+
+NUMERIC_SETTINGS = {
+    "MONITOR_POLL_INTERVAL_SECS": "5",  # positive seconds
+    "API_NEGATIVE_CACHE_TTL_SECS": "0.5",  # zero or positive seconds
+    "WEBHOOK_RETRY_SCHEDULE_SECS": "5,300",  # a list of seconds
+    "MONITOR_MIN_CONFIRMATIONS": "10",  # a whole number
+}
+
+
+@pytest.mark.parametrize("name", sorted(NUMERIC_SETTINGS))
+@pytest.mark.parametrize("written", ["\u0665", "5\u0660", "1_0", "inf", "nan", "1e", ".", "--1"])
+def test_a_number_in_a_setting_is_ascii_as_an_operator_writes_it(name: str, written: str) -> None:
+    """``float()`` and ``int()`` take other scripts' digits, ``1_0`` and ``inf``: a setting
+    means none of them, so each is refused when it is read, like any bad value."""
+    value = NUMERIC_SETTINGS[name].replace("5", written, 1) if "5" in NUMERIC_SETTINGS[name] \
+        else written
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        Config.from_env({name: value})
+    Config.from_env({name: NUMERIC_SETTINGS[name]})  # the plain spelling still reads
+
+
+@pytest.mark.parametrize("written", ["5", "0.25", "1e1", " 2.5 ", "+3", ".5", "5."])
+def test_plain_decimal_seconds_still_read(written: str) -> None:
+    assert Config.from_env({"MONITOR_POLL_INTERVAL_SECS": written}).monitor_poll_interval_secs \
+        == float(written)

@@ -26,7 +26,7 @@ import pytest
 
 from anonticket.config import SETTINGS
 from anonticket.domain.ids import PaymentId, derive_service_token
-from anonticket.storage import Storage
+from anonticket.storage import SCHEMA_VERSION, Storage
 from conftest import transfer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -298,6 +298,39 @@ async def test_a_postgresql_that_refuses_us_stops_serve_with_one_line(
     line = assert_one_error_line(server, "anonticket: serve failed: cannot connect ")
     assert line.rstrip().endswith("(InvalidCatalogNameError 3D000)"), line
     assert "no_such_database" not in line
+
+
+async def test_a_sqlite_database_that_cannot_be_opened_stops_serve_with_one_line(
+        sockdir: Path, started: list[ServeProcess]) -> None:
+    """A directory where the file should be: SQLite's refusal in one line, and no traceback
+    from aiosqlite's worker thread answering into the closed loop after it."""
+    where = sockdir / "a-directory.db"
+    where.mkdir()
+    server = await spawn(serve_env(sockdir, DATABASE_URL=str(where)))
+    started.append(server)
+    assert await server.finish(START_TIMEOUT) == 1
+    line = assert_one_error_line(
+        server, "anonticket: serve failed: cannot connect to the database of DATABASE_URL ")
+    assert line.rstrip().endswith("(OperationalError: unable to open database file)"), line
+    assert "Event loop is closed" not in server.stderr
+    assert not (sockdir / "public.sock").exists()
+
+
+async def test_a_database_from_a_newer_program_stops_serve_with_one_line(
+        sockdir: Path, started: list[ServeProcess]) -> None:
+    """Nothing is changed in it, and the operator reads why in one line."""
+    path = sockdir / "anonticket.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    path.chmod(0o600)
+    server = await spawn(serve_env(sockdir))
+    started.append(server)
+    assert await server.finish(START_TIMEOUT) == 1
+    line = assert_one_error_line(server, "anonticket: serve failed: the database's schema ")
+    assert f"version {SCHEMA_VERSION + 1} is newer than this program's ({SCHEMA_VERSION})" in line
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
 
 
 async def test_a_live_socket_is_refused_by_the_process(sockdir: Path, started: list[ServeProcess]) -> None:

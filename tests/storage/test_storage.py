@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import anonticket.storage.schema as schema_module
+from anonticket.domain.errors import SchemaTooNew
 from anonticket.domain.ids import PaymentId, derive_service_token, key_prefix
 from anonticket.storage import SCHEMA_VERSION, Storage, database_path, open_storage
 from conftest import INTEGRITY_ERRORS, transfer
@@ -130,7 +131,7 @@ async def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "anonticket.db"
     with raw(path) as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(SchemaTooNew, match="newer"):
         await Storage.open(path)
     assert (user_version(path), tables(path)) == (99, set())
 

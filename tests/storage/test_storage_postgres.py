@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from anonticket.domain.errors import SchemaTooNew
 from anonticket.domain.ids import PaymentId
 from anonticket.domain.errors import StorageUnavailable
 from anonticket.storage import AttemptResult, DebitRequest, Storage, open_storage
@@ -105,7 +106,7 @@ async def test_concurrent_starters_apply_the_schema_once(pg_url: str, raw: async
 async def test_a_newer_schema_is_refused_and_left_alone(pg_url: str, raw: asyncpg.Connection) -> None:
     await (await open_storage(pg_url)).close()
     await raw.execute("INSERT INTO schema_versions (version) VALUES ($1)", PG_SCHEMA_VERSION + 1)
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(SchemaTooNew, match="newer"):
         await open_storage(pg_url)
     assert await raw.fetchval("SELECT max(version) FROM schema_versions") == PG_SCHEMA_VERSION + 1
 
