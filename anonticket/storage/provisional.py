@@ -164,3 +164,8 @@ class ProvisionalStore(StorageCore):
         rows = await self._read(
             f"SELECT txid, pid FROM provisional_credits WHERE state = {PROVISIONAL}")
         return {txid: pid for txid, pid in rows}
+
+    async def pid_is_provisional(self, pid: bytes) -> bool:
+        """Whether a PID's payment holds provisional credit (the checkout says so)."""
+        rows = await self._read("SELECT provisional FROM payments WHERE pid = ?", (pid,))
+        return bool(rows and rows[0][0])

@@ -165,3 +165,8 @@ class PgProvisionalStore(PostgresCore):
         rows = await self._read(
             f"SELECT txid, pid FROM provisional_credits WHERE state = {PROVISIONAL}")
         return {row[0]: row[1] for row in rows}
+
+    async def pid_is_provisional(self, pid: bytes) -> bool:
+        """See ``ProvisionalStore.pid_is_provisional``."""
+        rows = await self._read("SELECT provisional FROM payments WHERE pid = $1", pid)
+        return bool(rows and rows[0][0])
