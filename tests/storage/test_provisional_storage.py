@@ -168,3 +168,42 @@ async def test_concurrent_credits_never_exceed_the_caps(storage: Storage) -> Non
     waiting = [t for t in transfers if t.pid != settled.pid]
     assert (await credit(storage, waiting, per_pid=3000, outstanding=10_000)).transfers_credited == 1
     assert await storage.ledger_problems() == []
+
+
+@pytest.mark.sqlite_only
+async def test_version_4_with_data_upgrades_to_provisional_credit(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A database of the version before, with a redeemed and debited token, gains the new
+    tables and columns with nothing provisional, and ``db check`` still balances."""
+    from anonticket.storage import schema as schema_module
+
+    path = tmp_path / "anonticket.db"
+    p = pid()
+    with monkeypatch.context() as patch:
+        before = {v: s for v, s in schema_module.MIGRATIONS.items() if v < 8}
+        patch.setattr(schema_module, "MIGRATIONS", before)
+        patch.setattr(schema_module, "SCHEMA_VERSION", max(before))
+        store = await Storage.open(path)
+        try:
+            async with store._transaction() as db:  # the old version's columns only
+                txid = os.urandom(32)
+                await db.execute("INSERT INTO transfers VALUES (?, ?, 5000, 100, ?)",
+                                 (txid, p.raw, NOW))
+                await db.execute(
+                    "INSERT INTO payments (pid, txid, amount, first_height, status, created_at,"
+                    " claimed_at, token) VALUES (?, ?, 5000, 100, 1, ?, ?, ?)",
+                    (p.raw, txid, NOW, NOW, b"t" * 32))
+                await db.execute(
+                    "INSERT INTO service_tokens (token, pid, amount, issued_at, spent)"
+                    " VALUES (?, ?, 5000, ?, 700)", (b"t" * 32, p.raw, NOW))
+                await db.execute("INSERT INTO debits (token, amount, at) VALUES (?, 700, ?)",
+                                 (b"t" * 32, NOW))
+        finally:
+            await store.close()
+    store = await Storage.open(path)
+    try:
+        record = await store.get_token(b"t" * 32)
+        assert (record.amount, record.spent, record.provisional, record.withdrawn) == (5000, 700, 0, 0)
+        assert await store.outstanding_provisional() == {}
+        assert await store.ledger_problems() == []
+    finally:
+        await store.close()
