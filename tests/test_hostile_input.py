@@ -168,12 +168,16 @@ def string_fields() -> tuple[list[tuple[str, str, str]], dict[tuple[str, str], l
         for operation in item.values():
             content = operation.get("requestBody", {}).get("content", {})
             body = _resolved(spec, content.get("application/json", {}).get("schema", {}))
-            for alternative in body.get("oneOf", [body]):
-                strings = [name for name, schema in alternative.get("properties", {}).items()
+            for alternative in body.get("oneOf", [{}]):
+                # the body's own properties hold in every alternative (the replay's ``id``)
+                properties = {**body.get("properties", {}),
+                              **_resolved(spec, alternative).get("properties", {})}
+                strings = [name for name, schema in properties.items()
                            if _resolved(spec, schema).get("type") == "string"]
                 for name in strings:
-                    found += [(listener, path, name) for listener in operation["x-listeners"]]
-                    siblings[(path, name)] = strings
+                    found += [(listener, path, name) for listener in operation["x-listeners"]
+                              if (listener, path, name) not in found]
+                    siblings.setdefault((path, name), strings)
     return found, siblings
 
 
