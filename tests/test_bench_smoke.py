@@ -37,8 +37,8 @@ from anonticket.ledger.views import Claimed
 from anonticket.storage import TokenRow
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_already_claimed", "redeem_unknown_flood",
-             "token_issued", "token_unknown", "mixed", "uds_redeem_unknown_flood",
+SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_receipt_vs_pid", "redeem_already_claimed",
+             "redeem_unknown_flood", "token_issued", "token_unknown", "mixed", "uds_redeem_unknown_flood",
              "uds_token_issued_cold", "redeem_success_plans", "token_issued_plans", "debit")
 
 
@@ -61,9 +61,12 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     # each scenario measured what it claims: every redeem of a fresh PID won, every
     # random PID was unknown, every issued token was found
     assert result["scenarios"]["redeem_success"]["pairs"][0]["scenario"]["outcomes"]["success"] > 0
+    receipt_pair = result["scenarios"]["redeem_receipt_vs_pid"]["pairs"][0]
+    assert receipt_pair["baseline"]["outcomes"]["success"] > 0 and "404" not in receipt_pair["baseline"]["outcomes"]
     # plans on: every redeem won a token that expires, every such token was found, and
     # every debit (each its own Idempotency-Key) was applied, none replayed
-    for name in ("redeem_already_claimed", "redeem_unknown_flood", "token_issued", "token_unknown",
+    # (redeem_receipt_vs_pid: every receipt and every bare PID of its baseline won)
+    for name in ("redeem_receipt_vs_pid", "redeem_already_claimed", "redeem_unknown_flood", "token_issued", "token_unknown",
                  "redeem_success_plans", "token_issued_plans", "debit"):
         assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
     assert result["rss"]["vmhwm_mb"] > 0 and result["rss"]["answered_404"] >= 5_000
