@@ -16,7 +16,7 @@ from anonticket.domain.ids import Receipt, derive_receipt_token
 from conftest import REPO
 
 BIN = str(REPO / "bin" / "anonticket")
-# docs/MONERO.md's primary address, as in tests/test_cli.py
+# docs/MONERO.md's primary address, as in tests/cli/test_cli.py
 PRIMARY = ("435CNkaTRD9PHWEbixszvSfaG6UYdSwq7bEwRxJVTcea9Sz2YfppjWDFQBzniXsqhKYZo4FJQf4ZbJeSu9Pu8Wx"
            "L4bpF6az")
 TXID = "20" * 32

@@ -30,7 +30,7 @@ from anonticket.domain.ids import (
 REPO = Path(__file__).resolve().parents[2]
 SECURITY = (REPO / "docs" / "security.md").read_text()
 CUSTOMERS = (REPO / "docs" / "customers.md").read_text()
-# the rule docs/security.md and docs/openapi.yaml state, as a regex
+# the rule docs/security.md and anonticket/api/openapi.yaml state, as a regex
 DOCUMENTED = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{8}){7}|[0-9a-fA-F]{8}( [0-9a-fA-F]{8}){7}")
 
 
