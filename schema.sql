@@ -1,9 +1,10 @@
 -- anonticket's SQLite schema as it is now (version 8), as one script to read.
 --
 -- The service does not run this file: it applies the migrations in anonticket/storage/sql/
--- (v2.sql, then v3.sql, v4.sql, v8.sql), each with its PRAGMA user_version in one transaction,
--- so any older database is brought up to date the same way. tests/storage/test_schema_files.py
--- checks that this script and those migrations build the same database (tables, columns, CHECKs, keys,
+-- (v2.sql, then v3.sql, v4.sql, v5.sql, v8.sql), each with its PRAGMA user_version in one
+-- transaction, so any older database is brought up to date the same way.
+-- tests/storage/test_schema_files.py checks that
+-- this script and those migrations build the same database (tables, columns, CHECKs, keys,
 -- indexes, seed rows, version). A change is a new migration (docs/architecture.md) and an
 -- edit here. PostgreSQL has its own scripts in anonticket/storage/postgres/sql/.
 --
@@ -30,6 +31,11 @@ CREATE TABLE payments (
     -- force when it was credited (a later price change never rewrites what was bought);
     -- NULL: unlimited time (no price was in force)
     seconds      INTEGER CHECK (seconds IS NULL OR seconds >= 0),
+    -- 1: the payment may be claimed with its bare PID whatever REDEEM_PLAIN_PIDS says. v5.sql
+    -- set it on every payment credited before receipts existed; every later credit is 0 (a
+    -- receipt payment is claimed with its receipt: the PID is in the integrated address the
+    -- payer's side sees). Nothing writes it afterwards.
+    plain_pid_ok INTEGER NOT NULL DEFAULT 0 CHECK (plain_pid_ok IN (0, 1)),
     -- how many provisional credits (provisional_credits, state 0) its amount holds
     provisional  INTEGER NOT NULL DEFAULT 0 CHECK (provisional >= 0),
     CHECK ((status = 1) = (claimed_at IS NOT NULL))

@@ -113,7 +113,7 @@ async def test_broken_migration_leaves_the_previous_version(
         await Storage.open(path)
     # version 3 and 4 keep the table names: before 4 the tables are 3's, copy not left over
     before = {3: (2, V2_TABLES), 4: (3, TABLES - PROVISIONAL_TABLES),
-              8: (4, TABLES - PROVISIONAL_TABLES)}
+              8: (5, TABLES - PROVISIONAL_TABLES)}  # the version before 8
     assert (user_version(path), tables(path)) == before[version]
     monkeypatch.undo()
     store = await Storage.open(path)
