@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping
 
 from anonticket.ledger.answers import ASK_STORAGE, Claimed, Pending, AskStorage
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
@@ -38,16 +37,15 @@ from anonticket.ledger.cache import BoundedMap, TtlSet
 from anonticket.domain.ids import PaymentId, Receipt, ServiceToken, Transfer
 from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
 from anonticket.ledger.key_index import KeyIndex
+from anonticket.ledger.provisional import ProvisionalViews
 from anonticket.storage import (
     ClaimRow,
     CreditResult,
     DebitOutcome,
     DebitRequest,
-    ProvisionalResult,
     Storage,
     TokenRow,
     TopupOutcome,
-    WithdrawResult,
     is_storable_text,
     unix_now,
 )
@@ -55,10 +53,9 @@ from anonticket.storage import (
 log = logging.getLogger("anonticket.ledger")
 
 _RECORD_CACHE_CAPACITY = 200_000
-T = TypeVar("T")
 
 
-class Ledger:
+class Ledger(ProvisionalViews):
     def __init__(
         self,
         storage: Storage,
@@ -398,56 +395,6 @@ class Ledger:
                 work.exception()  # retrieved: a failed write was rolled back, the cancel wins
             raise
 
-    # ------------------------------------------------------------------ provisional credit
-    async def credit_provisional(self, transfers: Iterable[Transfer], *, max_per_pid: int,
-                                 max_outstanding: int) -> ProvisionalResult:
-        """Credit unconfirmed transfers at once, within the caps, then refresh the views as
-        ``credit`` does (and, like it, shielded from a cancel): the PIDs become known, the
-        cached rows of their tokens are replaced. A write that raised may have committed:
-        its PIDs are indexed and their tokens' cached rows dropped (issue 20's rule)."""
-        transfers = tuple(transfers)
-        pids = [t.pid.raw for t in transfers]
-
-        async def write_then_refresh() -> ProvisionalResult:
-            try:
-                result = await self.storage.credit_provisional(
-                    transfers, self.clock(), max_per_pid=max_per_pid,
-                    max_outstanding=max_outstanding, price_per_day=self.price_per_day)
-            except BaseException:
-                self._credit_unknown(pids)
-                raise
-            finally:
-                self._write_version += 1
-            self._index_pids(result.credited_pids)
-            for token, record in result.stored.items():
-                if self._records.get(token) is not None:
-                    self._records.put(token, record)
-            return result
-
-        return await _shielded(write_then_refresh)
-
-    async def withdraw(self, txids: Iterable[bytes], pids: Iterable[bytes]) -> WithdrawResult:
-        """Take provisional credits back out (``pids``: theirs, for the views). The cached
-        rows of the tokens they were on are replaced by what is stored, or dropped when
-        the outcome is unknown; the negative cache is not touched (a withdrawn unclaimed
-        payment is simply gone, and its PID answers as unknown or pending again)."""
-        txids, pids = tuple(txids), list(pids)
-
-        async def write_then_refresh() -> WithdrawResult:
-            try:
-                result = await self.storage.withdraw_provisional(txids, self.clock())
-            except BaseException:
-                self._credit_unknown(pids)
-                raise
-            finally:
-                self._write_version += 1
-            for token, record in result.stored.items():
-                self._records.pop(token)
-                self._records.put(token, record)
-            return result
-
-        return await _shielded(write_then_refresh)
-
     def _index_pids(self, pids: list[bytes]) -> None:
         """Every PID a credit was given may be stored now: into the "maybe" index, out of
         the negative cache (``add_many`` skips a PID already indexed)."""
@@ -467,20 +414,3 @@ class Ledger:
             if token is not None:
                 self._records.pop(token)
 
-
-async def _shielded(work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work`` (a write and its cache refresh) as one shielded task: a cancel waits for
-    it before it propagates, so a COMMIT that lands is never left out of the views (see
-    ``Ledger.credit``)."""
-    task = asyncio.ensure_future(work())
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        while not task.done():
-            try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError:
-                pass
-        if not task.cancelled():
-            task.exception()
-        raise
