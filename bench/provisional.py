@@ -8,7 +8,7 @@ A real monerod + wallet-rpc (anonticket.regtest) and the service in this process
 ``PROVISIONAL_MAX_PER_PID`` on, production's ``MONITOR_POLL_INTERVAL_SECS`` of 5 s unless
 ``--poll`` says otherwise). For each payment, one after the other: the payer pays a fresh PID
 (``pay`` returns once the merchant wallet shows the tx in its pool: the clock starts there);
-the customer then redeems every 20 ms until 200 and asks the gateway check with the token
+the customer (holding the receipt the PID derives from) then redeems every 20 ms until 200 and asks the gateway check with the token
 until 200. Figure: the time from the payment entering the pool to that first 200 at the
 gateway, median and p99 over the payments.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 
 from anonticket.config import Config  # noqa: E402
+from anonticket.domain.ids import Receipt  # noqa: E402
 from anonticket.regtest import RegtestNetwork  # noqa: E402
 from anonticket.service.app import start_service  # noqa: E402
 
@@ -57,7 +57,7 @@ def config(net: RegtestNetwork, workdir: Path, *, provisional: bool, poll: float
     })
 
 
-async def first_200(http: aiohttp.ClientSession, service: Any, pid: str) -> float:
+async def first_200(http: aiohttp.ClientSession, service: Any, receipt: Receipt) -> float:
     """Redeem until 200, then the gateway check with the token until 200; when it answered."""
     deadline = time.monotonic() + DEADLINE_SECS
     public = f"http://{service.public_address}"
@@ -65,7 +65,8 @@ async def first_200(http: aiohttp.ClientSession, service: Any, pid: str) -> floa
     token = None
     while time.monotonic() < deadline:
         if token is None:
-            async with http.post(public + "/api/v1/redeem", json={"pid": pid}) as resp:
+            async with http.post(public + "/api/v1/redeem",
+                                 json={"receipt": receipt.hex()}) as resp:
                 if resp.status == 200:
                     token = (await resp.json())["service_token"]
         if token is not None:
@@ -86,10 +87,10 @@ async def measure(net: RegtestNetwork, workdir: Path, *, payments: int, confirme
     try:
         async with aiohttp.ClientSession(trust_env=False) as http:
             for _ in range(payments):
-                pid = secrets.token_hex(8)
-                await asyncio.to_thread(net.pay, pid, XMR // 100)
+                receipt = Receipt.generate()  # as the checkout makes them
+                await asyncio.to_thread(net.pay, receipt.pid.hex(), XMR // 100)
                 entered = time.monotonic()
-                provisional.append(await first_200(http, service, pid) - entered)
+                provisional.append(await first_200(http, service, receipt) - entered)
     finally:
         await service.aclose()
     start = await asyncio.to_thread(net.mine, 1)
@@ -99,11 +100,11 @@ async def measure(net: RegtestNetwork, workdir: Path, *, payments: int, confirme
     try:
         async with aiohttp.ClientSession(trust_env=False) as http:
             for _ in range(confirmed):
-                pid = secrets.token_hex(8)
-                await asyncio.to_thread(net.pay, pid, XMR // 100)
+                receipt = Receipt.generate()
+                await asyncio.to_thread(net.pay, receipt.pid.hex(), XMR // 100)
                 await asyncio.to_thread(net.mine, need)
                 mined = time.monotonic()
-                after_n.append(await first_200(http, service, pid) - mined)
+                after_n.append(await first_200(http, service, receipt) - mined)
     finally:
         await service.aclose()
     ordered = sorted(provisional)
