@@ -76,6 +76,7 @@ def make_ledger(config: Config, storage: Storage, metrics: Metrics) -> Ledger:
         negative_cache=TtlSet(config.api_negative_cache_capacity, config.api_negative_cache_ttl_secs),
         price_per_day=config.access_price_per_day,
         on_negative_cache_hit=metrics.negative_cache_hits.inc,
+        plain_pids=config.redeem_plain_pids,
     )
 
 
