@@ -104,7 +104,7 @@ async def test_schema_sql_is_what_the_migrations_build(tmp_path: Path) -> None:
     ("    WHERE expired_notified = 0 AND expires_at IS NOT NULL", ""),  # a partial index
     ("INSERT INTO webhook_state (id) VALUES (1);", ""),  # a seed row
     ("REAL    NOT NULL,", "INTEGER NOT NULL,"),  # a column's type
-    ("PRAGMA user_version = 4;", "PRAGMA user_version = 3;"),
+    (f"PRAGMA user_version = {SCHEMA_VERSION};", f"PRAGMA user_version = {SCHEMA_VERSION - 1};"),
 ])
 async def test_the_comparison_sees_a_difference(tmp_path: Path, edit: tuple[str, str]) -> None:
     """Each kind of drift the check above must catch, made on purpose."""
