@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
+from anonticket.ledger.credentials import Credentials
 from anonticket.ledger.cache import BoundedMap, TtlSet
 from anonticket.domain.ids import PaymentId, ServiceToken, Transfer
 from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
@@ -86,8 +87,10 @@ class Ledger:
         price_per_day: int | None = None,
         on_negative_cache_hit: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = unix_now,
+        credentials: Credentials | None = None,
     ) -> None:
         self.storage = storage
+        self.credentials = credentials  # keys and recent revocations, loaded with the rest
         self.min_payment = min_payment
         self.min_confirmations = min_confirmations
         self.price_per_day = price_per_day
@@ -111,6 +114,8 @@ class Ledger:
         """Build the prefix indexes from the database (start-up)."""
         self._known_pids.replace(await self.storage.load_pid_prefixes())
         self._known_tokens.replace(await self.storage.load_token_prefixes())
+        if self.credentials is not None:
+            await self.credentials.load(self.storage)
         log.info("loaded %d payments and %d tokens", len(self._known_pids), len(self._known_tokens))
 
     # ------------------------------------------------------------------ redeem
@@ -265,14 +270,21 @@ class Ledger:
     async def revoke(
         self, token: ServiceToken, reason: str | None, abuse_score: int | None
     ) -> TokenRow:
+        now = self.clock()
         try:
-            record = await self.storage.revoke_token(token.raw, reason, abuse_score, self.clock())
+            record = await self.storage.revoke_token(token.raw, reason, abuse_score, now)
+        except BaseException:
+            if self.credentials is not None:  # it may have committed: refuse its credentials
+                self.credentials.revocations.add(token.raw, now)
+            raise
         finally:
             self._write_version += 1
             self._records.pop(token.raw)
         if record is None:
             raise TokenNotFound()
         self._records.put(token.raw, record)
+        if self.credentials is not None and record.revoked_at is not None:
+            self.credentials.revocations.add(token.raw, record.revoked_at)
         return record
 
     # ------------------------------------------------------------------ debits

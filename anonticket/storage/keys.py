@@ -52,7 +52,9 @@ class SigningKeyStore(StorageCore):
         """Make ``key`` its purpose's key in force from ``key.not_before`` on, in one
         transaction with what that means for the others:
 
-        - a key that would only start signing at or after that moment never signs: deleted;
+        - a key that has not started signing (``not_before`` after ``key.created_at``, the
+          moment of the rotation) and would only start at or after ``key.not_before`` never
+          signs: deleted;
         - a key that signs until later (the one in force, or one an earlier rotation retired
           in the future) is retired at that moment, and verifies for ``verify_secs`` more;
         - ``drop_previous`` (a compromised key) deletes every other key of the purpose at
@@ -63,8 +65,9 @@ class SigningKeyStore(StorageCore):
                 await db.execute("DELETE FROM signing_keys WHERE purpose = ?", (key.purpose,))
             else:
                 await db.execute(
-                    "DELETE FROM signing_keys WHERE purpose = ? AND not_before >= ?",
-                    (key.purpose, key.not_before))
+                    """DELETE FROM signing_keys
+                       WHERE purpose = ? AND not_before >= ? AND not_before > ?""",
+                    (key.purpose, key.not_before, key.created_at))
                 await db.execute(
                     """UPDATE signing_keys SET retired_at = ?1, expires_at = ?1 + ?2
                        WHERE purpose = ?3 AND (retired_at IS NULL OR retired_at > ?1)""",

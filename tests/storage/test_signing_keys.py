@@ -73,6 +73,17 @@ async def test_rotation_retires_the_key_in_force_at_the_new_ones_start(storage: 
     assert await storage.add_first_signing_key(key("p", purpose="other")) is True
 
 
+async def test_a_key_that_signed_in_this_very_second_is_retired_not_dropped(
+        storage: Storage) -> None:
+    """Rotated at once in the second the key in force started: it may have signed in that
+    second, so it is retired (and verifies on), not deleted as a key that never signed."""
+    await storage.add_first_signing_key(key("a"))
+    now = SigningKeyRow("k4.pid.b", "credential", os.urandom(32), os.urandom(32), NOW, NOW)
+    await storage.rotate_signing_key(now, verify_secs=TTL)
+    assert summary(await storage.list_signing_keys("credential")) == [
+        ("a", NOW, NOW, NOW + TTL), ("b", NOW, None, None)]
+
+
 async def test_a_compromised_rotation_drops_every_previous_key(storage: Storage) -> None:
     await storage.add_first_signing_key(key("a"))
     await storage.rotate_signing_key(key("b", NOW + 150), verify_secs=TTL)

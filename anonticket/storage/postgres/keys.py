@@ -52,8 +52,9 @@ class PgSigningKeyStore(PostgresCore):
                 await db.execute("DELETE FROM signing_keys WHERE purpose = $1", key.purpose)
             else:
                 await db.execute(
-                    "DELETE FROM signing_keys WHERE purpose = $1 AND not_before >= $2",
-                    key.purpose, key.not_before)
+                    """DELETE FROM signing_keys
+                       WHERE purpose = $1 AND not_before >= $2 AND not_before > $3""",
+                    key.purpose, key.not_before, key.created_at)
                 await db.execute(
                     """UPDATE signing_keys SET retired_at = $1, expires_at = $1 + $2
                        WHERE purpose = $3 AND (retired_at IS NULL OR retired_at > $1)""",
