@@ -127,7 +127,8 @@ class KeyRing:
             kind = KINDS.get(row.purpose)
             if kind is not None:  # a purpose a newer release added: not ours to use
                 keys.setdefault(row.purpose, []).append(RingKey(row, kind.load(row)))
-        new = {purpose: tuple(sorted(found, key=lambda k: (k.row.not_before, k.key_id)))
+        new = {purpose: tuple(sorted(found, key=lambda k: (k.row.not_before,
+                                                           k.row.retired_at is None, k.key_id)))
                for purpose, found in keys.items()}
         if new != self._keys:
             self._keys = new

@@ -24,14 +24,16 @@ def _values(key: SigningKeyRow) -> tuple[object, ...]:
 
 class SigningKeyStore(StorageCore):
     async def list_signing_keys(self, purpose: str | None = None) -> list[SigningKeyRow]:
-        """Every stored key (of ``purpose``), oldest first."""
+        """Every stored key (of ``purpose``), oldest first (of two that start in the same
+        second, the one retired in it first)."""
         if purpose is None:
             rows = await self._read(
-                f"SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY not_before, key_id")
+                f"""SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys
+                    ORDER BY not_before, retired_at IS NULL, key_id""")
         else:
             rows = await self._read(
                 f"""SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE purpose = ?
-                    ORDER BY not_before, key_id""", (purpose,))
+                    ORDER BY not_before, retired_at IS NULL, key_id""", (purpose,))
         return [SigningKeyRow(*row) for row in rows]
 
     async def add_first_signing_key(self, key: SigningKeyRow) -> bool:
