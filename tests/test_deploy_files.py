@@ -501,6 +501,17 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
                     assert parse_page(await resp.text()).h1 == "Payment not seen yet"
                 async with http.get(base + f"/pay/{pid}", ssl=False) as resp:
                     assert resp.status == 404  # nginx's own: only the three pages are passed
+                # credentials: the key document keeps the service's cache headers, and the
+                # issue route (only it) receives the customer's Authorization
+                async with http.get(base + "/.well-known/anonticket-credential-keys",
+                                    ssl=False) as resp:
+                    assert resp.status == 200 and len((await resp.json())["keys"]) == 1
+                    assert resp.headers.getall("Cache-Control") == ["public, max-age=150"]
+                    assert "ETag" in resp.headers
+                async with http.post(base + "/api/v1/credential", ssl=False,
+                                     headers={"Authorization": "Bearer " + "ab" * 32}) as resp:
+                    assert (resp.status, (await resp.json())["error"]) == (401, "token_not_found")
+                    assert resp.headers.getall("Cache-Control") == ["no-store"]
         for path in (open_dir / "log").iterdir():
             text = path.read_text()
             assert pid not in text and address not in text and "/pay" not in text, path.name

@@ -42,7 +42,7 @@ neither header (curl, a browser too old for both) is taken as it is.
 from __future__ import annotations
 
 
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -90,13 +90,24 @@ def safe_next(text: str | None) -> str | None:
 
 
 def next_from_query(raw_query: str) -> str | None:
-    """``next`` is everything after the first ``next=`` parameter, taken verbatim."""
+    """``next`` is everything after the first ``next=`` parameter, taken verbatim. Without
+    one, a ``url`` parameter (what Traefik's errors middleware sends: the refused request's
+    whole URL, escaped) gives its path and query; never its host, so it cannot lead away."""
     if raw_query.startswith("next="):
         value = raw_query[5:]
     elif "&next=" in raw_query:
         value = raw_query.split("&next=", 1)[1]
     else:
-        return None
+        for part in raw_query.split("&"):
+            if part.startswith("url="):
+                try:
+                    target = urlsplit(unquote(part[4:]))
+                except ValueError:
+                    return None
+                value = target.path + (f"?{target.query}" if target.query else "")
+                break
+        else:
+            return None
     return safe_next(value)
 
 

@@ -72,7 +72,7 @@ async def issue_credential(request: web.Request) -> web.Response:
             raw = "invalid_token"  # a credential never buys another
     if type(raw) is str:
         tallies[raw].inc()
-        return denial(raw)
+        return _no_store(denial(raw))
     credentials = _credentials(state)
     try:
         audience = _audience(await read_json_object(request, allow_empty=True),
@@ -98,13 +98,17 @@ async def issue_credential(request: web.Request) -> web.Response:
     else:
         issued = credentials.issue(record, audience)
         tallies["issued"].inc()
-        response = json_body({"credential": issued.credential,
-                              "expires_at": rfc3339(issued.expires_at),
-                              "audience": issued.audience})
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return _no_store(json_body({"credential": issued.credential,
+                                    "expires_at": rfc3339(issued.expires_at),
+                                    "audience": issued.audience}))
     tallies[reason].inc()
-    return denial(reason)
+    return _no_store(denial(reason))
+
+
+def _no_store(response: web.Response) -> web.Response:
+    """A credential, and the answer that refuses one, are nobody's to keep."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 # ---------------------------------------------------------------------- the key document
