@@ -53,7 +53,9 @@ def _audience(body: dict[str, Any], allowed: frozenset[str]) -> str | None:
     audience = body.get("aud")
     if audience is None:
         return None
-    if type(audience) is not str or audience not in allowed:
+    if type(audience) is not str:
+        raise InvalidRequest("aud must be a string or null")
+    if audience not in allowed:  # well-formed, just not one the operator issues: 422
         raise InvalidAudience()
     return audience
 

@@ -41,7 +41,7 @@ class InvalidToken(ServiceError):
 
 
 class InvalidAudience(ServiceError):
-    status, code, message = (400, "invalid_audience",
+    status, code, message = (422, "invalid_audience",
                              "aud must be one of the audiences this service issues "
                              "credentials for (CREDENTIAL_AUDIENCES)")
 
