@@ -81,6 +81,7 @@ def make_ledger(config: Config, storage: Storage, metrics: Metrics) -> Ledger:
         price_per_day=config.access_price_per_day,
         on_negative_cache_hit=metrics.negative_cache_hits.inc,
         credentials=make_credentials(config, storage),
+        plain_pids=config.redeem_plain_pids,
     )
 
 
