@@ -179,7 +179,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
     if set(body) - {"purpose", "immediately", "compromised"}:
         raise InvalidRequest("the body may hold purpose, immediately and compromised")
     purpose = body.get("purpose", CREDENTIAL)
-    if purpose not in KINDS:
+    if type(purpose) is not str or purpose not in KINDS:  # a list is not even hashable
         raise InvalidRequest("purpose must be one of: " + ", ".join(sorted(KINDS)))
     flags = [body.get(name, False) for name in ("immediately", "compromised")]
     if any(type(flag) is not bool for flag in flags):

@@ -334,7 +334,8 @@ async def test_rotation_through_the_internal_api(svc: Service, http: aiohttp.Cli
         status, _, body = await check(http, svc, {"Authorization": f"Bearer {credential}"})
         assert (status, json.loads(body)["error"]) == (401, "invalid_credential")
     assert len((await key_document(http, svc))["keys"]) == 1
-    for body in ({"purpose": "nope"}, {"immediately": "yes"}, {"other": 1}):
+    for body in ({"purpose": "nope"}, {"purpose": [None]}, {"purpose": 5}, {"immediately": "yes"},
+                 {"other": 1}):
         async with http.post(url(svc.internal_address, "/api/v1/keys/rotate"), json=body) as resp:
             assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
 

@@ -111,7 +111,7 @@ async def test_broken_migration_leaves_the_previous_version(
     # version 3 and 4 keep the table names: before 4 the tables are 3's, copy not left over;
     # before 6 there are no signing keys
     before = {3: (2, V2_TABLES), 4: (3, TABLES - {"signing_keys"}),
-              6: (4, TABLES - {"signing_keys"})}
+              6: (5, TABLES - {"signing_keys"})}
     assert (user_version(path), tables(path)) == before[version]
     monkeypatch.undo()
     store = await Storage.open(path)
