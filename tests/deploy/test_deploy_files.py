@@ -32,6 +32,7 @@ import pytest
 from aiohttp import web
 
 import proxy_helpers
+from anonticket.domain.ids import Receipt
 from anonticket.regtest import MERCHANT_KEYS
 from page_helpers import parse_page
 from proxy_helpers import env_file_values, free_port, wait_port
@@ -496,11 +497,13 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
                     assert resp.headers["Cache-Control"] == "no-store"
                 async with http.post(base + "/pay", data={"offer": "10000000000"}, ssl=False) as resp:
                     made = parse_page(await resp.text())
-                pid, address = made.field("pid"), made.field("address")
-                async with http.post(base + "/pay/status", data={"pid": pid}, ssl=False) as resp:
+                receipt, address = made.field("receipt"), made.field("address")
+                assert receipt and address
+                async with http.post(base + "/pay/status", data={"receipt": receipt},
+                                     ssl=False) as resp:
                     assert resp.status == 200
                     assert parse_page(await resp.text()).h1 == "Payment not seen yet"
-                async with http.get(base + f"/pay/{pid}", ssl=False) as resp:
+                async with http.get(base + f"/pay/{receipt}", ssl=False) as resp:
                     assert resp.status == 404  # nginx's own: only the three pages are passed
                 # credentials: the key document keeps the service's cache headers, and the
                 # issue route (only it) receives the customer's Authorization
@@ -515,7 +518,8 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
                     assert resp.headers.getall("Cache-Control") == ["no-store"]
         for path in (open_dir / "log").iterdir():
             text = path.read_text()
-            assert pid not in text and address not in text and "/pay" not in text, path.name
+            for secret in (receipt, Receipt.parse(receipt).hex(), address, "/pay"):
+                assert secret not in text, path.name
         service.send_signal(signal.SIGTERM)
         assert await datagram() == b"STOPPING=1"
         assert await asyncio.to_thread(service.wait, 30) == 0
