@@ -2,7 +2,8 @@
 
 ``core`` (connections, the one write path), ``schema`` (versions), ``ledger_rules`` (the
 decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
-``events`` (the webhook events a change writes inside its own transaction), ``outbox``
+``keys`` (the signing keys anonticket generates for itself), ``events`` (the webhook
+events a change writes inside its own transaction), ``outbox``
 (the sender's side of those rows: due events, outcomes, replays), ``maintenance``
 (counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
 connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
@@ -16,6 +17,7 @@ May import: crypto, domain, config.
 from __future__ import annotations
 
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS, database_path, unix_now
+from anonticket.storage.keys import SigningKeyStore
 from anonticket.storage.maintenance import MaintenanceStore
 from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
 from anonticket.storage.ledger_rules import seconds_bought
@@ -27,6 +29,7 @@ from anonticket.storage.rows import (
     DebitOutcome,
     DebitRequest,
     ProvisionalResult,
+    SigningKeyRow,
     TokenRow,
     TopupOutcome,
     WithdrawResult,
@@ -36,7 +39,8 @@ from anonticket.storage.schema import SCHEMA_VERSION
 from anonticket.storage.tokens import TokenStore
 
 
-class Storage(PaymentStore, ProvisionalStore, TokenStore, MaintenanceStore, OutboxStore):
+class Storage(PaymentStore, ProvisionalStore, TokenStore, MaintenanceStore, OutboxStore,
+              SigningKeyStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -64,8 +68,8 @@ async def open_storage(
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
-    "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult", "Storage", "TokenRow",
-    "TopupOutcome", "WithdrawResult",
+    "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult", "SigningKeyRow",
+    "Storage", "TokenRow", "TopupOutcome", "WithdrawResult",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",
 ]
