@@ -1,8 +1,9 @@
--- anonticket's SQLite schema as it is now (version 6), as one script to read.
+-- anonticket's SQLite schema as it is now (version 8), as one script to read.
 --
 -- The service does not run this file: it applies the migrations in anonticket/storage/sql/
--- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql), each with its PRAGMA user_version in one transaction, so any
--- older database is brought up to date the same way. tests/storage/test_schema_files.py checks that
+-- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql, v8.sql), each with its PRAGMA user_version
+-- in one transaction, so any older database is brought up to date the same way.
+-- tests/storage/test_schema_files.py checks that
 -- this script and those migrations build the same database (tables, columns, CHECKs, keys,
 -- indexes, seed rows, version). A change is a new migration (docs/architecture.md) and an
 -- edit here. PostgreSQL has its own scripts in anonticket/storage/postgres/sql/.
@@ -35,6 +36,8 @@ CREATE TABLE payments (
     -- receipt payment is claimed with its receipt: the PID is in the integrated address the
     -- payer's side sees). Nothing writes it afterwards.
     plain_pid_ok INTEGER NOT NULL DEFAULT 0 CHECK (plain_pid_ok IN (0, 1)),
+    -- how many provisional credits (provisional_credits, state 0) its amount holds
+    provisional  INTEGER NOT NULL DEFAULT 0 CHECK (provisional >= 0),
     CHECK ((status = 1) = (claimed_at IS NOT NULL))
 ) STRICT, WITHOUT ROWID;
 
@@ -68,6 +71,14 @@ CREATE TABLE service_tokens (
     -- set once the expiry has been noticed (the sweep marks it and writes its token.expired
     -- event in one transaction), cleared when a top-up moves the expiry again
     expired_notified INTEGER NOT NULL DEFAULT 0 CHECK (expired_notified IN (0, 1)),
+    -- how many provisional credits it holds (its payments' sum): provisional while any is
+    provisional      INTEGER NOT NULL DEFAULT 0 CHECK (provisional >= 0),
+    -- 1 while a withdrawal has left it without any credit (refused as payment_withdrawn),
+    -- until credit arrives again
+    withdrawn        INTEGER NOT NULL DEFAULT 0 CHECK (withdrawn IN (0, 1)),
+    -- what withdrawn provisional credits had already spent (never taken back from the
+    -- customer's debits): amount = its payments' sum + lost
+    lost             INTEGER NOT NULL DEFAULT 0 CHECK (lost >= 0),
     CHECK (revoke_reason IS NULL OR revoked_at IS NOT NULL)
 ) STRICT, WITHOUT ROWID;
 -- only the tokens still to be noticed, so the sweep's probe costs nothing when none expired
@@ -172,5 +183,51 @@ CREATE TABLE signing_keys (
     CHECK (retired_at IS NULL OR (retired_at >= not_before AND expires_at >= retired_at))
 ) STRICT;
 
-PRAGMA user_version = 6;
+
+-- Provisional credit (docs/operations.md#provisional-credit): payments credited before
+-- MONITOR_MIN_CONFIRMATIONS, kept here (not in transfers) until final.
+-- One row per provisionally credited transfer, kept for good. state: 0 provisional (its
+-- amount is in payments.amount), 1 withdrawn (taken back out: left the pool unmined, a
+-- double spend, reorganised out), 2 final (reached N confirmations: its row is in transfers
+-- too). The only moves are 0 → 1, 0 → 2 and 1 → 2 (mined after all: credited again, once),
+-- and nothing else of a row ever changes: the trigger below refuses anything else.
+-- unrecovered: what a withdrawal could not take back because debits had already spent it
+-- (the token's balance never goes below zero; service_tokens.lost sums these).
+CREATE TABLE provisional_credits (
+    txid         BLOB    NOT NULL PRIMARY KEY CHECK (length(txid) = 32),
+    pid          BLOB    NOT NULL CHECK (length(pid) = 32),
+    amount       INTEGER NOT NULL CHECK (amount > 0),
+    seconds      INTEGER CHECK (seconds IS NULL OR seconds >= 0),   -- bought; NULL: unlimited
+    state        INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2)),
+    unrecovered  INTEGER NOT NULL DEFAULT 0 CHECK (unrecovered >= 0 AND unrecovered <= amount),
+    credited_at  INTEGER NOT NULL,
+    withdrawn_at INTEGER,
+    final_at     INTEGER,
+    CHECK ((state = 1) = (withdrawn_at IS NOT NULL AND final_at IS NULL)),
+    CHECK ((state = 2) = (final_at IS NOT NULL)),
+    CHECK (state != 0 OR (withdrawn_at IS NULL AND unrecovered = 0))
+) STRICT, WITHOUT ROWID;
+-- the outstanding ones: a PID's provisional total under its cap, the monitor's watch list
+CREATE INDEX provisional_credits_outstanding ON provisional_credits (pid) WHERE state = 0;
+CREATE TRIGGER provisional_credits_moves BEFORE UPDATE ON provisional_credits
+WHEN NOT (NEW.txid = OLD.txid AND NEW.pid = OLD.pid AND NEW.amount = OLD.amount
+          AND NEW.seconds IS OLD.seconds AND NEW.credited_at = OLD.credited_at
+          AND ((OLD.state = 0 AND NEW.state IN (1, 2)) OR (OLD.state = 1 AND NEW.state = 2)))
+BEGIN
+    SELECT RAISE(ABORT, 'provisional_credits: not a legal move');
+END;
+CREATE TRIGGER provisional_credits_kept BEFORE DELETE ON provisional_credits
+BEGIN
+    SELECT RAISE(ABORT, 'provisional_credits: rows are kept');
+END;
+
+-- One row: the sum of every provisional (state 0) credit, what PROVISIONAL_MAX_OUTSTANDING
+-- caps. Every transaction that changes it updates this row first, so they take turns.
+CREATE TABLE provisional_outstanding (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    amount INTEGER NOT NULL CHECK (amount >= 0)
+) STRICT;
+INSERT INTO provisional_outstanding (id, amount) VALUES (1, 0);
+
+PRAGMA user_version = 8;
 COMMIT;

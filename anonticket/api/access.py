@@ -64,6 +64,8 @@ _MAX_FIELDS = 3
 _REASONS = {
     "token_revoked": "This access token has been revoked: it no longer opens this service.",
     "token_expired": "The time this access token bought has run out.",
+    "payment_withdrawn": "The payment behind this access token was withdrawn before it was "
+                         "confirmed (it left the network unmined or was double-spent).",
     "insufficient_balance": "This access token's balance is too low for that page.",
     "token_not_found": "The access token this browser sent is not known here.",
     "invalid_token": "This browser sent something that is not an access token.",
@@ -74,6 +76,8 @@ _REASONS = {
                       "itself (in an Authorization header), which this browser does not send "
                       "there.",
 }
+_STATUS_REASONS = {"revoked": "token_revoked", "withdrawn": "payment_withdrawn",
+                   "expired": "token_expired"}
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
 
 
@@ -328,7 +332,7 @@ async def log_in(request: web.Request) -> web.Response:
     status = record.status(state.ledger.clock())
     if status != "active":
         return form_page(state, next_path=next_path, status=403,
-                         note=_REASONS["token_revoked" if status == "revoked" else "token_expired"])
+                         note=_REASONS[_STATUS_REASONS[status]])
     response = pages.see_other(next_path or "/")
     grant(response, state, request, record)
     return response

@@ -26,6 +26,7 @@ from anonticket.domain.errors import (
     PaymentNotFound,
     PidAlreadyClaimed,
     ServiceError,
+    PaymentWithdrawn,
     TokenExpired,
     TokenNotFound,
     TokenRevoked,
@@ -42,7 +43,7 @@ MAX_DEBIT = 2**62
 # every refusal a debit can be answered with, by its stored code
 _REFUSALS: dict[str, type[ServiceError]] = {
     cls.code: cls for cls in (InsufficientBalance, TokenExpired, TokenRevoked, TokenNotFound,
-                              IdempotencyKeyReused)
+                              IdempotencyKeyReused, PaymentWithdrawn)
 }
 _TOPUP_REFUSALS: dict[str, type[ServiceError]] = {
     "token_not_found": TokenNotFound, "pid_already_claimed": PidAlreadyClaimed,

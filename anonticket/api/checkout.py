@@ -75,7 +75,7 @@ def priced_offers(state: State) -> list[PricedOffer]:
 # ---------------------------------------------------------------------- what a PID's state is
 @dataclass(frozen=True, slots=True)
 class PaymentState:
-    kind: str  # "unseen" | "pending" | "underpaid" | "confirmed" | "redeemed"
+    kind: str  # "unseen" | "pending" | "underpaid" | "provisional" | "confirmed" | "redeemed"
     balance: int = 0
     confirmations: int = 0
     required: int = 0
@@ -89,6 +89,11 @@ async def read_payment_state(ledger: Ledger, claim: PaymentId | Receipt) -> Paym
     if row is not None and row.status == 1:
         return PaymentState("redeemed", balance=row.amount)
     if row is not None and row.amount >= ledger.min_payment:
+        raw = claim.raw if isinstance(claim, PaymentId) else claim.pid_raw
+        if pending is not None and await ledger.storage.pid_is_provisional(raw):
+            # credited from the pool (docs/operations.md#provisional-credit): ready now
+            return PaymentState("provisional", balance=row.amount, confirmations=pending,
+                                required=ledger.min_confirmations)
         return PaymentState("confirmed", balance=row.amount)
     if pending is not None:
         return PaymentState("pending", balance=row.amount if row else 0, confirmations=pending,
@@ -188,6 +193,10 @@ def render_state(state: State, claim: PaymentId | Receipt, found: PaymentState) 
     if found.kind == "confirmed":
         return pages.page("Payment confirmed", pages.confirmed_body(
             shown, balance=format_xmr(found.balance)))
+    if found.kind == "provisional":
+        return pages.page("Access ready", pages.provisional_body(
+            shown, balance=format_xmr(found.balance), required=found.required,
+            remaining=_remaining(found.confirmations, found.required)))
     if found.kind == "pending":
         return pages.page("Payment seen, waiting for confirmations", pages.pending_body(
             shown, confirmations=found.confirmations, required=found.required,

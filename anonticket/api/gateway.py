@@ -5,9 +5,12 @@ customer's request headers here (never its body) and serve the upstream on a 2xx
 passes only 401 and 403 on to the client and turns any other status into a 500, so:
 
 - 200: allowed, with the headers the proxy forwards upstream (``X-Anonticket-Subject``,
-  ``-Remaining``, ``-Expires-At``); no body, nothing the proxy has to read;
+  ``-Remaining``, ``-Expires-At``, and ``-Provisional: true`` while the token holds credit
+  from a payment not yet confirmed: a service may hold back what it will not risk); no
+  body, nothing the proxy has to read;
 - 401: the customer has no usable token (missing, malformed, unknown), with
-  ``WWW-Authenticate: Bearer``; 403: revoked, expired or not enough balance. Both carry
+  ``WWW-Authenticate: Bearer``; 403: revoked, its payment withdrawn, expired or not
+  enough balance. Both carry
   the reason in ``X-Anonticket-Reason`` for the proxy's error pages;
 - everything that is not the customer's doing fails closed as a non-401/403 status, so
   nginx answers 500 and never opens the door: storage unavailable (503), a proxy without
@@ -56,6 +59,7 @@ from anonticket.domain.errors import (
     InsufficientBalance,
     InvalidRequest,
     NotActive,
+    PaymentWithdrawn,
     TokenExpired,
     TokenRevoked,
     Unavailable,
@@ -70,6 +74,7 @@ SUBJECT_HEADER = "X-Anonticket-Subject"
 REMAINING_HEADER = "X-Anonticket-Remaining"
 EXPIRES_HEADER = "X-Anonticket-Expires-At"
 REASON_HEADER = "X-Anonticket-Reason"
+PROVISIONAL_HEADER = "X-Anonticket-Provisional"
 # what a cost can be: a debit's own limit (amounts and their sums fit SQLite's INTEGER)
 MAX_COST = 2**62
 _MAX_COST_DIGITS = len(str(MAX_COST))
@@ -84,6 +89,7 @@ DENIALS: dict[str, tuple[int, str, str | None]] = {
                       _CHALLENGE_INVALID),
     "token_not_found": (401, "no such service token", _CHALLENGE_INVALID),
     "token_revoked": (403, TokenRevoked.message, None),
+    "payment_withdrawn": (403, PaymentWithdrawn.message, None),
     "token_expired": (403, TokenExpired.message, None),
     "insufficient_balance": (403, InsufficientBalance.message, None),
     "invalid_credential": (401, "the credential is not valid (malformed, another version, an "
@@ -99,6 +105,7 @@ _DENIAL_BODIES = {reason: json.dumps({"error": reason, "message": message}).enco
                   for reason, (_, message, _) in DENIALS.items()}
 # what a refused debit's stored code means at the gateway
 _DEBIT_REFUSALS = {"token_not_found": "token_not_found", "token_revoked": "token_revoked",
+                   "payment_withdrawn": "payment_withdrawn",
                    "token_expired": "token_expired", "insufficient_balance": "insufficient_balance"}
 
 
@@ -185,6 +192,8 @@ def allowed_headers(record: TokenRow) -> dict[str, str]:
                REMAINING_HEADER: str(record.remaining)}
     if record.expires_at is not None:
         headers[EXPIRES_HEADER] = rfc3339(record.expires_at)  # type: ignore[assignment]
+    if record.provisional:
+        headers[PROVISIONAL_HEADER] = "true"
     return headers
 
 
@@ -306,6 +315,8 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
                 return refuse("token_not_found")
         if record.revoked_at is not None:
             return refuse("token_revoked")
+        if record.withdrawn:
+            return refuse("payment_withdrawn")
         if record.expires_at is not None and record.expires_at <= ledger.clock():
             return refuse("token_expired")
         allowed_tally.inc()

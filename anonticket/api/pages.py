@@ -380,3 +380,18 @@ def token_body(*, token: str, balance: str, login: Markup | None) -> Markup:
 
 def bad_claim_body() -> Markup:
     return Markup(_BAD_CLAIM)
+
+
+# provisional credit (docs/operations.md#provisional-credit): the access is ready before the
+# payment is final, and the page says what that means
+_PROVISIONAL = """<p class="note ok"><strong>Access ready.</strong> Your payment of {balance} XMR
+has reached the network and your access can be used now.</p>
+<p>The payment becomes final at {required} confirmations. {remaining} Nothing more is needed
+from you; if it never confirms (it is double-spent or dropped), the access it bought is
+withdrawn.</p>
+{redeem}"""
+
+
+def provisional_body(field: Field, *, balance: str, required: int, remaining: str) -> Markup:
+    return render(_PROVISIONAL, balance=balance, required=required, remaining=remaining,
+                  redeem=redeem_form(field, "Get my access"))

@@ -118,6 +118,7 @@ def token_view(record: TokenRow, now: int | None = None) -> dict[str, Any]:
         "abuse_score": record.abuse_score,
         "expires_at": rfc3339(record.expires_at),
         "remaining": record.remaining,
+        "provisional": record.provisional > 0,
     }
 
 
@@ -128,7 +129,8 @@ def _token_view_bytes(record: TokenRow, now: int) -> bytes:
             f'"revoked_at":{json_stamp(record.revoked_at)},'
             f'"abuse_score":{int(record.abuse_score)},'
             f'"expires_at":{json_stamp(record.expires_at)},'
-            f'"remaining":{int(record.remaining)}}}').encode()
+            f'"remaining":{int(record.remaining)},'
+            f'"provisional":{"true" if record.provisional else "false"}}}').encode()
 
 
 def claimed_view(result: Claimed) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from anonticket.config.values import (
     parse_offers,
     parse_optional_path,
     parse_optional_price,
+    parse_piconero_or_zero,
     parse_optional_text,
     parse_plain_pids,
     parse_positive_seconds,
@@ -130,6 +131,20 @@ SETTINGS: tuple[Setting, ...] = (
             "there is still credited; 0 turns it off."),
     Setting("MONITOR_MIN_PAYMENT_AMOUNT", "monitor_min_payment_amount", "10000000000",
             parse_int_at_least(0), "Smallest confirmed total (piconero) a PID can redeem."),
+    Setting("PROVISIONAL_MAX_PER_PID", "provisional_max_per_pid", "0", parse_piconero_or_zero,
+            "Provisional credit (docs/operations.md#provisional-credit): the most a PID may "
+            "hold credited before MONITOR_MIN_CONFIRMATIONS (piconero, or XMR with a decimal "
+            "point), access at once from the pool; 0: off, payments wait for confirmations."),
+    Setting("PROVISIONAL_MAX_OUTSTANDING", "provisional_max_outstanding", "1.0",
+            parse_piconero_or_zero,
+            "The most all provisional credits may add up to at once (piconero, or XMR with a "
+            "decimal point): the operator's bound on what failed payments can cost; beyond "
+            "it, payments wait for confirmations."),
+    Setting("PROVISIONAL_WITHDRAW_GRACE_SECS", "provisional_withdraw_grace_secs", "120",
+            parse_positive_seconds,
+            "How long a provisionally credited payment may be missing from both the wallet's "
+            "pool and its blocks before its credit is withdrawn (a double spend the wallet "
+            "flags is withdrawn at once)."),
     Setting("MONITOR_READY_MAX_AGE_SECS", "monitor_ready_max_age_secs", "30", parse_positive_seconds,
             "Readiness fails when no wallet poll succeeded for this long."),
     Setting("ACCESS_PRICE_PER_DAY", "access_price_per_day", "", parse_optional_price,
@@ -224,6 +239,9 @@ class Config:
     monitor_rescan_margin_blocks: int
     monitor_min_payment_amount: int
     monitor_ready_max_age_secs: float
+    provisional_max_per_pid: int
+    provisional_max_outstanding: int
+    provisional_withdraw_grace_secs: float
     access_price_per_day: int | None
     debit_idempotency_ttl_secs: int
     webhook_url: str | None
@@ -281,6 +299,10 @@ class Config:
         if self.webhook_secret_previous and not self.webhook_secret:
             raise ConfigError("WEBHOOK_SECRET_PREVIOUS: set WEBHOOK_SECRET too (the new secret)")
         self._check_price()
+        if 0 < self.provisional_max_outstanding < self.provisional_max_per_pid or (
+                self.provisional_max_per_pid and not self.provisional_max_outstanding):
+            raise ConfigError("PROVISIONAL_MAX_OUTSTANDING: below PROVISIONAL_MAX_PER_PID, "
+                              "no PID could ever reach its own cap")
         for offer in self.checkout_offers:
             if offer.days is not None and self.access_price_per_day is None:
                 raise ConfigError("CHECKOUT_OFFERS: offers in days need ACCESS_PRICE_PER_DAY")

@@ -204,6 +204,14 @@ def parse_piconero_or_xmr(text: str) -> int:
     return value
 
 
+def parse_piconero_or_zero(text: str) -> int:
+    """An amount that may be 0 (a cap that turns its feature off): piconero or XMR."""
+    text = text.strip()
+    if text == "0":
+        return 0
+    return parse_piconero_or_xmr(text)
+
+
 def parse_optional_price(text: str) -> int | None:
     return parse_piconero_or_xmr(text) if text.strip() else None
 

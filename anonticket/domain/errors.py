@@ -81,6 +81,12 @@ class TokenExpired(ServiceError):
     status, code, message = 403, "token_expired", "the token's access time has run out"
 
 
+class PaymentWithdrawn(ServiceError):
+    status, code, message = (403, "payment_withdrawn",
+                             "the payment that bought this token's access was withdrawn (it "
+                             "left the pool unmined or was double-spent): nothing is left on it")
+
+
 class TokenRevoked(ServiceError):
     status, code, message = 403, "token_revoked", "the token has been revoked"
 

@@ -38,6 +38,7 @@ from anonticket.ledger.cache import BoundedMap, TtlSet
 from anonticket.domain.ids import PaymentId, Receipt, ServiceToken, Transfer
 from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
 from anonticket.ledger.key_index import KeyIndex
+from anonticket.ledger.provisional import ProvisionalViews
 from anonticket.storage import (
     ClaimRow,
     CreditResult,
@@ -55,7 +56,7 @@ log = logging.getLogger("anonticket.ledger")
 _RECORD_CACHE_CAPACITY = 200_000
 
 
-class Ledger:
+class Ledger(ProvisionalViews):
     def __init__(
         self,
         storage: Storage,
@@ -424,3 +425,4 @@ class Ledger:
             token = self._claimed.get(pid)
             if token is not None:
                 self._records.pop(token)
+

@@ -99,6 +99,10 @@ class Scan:
     # txids (lowercase hex) that may still be credited later: pending, or flagged as a
     # double spend while in the pool; if one is gone next poll, the margin is re-read
     watched: set[str] = field(default_factory=set)
+    # for provisional credit: the pending transfers themselves (txid -> transfer; in the
+    # pool, height 0) and the txids the wallet flags as double spends
+    unconfirmed: dict[bytes, Transfer] = field(default_factory=dict)
+    double_spent: set[bytes] = field(default_factory=set)
 
     def add(self, other: Scan) -> None:
         """Merge a scan of other heights (the margin): no transaction is in both."""
@@ -108,6 +112,9 @@ class Scan:
             self.pending[pid] = max(self.pending.get(pid, 0), confirmations)
         self.reportable.extend(other.reportable)
         self.watched |= other.watched
+        for txid, transfer in other.unconfirmed.items():
+            self.unconfirmed.setdefault(txid, transfer)
+        self.double_spent |= other.double_spent
 
     def still_has(self, txid: str) -> bool:
         return txid in self.watched or bytes.fromhex(txid) in self.credited
@@ -159,6 +166,8 @@ def scan(batch: WalletTransfers, wallet_height: int, floor: int, min_confirmatio
                     out.reportable.append(verdict)
                     if result in ("pending", "double_spend"):
                         out.watched.add(verdict.key)
+                    if result == "double_spend" and len(verdict.key) == 64:
+                        out.double_spent.add(bytes.fromhex(verdict.key))
             if transfer is None:
                 continue
             if result == "credited" and transfer.height > floor:
@@ -171,4 +180,9 @@ def scan(batch: WalletTransfers, wallet_height: int, floor: int, min_confirmatio
             elif result == "pending":
                 pid = transfer.pid.raw
                 out.pending[pid] = max(out.pending.get(pid, 0), confirmations)
+                earlier = out.unconfirmed.get(transfer.txid)
+                if earlier is not None and earlier.pid == transfer.pid:
+                    transfer = Transfer(transfer.txid, transfer.pid,
+                                        earlier.amount + transfer.amount, transfer.height)
+                out.unconfirmed[transfer.txid] = transfer
     return out

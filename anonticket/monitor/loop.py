@@ -78,6 +78,12 @@ class Monitor:
         self._wallet_height: int | None = None
         self._margin_read_at = clock()
         self._margin_failing = False
+        # provisional credit: when each outstanding one was first found missing from the
+        # wallet (pool and blocks alike), and the txids withdrawn by this process (they are
+        # never provisional again: only the confirmed credit brings them back)
+        self._missing_since: dict[bytes, float] = {}
+        self._withdrawn: BoundedMap[bytes, bool] = BoundedMap(_REPORTED_CAPACITY)
+        self._provisional_watch = True  # read the outstanding ones at least once
 
     @property
     def cursor(self) -> int | None:
@@ -147,6 +153,7 @@ class Monitor:
         self._cursor = new_cursor
         self._watched, self._wallet_height = found.watched, height
         ledger.set_pending(found.pending)
+        await self._provisional(found)
         for verdict in found.reportable:
             self._count_once(verdict)
         state.metrics.transfer["credited"].inc(credited)
@@ -181,6 +188,60 @@ class Monitor:
                         + await self._credit_or_skip(transfers[half:]))
         self._count_once(Classified("uncreditable", transfers[0].txid.hex()))
         return 0
+
+    async def _provisional(self, found: Scan) -> None:
+        """Provisional credit, after the confirmed credit of the same poll (so a transfer
+        that just reached N confirmations is settled, not withdrawn): withdraw what the
+        wallet flags as a double spend, or has been missing from both its pool and its
+        blocks for ``PROVISIONAL_WITHDRAW_GRACE_SECS`` (a tx mined between two polls moves
+        from the pool to its blocks, and a wallet refresh can briefly show it in neither);
+        then credit the unconfirmed transfers not credited yet, within the caps."""
+        state = self.state
+        config, ledger, metrics = state.config, state.ledger, state.metrics
+        enabled = config.provisional_max_per_pid > 0
+        if not (enabled or self._provisional_watch):
+            return
+        outstanding = await ledger.storage.outstanding_provisional()
+        self._provisional_watch = bool(outstanding)
+        now = self._clock()
+        grace = config.provisional_withdraw_grace_secs
+        gone: dict[bytes, bytes] = {}
+        for txid, pid in outstanding.items():
+            if txid in found.double_spent:
+                gone[txid] = pid
+            elif found.still_has(txid.hex()):
+                self._missing_since.pop(txid, None)
+            elif now - self._missing_since.setdefault(txid, now) >= grace:
+                gone[txid] = pid
+        for txid in list(self._missing_since):
+            if txid not in outstanding:
+                del self._missing_since[txid]
+        if gone:
+            result = await ledger.withdraw(gone, gone.values())
+            for txid in gone:
+                self._withdrawn.put(txid, True)
+                self._missing_since.pop(txid, None)
+            metrics.provisional_withdrawn.inc(len(result.amounts))
+            metrics.provisional_withdrawn_piconero.inc(sum(result.amounts))
+            metrics.provisional_unrecovered_piconero.inc(result.unrecovered)
+            if result.amounts:
+                log.warning("withdrew %d provisional credit(s) whose payment failed to confirm",
+                            len(result.amounts))
+        if not enabled:
+            return
+        fresh = [t for txid, t in found.unconfirmed.items()
+                 if txid not in outstanding and txid not in found.double_spent
+                 and self._withdrawn.get(txid) is None]
+        if not fresh:
+            return
+        credited = await ledger.credit_provisional(
+            fresh, max_per_pid=config.provisional_max_per_pid,
+            max_outstanding=config.provisional_max_outstanding)
+        metrics.provisional_credited.inc(credited.transfers_credited)
+        for txid in credited.over_cap:
+            self._count_once(Classified("over_cap", txid.hex()))
+        if credited.credited_pids:
+            self._provisional_watch = True
 
     def _margin_floor(self, cursor: int) -> int:
         """Where the margin starts (exclusive): never below the start height, which the
@@ -249,6 +310,9 @@ class Monitor:
         if self._reported.get((verdict.key, verdict.result)) is not None:
             return
         self._reported.put((verdict.key, verdict.result), True)
+        if verdict.result == "over_cap":
+            self.state.metrics.provisional_over_cap.inc()
+            return
         self.state.metrics.transfer[verdict.result].inc()
         if verdict.result == "invalid":
             log.warning("skipped a wallet entry that failed validation (field: %s)", verdict.problem)

@@ -344,3 +344,31 @@ def _double_spend(net: RunningNetwork, txid: str, mode: str) -> dict[str, Any]:
         raise RegtestError("expected the daemon to reject the double spend as such")
     return {"original_txid": txid, "double_spend_txid": sweep["tx_hash"], "mode": mode,
             "double_spend_relayed": reply.get("status") == "OK"}
+
+
+def evict(net: RunningNetwork, txid: str) -> str:
+    """Drop a tx from the daemon's pool without mining or replacing it, as a node does
+    when its pool evicts a transaction (monerod's ``flush_txpool``, allowed on regtest);
+    the merchant wallet then sees it nowhere. Returns its blob, for ``resubmit``: a
+    transaction that left the pool can still be mined later, if anyone relays it again.
+    Nothing spends its inputs meanwhile unless the payer is told to (``rescan_spent``)."""
+    with net.lock:
+        got = net.daemon.path("/get_transactions", {"txs_hashes": [txid], "decode_as_json": False})
+        txs = got.get("txs") or []
+        if not txs or not txs[0].get("in_pool"):
+            raise RegtestError("the transaction to evict is not in the pool")
+        blob = str(txs[0]["as_hex"])
+        with merchant_refresh_paused(net):
+            net.daemon.call("flush_txpool", {"txids": [txid]})
+        sync(net)
+    return blob
+
+
+def resubmit(net: RunningNetwork, blob: str, txid: str) -> None:
+    """Relay an evicted transaction again (``evict``): back in the pool, minable."""
+    with net.lock:
+        reply = net.daemon.path("/send_raw_transaction", {"tx_as_hex": blob}, check=False)
+        if reply.get("status") != "OK":
+            raise RegtestError(f"the daemon refused the transaction again: {reply.get('reason')}")
+        wait_until_minable(net, [txid])
+        sync(net)

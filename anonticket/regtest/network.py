@@ -268,6 +268,14 @@ class RegtestNetwork:
         """Double-spend a payer tx still in the pool; see ``actions.double_spend``."""
         return actions.double_spend(self, txid, mode=mode)
 
+    def evict(self, txid: str) -> str:
+        """Drop a pool tx unmined (the wallet sees it nowhere); its blob; see ``actions.evict``."""
+        return actions.evict(self, txid)
+
+    def resubmit(self, blob: str, txid: str) -> None:
+        """Relay an evicted tx again; see ``actions.resubmit``."""
+        actions.resubmit(self, blob, txid)
+
 
 # ---------------------------------------------------------------------- helpers
 def _daemon_argv(root: Path, port: int, p2p_port: int) -> list[str]:

@@ -16,16 +16,18 @@ from prometheus_client.registry import Collector
 
 REDEEM_OUTCOMES = ("success", "already_claimed", "pending", "underpaid", "invalid", "not_found",
                    "unavailable")
-TOKEN_OUTCOMES = ("active", "expired", "revoked", "invalid", "not_found", "unavailable")
+TOKEN_OUTCOMES = ("active", "expired", "revoked", "withdrawn", "invalid", "not_found",
+                  "unavailable")
 TOPUP_OUTCOMES = ("topped_up", "pending", "underpaid", "pid_already_claimed", "token_revoked",
                   "invalid", "not_found", "unavailable")
 DEBIT_OUTCOMES = ("success", "replayed", "insufficient_balance", "token_expired",
-                  "token_revoked", "not_found", "key_reused", "invalid", "unavailable")
+                  "token_revoked", "payment_withdrawn", "not_found", "key_reused", "invalid",
+                  "unavailable")
 # the gateway check's answers: allowed, or the reason it sends in X-Anonticket-Reason;
 # invalid_cost and gateway_unauthorized are the proxy's configuration, unavailable storage
 GATEWAY_OUTCOMES = ("allowed", "allowed_credential", "token_missing", "invalid_token",
-                    "token_not_found", "token_revoked", "token_expired", "insufficient_balance",
-                    "invalid_credential", "credential_expired", "credential_revoked",
+                    "token_not_found", "token_revoked", "payment_withdrawn", "token_expired",
+                    "insufficient_balance", "invalid_credential", "credential_expired", "credential_revoked",
                     "token_required", "invalid_cost", "gateway_unauthorized", "unavailable")
 # POST /api/v1/credential: issued, or the refusal (the gateway's reasons for a token)
 CREDENTIAL_OUTCOMES = ("issued", "token_missing", "invalid_token", "token_not_found",
@@ -146,6 +148,24 @@ class Metrics:
             "anonticket_monitor_transfers", "Wallet transfers by the result they reached, each "
             "counted once per result.", ["result"], registry=r)
         self.transfer = {res: self.transfers.labels(res) for res in TRANSFER_RESULTS}
+        # provisional credit (docs/operations.md#provisional-credit); no label names a payment
+        self.provisional_credited = Counter(
+            "anonticket_provisional_credits", "Transfers credited provisionally, before "
+            "MONITOR_MIN_CONFIRMATIONS.", registry=r)
+        self.provisional_over_cap = Counter(
+            "anonticket_provisional_over_cap", "Unconfirmed transfers left to wait for "
+            "confirmations because a provisional cap was reached (each counted once).",
+            registry=r)
+        self.provisional_withdrawn = Counter(
+            "anonticket_provisional_withdrawn", "Provisional credits withdrawn (the payment "
+            "left the pool unmined, was double-spent or reorganised out).", registry=r)
+        self.provisional_withdrawn_piconero = Counter(
+            "anonticket_provisional_withdrawn_piconero", "Piconero of the provisional credits "
+            "withdrawn.", registry=r)
+        self.provisional_unrecovered_piconero = Counter(
+            "anonticket_provisional_unrecovered_piconero", "Piconero of withdrawn provisional "
+            "credits that debits had already spent: the operator's loss (never taken back).",
+            registry=r)
         self.webhook_delivered = Counter(
             "anonticket_webhook_delivered", "Webhook events delivered (answered 2xx).", registry=r)
         self.webhook_failed_attempts = Counter(

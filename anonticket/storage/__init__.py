@@ -22,21 +22,25 @@ from anonticket.storage.maintenance import MaintenanceStore
 from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
 from anonticket.storage.ledger_rules import seconds_bought
 from anonticket.storage.payments import PaymentStore
+from anonticket.storage.provisional import ProvisionalStore
 from anonticket.storage.rows import (
     ClaimRow,
     CreditResult,
     DebitOutcome,
     DebitRequest,
+    ProvisionalResult,
     SigningKeyRow,
     TokenRow,
     TopupOutcome,
+    WithdrawResult,
     is_storable_text,
 )
 from anonticket.storage.schema import SCHEMA_VERSION
 from anonticket.storage.tokens import TokenStore
 
 
-class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore, SigningKeyStore):
+class Storage(PaymentStore, ProvisionalStore, TokenStore, MaintenanceStore, OutboxStore,
+              SigningKeyStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -64,8 +68,8 @@ async def open_storage(
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
-    "DebitOutcome", "DebitRequest", "OutboxEvent", "SigningKeyRow", "Storage", "TokenRow",
-    "TopupOutcome",
+    "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult", "SigningKeyRow",
+    "Storage", "TokenRow", "TopupOutcome", "WithdrawResult",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",
 ]

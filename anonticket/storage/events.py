@@ -81,3 +81,14 @@ class Outbox:
 
     def rolled_back(self) -> None:
         self._written = False
+
+
+def withdrawn_event(record: TokenRow, withdrawn: int) -> Event:
+    """A provisional credit was taken back out of this token (docs/webhooks.md): what it
+    lost (``withdrawn``, piconero of the payment) and what it holds now. Like a top-up's
+    event it names the token only: no PID, no txid."""
+    return "payment.withdrawn", {
+        "token_id": token_id(record.token), "amount": str(record.amount),
+        "withdrawn": str(withdrawn), "remaining": str(record.remaining),
+        "expires_at": rfc3339(record.expires_at),
+        "status": "withdrawn" if record.withdrawn else "active"}

@@ -57,6 +57,8 @@ def decide_debit(record: TokenRow, amount: int, now: int) -> tuple[int, dict[str
     status = record.status(now)
     if status == "revoked":
         return 403, {"error": "token_revoked"}
+    if status == "withdrawn":
+        return 403, {"error": "payment_withdrawn"}
     if status == "expired":
         return 403, {"error": "token_expired"}
     if record.remaining < amount:
@@ -252,23 +254,31 @@ def credits_per_token(owners: Iterable[tuple[bytes, bytes]], per_pid: dict[bytes
 # each invariant: (what a non-zero count means, the query counting its violations)
 LEDGER_INVARIANTS = (
     ("PIDs have transfers but no payment row",
-     """SELECT count(*) FROM (SELECT DISTINCT pid FROM transfers) AS s
+     """SELECT count(*) FROM (SELECT pid FROM transfers
+                             UNION SELECT pid FROM provisional_credits WHERE state = 0) AS s
         WHERE NOT EXISTS (SELECT 1 FROM payments AS p WHERE p.pid = s.pid)"""),
+    # a payment holds its confirmed transfers and its provisional credits (not withdrawn
+    # ones: a claimed payment whose only credit was withdrawn holds 0)
     ("payments differ from the sum of their transfers",
-     """WITH sums AS MATERIALIZED (SELECT pid, sum(amount) AS total FROM transfers GROUP BY pid)
+     """WITH sums AS MATERIALIZED (
+            SELECT pid, sum(amount) AS total
+            FROM (SELECT pid, amount FROM transfers
+                  UNION ALL SELECT pid, amount FROM provisional_credits WHERE state = 0) AS c
+            GROUP BY pid)
         SELECT count(*) FROM payments AS p LEFT JOIN sums USING (pid)
-        WHERE sums.total IS NULL OR sums.total != p.amount"""),
+        WHERE coalesce(sums.total, 0) != p.amount"""),
     ("claimed payments have no token, or unclaimed ones have one",
      """SELECT count(*) FROM payments
         WHERE (status = 1) != (token IS NOT NULL)
            OR (token IS NOT NULL AND NOT EXISTS
                  (SELECT 1 FROM service_tokens AS t WHERE t.token = payments.token))"""),
+    # lost: what withdrawn provisional credits had already spent, never taken back
     ("tokens differ from the sum of their payments",
      """WITH sums AS MATERIALIZED (
             SELECT token, sum(amount) AS total FROM payments WHERE token IS NOT NULL
             GROUP BY token)
         SELECT count(*) FROM service_tokens AS t LEFT JOIN sums USING (token)
-        WHERE sums.total IS NULL OR sums.total != t.amount"""),
+        WHERE sums.total IS NULL OR sums.total + t.lost != t.amount"""),
     ("debits belong to no token",
      """SELECT count(*) FROM debits AS d
         WHERE NOT EXISTS (SELECT 1 FROM service_tokens AS t WHERE t.token = d.token)"""),
@@ -276,6 +286,22 @@ LEDGER_INVARIANTS = (
      """WITH sums AS MATERIALIZED (SELECT token, sum(amount) AS total FROM debits GROUP BY token)
         SELECT count(*) FROM service_tokens AS t LEFT JOIN sums USING (token)
         WHERE coalesce(sums.total, 0) != t.spent OR t.spent > t.amount"""),
+    ("payments' or tokens' provisional counts differ from their provisional credits",
+     """WITH per_pid AS MATERIALIZED (
+            SELECT pid, count(*) AS n FROM provisional_credits WHERE state = 0 GROUP BY pid),
+        per_token AS MATERIALIZED (
+            SELECT token, sum(provisional) AS n FROM payments WHERE token IS NOT NULL
+            GROUP BY token)
+        SELECT (SELECT count(*) FROM payments AS p LEFT JOIN per_pid USING (pid)
+                WHERE coalesce(per_pid.n, 0) != p.provisional)
+             + (SELECT count(*) FROM service_tokens AS t LEFT JOIN per_token USING (token)
+                WHERE coalesce(per_token.n, 0) != t.provisional)"""),
+    ("the provisional total differs from the sum of the provisional credits",
+     """SELECT count(*) FROM provisional_outstanding
+        WHERE amount != (SELECT coalesce(sum(amount), 0) FROM provisional_credits
+                         WHERE state = 0)"""),
+    ("tokens marked withdrawn still hold credit",
+     """SELECT count(*) FROM service_tokens WHERE withdrawn = 1 AND amount != lost"""),
 )
 
 

@@ -29,6 +29,7 @@ from anonticket.storage.ledger_rules import (
     visible_row,
 )
 from anonticket.storage.events import Event, issued_event, topped_up_event
+from anonticket.storage.provisional_settle import restore_unrecovered, settle_provisional
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
 from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
@@ -73,23 +74,25 @@ class PaymentStore(StorageCore):
                         f"""UPDATE payments SET status = 1, claimed_at = ?
                             WHERE status = 0 AND amount >= ? AND pid IN ({marks(len(chunk))})
                                   {"AND plain_pid_ok = 1" if only_plain else ""}
-                            RETURNING pid, txid, amount, seconds""",
+                            RETURNING pid, txid, amount, seconds, provisional""",
                         (now, min_amount, *chunk),
                     )
                     tokens, links, records = [], [], []
-                    for pid, txid, amount, seconds in claimed:
+                    for pid, txid, amount, seconds, provisional in claimed:
                         claim = plan.claimant(pid)
                         token = claim_token(claim, pid, txid)
                         expires_at = expiry_after(now, seconds)
-                        tokens.append((token, pid, amount, now, expires_at))
+                        tokens.append((token, pid, amount, now, expires_at, provisional))
                         links.append((token, pid))
-                        record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                        record = TokenRow(token, amount, now, None, None, 0, 0, expires_at,
+                                          provisional)
                         records.append(record)
                         result[claim] = ClaimRow(1, amount, token, claimed_now=True, record=record)
                     if tokens:
                         await db.executemany(
-                            """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
-                               VALUES (?, ?, ?, ?, ?)""",
+                            """INSERT INTO service_tokens
+                                   (token, pid, amount, issued_at, expires_at, provisional)
+                               VALUES (?, ?, ?, ?, ?, ?)""",
                             tokens,
                         )
                         await db.executemany("UPDATE payments SET token = ? WHERE pid = ?", links)
@@ -147,11 +150,12 @@ class PaymentStore(StorageCore):
             own_pid, *columns = found[0]
             record = TokenRow(*columns)
             payment = await db.execute_fetchall(
-                "SELECT status, amount, seconds, token, plain_pid_ok FROM payments WHERE pid = ?",
+                """SELECT status, amount, seconds, token, plain_pid_ok, provisional
+                   FROM payments WHERE pid = ?""",
                 (pid,))
             if not payment or (refuse_plain and not payment[0][4]):
                 return TopupOutcome("pending_or_unknown")
-            status, amount, seconds, owner, _ = payment[0]
+            status, amount, seconds, owner, _, provisional = payment[0]
             refused = refuse_topup(token, own_pid, record, pid, status, amount, owner, min_amount)
             if refused is not None:
                 return refused
@@ -160,9 +164,10 @@ class PaymentStore(StorageCore):
                 (now, token, pid))
             updated = await db.execute_fetchall(
                 f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY},
-                           expired_notified = 0
+                           expired_notified = 0, provisional = provisional + ?5,
+                           withdrawn = withdrawn * (?3 = 0)
                     WHERE token = ?4 RETURNING {TOKEN_COLUMNS}""",
-                (seconds, now, amount, token))
+                (seconds, now, amount, token, provisional))
             topped = TokenRow(*updated[0])
             if self.outbox is not None:
                 await self.outbox.add(db, [topped_up_event(topped, amount)], now)
@@ -187,7 +192,9 @@ class PaymentStore(StorageCore):
             # every list below is sorted by the key its statement walks: consecutive rows
             # then land in the same B-tree pages, which is most of the cost on a big table
             fresh = await _insert_fresh_transfers(db, incoming, now)
-            per_pid = credits_per_pid(fresh, price_per_day)  # one row per PID
+            # provisional credits of these transfers become final, not credited twice
+            to_credit, losses = await settle_provisional(db, fresh, now)
+            per_pid = credits_per_pid(to_credit, price_per_day)  # one row per PID
             payments = [(pid, c.txid, c.amount, c.first_height, now, c.seconds)
                         for pid, c in sorted(per_pid.items())]
             await db.executemany(
@@ -206,6 +213,8 @@ class PaymentStore(StorageCore):
             )
             owners = await _owners(db, incoming.values())
             topped_up, added = await _top_up_claimed(db, owners, per_pid, now)
+            if losses:
+                await restore_unrecovered(db, losses, topped_up)
             if added and self.outbox is not None:  # nothing per row unless a token grew
                 await self.outbox.add(db, _topped_up_events(topped_up, added), now)
             stored = await _stored_rows(db, {token for _, token in owners}, topped_up)
@@ -270,7 +279,7 @@ async def _top_up_claimed(
         amount, bought = deltas[token]
         rows = await db.execute_fetchall(
             f"""UPDATE service_tokens SET amount = amount + ?3, expires_at = {_EXTEND_EXPIRY},
-                       expired_notified = 0
+                       expired_notified = 0, withdrawn = 0
                 WHERE token = ?4 RETURNING {TOKEN_COLUMNS}""",
             (bought, now, amount, token),
         )

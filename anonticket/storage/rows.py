@@ -20,6 +20,10 @@ class TokenRow:
     abuse_score: int
     spent: int = 0
     expires_at: int | None = None
+    # how many provisional credits it holds (docs/operations.md#provisional-credit): the
+    # token is provisional while any is; withdrawn: a withdrawal left it without any credit
+    provisional: int = 0
+    withdrawn: int = 0
 
     @property
     def remaining(self) -> int:
@@ -29,12 +33,16 @@ class TokenRow:
         """This row after a debit; ``dataclasses.replace`` costs four times as much, once
         per debit of a batch on the writer's thread."""
         return TokenRow(self.token, self.amount, self.issued_at, self.revoked_at,
-                        self.revoke_reason, self.abuse_score, spent, self.expires_at)
+                        self.revoke_reason, self.abuse_score, spent, self.expires_at,
+                        self.provisional, self.withdrawn)
 
     def status(self, now: int) -> str:
-        """``revoked`` wins over ``expired``, which wins over ``active``."""
+        """``revoked`` wins over ``withdrawn`` (its provisional credit was taken back and
+        nothing is left), which wins over ``expired``, which wins over ``active``."""
         if self.revoked_at is not None:
             return "revoked"
+        if self.withdrawn:
+            return "withdrawn"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
@@ -42,7 +50,8 @@ class TokenRow:
     def __repr__(self) -> str:
         return (f"TokenRow(<redacted>, amount={self.amount}, spent={self.spent}, "
                 f"issued_at={self.issued_at}, expires_at={self.expires_at}, "
-                f"revoked_at={self.revoked_at})")
+                f"revoked_at={self.revoked_at}, provisional={self.provisional}, "
+                f"withdrawn={self.withdrawn})")
 
 
 def is_storable_text(text: str) -> bool:
@@ -61,7 +70,8 @@ def is_storable_text(text: str) -> bool:
 
 
 # the columns of a TokenRow, in field order, for SELECT and RETURNING
-TOKEN_COLUMNS = "token, amount, issued_at, revoked_at, revoke_reason, abuse_score, spent, expires_at"
+TOKEN_COLUMNS = ("token, amount, issued_at, revoked_at, revoke_reason, abuse_score, spent, "
+                 "expires_at, provisional, withdrawn")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -139,6 +149,36 @@ class TopupOutcome:
 
     def __repr__(self) -> str:
         return f"TopupOutcome({self.kind}, amount={self.amount})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ProvisionalResult:
+    """A provisional credit's result: the PIDs credited now, how many transfers a cap left
+    waiting for confirmations, and the stored rows of the tokens the credited PIDs are
+    claimed onto (for the ledger's cache)."""
+
+    credited_pids: list[bytes]
+    over_cap: list[bytes]  # txids a cap left waiting for confirmations
+    stored: dict[bytes, TokenRow] = field(default_factory=dict)
+    transfers_credited: int = 0
+
+    def __repr__(self) -> str:
+        return (f"ProvisionalResult(<{len(self.credited_pids)} PIDs>, "
+                f"over_cap={len(self.over_cap)})")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class WithdrawResult:
+    """What a withdrawal took back: piconero per withdrawn transfer (for the metric), what
+    debits had already spent of them (never taken back), and the tokens' rows after it."""
+
+    amounts: list[int]
+    unrecovered: int
+    stored: dict[bytes, TokenRow] = field(default_factory=dict)
+    pids: list[bytes] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"WithdrawResult(<{len(self.amounts)} withdrawn>, unrecovered={self.unrecovered})"
 
 
 # the columns of a SigningKeyRow, in field order

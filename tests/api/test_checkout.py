@@ -21,7 +21,13 @@ import segno
 from anonticket.domain.address import decode_address
 from anonticket.api.pages import STYLE, security_headers
 from anonticket.service.app import Service, start_service
-from anonticket.domain.ids import PaymentId, Receipt, derive_receipt_token, derive_service_token
+from anonticket.domain.ids import (
+    PaymentId,
+    Receipt,
+    ServiceToken,
+    derive_receipt_token,
+    derive_service_token,
+)
 from anonticket.domain.payment_uri import parse_xmr
 from anonticket.regtest import MERCHANT_KEYS, PAYER_KEYS
 from conftest import make_config, transfer, url
@@ -222,6 +228,28 @@ async def test_every_state_from_the_real_ledger(shop: Service, http: aiohttp.Cli
     assert page.h1 == "Already redeemed" and page.forms() == [("/pay/redeem", hidden)]
     page = await status_of(http, shop, shown.replace("-", " ").upper(), "/pay/redeem")
     assert page.field("token") == token and shop.state.metrics.redeem["already_claimed"].value == 1
+
+
+async def test_access_ready_as_soon_as_a_provisional_credit_exists(
+        shop: Service, http: aiohttp.ClientSession) -> None:
+    """Issue 25: a payment credited from the pool shows "Access ready", says when it becomes
+    final, and redeems at once; once final, the token is no longer provisional."""
+    shown = (await create(http, shop)).field("receipt")
+    receipt, pid = Receipt.parse(shown), pid_of(shown)
+    ledger = shop.state.ledger
+    paid = transfer(pid, MINIMUM, height=0)
+    ledger.set_pending({pid.raw: 0})
+    await ledger.credit_provisional([paid], max_per_pid=MINIMUM, max_outstanding=MINIMUM)
+    page = await status_of(http, shop, shown)
+    assert page.h1 == "Access ready"
+    assert "becomes final at 10 confirmations" in page.source and "withdrawn" in page.source
+    assert page.forms() == [("/pay/redeem", {"receipt": receipt.hex()})]
+    page = await status_of(http, shop, receipt.hex(), "/pay/redeem")
+    assert page.h1 == "Your access token"
+    ledger.set_pending({})
+    await ledger.credit([transfer(pid, MINIMUM, 100, paid.txid)], None)
+    token = await ledger.introspect(ServiceToken(bytes.fromhex(page.field("token"))))
+    assert (token.amount, token.provisional) == (MINIMUM, 0)
 
 
 async def test_redeem_page_answers_each_state_like_the_api(shop: Service, http: aiohttp.ClientSession) -> None:

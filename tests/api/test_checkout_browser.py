@@ -49,13 +49,13 @@ T = TypeVar("T")
 
 
 @asynccontextmanager
-async def shop(net: RegtestNetwork, tmp_path: Path) -> AsyncIterator[Service]:
+async def shop(net: RegtestNetwork, tmp_path: Path, **settings: str) -> AsyncIterator[Service]:
     start = await asyncio.to_thread(net.mine, 1)  # a window of our own on the shared chain
     service = await start_service(make_config(
         tmp_path, MONERO_RPC_URL=net.merchant_url, MONITOR_ENABLED="true", MONITOR_START_HEIGHT=start,
         MONITOR_MIN_CONFIRMATIONS=N, MONITOR_POLL_INTERVAL_SECS="0.2", MONERO_RPC_TIMEOUT_SECS="30",
         CHECKOUT_OFFERS="7d, 30d", ACCESS_PRICE_PER_DAY=PRICE_PER_DAY, MONITOR_MIN_PAYMENT_AMOUNT=WEEK,
-        REDEEM_PLAIN_PIDS="refuse"))  # the production default: the address claims nothing
+        REDEEM_PLAIN_PIDS="refuse", **settings))  # refuse: the production default
     try:
         # the address comes from the watch-only wallet itself (MERCHANT_ADDRESS is unset)
         assert service.state.merchant.address == net.merchant_address == MERCHANT_KEYS.address
@@ -355,6 +355,30 @@ async def test_a_customer_buys_access_in_firefox_at_safest_and_each_state_is_scr
             await ff("go", base + "/pay")
             await ff("type", "#check-receipt", address)  # the address claims nothing
             assert await ff.press("/pay/status") == "Payment not seen yet"
+    finally:
+        await asyncio.to_thread(firefox.close)
+
+
+async def test_access_is_ready_from_the_pool_with_provisional_credit_in_firefox(
+        monero_regtest_view_only: RegtestNetwork, tmp_path: Path) -> None:
+    """Issue 25: with provisional credit on, the status page says "Access ready" while the
+    payment is still in the pool, explains when it becomes final, and the token comes at once."""
+    net = monero_regtest_view_only
+    shots = screenshot_dir(tmp_path)
+    firefox = start_firefox(tmp_path / "profile")
+    ff = SafestFirefox(firefox)
+    try:
+        async with shop(net, tmp_path, PROVISIONAL_MAX_PER_PID="0.01") as service:
+            base = f"http://{service.public_address}"
+            await ff("go", base + "/pay")
+            assert await ff.press("/pay") == "Pay 0.007 XMR"
+            address = await ff("value", "#address")
+            await pay(net, address, "0.007")
+            await until("the access-ready page", lambda: ff.press("/pay/status"),
+                        lambda h: h == "Access ready")
+            assert f"becomes final at {N} confirmations" in await ff("text")
+            await ff("screenshot", shots / "9-access-ready.png")
+            assert await ff.press("/pay/redeem") == "Your access token"
     finally:
         await asyncio.to_thread(firefox.close)
 

@@ -199,3 +199,19 @@ def test_redeem_answer_bytes_equal_the_dict(status: str, record: TokenRow) -> No
     result = Claimed(status, record.token, record)
     assert json.loads(_claimed_bytes(result)) == claimed_view(result)
     assert claimed_view(result)["service_token"] == record.token.hex()
+
+
+@pytest.mark.regtest  # starts its own chain
+def test_provisional_benchmark_quick_run_measures_both_figures(tmp_path: Path) -> None:
+    """bench/provisional.py --quick: pool → first 200 at the gateway, and after the N-th block."""
+    out = tmp_path / "provisional.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "provisional.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["payments"] == 3
+    assert 0 < result["provisional_median_secs"] <= result["provisional_p99_secs"]
+    assert result["after_nth_block_median_secs"] > 0
+    assert result["at_n_confirmations_expected_secs"] >= 3 * 120

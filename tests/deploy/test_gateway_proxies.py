@@ -175,15 +175,26 @@ async def test_the_walk(stack: Stack) -> None:
     # a Bearer token: the upstream's content, with the subject and without the token
     forged = {"X-Anonticket-Subject": "forged", "X-Anonticket-Remaining": "999",
               "X-Anonticket-Expires-At": "never", "X-Anonticket-Cost": "5",
-              "X-Anonticket-Gateway-Token": "forged"}
+              "X-Anonticket-Gateway-Token": "forged", "X-Anonticket-Provisional": "true"}
     status, _, body = await stack.request("GET", "/docs/page", bearer(token, **forged))
     assert status == 200 and b'"upstream": true' in body
     got = upstream_headers(stack.seen[-1])
     assert got["x-anonticket-subject"] == subject
     assert got["x-anonticket-remaining"] == str(10 * COST)  # the forged cost was not charged
     assert "x-anonticket-expires-at" not in got  # this token never expires
+    assert "x-anonticket-provisional" not in got  # nor was it bought with provisional credit
     assert "authorization" not in got and "x-anonticket-gateway-token" not in got
     assert "x-anonticket-cost" not in got
+
+    # a token holding provisional credit (issue 25): the upstream is told, so it may hold
+    # back what it will not risk
+    pid = PaymentId.generate()
+    await stack.service.state.ledger.credit_provisional(
+        [transfer(pid, COST, height=0)], max_per_pid=COST, max_outstanding=COST)
+    provisional = (await stack.service.state.ledger.redeem(pid)).token.hex()  # type: ignore[union-attr]
+    status, _, _ = await stack.request("GET", "/docs/page", bearer(provisional))
+    assert status == 200
+    assert upstream_headers(stack.seen[-1])["x-anonticket-provisional"] == "true"
 
     # a POST with a body: checked without it, delivered with it
     status, _, _ = await stack.request("POST", "/forms/submit", bearer(token), data=b"a=1&b=2")

@@ -144,6 +144,22 @@ def test_double_spend_replace_removes_the_pool_payment(monero_regtest: RegtestNe
 
 
 @pytest.mark.regtest
+def test_evict_leaves_the_payment_nowhere_and_resubmit_mines_it_after_all(
+        monero_regtest: RegtestNetwork) -> None:
+    net = monero_regtest
+    paid = net.pay(random_pid16(), XMR)
+    blob = net.evict(paid["txid"])
+    assert find(net, paid["txid"]) is None and paid["txid"] not in pool_txids(net)
+    net.resubmit(blob, paid["txid"])
+    assert paid["txid"] in pool_txids(net)
+    height = net.mine(1)
+    # wallet-rpc 0.18 does not show a pool tx it already met and lost again; once mined,
+    # the merchant sees it like any payment
+    wait_until(lambda: (find(net, paid["txid"]) or {}).get("height") == height - 1, 10,
+               "the resubmitted payment in the merchant's view")
+
+
+@pytest.mark.regtest
 def test_double_spend_attempt_is_flagged_in_the_merchant_pool_view(monero_regtest: RegtestNetwork) -> None:
     net = monero_regtest
     pid = random_pid16()

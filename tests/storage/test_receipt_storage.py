@@ -137,14 +137,53 @@ async def at_version_4(database_url: str, monkeypatch: pytest.MonkeyPatch) -> As
             await store.close()
 
 
+def database_url_is_postgres(store: Storage) -> bool:
+    return type(store).__name__ == "PostgresStorage"
+
+
+async def credit_as_version_4(store: Storage, transfers: list[Transfer], claim: PaymentId) -> bytes:
+    """Credit ``transfers`` and claim ``claim``'s payment as the previous release stored them,
+    in that version's columns only (today's code writes columns later versions added)."""
+    token = derive_service_token(claim, transfers[0].txid.hex()).raw
+    rows = [(t.txid, t.pid.raw, t.amount, t.height) for t in transfers]
+    if not database_url_is_postgres(store):
+        async with store._transaction() as db:
+            for txid, pid, amount, height in rows:
+                await db.execute("INSERT INTO transfers VALUES (?, ?, ?, ?, ?)",
+                                 (txid, pid, amount, height, NOW))
+                claimed = pid == claim.raw
+                await db.execute(
+                    "INSERT INTO payments (pid, txid, amount, first_height, status, created_at,"
+                    " claimed_at, token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (pid, txid, amount, height, int(claimed), NOW, NOW if claimed else None,
+                     token if claimed else None))
+            await db.execute("INSERT INTO service_tokens (token, pid, amount, issued_at)"
+                             " VALUES (?, ?, ?, ?)", (token, claim.raw, rows[0][2], NOW))
+        return token
+
+    async def work(db):  # type: ignore[no-untyped-def]
+        for txid, pid, amount, height in rows:
+            await db.execute("INSERT INTO transfers VALUES ($1, $2, $3, $4, $5)",
+                             txid, pid, amount, height, NOW)
+            claimed = pid == claim.raw
+            await db.execute(
+                "INSERT INTO payments (pid, txid, amount, first_height, status, created_at,"
+                " claimed_at, token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                pid, txid, amount, height, int(claimed), NOW, NOW if claimed else None,
+                token if claimed else None)
+        await db.execute("INSERT INTO service_tokens (token, pid, amount, issued_at)"
+                         " VALUES ($1, $2, $3, $4)", token, claim.raw, rows[0][2], NOW)
+
+    await store._write(work)  # type: ignore[attr-defined]
+    return token
+
+
 async def test_the_upgrade_marks_every_payment_then_and_no_later_one(
         database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     claimed, unclaimed, underpaid, extra = (PaymentId.generate() for _ in range(4))
     async with at_version_4(database_url, monkeypatch) as old:
-        await old.credit_transfers([paid(claimed), paid(unclaimed), paid(underpaid, 10), paid(extra)],
-                                   100, NOW)
-        token = (await old.claim_payments([claimed.raw], MIN, NOW))[claimed.raw].token
-        assert token is not None
+        token = await credit_as_version_4(
+            old, [paid(claimed), paid(unclaimed), paid(underpaid, 10), paid(extra)], claimed)
     before = {claimed.raw, unclaimed.raw, underpaid.raw, extra.raw}
 
     store = await open_storage(database_url)

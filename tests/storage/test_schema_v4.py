@@ -19,26 +19,39 @@ KEY_COLUMNS = "token, key, request, status, body, created_at"
 
 
 async def make_version_3(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """A version-3 database with granted and refused debits kept under their keys."""
+    """A version-3 database with granted and refused debits kept under their keys.
+
+    The rows are written by today's code into a database of today's version, then copied
+    into a fresh version-3 file column by column (the columns version 3 has): today's
+    writes may use columns a later version added."""
+    current = path.with_name("current.db")
+    store = await Storage.open(current)
+    try:
+        pids = [PaymentId.generate() for _ in range(20)]
+        await store.credit_transfers([Transfer(os.urandom(32), p, 5000, 10) for p in pids],
+                                     10, T0)
+        claimed = await store.claim_payments([p.raw for p in pids], 1000, T0)
+        tokens = [claimed[p.raw].token for p in pids]
+        for second in range(5):  # four debits of 1000, then one of 5000 refused
+            amount = 1000 if second < 4 else 5000
+            outcomes = await store.apply_debits(
+                [DebitRequest(t, amount, f"k{second}", bytes([second]) * 32)
+                 for t in tokens], T0 + second)
+            assert {o.status for o in outcomes} == ({200} if second < 4 else {402})
+    finally:
+        await store.close()
     with monkeypatch.context() as patch:
         patch.setattr(schema_module, "MIGRATIONS", {3: schema_module.MIGRATIONS[3]})
         patch.setattr(schema_module, "SCHEMA_VERSION", 3)
-        store = await Storage.open(path)
-        try:
-            pids = [PaymentId.generate() for _ in range(20)]
-            await store.credit_transfers([Transfer(os.urandom(32), p, 5000, 10) for p in pids],
-                                         10, T0)
-            claimed = await store.claim_payments([p.raw for p in pids], 1000, T0)
-            tokens = [claimed[p.raw].token for p in pids]
-            for second in range(5):  # four debits of 1000, then one of 5000 refused
-                amount = 1000 if second < 4 else 5000
-                outcomes = await store.apply_debits(
-                    [DebitRequest(t, amount, f"k{second}", bytes([second]) * 32)
-                     for t in tokens], T0 + second)
-                assert {o.status for o in outcomes} == ({200} if second < 4 else {402})
-        finally:
-            await store.close()
+        await (await Storage.open(path)).close()
     with closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS current", (str(current),))
+        for table in ("payments", "transfers", "service_tokens", "debits", "idempotency_keys"):
+            columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO main.{table} ({columns}) "
+                         f"SELECT {columns} FROM current.{table}")
+        conn.execute("UPDATE main.monitor_state SET scanned_height = 10")
+        conn.commit()
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     return tokens
 

@@ -142,19 +142,30 @@ async def test_revoked_tokens_since_a_moment(storage: Storage) -> None:
 async def test_the_previous_sqlite_version_gains_the_keys_table_keeping_its_rows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "anonticket.db"
-    previous = max(v for v in schema_module.MIGRATIONS if v < SCHEMA_VERSION)
+    # the version before the keys table (6); the rows are written by today's code into a
+    # database of today's version, then copied in that version's columns (today's writes
+    # use columns later versions added)
+    previous = max(v for v in schema_module.MIGRATIONS if v < 6)
+    current = tmp_path / "current.db"
+    now = await Storage.open(current)
+    try:
+        pids = [PaymentId.generate() for _ in range(3)]
+        await now.credit_transfers([transfer(p, 5000) for p in pids], 10, NOW)
+        claimed = await now.claim_payments([p.raw for p in pids], 1000, NOW)
+        await now.revoke_token(claimed[pids[0].raw].token, "r", None, NOW)  # type: ignore[arg-type]
+    finally:
+        await now.close()
     with monkeypatch.context() as patch:
         patch.setattr(schema_module, "MIGRATIONS", {v: p for v, p in schema_module.MIGRATIONS.items()
                                                     if v <= previous})
         patch.setattr(schema_module, "SCHEMA_VERSION", previous)
-        old = await Storage.open(path)
-        try:
-            pids = [PaymentId.generate() for _ in range(3)]
-            await old.credit_transfers([transfer(p, 5000) for p in pids], 10, NOW)
-            claimed = await old.claim_payments([p.raw for p in pids], 1000, NOW)
-            await old.revoke_token(claimed[pids[0].raw].token, "r", None, NOW)  # type: ignore[arg-type]
-        finally:
-            await old.close()
+        await (await Storage.open(path)).close()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS current", (str(current),))
+        for table in ("payments", "transfers", "service_tokens", "audit_log"):
+            columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM current.{table}")
+        conn.commit()
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == previous
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'signing_keys'"
@@ -181,7 +192,7 @@ async def test_the_previous_postgres_version_gains_the_keys_table_keeping_its_ro
 
     from anonticket.storage.postgres.schema import MIGRATIONS, PG_SCHEMA_VERSION
 
-    previous = [v for v in sorted(MIGRATIONS) if v < PG_SCHEMA_VERSION]
+    previous = [v for v in sorted(MIGRATIONS) if v < 6]  # the versions before the keys table
     raw = await asyncpg.connect(pg_url)
     try:
         async with raw.transaction():
@@ -190,15 +201,26 @@ async def test_the_previous_postgres_version_gains_the_keys_table_keeping_its_ro
             for version in previous:
                 await raw.execute(MIGRATIONS[version].read_text())
                 await raw.execute("INSERT INTO schema_versions (version) VALUES ($1)", version)
-        old = await open_storage(pg_url, apply_schema=False)
-        try:
-            pids = [PaymentId.generate() for _ in range(3)]
-            await old.credit_transfers([transfer(p, 5000) for p in pids], 10, NOW)
-            claimed = await old.claim_payments([p.raw for p in pids], 1000, NOW)
-            token = claimed[pids[0].raw].token
-            await old.revoke_token(token, "r", None, NOW)  # type: ignore[arg-type]
-        finally:
-            await old.close()
+        # three redeemed payments, the first token revoked, as version 5 stored them (its
+        # columns only: today's code writes columns later versions added)
+        pids = [PaymentId.generate() for _ in range(3)]
+        tokens = [os.urandom(32) for _ in pids]
+        token = tokens[0]
+        async with raw.transaction():
+            for pid, each in zip(pids, tokens):
+                txid = os.urandom(32)
+                await raw.execute("INSERT INTO transfers VALUES ($1, $2, 5000, 10, $3)",
+                                  txid, pid.raw, NOW)
+                await raw.execute(
+                    "INSERT INTO payments (pid, txid, amount, first_height, status, created_at,"
+                    " claimed_at, token) VALUES ($1, $2, 5000, 10, 1, $3, $3, $4)",
+                    pid.raw, txid, NOW, each)
+                await raw.execute("INSERT INTO service_tokens (token, pid, amount, issued_at)"
+                                  " VALUES ($1, $2, 5000, $3)", each, pid.raw, NOW)
+            await raw.execute("UPDATE service_tokens SET revoked_at = $2, revoke_reason = 'r'"
+                              " WHERE token = $1", token, NOW)
+            await raw.execute("INSERT INTO audit_log (at, action, token, reason)"
+                              " VALUES ($1, 'revoke', $2, 'r')", NOW, token)
         assert await raw.fetchval("SELECT to_regclass('signing_keys')") is None
         store = await open_storage(pg_url)
         try:
@@ -208,7 +230,7 @@ async def test_the_previous_postgres_version_gains_the_keys_table_keeping_its_ro
         finally:
             await store.close()
         versions = [r[0] for r in await raw.fetch("SELECT version FROM schema_versions ORDER BY 1")]
-        assert versions == [*previous, PG_SCHEMA_VERSION]
+        assert versions == sorted(MIGRATIONS) and versions[-1] == PG_SCHEMA_VERSION
         index = await raw.fetchval(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'service_tokens_by_revoked_at'")
         assert "WHERE (revoked_at IS NOT NULL)" in index

@@ -7,6 +7,7 @@ writing one database. The contract shared with SQLite is in test_storage.py and 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,7 +85,8 @@ async def test_a_fresh_database_gets_the_schema_and_its_version_once(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables == {"payments", "transfers", "service_tokens", "monitor_state", "audit_log",
                       "debits", "idempotency_keys", "schema_versions", "webhook_events",
-                      "webhook_state", "signing_keys"}
+                      "webhook_state", "signing_keys", "provisional_credits",
+                      "provisional_outstanding"}
     types = dict(await raw.fetch(
         """SELECT column_name, data_type FROM information_schema.columns
            WHERE table_name IN ('payments', 'service_tokens', 'transfers', 'debits')
@@ -345,14 +347,22 @@ async def test_a_version_3_database_migrates_to_4_keeping_its_rows(
         await raw.execute("CREATE TABLE schema_versions (version integer PRIMARY KEY,"
                           " applied_at timestamptz NOT NULL DEFAULT now())")
         await raw.execute("INSERT INTO schema_versions (version) VALUES (3)")
-    old = await open_storage(pg_url, apply_schema=False)
-    try:
-        pids = [PaymentId.generate() for _ in range(2)]
-        await old.credit_transfers([transfer(p, 5000) for p in pids], 9, NOW)
-        claimed = await old.claim_payments([p.raw for p in pids], MIN, NOW)
-    finally:
-        await old.close()
-    past, future = (claimed[p.raw].token for p in pids)
+    # two credited, redeemed payments as version 3 stored them (its columns only: today's
+    # code writes columns later versions added)
+    pids = [PaymentId.generate() for _ in range(2)]
+    past, future = os.urandom(32), os.urandom(32)
+    async with raw.transaction():
+        for pid, token in zip(pids, (past, future)):
+            txid = os.urandom(32)
+            await raw.execute("INSERT INTO transfers VALUES ($1, $2, 5000, 9, $3)",
+                              txid, pid.raw, NOW)
+            await raw.execute(
+                "INSERT INTO payments (pid, txid, amount, first_height, status, created_at,"
+                " claimed_at, token) VALUES ($1, $2, 5000, 9, 1, $3, $3, $4)",
+                pid.raw, txid, NOW, token)
+            await raw.execute("INSERT INTO service_tokens (token, pid, amount, issued_at)"
+                              " VALUES ($1, $2, 5000, $3)", token, pid.raw, NOW)
+        await raw.execute("UPDATE monitor_state SET scanned_height = 9")
     await raw.execute("UPDATE service_tokens SET expires_at = 1000 WHERE token = $1", past)
     later = 2**40  # expires long after the migration runs (now(), not NOW)
     await raw.execute("UPDATE service_tokens SET expires_at = $2 WHERE token = $1", future, later)

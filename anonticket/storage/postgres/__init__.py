@@ -16,11 +16,12 @@ from anonticket.storage.postgres.keys import PgSigningKeyStore
 from anonticket.storage.postgres.maintenance import PgMaintenanceStore
 from anonticket.storage.postgres.outbox import PgOutboxStore
 from anonticket.storage.postgres.payments import PgPaymentStore
+from anonticket.storage.postgres.provisional import PgProvisionalStore
 from anonticket.storage.postgres.tokens import PgTokenStore
 
 
-class PostgresStorage(PgPaymentStore, PgTokenStore, PgMaintenanceStore, PgOutboxStore,
-                      PgSigningKeyStore):
+class PostgresStorage(PgPaymentStore, PgProvisionalStore, PgTokenStore, PgMaintenanceStore,
+                      PgOutboxStore, PgSigningKeyStore):
     """Every storage operation on PostgreSQL, over a pool of connections."""
 
 

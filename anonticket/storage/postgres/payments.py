@@ -33,6 +33,7 @@ from anonticket.storage.ledger_rules import (
 from anonticket.storage.events import issued_event, topped_up_event
 from anonticket.storage.payments import _topped_up_events
 from anonticket.storage.postgres.core import PostgresCore, column_list
+from anonticket.storage.postgres.provisional_settle import restore_unrecovered, settle_provisional
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
 from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP
 
@@ -66,14 +67,15 @@ class PgPaymentStore(PostgresCore):
                     f"""UPDATE payments SET status = 1, claimed_at = $1
                        WHERE status = 0 AND amount >= $2 AND pid = ANY($3::bytea[])
                              {"AND plain_pid_ok = 1" if only_plain else ""}
-                       RETURNING pid, txid, amount, seconds""",
+                       RETURNING pid, txid, amount, seconds, provisional""",
                     now, min_amount, sorted(pids))
                 tokens: list[bytes] = []
                 owners: list[bytes] = []
                 amounts: list[int] = []
                 expiries: list[int | None] = []
                 records: list[TokenRow] = []
-                for pid, txid, amount, seconds in claimed:
+                provisionals: list[int] = []
+                for pid, txid, amount, seconds, provisional in claimed:
                     claim = plan.claimant(pid)
                     token = claim_token(claim, pid, txid)
                     expires_at = expiry_after(now, seconds)
@@ -81,16 +83,20 @@ class PgPaymentStore(PostgresCore):
                     owners.append(pid)
                     amounts.append(amount)
                     expiries.append(expires_at)
-                    record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                    provisionals.append(provisional)
+                    record = TokenRow(token, amount, now, None, None, 0, 0, expires_at,
+                                      provisional)
                     records.append(record)
                     result[claim] = ClaimRow(1, amount, token, claimed_now=True, record=record)
                 if tokens:
                     await db.execute(
-                        """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
-                           SELECT token, pid, amount, $5, expires_at
-                           FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])
-                                AS n(token, pid, amount, expires_at)""",
-                        tokens, owners, amounts, expiries, now)
+                        """INSERT INTO service_tokens
+                               (token, pid, amount, issued_at, expires_at, provisional)
+                           SELECT token, pid, amount, $5, expires_at, provisional
+                           FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[],
+                                       $6::integer[])
+                                AS n(token, pid, amount, expires_at, provisional)""",
+                        tokens, owners, amounts, expiries, now, provisionals)
                     await db.execute(
                         """UPDATE payments AS p SET token = n.token
                            FROM unnest($1::bytea[], $2::bytea[]) AS n(token, pid)
@@ -135,7 +141,7 @@ class PgPaymentStore(PostgresCore):
 
         async def work(db: asyncpg.Connection) -> TopupOutcome:
             payment = await db.fetchrow(
-                """SELECT status, amount, seconds, token, plain_pid_ok FROM payments
+                """SELECT status, amount, seconds, token, plain_pid_ok, provisional FROM payments
                    WHERE pid = $1 FOR UPDATE""",
                 pid)
             found = await db.fetchrow(
@@ -147,7 +153,7 @@ class PgPaymentStore(PostgresCore):
             record = TokenRow(*columns)
             if payment is None or (refuse_plain and not payment[4]):
                 return TopupOutcome("pending_or_unknown")
-            status, amount, seconds, owner, _ = payment
+            status, amount, seconds, owner, _, provisional = payment
             refused = refuse_topup(token, own_pid, record, pid, status, amount, owner, min_amount)
             if refused is not None:
                 return refused
@@ -157,9 +163,10 @@ class PgPaymentStore(PostgresCore):
             updated = await db.fetchrow(
                 f"""UPDATE service_tokens AS t SET amount = t.amount + $3,
                            expires_at = {_extend_expiry('$1::bigint', '$2::bigint')},
-                           expired_notified = 0
+                           expired_notified = 0, provisional = t.provisional + $5,
+                           withdrawn = CASE WHEN $3 > 0 THEN 0 ELSE t.withdrawn END
                     WHERE t.token = $4 RETURNING {_TOKEN_T}""",
-                seconds, now, amount, token)
+                seconds, now, amount, token, provisional)
             topped = TokenRow(*updated)
             if self.outbox is not None:
                 await self.outbox.add(db, [topped_up_event(topped, amount)], now)
@@ -182,7 +189,9 @@ class PgPaymentStore(PostgresCore):
 
         async def work(db: asyncpg.Connection) -> CreditResult:
             fresh = await _insert_fresh_transfers(db, incoming, now)
-            per_pid = credits_per_pid(fresh, price_per_day)
+            # provisional credits of these transfers become final, not credited twice
+            to_credit, losses = await settle_provisional(db, fresh, now)
+            per_pid = credits_per_pid(to_credit, price_per_day)
             if per_pid:
                 columns = list(zip(*((pid, c.txid, c.amount, c.first_height, c.seconds)
                                      for pid, c in sorted(per_pid.items()))))
@@ -208,6 +217,8 @@ class PgPaymentStore(PostgresCore):
                     *map(list, columns), now)
             owners = await _owners(db, incoming.values())
             topped_up, added = await _top_up_claimed(db, owners, per_pid, now)
+            if losses:
+                await restore_unrecovered(db, losses, topped_up)
             if added and self.outbox is not None:  # nothing per row unless a token grew
                 await self.outbox.add(db, _topped_up_events(topped_up, added), now)
             stored = await _stored_rows(db, {token for _, token in owners}, topped_up)
@@ -291,7 +302,7 @@ async def _top_up_claimed(
     rows = await db.fetch(
         f"""UPDATE service_tokens AS t SET amount = t.amount + n.amount,
                    expires_at = {_extend_expiry('n.seconds', '$4::bigint')},
-                   expired_notified = 0
+                   expired_notified = 0, withdrawn = 0
             FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS n(token, amount, seconds)
             WHERE t.token = n.token
             RETURNING {_TOKEN_T}""",
