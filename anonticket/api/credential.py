@@ -28,7 +28,12 @@ from aiohttp import web
 from anonticket.api.gateway import Presented, bearer_value, denial
 from anonticket.api.request import STATE, json_body, read_json_object, rfc3339
 from anonticket.crypto.credential import KEY_DOCUMENT_PATH, KeyEntry, key_document
-from anonticket.domain.errors import InvalidAudience, InvalidRequest, Unavailable
+from anonticket.domain.errors import (
+    InvalidAudience,
+    InvalidRequest,
+    TokenProvisional,
+    Unavailable,
+)
 from anonticket.domain.ids import ServiceToken
 from anonticket.ledger.credentials import Credentials, key_document_max_age
 from anonticket.ledger.keyring import CREDENTIAL, KINDS
@@ -90,12 +95,18 @@ async def issue_credential(request: web.Request) -> web.Response:
     except Unavailable:
         tallies["unavailable"].inc()
         raise
+    status = None if record is None else record.status(ledger.clock())
     if record is None:
         reason = "token_not_found"
-    elif record.revoked_at is not None:
-        reason = "token_revoked"
-    elif record.expires_at is not None and record.expires_at <= ledger.clock():
-        reason = "token_expired"
+    elif status != "active":
+        reason = {"revoked": "token_revoked", "withdrawn": "payment_withdrawn",
+                  "expired": "token_expired"}[status]
+    elif record.provisional:
+        # A credential is checked offline until its exp: nothing could take it back if the
+        # provisional payment were withdrawn (docs/credentials.md, security model). Once
+        # every credit of the token is final, the same request is granted.
+        tallies["token_provisional"].inc()
+        raise TokenProvisional()
     else:
         issued = credentials.issue(record, audience)
         tallies["issued"].inc()

@@ -81,6 +81,12 @@ class TokenExpired(ServiceError):
     status, code, message = 403, "token_expired", "the token's access time has run out"
 
 
+class TokenProvisional(ServiceError):
+    status, code, message = (403, "token_provisional",
+                             "this token holds provisional credit: a credential is issued once "
+                             "its payments are final (at their confirmations)")
+
+
 class PaymentWithdrawn(ServiceError):
     status, code, message = (403, "payment_withdrawn",
                              "the payment that bought this token's access was withdrawn (it "

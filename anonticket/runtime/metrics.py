@@ -31,8 +31,8 @@ GATEWAY_OUTCOMES = ("allowed", "allowed_credential", "token_missing", "invalid_t
                     "token_required", "invalid_cost", "gateway_unauthorized", "unavailable")
 # POST /api/v1/credential: issued, or the refusal (the gateway's reasons for a token)
 CREDENTIAL_OUTCOMES = ("issued", "token_missing", "invalid_token", "token_not_found",
-                       "token_revoked", "token_expired", "invalid_audience", "invalid",
-                       "unavailable")
+                       "token_revoked", "payment_withdrawn", "token_expired",
+                       "token_provisional", "invalid_audience", "invalid", "unavailable")
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",

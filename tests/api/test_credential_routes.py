@@ -144,6 +144,39 @@ async def test_revoked_and_expired_tokens_are_refused_as_the_check_refuses_them(
         assert issued["X-Anonticket-Reason"] == checked_headers["X-Anonticket-Reason"] == reason
 
 
+async def test_no_credential_on_provisional_credit_nor_on_a_withdrawn_one(
+        svc: Service, http: aiohttp.ClientSession) -> None:
+    """A credential verifies offline until it expires: issued on provisional credit, nothing
+    could take it back when that payment is withdrawn (issue 25). So a provisional token is
+    refused until its payment is final, and a withdrawn one as the check refuses it."""
+    ledger = svc.state.ledger
+    tokens = {}
+    for name in ("final", "withdrawn"):
+        pid = PaymentId.generate()
+        pooled = transfer(pid, 5000, height=0)
+        await ledger.credit_provisional([pooled], max_per_pid=10**6, max_outstanding=10**6)
+        tokens[name] = ((await ledger.redeem(pid)).token.hex(), pid, pooled)  # type: ignore[union-attr]
+    for token, _, _ in tokens.values():
+        status, _, answer = await post_credential(http, svc, {"Authorization": f"Bearer {token}"})
+        assert (status, answer["error"]) == (403, "token_provisional")
+        # the token itself keeps working at the gateway meanwhile
+        assert (await check(http, svc, {"Authorization": f"Bearer {token}"}))[0] == 200
+    token, pid, pooled = tokens["final"]
+    await ledger.credit([transfer(pid, 5000, 100, pooled.txid)], None)  # N confirmations
+    status, _, answer = await post_credential(http, svc, {"Authorization": f"Bearer {token}"})
+    assert status == 200 and answer["credential"].startswith("v4.public.")
+    token, pid, pooled = tokens["withdrawn"]
+    await ledger.withdraw([pooled.txid], [pid.raw])
+    headers = {"Authorization": f"Bearer {token}"}
+    status, _, answer = await post_credential(http, svc, headers)
+    checked, _, body = await check(http, svc, headers)
+    assert (status, answer["error"]) == (403, "payment_withdrawn")
+    assert (status, answer) == (checked, json.loads(body))
+    tallies = svc.state.metrics.credential
+    assert (tallies["token_provisional"].value, tallies["payment_withdrawn"].value,
+            tallies["issued"].value) == (2, 1, 1)
+
+
 async def test_a_credential_never_buys_another(svc: Service, http: aiohttp.ClientSession) -> None:
     credential = await credential_for(http, svc, await new_token(svc))
     status, _, answer = await post_credential(http, svc, {"Authorization": f"Bearer {credential}"})
