@@ -59,9 +59,10 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The body as a JSON object. Any content type is accepted: ``curl -d`` sends a form type."""
+    """The body as a JSON object. Any content type is accepted: ``curl -d`` sends a form type.
+    ``allow_empty``: no body at all stands for ``{}``; whitespace alone is not JSON (400)."""
     raw = await read_body(request)
-    if allow_empty and not raw.strip():
+    if allow_empty and not raw:
         return {}
     return json_object(raw)
 
