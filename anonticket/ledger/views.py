@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
 from anonticket.ledger.credentials import Credentials
+from anonticket.ledger.private_tokens import PrivateTokens
 from anonticket.ledger.cache import BoundedMap, TtlSet
 from anonticket.domain.ids import PaymentId, ServiceToken, Transfer
 from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
@@ -88,9 +89,11 @@ class Ledger:
         on_negative_cache_hit: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = unix_now,
         credentials: Credentials | None = None,
+        private_tokens: PrivateTokens | None = None,
     ) -> None:
         self.storage = storage
         self.credentials = credentials  # keys and recent revocations, loaded with the rest
+        self.private_tokens = private_tokens  # Privacy Pass units, their keys share the ring
         self.min_payment = min_payment
         self.min_confirmations = min_confirmations
         self.price_per_day = price_per_day
@@ -116,6 +119,8 @@ class Ledger:
         self._known_tokens.replace(await self.storage.load_token_prefixes())
         if self.credentials is not None:
             await self.credentials.load(self.storage)
+        if self.private_tokens is not None:
+            await self.private_tokens.load()
         log.info("loaded %d payments and %d tokens", len(self._known_pids), len(self._known_tokens))
 
     # ------------------------------------------------------------------ redeem

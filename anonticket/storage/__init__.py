@@ -2,7 +2,8 @@
 
 ``core`` (connections, the one write path), ``schema`` (versions), ``ledger_rules`` (the
 decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
-``keys`` (the signing keys anonticket generates for itself), ``events`` (the webhook
+``keys`` (the signing keys anonticket generates for itself), ``private_tokens`` (the
+Privacy Pass spent-set), ``events`` (the webhook
 events a change writes inside its own transaction), ``outbox``
 (the sender's side of those rows: due events, outcomes, replays), ``maintenance``
 (counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
@@ -22,6 +23,7 @@ from anonticket.storage.maintenance import MaintenanceStore
 from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
 from anonticket.storage.ledger_rules import seconds_bought
 from anonticket.storage.payments import PaymentStore
+from anonticket.storage.private_tokens import RETRY_KEY_PREFIX, PrivateTokenStore
 from anonticket.storage.rows import (
     ClaimRow,
     CreditResult,
@@ -36,7 +38,8 @@ from anonticket.storage.schema import SCHEMA_VERSION
 from anonticket.storage.tokens import TokenStore
 
 
-class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore, SigningKeyStore):
+class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore, SigningKeyStore,
+              PrivateTokenStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -64,7 +67,7 @@ async def open_storage(
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
-    "DebitOutcome", "DebitRequest", "OutboxEvent", "SigningKeyRow", "Storage", "TokenRow",
+    "DebitOutcome", "DebitRequest", "OutboxEvent", "RETRY_KEY_PREFIX", "SigningKeyRow", "Storage", "TokenRow",
     "TopupOutcome",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",

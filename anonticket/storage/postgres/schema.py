@@ -19,7 +19,7 @@ import asyncpg
 # package data (setup.cfg), so an installed wheel has them
 _SQL = Path(__file__).resolve().parent / "sql"
 # version reached → script that reaches it from the one before (a new database: from 0)
-MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql", 6: _SQL / "v6.sql"}
+MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql", 6: _SQL / "v6.sql", 7: _SQL / "v7.sql"}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 # an arbitrary 64-bit key of our own, so the lock never meets another application's
 SCHEMA_LOCK_KEY = 0x616E_6F6E_7363_6801  # "anonsch" + 1
