@@ -250,8 +250,9 @@ def test_the_caddy_drop_in_verifies_on_debians_caddy_unit(tmp_path):
 def test_no_shipped_file_puts_a_secret_in_an_environment_line():
     """``Environment=`` is world-readable over D-Bus (systemctl show): secrets go in a
     0600 EnvironmentFile= (anonticket.env, the Caddy drop-in's file)."""
-    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "deploy").iterdir(),
-             *(path for path in (REPO / "systemd").rglob("*") if path.is_file())]
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"),
+             *(path for folder in ("deploy", "systemd") for path in (REPO / folder).rglob("*")
+               if path.is_file())]
     for path in files:
         found = re.findall(r"Environment=\S*(?:TOKEN|PASSWORD|SECRET|KEY)", path.read_text(), re.I)
         assert found == [], path

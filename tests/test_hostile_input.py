@@ -167,7 +167,8 @@ def string_fields() -> list[tuple[str, str, str]]:
 
 STRING_FIELDS = string_fields()
 # a valid value for each field, so the one carrying the surrogate is the only thing wrong
-VALID = {"pid": PAID_PID, "reason": "chargeback", "memo": "GET /file", "id": "msg_0"}
+VALID = {"pid": PAID_PID, "reason": "chargeback", "memo": "GET /file", "id": "msg_0",
+         "aud": "files", "purpose": "credential"}
 
 
 def test_the_contract_has_the_string_fields_we_expect() -> None:

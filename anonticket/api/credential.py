@@ -61,6 +61,17 @@ def _audience(body: dict[str, Any], allowed: frozenset[str]) -> str | None:
 async def issue_credential(request: web.Request) -> web.Response:
     state = request.app[STATE]
     tallies = state.metrics.credential
+    credentials = _credentials(state)
+    # the body first: a malformed request is 400 whoever sends it
+    try:
+        audience = _audience(await read_json_object(request, allow_empty=True),
+                             credentials.audiences)
+    except InvalidAudience:
+        tallies["invalid_audience"].inc()
+        raise
+    except (InvalidRequest, web.HTTPRequestEntityTooLarge):
+        tallies["invalid"].inc()
+        raise
     authorizations = request.headers.getall("Authorization", ())
     if len(authorizations) > 1:
         raw: bytes | str = "invalid_token"
@@ -73,16 +84,6 @@ async def issue_credential(request: web.Request) -> web.Response:
     if type(raw) is str:
         tallies[raw].inc()
         return _no_store(denial(raw))
-    credentials = _credentials(state)
-    try:
-        audience = _audience(await read_json_object(request, allow_empty=True),
-                             credentials.audiences)
-    except InvalidAudience:
-        tallies["invalid_audience"].inc()
-        raise
-    except (InvalidRequest, web.HTTPRequestEntityTooLarge):
-        tallies["invalid"].inc()
-        raise
     ledger = state.ledger
     try:
         record = await ledger.find_token(ServiceToken(raw))  # type: ignore[arg-type]

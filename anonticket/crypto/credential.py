@@ -53,6 +53,7 @@ checks every `kid` against its key (a document cannot make a key verify under an
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import re
@@ -113,7 +114,12 @@ def format_time(moment: datetime) -> str:
     """
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("credential times must be timezone-aware")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    # an f-string, not strftime: a third of the time (four per credential issued), and the
+    # year always four digits, as RFC 3339 requires (glibc's %Y writes 999 for 999)
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z")
 
 
 def parse_time(text: object) -> datetime:
@@ -199,9 +205,19 @@ def sign_credential(secret_key: SecretKey, claims: Mapping[str, Any], *,
     for name in STRING_CLAIMS:
         if name in body and not isinstance(body[name], str):
             raise TypeError(f"the {name} claim must be a string")
-    message = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    footer = json.dumps({"kid": secret_key.public_key.pid()}, separators=(",", ":"))
-    return paseto_v4.sign(secret_key, message.encode("utf-8"), footer, implicit)
+    message = _CLAIMS_ENCODER.encode(body)
+    return paseto_v4.sign(secret_key, message.encode("utf-8"),
+                          _footer(secret_key.public_key.pid()), implicit)
+
+
+# made once: json.dumps with options builds an encoder per call (a few µs a credential)
+_CLAIMS_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _footer(key_id: str) -> str:
+    """The footer of every credential a key signs, written once per key."""
+    return json.dumps({"kid": key_id}, separators=(",", ":"))
 
 
 # ---------------------------------------------------------------------------- verify
