@@ -46,6 +46,7 @@ from anonticket.crypto.privacy_pass import (
     verify_token,
 )
 from anonticket.crypto.privacy_pass_http import (
+    b64url_encode,
     format_www_authenticate,
     issuer_directory,
 )
@@ -168,6 +169,8 @@ class PrivateTokens:
             (key.issuer_key.token_key, key.row.not_before) for _, key in entries])
         for item, (unit, _) in zip(document["token-keys"], entries, strict=True):
             item["anonticket-unit"] = unit.name
+        # the one challenge this deployment accepts, so a client can fetch ahead of a visit
+        document["anonticket-challenge"] = b64url_encode(self.challenge)
         return document
 
     def challenges(self) -> str:
