@@ -2,7 +2,7 @@
 --
 -- The service does not run this file: it applies the migrations in anonticket/storage/sql/
 -- (v2.sql, then v3.sql, v4.sql, v6.sql, v7.sql), each with its PRAGMA user_version in one transaction, so any
--- older database is brought up to date the same way. tests/test_schema_files.py checks that
+-- older database is brought up to date the same way. tests/storage/test_schema_files.py checks that
 -- this script and those migrations build the same database (tables, columns, CHECKs, keys,
 -- indexes, seed rows, version). A change is a new migration (docs/architecture.md) and an
 -- edit here. PostgreSQL has its own scripts in anonticket/storage/postgres/sql/.

@@ -20,7 +20,7 @@ owns and what it may import, and docs/architecture.md draws the whole house::
     regtest/   a private regtest Monero network for tests and the sandbox (stdlib only)
 
 Imports go one way, down this line, and never in a circle, not even inside a package
-(tests/test_layers.py)::
+(tests/docs/test_layers.py)::
 
     crypto ← domain ← config ← storage ← ledger ← monero ← runtime ← {api, monitor, webhooks} ← service ← client ← cli
 

@@ -2,7 +2,7 @@
 """RSA-2048 blind signatures per second on one core: the issuer's cost per Privacy Pass token.
 
     .venv/bin/python bench/blind_rsa.py                 # 5 rounds of 2 s per operation, CPU 0
-    .venv/bin/python bench/blind_rsa.py --quick --json  # a smoke run (tests/test_blind_rsa.py)
+    .venv/bin/python bench/blind_rsa.py --quick --json  # a smoke run (tests/crypto/test_blind_rsa.py)
 
 Run it on a quiet machine (nothing else on the pinned core). One fresh 2048-bit key; each
 operation is timed in rounds (a warm-up first) and the median rate is printed:

@@ -5,6 +5,14 @@ A module that sets ``BOTH_BACKENDS = True`` runs each test asking for ``backend`
 ``storage``, ``database_url``) once on SQLite and once on a throwaway PostgreSQL cluster
 started once per session (tests/pg_cluster.py); ``@pytest.mark.sqlite_only`` keeps a
 test about the SQLite file itself to SQLite.
+
+The tiers (docs/testing.md): a test is *heavy* when it carries one of HEAVY_MARKS, and
+``--quick`` leaves the heavy ones out. The marks come from what a test uses, so nobody has to
+remember them: the regtest fixtures, the ``pg``/``pg_url`` fixtures or the PostgreSQL backend,
+the folders whose every test drives a production tool (HEAVY_FOLDERS); the helpers that start a
+heavy part by hand skip their test in the quick tier (tests/tiers.py). Only ``slow`` (long
+rounds of a part the quick tier has) is set by hand, and the quick tier's summary names any
+test of its own that took longer than QUICK_TEST_BUDGET_SECS.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage import Storage, open_storage
 from anonticket.storage.postgres import PostgresIntegrityError
 import pg_cluster
+import tiers
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
 
 # the regtest network fixtures (real monerod + wallet-rpc); tests using them are marked regtest
 from regtest_fixtures import *  # noqa: E402,F401,F403
@@ -48,6 +58,73 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 @pytest.fixture
 def config_factory(tmp_path: Path, database_url: str) -> Callable[..., Config]:
     return lambda **overrides: make_config(tmp_path, **{"DATABASE_URL": database_url, **overrides})
+
+
+# ---------------------------------------------------------------------- the tiers
+HEAVY_MARKS = ("regtest", "postgres", "browser", "proxy", "slow")
+HEAVY_FIXTURES = {"pg": "postgres", "pg_url": "postgres",
+                  **{name: "regtest" for name in REGTEST_FIXTURES}}  # noqa: F405
+HEAVY_FOLDERS = {"deploy": "proxy", "regtest": "regtest"}
+QUICK_TEST_BUDGET_SECS = 5.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--quick", action="store_true",
+                     help="the quick tier: leave out the tests that need a regtest chain, PostgreSQL, "
+                          "a browser or a proxy, and the slow ones (docs/testing.md)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    tiers.QUICK = bool(config.getoption("quick"))
+
+
+def heavy_marks(item: pytest.Item) -> set[str]:
+    """What makes ``item`` heavy: its marks, the fixtures it uses (indirectly too), the
+    PostgreSQL backend it is parametrized with, and its folder."""
+    found = {mark.name for mark in item.iter_markers() if mark.name in HEAVY_MARKS}
+    found |= {HEAVY_FIXTURES[name] for name in HEAVY_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("backend") == "postgres":
+        found.add("postgres")
+    folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+    if folder in HEAVY_FOLDERS:
+        found.add(HEAVY_FOLDERS[folder])
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    heavy = []
+    grouped = config.pluginmanager.hasplugin("xdist")
+    for item in items:
+        marks = heavy_marks(item)
+        for name in sorted(marks):
+            item.add_marker(name)
+        if marks:
+            heavy.append(item)
+        if grouped and "regtest" in marks:  # --dist loadgroup: one worker mines the chains
+            item.add_marker(pytest.mark.xdist_group("regtest"))
+    if config.getoption("quick") and heavy:
+        config.hook.pytest_deselected(items=heavy)
+        left_out = set(map(id, heavy))
+        items[:] = [item for item in items if id(item) not in left_out]
+
+
+_over_budget: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if tiers.QUICK and report.duration > QUICK_TEST_BUDGET_SECS:
+        _over_budget.append((f"{report.nodeid} ({report.when})", report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _over_budget:
+        terminalreporter.section("quick tier: over its budget")
+        terminalreporter.write_line(
+            f"these took over {QUICK_TEST_BUDGET_SECS:g} s; if they always do, mark them slow:")
+        for name, seconds in sorted(_over_budget, key=lambda entry: -entry[1]):
+            terminalreporter.write_line(f"  {seconds:6.1f} s  {name}")
 
 
 # what a key, foreign key or CHECK refusing a row raises, on either backend: a bug, not a 503

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tiers
+
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 START_TIMEOUT = 60.0
 # tor-browser's SecurityLevel.sys.mjs at "safest", as far as prefs reach a page (NoScript,
@@ -66,6 +68,7 @@ class Firefox:
         self._ids = 0
 
     def start(self, width: int, height: int) -> Firefox:
+        tiers.starting("Firefox")
         binary = firefox_binary()
         if binary is None:
             raise MarionetteError("firefox-esr is not installed (Debian package firefox-esr)")

@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tiers
+
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 _AS_ROOT = os.geteuid() == 0
 
@@ -123,6 +125,7 @@ def new_home() -> Path:
 
 
 def start_cluster(port: int = 5432, cpus: str | None = None, **settings: str) -> Cluster:
+    tiers.starting("a PostgreSQL cluster")
     cluster = Cluster(new_home(), port, dict(settings))
     cluster.init()
     cluster.start(cpus)

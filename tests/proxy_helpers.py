@@ -19,6 +19,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+import tiers
+
 REPO = Path(__file__).resolve().parent.parent
 NGINX_GATEWAY = REPO / "deploy" / "nginx-gateway.conf"
 CADDYFILE = REPO / "deploy" / "Caddyfile"
@@ -129,6 +131,7 @@ def nginx_site(directory: Path, *, public_port: int, internal_port: int, upstrea
 @contextlib.contextmanager
 def nginx_running(directory: Path, site_text: str, port: int, *,
                   workers: int = 1, extra_main: str = "") -> Iterator[subprocess.Popen]:
+    tiers.starting("nginx")
     for sub in ("log", "tmp"):
         (directory / sub).mkdir(exist_ok=True)
     if "ssl_certificate" in site_text:
@@ -218,6 +221,7 @@ def caddy_running(directory: Path, text: str, port: int, credential: str | None
                   ) -> Iterator[subprocess.Popen]:
     """Caddy on ``text``, started the way the shipped drop-in starts it; its output goes
     to ``directory/log``, which the tests search for secrets."""
+    tiers.starting("Caddy")
     (directory / "log").mkdir(exist_ok=True)
     (directory / "Caddyfile").write_text(text)
     command, unit_env = caddy_as_its_unit_runs_it(directory, credential)

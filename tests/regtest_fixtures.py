@@ -3,8 +3,9 @@
 The shared conftest star-imports this module. The networks are session-scoped and
 created only when a test asks for one: each costs 10-20 s of mining and wallet
 setup. ``owner_pid`` makes a watchdog stop them if pytest is killed before its
-teardown runs. A test using any of them is marked ``regtest`` at collection time,
-so ``-m "not regtest"`` skips it without starting anything.
+teardown runs. A test using any of them (REGTEST_FIXTURES) is marked ``regtest`` by
+conftest.py at collection time, so ``-m "not regtest"`` and ``--quick`` skip it without
+starting anything.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from anonticket.regtest import RegtestNetwork
 
 __all__ = [
     "DIGEST_LOGIN", "REGTEST_FIXTURES", "monero_regtest", "monero_regtest_digest", "monero_regtest_view_only",
-    "pytest_itemcollected", "random_pid16",
+    "random_pid16",
 ]
 
 DIGEST_LOGIN = ("anon", "ticket-test")
@@ -56,10 +57,3 @@ def monero_regtest_view_only(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def monero_regtest_digest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegtestNetwork]:
     """The merchant wallet-rpc demands HTTP digest auth with ``DIGEST_LOGIN``."""
     yield from _network(tmp_path_factory, "xmr-dg", merchant_rpc_login=DIGEST_LOGIN)
-
-
-def pytest_itemcollected(item: pytest.Item) -> None:
-    """Fixtures cannot carry marks, so mark the tests that use them; this runs before
-    ``-m`` deselects, and ``fixturenames`` includes fixtures used indirectly."""
-    if REGTEST_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        item.add_marker(pytest.mark.regtest)

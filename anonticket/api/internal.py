@@ -27,7 +27,8 @@ from anonticket.domain.errors import InvalidRequest, MonitorDisabled, Unauthoriz
 
 log = logging.getLogger("anonticket.admin")
 
-OPENAPI_PATH = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi.yaml"
+# package data (setup.cfg), so an installed wheel serves it too
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 # far above any chain; keeps the height a plain SQLite integer
 _MAX_HEIGHT = 2**62
 _OPEN_PATHS = frozenset({"/health/live", "/health/ready"})

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from anonticket.domain.address import AddressError, decode_address, make_integrated_address
 from anonticket.config import SETTINGS, Config, settings_table_markdown
 from anonticket.domain.ids import PaymentId, ServiceToken, derive_service_token
-from anonticket.domain.errors import DatabaseConnectFailed, InvalidPid, InvalidToken
+from anonticket.domain.errors import DatabaseConnectFailed, InvalidPid, InvalidToken, SchemaTooNew
 from anonticket.domain.payment_uri import format_xmr, payment_uri
 
 if TYPE_CHECKING:  # imported for real only by the commands that talk to the service
@@ -77,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except DatabaseConnectFailed as exc:  # the URL may hold a password: never quoted
         raise CommandFailed(f"serve failed: cannot connect to the database of DATABASE_URL "
                             f"({exc.reason})") from None
+    except SchemaTooNew as exc:
+        raise CommandFailed(f"serve failed: {exc}") from None
     except OSError as exc:  # a port in use, a socket directory missing: start-up, in practice
         raise CommandFailed(f"serve failed: {exc.strerror or type(exc).__name__}") from None
 

@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from anonticket.config import Config
-from anonticket.domain.errors import StorageUnavailable
+from anonticket.domain.errors import DatabaseConnectFailed, SchemaTooNew, StorageUnavailable
 from anonticket.storage import SCHEMA_VERSION, Storage, database_path, is_postgres_url, open_storage
 
 PG_BACKUP_HINT = ("db backup copies an SQLite file; on PostgreSQL use its own tools: "
@@ -42,7 +42,9 @@ async def _open(path: Path, config: Config) -> Storage:
         return await Storage.open(path, synchronous=config.database_synchronous, apply_schema=False)
     except sqlite3.Error as exc:
         raise MaintenanceError(f"cannot open the database {path}: {exc}") from None
-    except RuntimeError as exc:  # a schema newer than this program
+    except DatabaseConnectFailed as exc:
+        raise MaintenanceError(f"cannot open the database {path}: {exc.reason}") from None
+    except SchemaTooNew as exc:
         raise MaintenanceError(str(exc)) from None
 
 

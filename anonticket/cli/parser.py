@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--check", action="store_true", help="parse the environment and print "
                         "the effective settings (secrets masked); exit 2 if one is bad")
     config.add_argument("--markdown", action="store_true",
-                        help="print the settings as the README's Markdown table")
+                        help="print the settings as docs/settings.md's Markdown table")
     config.set_defaults(func=cmd_config)
 
     pid = _subcommands(commands.add_parser("pid", help="make a payment id (customers)"), "pid_cmd")

@@ -119,7 +119,7 @@ class Ready:
 
 def flow(r: Ready) -> list[tuple[str, list[str]]]:
     """The walk through the payment flow, step by step; TOKEN stands for the token that
-    step 4 answers. tests/test_sandbox.py runs exactly these commands."""
+    step 4 answers. tests/cli/test_sandbox.py runs exactly these commands."""
     redeem = f"curl -s -w '\\n' {r.public_url}/api/v1/redeem -d '{{\"pid\":\"{r.pid}\"}}'"
     introspect = f"curl -s -w '\\n' {r.public_url}/api/v1/token/TOKEN"
     n = r.confirmations

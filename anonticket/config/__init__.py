@@ -1,7 +1,7 @@
 """Every setting declared once: name, default, parser, help.
 
-``anonticket config``, the README's settings table and ``Config`` all derive from
-``SETTINGS``, and a docs test checks the README against it. Variable names are the
+``anonticket config``, the settings table of docs/settings.md and ``Config`` all derive
+from ``SETTINGS``, and a docs test checks that page against it. Variable names are the
 Rust original's, so an operator can switch implementations without rewriting units.
 
 May import: crypto, domain.
@@ -359,7 +359,7 @@ class Config:
 
 
 def settings_table_markdown() -> str:
-    """The README's settings table, derived from SETTINGS (a docs test keeps them equal)."""
+    """The settings table of docs/settings.md, derived from SETTINGS (a docs test keeps them equal)."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for setting in SETTINGS:
         default = f"`{setting.default}`" if setting.default else "(empty)"

@@ -75,9 +75,21 @@ def parse_int_at_least(low: int) -> Callable[[str], int]:
     return lambda text: parse_int(text, low)
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_decimal(text: str) -> float:
+    """A number as an operator writes one, in ASCII: ``float()`` alone also takes other
+    scripts' digits, ``1_000``, ``inf`` and ``nan``, which no setting means."""
+    text = text.strip()
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError("not a number")
+    return float(text)
+
+
 def parse_positive_seconds(text: str) -> float:
     try:
-        value = float(text.strip())
+        value = parse_decimal(text)
     except ValueError:
         raise ValueError("expected a number of seconds (fractions allowed)") from None
     if not math.isfinite(value) or value <= 0:
@@ -87,7 +99,7 @@ def parse_positive_seconds(text: str) -> float:
 
 def parse_non_negative_seconds(text: str) -> float:
     try:
-        value = float(text.strip())
+        value = parse_decimal(text)
     except ValueError:
         raise ValueError("expected a number of seconds (fractions allowed)") from None
     if not math.isfinite(value) or value < 0:
@@ -341,7 +353,7 @@ def parse_webhook_secret(text: str) -> str | None:
 
 def parse_retry_schedule(text: str) -> tuple[float, ...]:
     try:
-        delays = tuple(float(part) for part in text.split(","))
+        delays = tuple(parse_decimal(part) for part in text.split(","))
     except ValueError:
         raise ValueError("expected seconds separated by commas, e.g. 5,300,1800") from None
     if not delays or len(delays) > 50 or not all(math.isfinite(d) and d > 0 for d in delays):

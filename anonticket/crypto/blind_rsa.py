@@ -102,7 +102,7 @@ def rsasp1(sk: RsaKey, m: int) -> int:
     ``RsaKey._decrypt_to_bytes`` is pycryptodome's blinded CRT private operation (a fresh or
     squared secret r per call: m' = (m * r^e)^d * r^-1 mod n), so the time it takes does not
     depend on m; RFC 9474 §7.1 asks for exactly this. It is a private API: setup.cfg pins the
-    pycryptodome versions it was checked on, and tests/test_blind_rsa.py checks that it still
+    pycryptodome versions it was checked on, and tests/crypto/test_blind_rsa.py checks that it still
     computes m^d mod n and still answers with modulus_len bytes.
     """
     if not 0 <= m < sk.n:

@@ -10,7 +10,7 @@ Written from the specifications, using their names and steps:
 Why by hand: pycryptodome (already the service's one cryptography dependency) does Ed25519; the
 format around it is a hundred lines, and a PASETO library would add its own cryptography stack to
 the service and to every third-party verifier (`anonticket.crypto.credential` needs pycryptodome
-only). Proven by the official vectors and against `pyseto` in tests/test_paseto_v4.py.
+only). Proven by the official vectors and against `pyseto` in tests/crypto/test_paseto_v4.py.
 
 Strict by design: one header (`v4.public.`), canonical unpadded base64url only (no `=`, no
 second spelling through non-zero trailing bits), at least a signature's worth of payload, a

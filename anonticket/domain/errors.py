@@ -159,6 +159,17 @@ class NotActive(StorageUnavailable):
     message = "standing by: another instance is active"
 
 
+class SchemaTooNew(Exception):
+    """The database was written by a newer anonticket (its schema version is above this
+    program's): nothing is changed, and ``serve`` exits with this one line."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(f"the database's schema version {found} is newer than this program's "
+                         f"({supported}): run the newer anonticket, or restore a backup")
+        self.found = found
+        self.supported = supported
+
+
 class DatabaseConnectFailed(StorageUnavailable):
     """Opening the database failed: the server is unreachable or refused us (a wrong
     password, no such database). ``reason`` names the error class and SQLSTATE, never a

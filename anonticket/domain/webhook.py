@@ -3,7 +3,7 @@
 Pure functions over bytes, no I/O, standard library only, so that what a receiver must
 re-implement (docs/webhooks.md) is all here: the signature is HMAC-SHA256, keyed with the
 base64-decoded secret, over ``"{webhook-id}.{webhook-timestamp}.{body}"``, sent as
-``v1,<base64>``. tests/test_webhook_signing.py checks it against the ``standardwebhooks``
+``v1,<base64>``. tests/domain/test_webhook_signing.py checks it against the ``standardwebhooks``
 package, written by others from the same specification.
 """
 

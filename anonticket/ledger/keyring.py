@@ -39,7 +39,7 @@ class FastSecretKey(SecretKey):
     """A credential signing key whose signature ``cryptography`` makes (~43 µs here, against
     pycryptodome's ~150 µs: what keeps issuing a credential above half of /health/live,
     docs/benchmarks.md). Ed25519 is deterministic, so the bytes are the very ones
-    ``SecretKey`` would make (tests/ledger/test_keyring.py); the PASETO encoding around them
+    ``SecretKey`` would make (tests/ledger/test_credentials.py); the PASETO encoding around them
     is ``anonticket.crypto.paseto_v4``'s, the one the shipped verifier reads."""
 
     __slots__ = ("_fast",)

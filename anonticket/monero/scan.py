@@ -119,7 +119,7 @@ def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -
 
     Most of a big poll is this shape: checking it in one function, without a verdict
     object or a count key, halves the time a poll spends classifying (docs/benchmarks.md).
-    tests/test_monitor_classify.py checks it against ``classify`` on arbitrary entries.
+    tests/monero/test_monitor_classify.py checks it against ``classify`` on arbitrary entries.
     """
     if type(entry) is not dict:
         return None

@@ -54,7 +54,7 @@ async def open_storage(
 ) -> Storage:
     """The storage ``DATABASE_URL`` names, open and (unless ``apply_schema=False``) with its
     schema up to date. The PostgreSQL one is typed as ``Storage`` because it has the same
-    methods (tests/test_storage_postgres.py), not because it inherits them."""
+    methods (tests/storage/test_storage_postgres.py), not because it inherits them."""
     if is_postgres_url(url):
         # imported here: an SQLite deployment never needs asyncpg installed
         from anonticket.storage.postgres import PostgresStorage

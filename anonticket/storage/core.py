@@ -26,7 +26,12 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from anonticket.domain.errors import StorageUnavailable, StorageValueOutOfRange
+from anonticket.domain.errors import (
+    DatabaseConnectFailed,
+    StorageUnavailable,
+    StorageValueOutOfRange,
+)
+from anonticket.storage.connect import connect_sqlite
 from anonticket.storage.events import Outbox
 from anonticket.storage.schema import apply_schema
 from anonticket.storage.wal_checkpoint import BackgroundCheckpointer
@@ -87,7 +92,8 @@ def create_private_database(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     except FileExistsError:
-        if os.stat(path).st_mode & stat.S_IROTH:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode) and mode & stat.S_IROTH:  # not a directory, which fails later
             log.warning("the database file is readable by every local user; "
                         "chmod 0600 it (and its -wal and -shm files)")
         return
@@ -127,7 +133,11 @@ class StorageCore:
         path = Path(path)
         if apply_schema:
             create_private_database(path)
-        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            writer = await connect_sqlite(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            # SQLite's own text ("unable to open database file") names no path or value
+            raise DatabaseConnectFailed(f"{type(exc).__name__}: {exc}") from None
         reader = None
         try:
             # WAL can only be switched outside a transaction; it persists in the file.
@@ -266,7 +276,7 @@ async def connect_read_only(path: Path, busy_timeout_ms: int) -> aiosqlite.Conne
     # as_uri() percent-encodes the path: a "#" or "%" in a directory name would
     # otherwise end or corrupt the URI and open some other file
     uri = path.absolute().as_uri() + "?mode=ro"
-    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+    conn = await connect_sqlite(uri, uri=True, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         await conn.execute("PRAGMA query_only=ON")

@@ -13,6 +13,7 @@ from anonticket.storage.core import (
     connect_read_only,
     unavailable_on_error,
 )
+from anonticket.storage.connect import connect_sqlite
 from anonticket.storage.ledger_rules import LEDGER_INVARIANTS, ledger_report
 
 class MaintenanceStore(StorageCore):
@@ -43,7 +44,7 @@ class MaintenanceStore(StorageCore):
         async with unavailable_on_error():
             source = await connect_read_only(self._path, DEFAULT_BUSY_TIMEOUT_MS)
             try:
-                dest = await aiosqlite.connect(target)
+                dest = await connect_sqlite(target)
                 try:
                     await source.backup(dest)
                 finally:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from anonticket.domain.errors import SchemaTooNew
+
 # package data (setup.cfg), so an installed wheel has them; the repository's schema.sql is
 # the current schema as one script for readers, checked equal to what these build
 _SQL = Path(__file__).resolve().parent / "sql"
@@ -28,9 +30,7 @@ async def apply_schema(db: aiosqlite.Connection) -> None:
     """Apply every script the database has not seen (each holds its BEGIN/COMMIT)."""
     version = await user_version(db)
     if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema version {version} is newer than this program ({SCHEMA_VERSION})"
-        )
+        raise SchemaTooNew(version, SCHEMA_VERSION)
     if version < 2:
         await _run(db, SCHEMA_PATH)
     for target in sorted(MIGRATIONS):

@@ -136,7 +136,7 @@ class TokenStore(StorageCore):
     # one call took the server's median CPU per debit from 201 to 177 µs, and BEGIN and
     # COMMIT in it too saved a little more (docs/benchmarks.md).
     # False takes the general path, statement by statement through aiosqlite's public
-    # API; tests/test_debit_queries.py proves the two agree.
+    # API; tests/storage/test_debit_queries.py proves the two agree.
     debits_in_one_call = True
 
     async def apply_debits(self, requests: Sequence[DebitRequest], now: int) -> list[DebitOutcome]:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from anonticket.storage.connect import connect_sqlite
+
 log = logging.getLogger("anonticket.storage")
 
 
@@ -79,7 +81,7 @@ class BackgroundCheckpointer:
             self._again = False
             try:
                 if self._conn is None:
-                    self._conn = await aiosqlite.connect(self._path, isolation_level=None)
+                    self._conn = await connect_sqlite(self._path, isolation_level=None)
                     await self._conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
                 rows = await self._conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
                 self.last_result = tuple(rows[0])  # type: ignore[assignment]

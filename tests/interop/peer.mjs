@@ -5,7 +5,7 @@
 // Byte strings travel as standard base64. State (a client waiting for its response, the issuer
 // key this process made, a blinded message's inv) lives in this process until it exits.
 //
-//   node tests/interop/peer.mjs      (tests/test_privacy_pass_interop.py starts it)
+//   node tests/interop/peer.mjs      (tests/crypto/test_privacy_pass_interop.py starts it)
 
 import { createInterface } from 'node:readline';
 import { webcrypto } from 'node:crypto';

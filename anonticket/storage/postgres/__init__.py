@@ -5,7 +5,7 @@ part, as for SQLite (``core``, ``schema``, ``payments``, ``tokens``, ``keys``, `
 
 It covers every public method of ``anonticket.storage.Storage`` except the SQLite file's
 own: ``integrity_check`` and ``backup`` (PRAGMAs, the online backup API, WAL
-checkpointing). ``tests/test_storage_postgres.py`` checks that list against both classes.
+checkpointing). ``tests/storage/test_storage_postgres.py`` checks that list against both classes.
 The outbox's events are written inside the other parts' transactions, as on SQLite.
 """
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
+from anonticket.domain.errors import SchemaTooNew
+
 # package data (setup.cfg), so an installed wheel has them
 _SQL = Path(__file__).resolve().parent / "sql"
 # version reached → script that reaches it from the one before (a new database: from 0)
@@ -44,8 +46,7 @@ async def apply_schema(conn: asyncpg.Connection) -> None:
         await conn.execute(_VERSIONS)
         version = await schema_version(conn)
         if version > PG_SCHEMA_VERSION:
-            raise RuntimeError(f"database schema version {version} is newer than this "
-                               f"program ({PG_SCHEMA_VERSION})")
+            raise SchemaTooNew(version, PG_SCHEMA_VERSION)
         for target in sorted(MIGRATIONS):
             if version < target:
                 # one script per version, its row beside it: both commit or neither does
