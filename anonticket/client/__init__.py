@@ -5,7 +5,7 @@ so a script imports it with nothing of the service installed; ``bin/anonticket c
 (``cli``) is its command line.
 
 Placed just below ``cli`` so the command can import it; it uses ``crypto`` alone
-(tests/client checks it).
+(tests/cli/test_client_cli.py checks it).
 
 May import: crypto, domain, config, storage, ledger, monero, runtime, api, monitor, webhooks, service.
 """

@@ -20,11 +20,15 @@ from pathlib import Path
 
 import aiohttp
 
+import pytest
+
 from anonticket.crypto.privacy_pass import TokenResponse, create_token_request, finalize_token
 from anonticket.crypto.privacy_pass_http import IssuerDirectory, b64url_decode, format_authorization
 from anonticket.domain.ids import PaymentId, Transfer
 from anonticket.storage import Storage
 from crash_helpers import ServiceProcess, service_env
+
+pytestmark = pytest.mark.slow  # SIGKILL rounds: the full suite's, not the quick tier's
 
 TOKENS = 120
 ROUNDS = 3
