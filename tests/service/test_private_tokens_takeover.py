@@ -1,7 +1,7 @@
 """Two real instances on one PostgreSQL database with Privacy Pass units: the standby loads the
 issuer keys the active one made when it takes over (the directory is the same, tokens the first
-one signed redeem there), and the spent-set is shared (a token spent at the first instance is
-refused at the second; of one token presented to both at once only one answer is a 200)."""
+one signed redeem there, it issues with the same key), and the spent-set is shared (a token
+spent at the first instance is refused at the second, which spends the others once)."""
 
 from __future__ import annotations
 
