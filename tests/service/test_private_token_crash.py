@@ -84,9 +84,9 @@ def spent_rows(database: Path) -> int:
 async def test_a_token_is_accepted_once_across_sigkill(tmp_path: Path) -> None:
     database = tmp_path / "anonticket.db"
     env = service_env(database, MONITOR_ENABLED="false", PRIVATE_TOKEN_UNITS="call=request:1")
+    token = await paid_token(database)  # before the start: the service loads its tokens then
     service = ServiceProcess(env)
     await service.start(60)
-    token = await paid_token(database)
     rng = random.Random(os.environ.get("ANONTICKET_CRASH_SEED"))
     accepted: Counter[str] = Counter()
     async with aiohttp.ClientSession(trust_env=False) as http:
