@@ -15,13 +15,17 @@
   answer (``application/private-token-response``) is the N 256-byte blind signatures in the
   same order. Each request names its key, and so its unit: a batch may mix units.
 
-Order of refusals: the token (401, as the check), then the body (422 for the wrong type, an
-unknown key id or a wrong size, RFC 9578 §6.2), then the Idempotency-Key, then the blind
-signatures (computed before anything is charged: a blinded message not below the modulus is
-a 422 and charges nothing), then the one debit (402 insufficient balance, 403 revoked or
-expired, 404 unknown token, 409 the key reused with another body, exactly as debits). A
+Order of refusals: the token's form (401, as the check), then the body (422 for the wrong
+type, an unknown key id or a wrong size, RFC 9578 §6.2), then the Idempotency-Key, then
+whether the token can pay (404 unknown, 403 revoked or expired, 402 a balance below the
+price: as a debit refuses, read before any signing, so nobody without a funded token makes
+the issuer spend CPU), then the blind signatures (computed before anything is charged: a
+blinded message not below the modulus is a 422 and charges nothing), then the one debit
+(which decides, atomically: the same refusals, and 422 the key reused with another body,
+exactly as debits). A
 refusal changes nothing. A retry with the same key and body is charged once and gets the
-same signatures: blind RSA signing is deterministic, so they are signed again, and nothing
+same signatures (a refusal the debit made is kept for the key too, as for debits; one found
+before signing is not: nothing was attempted): blind RSA signing is deterministic, so they are signed again, and nothing
 but the debit's retry record (the token, the key, a SHA-256 of the body, the debit's
 answer; kept RETRY_WINDOW_SECS) is stored about an issuance.
 """
@@ -33,12 +37,14 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from typing import Any
 
 from aiohttp import web
 
 from anonticket.api.balance import idempotency_key, render_debit
 from anonticket.api.gateway import Presented, bearer_value, denial
 from anonticket.api.request import STATE
+from anonticket.runtime.state import State
 from anonticket.crypto.blind_rsa import SigningFailure
 from anonticket.crypto.privacy_pass import (
     NK, REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE, MalformedMessage, PrivacyPassError,
@@ -48,8 +54,10 @@ from anonticket.crypto.privacy_pass_http import DIRECTORY_MEDIA_TYPE, DIRECTORY_
 from anonticket.domain.errors import (
     IdempotencyKeyRequired, InvalidRequest, NotFound, RequestTimeout, ServiceError, Unavailable, UnsupportedMediaType,
 )
+from anonticket.domain.ids import ServiceToken
 from anonticket.ledger.private_tokens import PrivateTokens
 from anonticket.storage import RETRY_KEY_PREFIX, DebitRequest
+from anonticket.storage.ledger_rules import decide_debit
 
 log = logging.getLogger("anonticket.private_tokens")
 
@@ -156,6 +164,14 @@ async def issue(request: web.Request) -> web.Response:
     except IdempotencyKeyRequired:
         tallies["invalid"].inc()
         raise
+    amount = sum(found.unit.price for _, found in pairs)
+    # the token is looked at before anything is signed: a signature costs milliseconds of
+    # CPU, and only a token that can pay may make the issuer spend them (the debit below
+    # still decides, atomically, what is charged)
+    refusal = await _cannot_pay(state, raw, amount)  # type: ignore[arg-type]
+    if refusal is not None:
+        tallies[str(refusal[1]["error"])].inc()
+        return _no_store(render_debit(refusal[0], refusal[1], False))
     try:
         responses = await asyncio.to_thread(PrivateTokens.sign, pairs)
     except MalformedMessage:
@@ -166,7 +182,6 @@ async def issue(request: web.Request) -> web.Response:
         raise SigningFailed() from None
     units = Counter(found.unit.name for _, found in pairs)
     memo = "private tokens: " + ", ".join(f"{count} {name}" for name, count in units.items())
-    amount = sum(found.unit.price for _, found in pairs)
     try:
         outcome = await state.ledger.debit(DebitRequest(
             raw, amount, RETRY_KEY_PREFIX + key,  # type: ignore[arg-type]
@@ -188,6 +203,22 @@ async def issue(request: web.Request) -> web.Response:
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return _no_store(response)
+
+
+async def _cannot_pay(state: State, raw: bytes, amount: int) -> tuple[int, dict[str, Any]] | None:
+    """The debit's own refusal when the token certainly cannot pay ``amount`` now (unknown,
+    revoked, expired, a balance too low); None when it may. Read from the record cache or
+    storage, as the credential route reads it."""
+    ledger = state.ledger
+    try:
+        record = await ledger.find_token(ServiceToken(raw))
+    except Unavailable:
+        state.metrics.private_token["unavailable"].inc()
+        raise
+    if record is None:
+        return 404, {"error": "token_not_found"}
+    status, body = decide_debit(record, amount, ledger.clock())
+    return None if status == 200 else (status, body)
 
 
 def _no_store(response: web.Response) -> web.Response:

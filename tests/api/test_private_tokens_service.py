@@ -229,11 +229,13 @@ async def test_refusals_change_nothing(svc: Service, http: aiohttp.ClientSession
     status, _, answer = await post_batch(http, svc, token, good.encode() * 65, "too-many")
     assert (status, json.loads(answer)["error"]) == (422, "malformed_message")
     assert await remaining(svc, token) == before
-    # as with debits, a refused debit's answer is kept for its key: a retry gets it again
-    status, headers, answer = await post_batch(http, svc, token, good.encode() * 11, "eleven")
-    assert status == 402 and headers["Idempotent-Replayed"] == "true"
-    status, _, _ = await post_batch(http, svc, token, good.encode(), "one")
+    # a token that cannot pay is refused before anything is signed, and nothing is kept for
+    # its key: the same key then serves a request the balance covers
+    status, _, _ = await post_batch(http, svc, token, good.encode(), "eleven")
     assert status == 200 and await remaining(svc, token) == before - 100
+    for unknown, code in (("00" * 32, 404), ):
+        status, _, answer = await post_batch(http, svc, unknown, good.encode(), "x")
+        assert (status, json.loads(answer)["error"]) == (code, "token_not_found")
 
 
 async def test_a_401_offers_a_private_token_challenge_for_each_unit(
