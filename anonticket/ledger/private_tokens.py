@@ -108,33 +108,37 @@ class PrivateTokens:
                 return IssuerKeyKind.row_of(key, unit.purpose, now, not_before)
 
     async def ensure_keys(self) -> int:
-        """Store the keys the schedule needs now; returns how many were stored."""
+        """Store the keys the schedule needs now; returns how many were stored. The ring is
+        read again after every write, whatever its outcome (one that raised may have
+        committed); a round with nothing to do reads nothing."""
         stored = 0
         for unit in self.units:
             now = self.clock()
-            keys = self.ring.keys(unit.purpose)
-            in_force = [key for key in keys if key.row.retired_at is None]
-            try:
-                if not in_force:
-                    row = await self._generate(unit, now, now)
-                    if await self._storage.add_first_signing_key(row):
-                        stored += 1
-                        log.info("generated the first issuer key of unit %s", unit.name)
-                    continue
+            in_force = [key for key in self.ring.keys(unit.purpose) if key.row.retired_at is None]
+            if not in_force:
+                row = await self._generate(unit, now, now)
+                write = self._storage.add_first_signing_key(row)
+                what = f"generated the first issuer key of unit {unit.name}"
+            else:
                 current = in_force[-1]
-                if current.row.not_before > now:
-                    continue  # the next key is published already
                 end = current.row.not_before + self.epoch_secs
-                if now < end - self.ahead_secs:
-                    continue
+                if current.row.not_before > now or now < end - self.ahead_secs:
+                    continue  # the next key is published already, or not due yet
                 row = await self._generate(unit, now, max(end, now))
-                await self._storage.rotate_signing_key(row, verify_secs=self.grace_secs)
-                stored += 1
-                log.info("published the next issuer key of unit %s: it signs from %d",
-                         unit.name, row.not_before)
+                write = self._rotate(row)
+                what = (f"published the next issuer key of unit {unit.name}: it signs from "
+                        f"{row.not_before}")
+            try:
+                if await write:
+                    stored += 1
+                    log.info("%s", what)
             finally:
                 await self.ring.refresh()
         return stored
+
+    async def _rotate(self, row: SigningKeyRow) -> bool:
+        await self._storage.rotate_signing_key(row, verify_secs=self.grace_secs)
+        return True
 
     def _index(self) -> dict[bytes, UnitKey]:
         if self._index_version != self.ring.version:
