@@ -179,13 +179,22 @@ async def rotate_keys(request: web.Request) -> web.Response:
     if set(body) - {"purpose", "immediately", "compromised"}:
         raise InvalidRequest("the body may hold purpose, immediately and compromised")
     purpose = body.get("purpose", CREDENTIAL)
-    if purpose not in KINDS:
-        raise InvalidRequest("purpose must be one of: " + ", ".join(sorted(KINDS)))
+    private_tokens = state.ledger.private_tokens
+    units = private_tokens.purposes() if private_tokens is not None else {}
+    if purpose not in KINDS and purpose not in units:
+        raise InvalidRequest("purpose must be one of: " + ", ".join(sorted([*KINDS, *units])))
     flags = [body.get(name, False) for name in ("immediately", "compromised")]
     if any(type(flag) is not bool for flag in flags):
         raise InvalidRequest("immediately and compromised must be true or false")
-    ring = _credentials(state).ring
-    key = await ring.rotate(purpose, immediately=flags[0], compromised=flags[1])
+    if purpose in units:
+        if not any(flags):
+            raise InvalidRequest("an issuer key follows its epoch schedule: rotate it with "
+                                 "immediately (--now) or compromised (--compromised)")
+        key = await private_tokens.rotate(units[purpose],  # type: ignore[union-attr]
+                                          compromised=flags[1])
+    else:
+        ring = _credentials(state).ring
+        key = await ring.rotate(purpose, immediately=flags[0], compromised=flags[1])
     state.metrics.key_rotations.inc()
     now = state.ledger.clock()
     return json_body({"rotated": key_view(key.row, now),

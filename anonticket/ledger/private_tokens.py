@@ -136,6 +136,26 @@ class PrivateTokens:
                 await self.ring.refresh()
         return stored
 
+    def purposes(self) -> dict[str, Unit]:
+        """Each configured unit by its keys' purpose."""
+        return {unit.purpose: unit for unit in self.units}
+
+    async def rotate(self, unit: Unit, *, compromised: bool = False) -> RingKey:
+        """A new key for ``unit`` that signs at once, for an epoch from now (``keys rotate
+        --purpose private_token:<unit> --now``). The old key still redeems what it signed
+        through the grace, unless ``compromised``: then every previous key of the unit is
+        deleted at once (its tokens are worthless from now on, here and at every instance)."""
+        now = self.clock()
+        row = await self._generate(unit, now, now)
+        try:
+            await self._storage.rotate_signing_key(row, verify_secs=self.grace_secs,
+                                                   drop_previous=compromised)
+        finally:
+            await self.ring.refresh()
+        log.info("rotated the issuer key of unit %s%s", unit.name,
+                 "; every previous key removed" if compromised else "")
+        return next(key for key in self.ring.keys(unit.purpose) if key.key_id == row.key_id)
+
     async def _rotate(self, row: SigningKeyRow) -> bool:
         await self._storage.rotate_signing_key(row, verify_secs=self.grace_secs)
         return True

@@ -186,3 +186,25 @@ async def test_a_version_6_postgresql_database_with_keys_upgrades_to_7(
         assert rows[0][0] == pg_schema.PG_SCHEMA_VERSION == 7
     finally:
         await store.close()
+
+
+async def test_an_issuer_key_rotated_now_or_as_compromised(storage: Storage) -> None:
+    clock = Clock()
+    tokens = make(storage, clock)
+    await tokens.ring.load()
+    await tokens.load()
+    unit = tokens.by_name["call"]
+    before = token_for(tokens, "call")
+    clock.now += 10
+    fresh = await tokens.rotate(unit)
+    assert fresh.row.not_before == clock.now
+    assert {k.key_id for k in tokens.ring.keys(unit.purpose)} >= {fresh.key_id}
+    assert tokens.verify(before)  # the old key redeems through its grace
+    assert tokens.verify(token_for(tokens, "call")).key.key_id == fresh.key_id
+    clock.now += 10
+    replaced = await tokens.rotate(unit, compromised=True)
+    assert [k.key_id for k in tokens.ring.keys(unit.purpose)] == [replaced.key_id]
+    with pytest.raises(pp.UnknownTokenKey):
+        tokens.verify(before)
+    # the other unit's key is untouched
+    assert len(tokens.ring.keys(tokens.by_name["hour"].purpose)) == 1
