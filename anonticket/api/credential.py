@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,7 +29,7 @@ from aiohttp import web
 from anonticket.api.gateway import Presented, bearer_value, denial
 from anonticket.api.request import STATE, json_body, read_json_object, rfc3339
 from anonticket.crypto.credential import KEY_DOCUMENT_PATH, KeyEntry, key_document
-from anonticket.domain.errors import InvalidAudience, InvalidRequest, Unavailable
+from anonticket.domain.errors import InvalidAudience, InvalidRequest, ServiceError, Unavailable
 from anonticket.domain.ids import ServiceToken
 from anonticket.ledger.credentials import Credentials, key_document_max_age
 from anonticket.ledger.keyring import CREDENTIAL, KINDS
@@ -152,6 +153,15 @@ def make_key_document_handler(app: web.Application) -> Any:
 
 
 # ---------------------------------------------------------------------- operator's routes
+_PURPOSE = re.compile(r"credential|private_token:[a-z0-9][a-z0-9_-]{0,31}")
+
+
+class PurposeRefused(ServiceError):
+    """A well-formed purpose this deployment cannot rotate now (a unit not configured, or an
+    issuer key without --now / --compromised): the request was understood, so 422."""
+
+    status, code, message = 422, "invalid_request", "this key cannot be rotated so"
+
 def key_view(row: SigningKeyRow, now: int) -> dict[str, Any]:
     """A key as the operator sees it: never its secret."""
     if row.retired_at is not None and row.retired_at <= now:
@@ -181,14 +191,16 @@ async def rotate_keys(request: web.Request) -> web.Response:
     purpose = body.get("purpose", CREDENTIAL)
     private_tokens = state.ledger.private_tokens
     units = private_tokens.purposes() if private_tokens is not None else {}
+    if type(purpose) is not str or not _PURPOSE.fullmatch(purpose):
+        raise InvalidRequest("purpose must be credential or private_token:<unit>")
     if purpose not in KINDS and purpose not in units:
-        raise InvalidRequest("purpose must be one of: " + ", ".join(sorted([*KINDS, *units])))
+        raise PurposeRefused("purpose must be one of: " + ", ".join(sorted([*KINDS, *units])))
     flags = [body.get(name, False) for name in ("immediately", "compromised")]
     if any(type(flag) is not bool for flag in flags):
         raise InvalidRequest("immediately and compromised must be true or false")
     if purpose in units:
         if not any(flags):
-            raise InvalidRequest("an issuer key follows its epoch schedule: rotate it with "
+            raise PurposeRefused("an issuer key follows its epoch schedule: rotate it with "
                                  "immediately (--now) or compromised (--compromised)")
         key = await private_tokens.rotate(units[purpose],  # type: ignore[union-attr]
                                           compromised=flags[1])

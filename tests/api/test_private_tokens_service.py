@@ -348,8 +348,10 @@ async def test_the_operator_rotates_an_issuer_key_through_the_internal_api(
     [before] = await fetch(http, svc, token, ["call"])
     rotate = url(svc.internal_address, "/api/v1/keys/rotate")
     async with http.post(rotate, json={"purpose": "private_token:call"}) as resp:
-        assert resp.status == 400  # the schedule rotates it; by hand only --now / --compromised
+        assert resp.status == 422  # the schedule rotates it; by hand only --now / --compromised
     async with http.post(rotate, json={"purpose": "private_token:week", "immediately": True}) as resp:
+        assert resp.status == 422
+    async with http.post(rotate, json={"purpose": "private_token:", "immediately": True}) as resp:
         assert resp.status == 400
     async with http.post(rotate, json={"purpose": "private_token:call", "compromised": True}) as resp:
         answer = await resp.json()
