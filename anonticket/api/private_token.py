@@ -25,8 +25,8 @@ blinded message not below the modulus is a 422 and charges nothing), then the on
 exactly as debits). A
 refusal changes nothing. A retry with the same key and body is charged once and gets the
 same signatures (a refusal the debit made is kept for the key too, as for debits; one found
-before signing is not: nothing was attempted): blind RSA signing is deterministic, so they are signed again, and nothing
-but the debit's retry record (the token, the key, a SHA-256 of the body, the debit's
+before signing is not: nothing was attempted): blind RSA signing is deterministic, so they
+are signed again, and nothing but the debit's retry record (the token, the key, a SHA-256 of the body, the debit's
 answer; kept RETRY_WINDOW_SECS, forgotten by the hourly prune after) is stored about an
 issuance.
 """
