@@ -123,7 +123,8 @@ def private_token_phase(bench: Any) -> None:
         # enough for each run at a generous rate; a run that spends its share stops early
         per_run = max(200, min(int(args.secs * 3000), 30_000))
         runs = bench.runs_planned()
-        tokens = make_tokens(key, per_run * runs, workdir / "private-tokens-all.txt").read_text().splitlines()
+        made = make_tokens(key, per_run * runs, workdir / "private-tokens-all.txt")
+        tokens = made.read_text().splitlines()
         slices = iter(range(runs))
 
         def redeem(path: str):  # type: ignore[no-untyped-def]
@@ -133,7 +134,8 @@ def private_token_phase(bench: Any) -> None:
                 else:
                     i = next(slices, runs - 1)
                     chunk = workdir / f"private-tokens-{i}.txt"
-                    chunk.write_text("".join(f"{t}\n" for t in tokens[i * per_run:(i + 1) * per_run]))
+                    share = tokens[i * per_run:(i + 1) * per_run]
+                    chunk.write_text("".join(f"{t}\n" for t in share))
                     script = ["mode=private_token_redeem", f"keys={chunk}"]
                 return loadgen.wrk(internal.address, script, secs or args.secs, server=internal,
                                    cpus=args.client_cpus)

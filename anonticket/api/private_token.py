@@ -26,9 +26,9 @@ exactly as debits). A
 refusal changes nothing. A retry with the same key and body is charged once and gets the
 same signatures (a refusal the debit made is kept for the key too, as for debits; one found
 before signing is not: nothing was attempted): blind RSA signing is deterministic, so they
-are signed again, and nothing but the debit's retry record (the token, the key, a SHA-256 of the body, the debit's
-answer; kept RETRY_WINDOW_SECS, forgotten by the hourly prune after) is stored about an
-issuance.
+are signed again, and nothing but the debit's retry record (the token, the key, a SHA-256
+of the body, the debit's answer; kept RETRY_WINDOW_SECS, forgotten by the hourly prune
+after) is stored about an issuance.
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ from anonticket.crypto.privacy_pass import (
 )
 from anonticket.crypto.privacy_pass_http import DIRECTORY_MEDIA_TYPE, DIRECTORY_PATH
 from anonticket.domain.errors import (
-    IdempotencyKeyRequired, InvalidRequest, NotFound, RequestTimeout, ServiceError, Unavailable, UnsupportedMediaType,
+    IdempotencyKeyRequired,
+    InvalidRequest,
+    NotFound,
+    RequestTimeout,
+    ServiceError,
+    Unavailable,
+    UnsupportedMediaType,
 )
 from anonticket.domain.ids import ServiceToken
 from anonticket.ledger.private_tokens import PrivateTokens
