@@ -1,7 +1,7 @@
 -- anonticket's SQLite schema as it is now (version 7), as one script to read.
 --
 -- The service does not run this file: it applies the migrations in anonticket/storage/sql/
--- (v2.sql, then v3.sql, v4.sql, v6.sql, v7.sql), each with its PRAGMA user_version in one transaction, so any
+-- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql, v7.sql), each with its PRAGMA user_version in one transaction, so any
 -- older database is brought up to date the same way. tests/storage/test_schema_files.py checks that
 -- this script and those migrations build the same database (tables, columns, CHECKs, keys,
 -- indexes, seed rows, version). A change is a new migration (docs/architecture.md) and an
@@ -30,6 +30,11 @@ CREATE TABLE payments (
     -- force when it was credited (a later price change never rewrites what was bought);
     -- NULL: unlimited time (no price was in force)
     seconds      INTEGER CHECK (seconds IS NULL OR seconds >= 0),
+    -- 1: the payment may be claimed with its bare PID whatever REDEEM_PLAIN_PIDS says. v5.sql
+    -- set it on every payment credited before receipts existed; every later credit is 0 (a
+    -- receipt payment is claimed with its receipt: the PID is in the integrated address the
+    -- payer's side sees). Nothing writes it afterwards.
+    plain_pid_ok INTEGER NOT NULL DEFAULT 0 CHECK (plain_pid_ok IN (0, 1)),
     CHECK ((status = 1) = (claimed_at IS NOT NULL))
 ) STRICT, WITHOUT ROWID;
 

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from anonticket.domain.ids import PaymentId, Transfer
+from anonticket.domain.ids import PaymentId, Receipt, Transfer
 from anonticket.storage import is_postgres_url, open_storage
 
 AMOUNT = 10**12  # 1 XMR: above the default MONITOR_MIN_PAYMENT_AMOUNT
@@ -66,10 +66,11 @@ async def build_database(path: Path | str, count: int, seed: int = 1, *,
     }
 
 
-async def credit_priced(path: Path | str, count: int, price_per_day: int,
+async def credit_priced(path: Path | str, count: int, price_per_day: int | None,
                         seed: int = 2) -> tuple[list[str], dict[str, float]]:
     """Credit ``count`` more payments as the monitor does with ``ACCESS_PRICE_PER_DAY`` in
-    force, so that each bought time and its token, once redeemed, has an expiry; returns
+    force, so that each bought time and its token, once redeemed, has an expiry (``None``:
+    no price, as the main dataset's payments); returns
     their PIDs (16 hex) and the credit's timing."""
     transfers = make_transfers(count, seed)
     storage = await open_storage(str(path))
@@ -82,6 +83,39 @@ async def credit_priced(path: Path | str, count: int, price_per_day: int,
     if result.transfers_credited != count:
         raise RuntimeError(f"credited {result.transfers_credited} of {count} priced transfers")
     return [t.pid.hex() for t in transfers], {"payments": count, "credit_secs": round(secs, 3)}
+
+
+async def credit_receipts(path: Path | str, count: int, seed: int = 3) -> list[str]:
+    """Credit ``count`` payments to PIDs derived from receipts, as a checkout's customers
+    pay them; returns the receipts (64 hex), which the receipt scenario redeems."""
+    rng = random.Random(seed)
+    receipts = [Receipt.from_bytes(rng.randbytes(32)) for _ in range(count)]
+    transfers = [Transfer(rng.randbytes(32), r.pid, AMOUNT, HEIGHT) for r in receipts]
+    storage = await open_storage(str(path))
+    try:
+        result = await storage.credit_transfers(transfers, None, int(time.time()))
+    finally:
+        await storage.close()
+    if result.transfers_credited != count:
+        raise RuntimeError(f"credited {result.transfers_credited} of {count} receipt payments")
+    return [r.hex() for r in receipts]
+
+
+def mark_before_receipts(target: Path | str) -> None:
+    """Mark every payment so far as credited before the database adopted receipts, as the
+    schema-5 upgrade does to a deployment's payments: the bare-PID scenarios then measure
+    what they did before receipts, on the production default REDEEM_PLAIN_PIDS=refuse
+    (which also keeps the marked prefixes in memory, as an upgraded service does)."""
+    sql = "UPDATE payments SET plain_pid_ok = 1"
+    if is_postgres_url(str(target)):
+        _fetch_postgres(str(target), sql)
+        return
+    db = sqlite3.connect(str(target))
+    try:
+        with db:
+            db.execute(sql)
+    finally:
+        db.close()
 
 
 async def _size(target: Path | str) -> int:
@@ -128,6 +162,12 @@ def write_keys(path: Path, keys: list[str]) -> Path:
     return path
 
 
+# claimed payments a bare PID reaches under REDEEM_PLAIN_PIDS=refuse (not the receipt
+# scenario's, whose bare PIDs answer as unknown ones)
+_CLAIMED_BY_PID = ("SELECT t.pid, t.token FROM service_tokens t JOIN payments p ON p.pid = t.pid"
+                   " WHERE p.plain_pid_ok = 1")
+
+
 def claimed_keys(db_path: Path | str, limit: int) -> tuple[list[str], list[str]]:
     """(short PIDs, tokens) of claimed payments, read straight from the file (WAL readers
     do not block the server), so the scripts probe what the server really issued."""
@@ -136,7 +176,7 @@ def claimed_keys(db_path: Path | str, limit: int) -> tuple[list[str], list[str]]
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         rows = db.execute(
-            "SELECT pid, token FROM service_tokens LIMIT ?", (limit,)
+            f"{_CLAIMED_BY_PID} LIMIT ?", (limit,)
         ).fetchall()
     finally:
         db.close()
@@ -163,7 +203,7 @@ async def _claimed_keys_postgres(url: str, limit: int) -> tuple[list[str], list[
     import asyncpg
     conn = await asyncpg.connect(url)
     try:
-        rows = await conn.fetch("SELECT pid, token FROM service_tokens LIMIT $1", limit)
+        rows = await conn.fetch(f"{_CLAIMED_BY_PID} LIMIT $1", limit)
     finally:
         await conn.close()
     return [pid[:8].hex() for pid, _ in rows], [token.hex() for _, token in rows]

@@ -11,6 +11,7 @@ from loadgen import Load
 RATIO_TARGETS = {
     "health_vs_bare": 0.60,
     "redeem_success": 0.20,
+    "redeem_receipt_vs_pid": 0.90,  # issue 22: to redeem by bare PID, not to /health/live
     "redeem_already_claimed": 0.60,
     "redeem_unknown_flood": 0.65,
     "token_issued": 0.75,
@@ -153,6 +154,7 @@ def table(result: dict[str, Any]) -> str:
 _LABELS = {
     "health_vs_bare": "`/health/live` vs the bare aiohttp app",
     "redeem_success": "redeem success (each PID once)",
+    "redeem_receipt_vs_pid": "redeem success by receipt vs by bare PID (each once)",
     "redeem_already_claimed": "redeem, already claimed",
     "redeem_unknown_flood": "redeem flood of random unknown PIDs",
     "token_issued": "token introspection, issued tokens",

@@ -54,6 +54,7 @@ LIVE = ["mode=get", "path=/health/live"]
 # (a run that uses up PIDs takes fresh ones: the pools hold these runs too)
 QUICK_RETRIES = 3
 PRICED_PER_SEC = 10_000  # priced PIDs set aside per second of a plans redeem run (~3,000/s used)
+RECEIPTS_PER_SEC = 10_000  # receipts (and as many bare PIDs) per second of a receipt-scenario run
 # piconero a day for the plans phase: 1 XMR (every dataset payment) buys 100 days
 PRICE_PER_DAY = 10**10
 GATEWAY_TOKENS = 20_000
@@ -69,6 +70,9 @@ class Bench:
         self.pids: list[str] = []
         self.priced_pids: list[str] = []  # credited with a price in force (plans phase)
         self.gateway_pids: list[str] = []
+        # the receipt scenario: receipt payments, and as many bare-PID payments for its baseline
+        self.receipts: list[str] = []
+        self.twin_pids: list[str] = []
         self.used: dict[str, int] = {}
         self.result: dict[str, Any] = {"scenarios": {}}
 
@@ -86,7 +90,8 @@ class Bench:
         than its share of what is left.
         """
         half = len(self.pids) // 2
-        pids = self.priced_pids if pool == "priced" else self.pids
+        pids = {"priced": self.priced_pids, "receipt": self.receipts,
+                "twin": self.twin_pids}.get(pool, self.pids)
         start, end = {"new": (0, half), "mixed": (half, len(pids))}.get(pool, (0, len(pids)))
         used = self.used.setdefault(pool, start)
         count = max(1, min(int(secs * per_sec), (end - used) // max(runs_left, 1)))
@@ -163,6 +168,12 @@ class Bench:
         print(f"crediting {count} payments at a price per day ...", flush=True)
         self.priced_pids, self.result["priced_dataset"] = asyncio.run(
             dataset.credit_priced(self.db, count, PRICE_PER_DAY))
+        count = round((self.args.pairs + 1) * self.args.secs * RECEIPTS_PER_SEC)
+        print(f"crediting {count} bare-PID payments, marking all so far as before receipts, "
+              f"then {count} receipt payments ...", flush=True)
+        self.twin_pids, _ = asyncio.run(dataset.credit_priced(self.db, count, None, seed=4))
+        dataset.mark_before_receipts(self.db)
+        self.receipts = asyncio.run(dataset.credit_receipts(self.db, count))
         if self.args.backend == "postgres":
             print("VACUUM (ANALYZE) and CHECKPOINT of the fresh PostgreSQL database ...", flush=True)
             self.result["settle"] = dataset.settle(self.db)
@@ -189,6 +200,7 @@ class Bench:
                 return self.wrk(service, ["mode=redeem_new", f"keys={keys}"], secs)
 
             self.pairs("redeem_success", live, new, {"200": "all", "success": "all"})
+            self.receipt_scenario(service)
             claimed_pids, tokens = dataset.claimed_keys(self.db, 100_000)
             claimed_file = dataset.write_keys(self.workdir / "claimed.txt", claimed_pids)
             token_file = dataset.write_keys(self.workdir / "tokens.txt", tokens)
@@ -221,6 +233,23 @@ class Bench:
         if rc != 0:
             raise RuntimeError(f"anonticket serve exited with {rc} on SIGTERM")
         self.result["startup_runs_tcp"] = startups
+
+    def receipt_scenario(self, service: Proc) -> None:
+        """Redeem by receipt against redeem by bare PID, each payment once: the receipt
+        costs one SHA3 more to find its PID and one more to derive its token (issue 22's
+        target: within 10 %). The baseline's payments are marked as before receipts, so the
+        service runs on its production default, REDEEM_PLAIN_PIDS=refuse."""
+        runs_left = {"twin": self.args.pairs + 1, "receipt": self.args.pairs + 1}
+
+        def redeem(pool: str, extra: list[str]):  # type: ignore[no-untyped-def]
+            def run(secs: float | None = None) -> loadgen.Load:
+                keys = self.take_pids(pool, runs_left[pool], RECEIPTS_PER_SEC, secs or self.args.secs)
+                runs_left[pool] -= 1
+                return self.wrk(service, ["mode=redeem_new", f"keys={keys}", *extra], secs)
+            return run
+
+        self.pairs("redeem_receipt_vs_pid", redeem("twin", []), redeem("receipt", ["field=receipt"]),
+                   {"200": "all", "success": "all"})
 
     def plans_phase(self) -> None:
         """Plans on (``ACCESS_PRICE_PER_DAY``): redeems and introspection of tokens that

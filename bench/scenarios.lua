@@ -1,6 +1,7 @@
 -- wrk scenarios for bench/run.py: one script, the scenario chosen by arguments after "--":
 --   mode=get path=/health/live          a constant GET (the baselines)
 --   mode=redeem_new keys=FILE           each PID of FILE redeemed once (threads split FILE)
+--     field=receipt                     ... each receipt of FILE, as {"receipt": ...}
 --   mode=redeem_claimed keys=FILE       random PIDs of FILE, all already claimed
 --   mode=redeem_unknown                 random 16-hex PIDs (a flood of unknown ones)
 --   mode=token keys=FILE                random tokens of FILE (issued ones)
@@ -70,6 +71,10 @@ local json_headers = { ["Content-Type"] = "application/json" }
 
 local function redeem(pid)
   return wrk.format("POST", "/api/v1/redeem", json_headers, '{"pid":"' .. pid .. '"}')
+end
+
+local function redeem_receipt(receipt)
+  return wrk.format("POST", "/api/v1/redeem", json_headers, '{"receipt":"' .. receipt .. '"}')
 end
 
 local function token_get(token)
@@ -215,7 +220,8 @@ function init(args)
   if mode == "get" then constant_request = wrk.format("GET", opts.path or "/") end
   local new_file = (mode == "redeem_new" and opts.keys) or (mode == "mixed" and opts.new)
   if new_file then
-    build_pool("redeem_new", load_keys(new_file, thread_index, threads_total), redeem)
+    build_pool("redeem_new", load_keys(new_file, thread_index, threads_total),
+               opts.field == "receipt" and redeem_receipt or redeem)
   end
   local claimed_file = (mode == "redeem_claimed" and opts.keys) or (mode == "mixed" and opts.claimed)
   if claimed_file then build_pool("redeem_claimed", load_keys(claimed_file, 0, 1), redeem) end

@@ -42,8 +42,11 @@ from regtest_fixtures import *  # noqa: E402,F401,F403
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
-    """Test defaults: own DB file, free loopback ports, no monitor, no access log noise."""
+    """Test defaults: own DB file, free loopback ports, no monitor, no access log noise, and
+    bare PIDs redeem (REDEEM_PLAIN_PIDS=allow): most tests credit a random PID and redeem it,
+    the seeds' contract; tests/ledger/test_receipt_ledger.py and its siblings run the default."""
     env = {
+        "REDEEM_PLAIN_PIDS": "allow",
         "DATABASE_URL": str(tmp_path / "anonticket.db"),
         "API_BIND_ADDRESS": "127.0.0.1:0",
         "API_INTERNAL_BIND_ADDRESS": "127.0.0.1:0",

@@ -59,9 +59,11 @@ async def wait_until(check: Callable[[], T | Awaitable[T]], what: str, timeout: 
 
 
 def service_env(database: Path | str, **settings: object) -> dict[str, str]:
-    """The child's environment: ours minus every anonticket setting, then the test's."""
+    """The child's environment: ours minus every anonticket setting, then the test's. Bare
+    PIDs redeem (REDEEM_PLAIN_PIDS=allow): the rounds pay random PIDs, the seeds' contract."""
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     env.update({
+        "REDEEM_PLAIN_PIDS": "allow",
         "DATABASE_URL": str(database),
         "API_BIND_ADDRESS": "127.0.0.1:0",
         "API_INTERNAL_BIND_ADDRESS": "127.0.0.1:0",

@@ -1,9 +1,11 @@
-"""The secrets a run made (PIDs, tokens, txids) in every spelling a log line or a body might
+"""The secrets a run made (PIDs, receipts, tokens, txids) in every spelling a log line or a body might
 carry them, and a case-blind search for them: the privacy tests of any folder share it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from anonticket.domain.ids import Receipt
 
 
 def spellings(hex_text: str, slices: bool = False) -> set[str]:
@@ -25,6 +27,12 @@ class Secrets:
 
     def add(self, name: str, hex_text: str) -> None:
         self.items[name] = spellings(hex_text, slices=True)
+
+    def add_receipt(self, name: str, receipt: Receipt) -> None:
+        """The receipt in every spelling, the checkout's grouped one included, and its PID."""
+        self.items[name] = spellings(receipt.hex(), slices=True) | {
+            receipt.grouped().lower(), receipt.grouped().replace("-", " ").lower()}
+        self.add_pid(f"{name}'s pid", receipt.pid.hex())
 
     def found_in(self, text: str) -> list[str]:
         low = text.lower()

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.api.public import TOKEN_PATTERN, parse_pid
+from anonticket.api.public import TOKEN_PATTERN, claim_from_body
 from anonticket.api.request import STATE, json_body, json_bytes, json_stamp, read_json_object, rfc3339
 from anonticket.domain.ids import ServiceToken
 from anonticket.domain.errors import (
@@ -21,6 +21,7 @@ from anonticket.domain.errors import (
     IdempotencyKeyReused,
     InsufficientBalance,
     InvalidPid,
+    InvalidReceipt,
     InvalidRequest,
     PaymentNotFound,
     PidAlreadyClaimed,
@@ -58,12 +59,10 @@ async def topup(request: web.Request) -> web.Response:
     state = request.app[STATE]
     counters = state.metrics.topup
     try:
-        body = await read_json_object(request)
-        if "pid" not in body:
-            raise InvalidRequest("field 'pid' is required")
-        pid = parse_pid(body["pid"], state.config.api_accept_long_pids)
-        result = await state.ledger.topup(_token(request), pid)
-    except (InvalidRequest, InvalidPid):
+        claim = claim_from_body(await read_json_object(request),
+                                state.config.api_accept_long_pids)
+        result = await state.ledger.topup(_token(request), claim)
+    except (InvalidRequest, InvalidPid, InvalidReceipt):
         counters["invalid"].inc()
         raise
     except Unavailable:

@@ -1,14 +1,19 @@
 """The checkout: buy access from a browser with no script, at ``/pay``.
 
-A PID, an integrated address and a token are bearer secrets, so none of them ever
-travels in a URL, a redirect, a cookie or a header: every step is a POST whose form
-body carries the PID, and every answer is the page itself (200), never a redirect to
-one. A GET on a POST-only route is sent back to ``/pay`` carrying nothing.
+``POST /pay`` makes a fresh **receipt** and shows it with the integrated address of the
+PID derived from it: the receipt is what claims the payment, so the payer's wallet or
+exchange, which sees the address, cannot. A receipt, a PID, an integrated address and a
+token are all secrets, so none of them ever travels in a URL, a redirect, a cookie or a
+header: every step is a POST whose form body carries the receipt, and every answer is
+the page itself (200), never a redirect to one. A GET on a POST-only route is sent back
+to ``/pay`` carrying nothing.
 
-``POST /pay`` stores nothing: the service first hears of the PID when the wallet
-reports a payment. ``/pay/status`` only reads (``Storage.get_claim`` and the pending
-view), so checking never claims; ``/pay/redeem`` claims through the very ledger call
-``/api/v1/redeem`` uses, counted in the same metrics.
+``POST /pay`` stores nothing: the service first hears of the PID when the wallet reports
+a payment, and of the receipt when the customer claims. ``/pay/status`` only reads
+(``Ledger.peek``), so checking never claims; ``/pay/redeem`` claims through the very
+ledger call ``/api/v1/redeem`` uses, counted in the same metrics. A payment ID or an
+address typed in instead (a payment made before receipts) follows REDEEM_PLAIN_PIDS like
+the API: under ``refuse`` it shows a receipt payment as not seen, as for an unknown PID.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from anonticket.api.access import log_in_form
 from anonticket.api.forms import BadForm, read_form
 from anonticket.api.pages import Markup
 from anonticket.api.request import STATE
-from anonticket.domain.ids import PaymentId
-from anonticket.domain.errors import InvalidPid, Underpaid, Unavailable
+from anonticket.domain.ids import PaymentId, Receipt
+from anonticket.domain.errors import InvalidPid, InvalidReceipt, Underpaid, Unavailable
 from anonticket.ledger.views import Claimed, Ledger
 from anonticket.domain.payment_request import PaymentRequest, new_payment_request, payment_request
 from anonticket.runtime.state import State
@@ -34,7 +39,9 @@ from anonticket.runtime.state import State
 # one block every two minutes on average (DIFFICULTY_TARGET_V2 = 120 s)
 MINUTES_PER_BLOCK = 2
 _MAX_FIELDS = 4
-_PID_FORM, _OFFER_FORM = frozenset({"pid"}), frozenset({"offer"})
+# "receipt" on every form these pages render; "pid" on those rendered before receipts (a
+# customer's open payment page across an upgrade) and for a payment ID typed in
+_CLAIM_FORM, _OFFER_FORM = frozenset({"receipt", "pid"}), frozenset({"offer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +82,10 @@ class PaymentState:
     minimum: int = 0
 
 
-async def read_payment_state(ledger: Ledger, pid: PaymentId) -> PaymentState:
+async def read_payment_state(ledger: Ledger, claim: PaymentId | Receipt) -> PaymentState:
     """What a redeem would find, without claiming: the order is redeem's own (a claimable
     total wins over a pending top-up; pending over an underpaid total)."""
-    row = await ledger.storage.get_claim(pid.raw)
-    pending = ledger.pending_view.get(pid.raw)
+    row, pending = await ledger.peek(claim)
     if row is not None and row.status == 1:
         return PaymentState("redeemed", balance=row.amount)
     if row is not None and row.amount >= ledger.min_payment:
@@ -110,10 +116,37 @@ def parse_pid_field(text: str | None, merchant: str | None, accept_long: bool) -
     return PaymentId.parse(text, accept_long=accept_long)
 
 
-async def _pid_from_form(request: web.Request, state: State) -> PaymentId:
-    form = await read_form(request, _PID_FORM, _MAX_FIELDS)
-    return parse_pid_field(form.get("pid"), state.merchant.address,
-                           state.config.api_accept_long_pids)
+def parse_claim_field(form: dict[str, str], merchant: str | None, accept_long: bool
+                      ) -> PaymentId | Receipt:
+    """The ``receipt`` field (a receipt as the payment page shows it, or for a payment made
+    before receipts its PID or integrated address) or an older page's ``pid`` field; one of
+    them. Surrounding blanks are forgiven; anything else is InvalidReceipt or InvalidPid."""
+    receipt, pid = form.get("receipt"), form.get("pid")
+    if receipt is None:
+        return parse_pid_field(pid, merchant, accept_long)
+    if pid is not None:
+        raise InvalidReceipt()
+    text = receipt.strip()
+    try:
+        return Receipt.parse(text)
+    except InvalidReceipt:
+        pass
+    try:
+        return parse_pid_field(text, merchant, accept_long)
+    except InvalidPid:
+        raise InvalidReceipt() from None
+
+
+async def _claim_from_form(request: web.Request, state: State) -> PaymentId | Receipt:
+    form = await read_form(request, _CLAIM_FORM, _MAX_FIELDS)
+    return parse_claim_field(form, state.merchant.address, state.config.api_accept_long_pids)
+
+
+def claim_field(claim: PaymentId | Receipt) -> tuple[str, str]:
+    """The hidden form field the next page's buttons send the claim back in."""
+    if isinstance(claim, Receipt):
+        return "receipt", claim.hex()
+    return "pid", claim.hex()
 
 
 # ---------------------------------------------------------------------- rendering helpers
@@ -126,8 +159,8 @@ def _pay_to(wanted: PaymentRequest) -> Markup:
                              amount=wanted.amount_xmr or "any amount")
 
 
-def _bad_pid() -> web.Response:
-    return pages.page("Not a payment ID", pages.bad_pid_body(), status=400)
+def _bad_claim() -> web.Response:
+    return pages.page("Not a receipt", pages.bad_claim_body(), status=400)
 
 
 def _remaining(confirmations: int, required: int) -> str:
@@ -139,15 +172,17 @@ def _remaining(confirmations: int, required: int) -> str:
             f"(a block every {MINUTES_PER_BLOCK} minutes on average).")
 
 
-async def state_page(state: State, pid: PaymentId, found: PaymentState) -> web.Response:
+async def state_page(state: State, claim: PaymentId | Receipt, found: PaymentState
+                     ) -> web.Response:
     # only the underpaid page draws a QR (the rest to pay): that one off the event loop
     if found.kind == "underpaid":
-        return await asyncio.to_thread(render_state, state, pid, found)
-    return render_state(state, pid, found)
+        return await asyncio.to_thread(render_state, state, claim, found)
+    return render_state(state, claim, found)
 
 
-def render_state(state: State, pid: PaymentId, found: PaymentState) -> web.Response:
-    shown = pid.hex()
+def render_state(state: State, claim: PaymentId | Receipt, found: PaymentState) -> web.Response:
+    shown = claim_field(claim)
+    pid = claim.pid if isinstance(claim, Receipt) else claim
     if found.kind == "redeemed":
         return pages.page("Already redeemed", pages.redeemed_body(shown))
     if found.kind == "confirmed":
@@ -187,55 +222,56 @@ async def create_payment(request: web.Request) -> web.Response:
         return pages.page("Checkout unavailable", Markup(
             "<p>Payments cannot be created right now. Please try again later.</p>"), status=503)
     # ~10 ms of pure Python (QR masks): off the event loop, so redeems keep their latency
-    made, pay_to = await asyncio.to_thread(_new_payment, merchant, chosen[0].piconero)
+    receipt, made, pay_to = await asyncio.to_thread(_new_payment, merchant, chosen[0].piconero)
     config = state.config
     body = pages.payment_body(
-        pay_to=pay_to, pid=made.pid.hex(), confirmations=config.monitor_min_confirmations,
+        pay_to=pay_to, receipt=receipt.grouped(), field=claim_field(receipt),
+        confirmations=config.monitor_min_confirmations,
         minutes=config.monitor_min_confirmations * MINUTES_PER_BLOCK)
     amount = made.amount_xmr
     return pages.page(f"Pay {amount} XMR" if amount else "Pay any amount", body)
 
 
-def _new_payment(merchant: str, piconero: int | None) -> tuple[PaymentRequest, Markup]:
-    made = new_payment_request(merchant, piconero)
-    return made, _pay_to(made)
+def _new_payment(merchant: str, piconero: int | None) -> tuple[Receipt, PaymentRequest, Markup]:
+    receipt, made = new_payment_request(merchant, piconero)
+    return receipt, made, _pay_to(made)
 
 
 async def payment_status(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        pid = await _pid_from_form(request, state)
-    except InvalidPid:
-        return _bad_pid()
-    return await state_page(state, pid, await read_payment_state(state.ledger, pid))
+        claim = await _claim_from_form(request, state)
+    except (InvalidPid, InvalidReceipt):
+        return _bad_claim()
+    return await state_page(state, claim, await read_payment_state(state.ledger, claim))
 
 
 async def redeem(request: web.Request) -> web.Response:
     state = request.app[STATE]
     counters = state.metrics.redeem
     try:
-        pid = await _pid_from_form(request, state)
-    except InvalidPid:
+        claim = await _claim_from_form(request, state)
+    except (InvalidPid, InvalidReceipt):
         counters["invalid"].inc()
-        return _bad_pid()
+        return _bad_claim()
     except BadForm:
         counters["invalid"].inc()
         raise
     try:
-        result = await state.ledger.redeem_or_none(pid)
+        result = await state.ledger.redeem_or_none(claim)
     except Underpaid as exc:
         counters["underpaid"].inc()
         found = PaymentState("underpaid", balance=exc.extra["balance"], minimum=exc.extra["minimum"])
-        return await state_page(state, pid, found)
+        return await state_page(state, claim, found)
     except Unavailable:
         counters["unavailable"].inc()
         raise
     if result is None:
         counters["not_found"].inc()
-        return await state_page(state, pid, PaymentState("unseen"))
+        return await state_page(state, claim, PaymentState("unseen"))
     if not isinstance(result, Claimed):
         counters["pending"].inc()
-        return await state_page(state, pid, PaymentState(
+        return await state_page(state, claim, PaymentState(
             "pending", confirmations=result.confirmations, required=result.required))
     counters[result.status].inc()
     return pages.page("Your access token", pages.token_body(

@@ -48,14 +48,13 @@ def _credentials(state: State) -> Credentials:
     return credentials
 
 
-def _audience(body: dict[str, Any], allowed: frozenset[str]) -> str | None:
+def _audience(body: dict[str, Any]) -> str | None:
+    """The requested audience, or None; 400 for a body of another shape."""
     if set(body) - {"aud"}:
         raise InvalidRequest("the body may only hold aud")
     audience = body.get("aud")
-    if audience is None:
-        return None
-    if type(audience) is not str or audience not in allowed:
-        raise InvalidAudience()
+    if audience is not None and type(audience) is not str:
+        raise InvalidRequest("aud must be a string or null")
     return audience
 
 
@@ -63,13 +62,11 @@ async def issue_credential(request: web.Request) -> web.Response:
     state = request.app[STATE]
     tallies = state.metrics.credential
     credentials = _credentials(state)
-    # the body first: a malformed request is 400 whoever sends it
+    # In the order of what is wrong with the request itself: a malformed body is 400
+    # whoever sends it, then a missing or malformed token 401, then an audience the
+    # operator does not issue 422 (well-formed, not acceptable here), and only then a lookup.
     try:
-        audience = _audience(await read_json_object(request, allow_empty=True),
-                             credentials.audiences)
-    except InvalidAudience:
-        tallies["invalid_audience"].inc()
-        raise
+        audience = _audience(await read_json_object(request, allow_empty=True))
     except (InvalidRequest, web.HTTPRequestEntityTooLarge):
         tallies["invalid"].inc()
         raise
@@ -85,6 +82,9 @@ async def issue_credential(request: web.Request) -> web.Response:
     if type(raw) is str:
         tallies[raw].inc()
         return _no_store(denial(raw))
+    if audience is not None and audience not in credentials.audiences:
+        tallies["invalid_audience"].inc()
+        raise InvalidAudience()
     ledger = state.ledger
     try:
         record = await ledger.find_token(ServiceToken(raw))  # type: ignore[arg-type]

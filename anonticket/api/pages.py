@@ -216,7 +216,7 @@ def serve_pages_under(app: web.Application, prefix: str) -> None:
 _OFFER = """<label class="choice"><input type="radio" name="offer" value="{key}"{checked}> {label}</label>"""
 
 _SHOP = """<p>Pay with Monero, get an access token. No account, no e-mail, nothing about you is
-kept: the payment ID you get on the next page is your receipt.</p>
+kept: the receipt you get on the next page is the only proof of your payment.</p>
 <form method="post" action="/pay">
 <fieldset>
 <legend>What would you like to buy?</legend>
@@ -226,30 +226,33 @@ kept: the payment ID you get on the next page is your receipt.</p>
 </form>
 <h2>Already paid?</h2>
 <form method="post" action="/pay/status">
-<label for="check-pid">Payment ID, or the integrated address you paid</label>
-<input id="check-pid" class="entry" type="text" name="pid" required maxlength="120"
- autocomplete="off" autocapitalize="none" spellcheck="false">
+<label for="check-receipt">Your receipt</label>
+<input id="check-receipt" class="entry" type="text" name="receipt" required maxlength="120"
+ autocomplete="off" autocapitalize="none" spellcheck="false" aria-describedby="check-hint">
+<p id="check-hint" class="muted">Paid before this shop gave receipts? Enter that payment's
+payment ID, or the address you paid, instead.</p>
 <button type="submit">Check payment</button>
 </form>"""
 
-_RECEIPT_WARNING = """<p class="note warn"><strong>This is your receipt. Keep it secret.</strong>
-The payment ID and the address below are the only proof that you paid: whoever has either
-of them can claim the access. Write the payment ID down (or keep this window open) before
-you pay; this page is not stored anywhere and cannot be shown again.</p>"""
+_RECEIPT_WARNING = """<p class="note warn"><strong>This is your receipt. Keep it secret: whoever has
+it can claim the access.</strong> It is the only proof that you paid. The address below no
+longer claims anything: your wallet's history, the exchange you pay from or a screenshot of the
+address cannot take your access. Write the receipt down (or keep this window open) before you
+pay; this page is not stored anywhere and cannot be shown again.</p>"""
 
 _PAY_TO = """<div class="qr"><img src="{qr}" width="{qr_size}" height="{qr_size}"
  alt="QR code of the payment: scan it with a Monero wallet"></div>
 <p><a class="button" href="{uri}">Open in my wallet</a></p>
 <p class="muted">If the button does nothing (Tor Browser opens no wallet), copy the
 address and the amount into your wallet instead.</p>
-<label for="address">Address to pay (contains your payment ID)</label>
+<label for="address">Address to pay</label>
 <textarea id="address" class="copy" rows="4" readonly spellcheck="false">{address}</textarea>
 <label for="amount">Amount (XMR)</label>
 <input id="amount" class="copy" type="text" readonly value="{amount}">"""
 
 _PAYMENT = """{warning}
-<label for="pid">Payment ID (your receipt)</label>
-<input id="pid" class="copy" type="text" readonly value="{pid}">
+<label for="receipt">Your receipt</label>
+<textarea id="receipt" class="copy" rows="2" readonly spellcheck="false">{receipt}</textarea>
 <h2>Pay</h2>
 {pay_to}
 <h2>Then</h2>
@@ -260,19 +263,24 @@ _PAYMENT = """{warning}
 </ol>
 {check}"""
 
+# the claim travels back in a hidden field: ("receipt" | "pid", its value)
 _CHECK = """<form method="post" action="/pay/status">
-<input type="hidden" name="pid" value="{pid}">
+<input type="hidden" name="{field}" value="{value}">
 <button type="submit">{label}</button>
 </form>"""
 
 _REDEEM = """<form method="post" action="/pay/redeem">
-<input type="hidden" name="pid" value="{pid}">
+<input type="hidden" name="{field}" value="{value}">
 <button type="submit">{label}</button>
 </form>"""
 
-_UNSEEN = """<p>No payment with this payment ID has reached the operator's wallet yet.</p>
+# one text whether a receipt or a payment ID was entered, and whether nothing was paid or a
+# payment ID does not reach this payment (REDEEM_PLAIN_PIDS=refuse): the page tells nothing
+_UNSEEN = """<p>No payment for this receipt has reached the operator's wallet yet.</p>
 <p>A payment shows here within a minute or two of being sent. If you paid a while ago,
-check that you sent it to the address with this payment ID (a plain address carries none).</p>
+check that you entered the receipt shown on the payment page and paid the address shown with
+it (a plain address claims nothing). A payment ID or an address works only for a payment
+made before this shop gave receipts.</p>
 {check}"""
 
 _PENDING = """<p class="note ok">Your payment has been seen. It is safe now; it only needs
@@ -283,8 +291,8 @@ confirmations.</p>
 {check}"""
 
 _UNDERPAID = """<p class="note warn">Received {balance} XMR, but the minimum is {minimum} XMR:
-<strong>{missing} XMR missing</strong>. Pay the rest to the same address; payments with the
-same payment ID add up.</p>
+<strong>{missing} XMR missing</strong>. Pay the rest to the same address; payments to the
+same address add up.</p>
 {pay_to}
 {check}"""
 
@@ -292,7 +300,7 @@ _CONFIRMED = """<p class="note ok">Your payment of {balance} XMR is confirmed.</
 {redeem}"""
 
 _REDEEMED = """<p>This payment was already exchanged for an access token. You can show the
-same token again; payments made later with this payment ID top it up.</p>
+same token again; payments made later to the same address top it up.</p>
 {redeem}"""
 
 _TOKEN = """<p class="note warn"><strong>This token is your access. Keep it secret.</strong>
@@ -303,12 +311,14 @@ not stored anywhere.</p>
 <p>Paid: {balance} XMR.</p>
 <h2>What to do with it</h2>
 <p>Give the token to the service you bought access to, where it asks for one. Payments
-made later with the same payment ID top this token up. Your payment ID shows this token
-again at any time.</p>
+made later to the same address top this token up. Your receipt shows this token again at
+any time.</p>
 {login}"""
 
-_BAD_PID = """<p>That is not a payment ID. A payment ID is 16 characters, 0-9 and a-f, as
-shown on the payment page (an integrated address of this shop works too).</p>
+_BAD_CLAIM = """<p>That is not a receipt. A receipt is 64 characters, 0-9 and a-f, as shown
+on the payment page (with or without the dashes between its groups of eight). For a payment
+made before this shop gave receipts, its 16-character payment ID or the address you paid
+works too.</p>
 <p><a href="/pay">Try again</a></p>"""
 
 
@@ -323,46 +333,50 @@ def pay_to_body(*, qr: str, qr_size: int, uri: str, address: str, amount: str) -
     return render(_PAY_TO, qr=qr, qr_size=qr_size, uri=uri, address=address, amount=amount)
 
 
-def check_form(pid: str, label: str = "Check the payment") -> Markup:
-    return render(_CHECK, pid=pid, label=label)
+Field = tuple[str, str]  # the hidden field a claim travels back in: (name, value)
 
 
-def redeem_form(pid: str, label: str) -> Markup:
-    return render(_REDEEM, pid=pid, label=label)
+def check_form(field: Field, label: str = "Check the payment") -> Markup:
+    return render(_CHECK, field=field[0], value=field[1], label=label)
 
 
-def payment_body(*, pay_to: Markup, pid: str, confirmations: int, minutes: int) -> Markup:
-    return render(_PAYMENT, warning=Markup(_RECEIPT_WARNING), pay_to=pay_to, pid=pid,
+def redeem_form(field: Field, label: str) -> Markup:
+    return render(_REDEEM, field=field[0], value=field[1], label=label)
+
+
+def payment_body(*, pay_to: Markup, receipt: str, field: Field, confirmations: int,
+                 minutes: int) -> Markup:
+    return render(_PAYMENT, warning=Markup(_RECEIPT_WARNING), pay_to=pay_to, receipt=receipt,
                   confirmations=confirmations, minutes=minutes,
-                  check=check_form(pid, "I have paid: check the payment"))
+                  check=check_form(field, "I have paid: check the payment"))
 
 
-def unseen_body(pid: str) -> Markup:
-    return render(_UNSEEN, check=check_form(pid, "Check again"))
+def unseen_body(field: Field) -> Markup:
+    return render(_UNSEEN, check=check_form(field, "Check again"))
 
 
-def pending_body(pid: str, *, confirmations: int, required: int, remaining: str) -> Markup:
+def pending_body(field: Field, *, confirmations: int, required: int, remaining: str) -> Markup:
     return render(_PENDING, confirmations=confirmations, required=required, remaining=remaining,
-                  check=check_form(pid, "Check again"))
+                  check=check_form(field, "Check again"))
 
 
-def underpaid_body(pid: str, *, balance: str, minimum: str, missing: str,
+def underpaid_body(field: Field, *, balance: str, minimum: str, missing: str,
                    pay_to: Markup | None) -> Markup:
     return render(_UNDERPAID, balance=balance, minimum=minimum, missing=missing,
-                  pay_to=pay_to or Markup(""), check=check_form(pid, "Check again"))
+                  pay_to=pay_to or Markup(""), check=check_form(field, "Check again"))
 
 
-def confirmed_body(pid: str, *, balance: str) -> Markup:
-    return render(_CONFIRMED, balance=balance, redeem=redeem_form(pid, "Get my access"))
+def confirmed_body(field: Field, *, balance: str) -> Markup:
+    return render(_CONFIRMED, balance=balance, redeem=redeem_form(field, "Get my access"))
 
 
-def redeemed_body(pid: str) -> Markup:
-    return render(_REDEEMED, redeem=redeem_form(pid, "Show my token again"))
+def redeemed_body(field: Field) -> Markup:
+    return render(_REDEEMED, redeem=redeem_form(field, "Show my token again"))
 
 
 def token_body(*, token: str, balance: str, login: Markup | None) -> Markup:
     return render(_TOKEN, token=token, balance=balance, login=login or Markup(""))
 
 
-def bad_pid_body() -> Markup:
-    return Markup(_BAD_PID)
+def bad_claim_body() -> Markup:
+    return Markup(_BAD_CLAIM)

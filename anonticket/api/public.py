@@ -16,9 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.domain.ids import PaymentId, ServiceToken
+from anonticket.domain.ids import PaymentId, Receipt, ServiceToken
 from anonticket.domain.errors import (
     InvalidPid,
+    InvalidReceipt,
     InvalidRequest,
     InvalidToken,
     PaymentNotFound,
@@ -51,11 +52,13 @@ _SHORT_PID_PADDING = bytes(24)
 # the two hot 404s, rendered once exactly as error_response would
 _PAYMENT_NOT_FOUND = plain_error_body(PaymentNotFound.code, PaymentNotFound.message)
 _TOKEN_NOT_FOUND = plain_error_body(TokenNotFound.code, TokenNotFound.message)
-# The body every client sends, {"pid":"<16 hex>"} with any JSON whitespace, in one C call.
-# Whatever it matches, json.loads would read as that one-field object; anything else
-# (other fields, escapes, long PIDs, garbage) goes through json.loads and PaymentId.parse.
+# The bodies clients send, {"receipt":"<64 hex>"} or {"pid":"<16 hex>"} with any JSON
+# whitespace, in one C call. Whatever it matches, json.loads would read as that one-field
+# object; anything else (other fields, escapes, grouped receipts, long PIDs, garbage) goes
+# through json.loads and Receipt.parse or PaymentId.parse (``claim_from_body``).
 _SIMPLE_REDEEM = re.compile(
-    rb'[ \t\n\r]*\{[ \t\n\r]*"pid"[ \t\n\r]*:[ \t\n\r]*"([0-9a-fA-F]{16})"[ \t\n\r]*\}[ \t\n\r]*'
+    rb'[ \t\n\r]*\{[ \t\n\r]*"(?:pid"[ \t\n\r]*:[ \t\n\r]*"([0-9a-fA-F]{16})'
+    rb'|receipt"[ \t\n\r]*:[ \t\n\r]*"([0-9a-fA-F]{64}))"[ \t\n\r]*\}[ \t\n\r]*'
 ).fullmatch
 
 
@@ -76,16 +79,34 @@ def parse_pid(text: object, accept_long: bool) -> PaymentId:
     return PaymentId.parse(text, accept_long=accept_long)
 
 
-def _redeem_pid(raw: bytes, accept_long: bool) -> PaymentId:
+def claim_from_body(body: dict[str, Any], accept_long: bool) -> PaymentId | Receipt:
+    """What a redeem or top-up body claims with: ``receipt`` (the customer's secret) or, the
+    older way, a bare ``pid``; exactly one of the two."""
+    if "receipt" in body:
+        if "pid" in body:
+            raise InvalidRequest("send either 'receipt' or 'pid', not both")
+        return Receipt.parse(body["receipt"])
+    if "pid" in body:
+        return parse_pid(body["pid"], accept_long)
+    raise InvalidRequest("field 'receipt' (or 'pid') is required")
+
+
+def _redeem_claim(raw: bytes, accept_long: bool) -> tuple[bytes, Receipt | None]:
+    """The raw PID a redeem body claims, and its receipt (None: a bare PID)."""
     match = _SIMPLE_REDEEM(raw)
     if match is not None:
-        short = unhexlify(match[1])
-        if any(short):
-            return PaymentId(short + _SHORT_PID_PADDING)
-    body = json_object(raw)
-    if "pid" not in body:
-        raise InvalidRequest("field 'pid' is required")
-    return parse_pid(body["pid"], accept_long)
+        if match[1] is not None:
+            short = unhexlify(match[1])
+            if any(short):
+                return short + _SHORT_PID_PADDING, None
+        else:
+            receipt = Receipt(unhexlify(match[2]))
+            if any(receipt.pid_raw):
+                return receipt.pid_raw, receipt
+    claim = claim_from_body(json_object(raw), accept_long)
+    if isinstance(claim, Receipt):
+        return claim.pid_raw, claim
+    return claim.raw, None
 
 
 def token_view(record: TokenRow, now: int | None = None) -> dict[str, Any]:
@@ -129,13 +150,17 @@ def _claimed_bytes(result: Claimed) -> bytes:
 async def redeem(request: web.Request) -> web.Response:
     state = request.app[STATE]
     counters = state.metrics.redeem
+    ledger = state.ledger
     try:
-        raw = _redeem_pid(await read_body(request), state.config.api_accept_long_pids).raw
-        # already claimed, pending and unknown PIDs are answered without a coroutine
-        result = state.ledger.redeem_from_memory(raw)
-        if result is ASK_STORAGE:
-            result = await state.ledger.redeem_from_storage(raw)
-    except (InvalidRequest, InvalidPid):
+        raw, receipt = _redeem_claim(await read_body(request), state.config.api_accept_long_pids)
+        if receipt is None and ledger.plain_pid_refused(raw):
+            result = None  # REDEEM_PLAIN_PIDS=refuse: answered exactly as an unknown PID
+        else:
+            # already claimed, pending and unknown PIDs are answered without a coroutine
+            result = ledger.redeem_from_memory(raw)
+            if result is ASK_STORAGE:
+                result = await ledger.redeem_from_storage(raw, receipt)
+    except (InvalidRequest, InvalidPid, InvalidReceipt):
         counters["invalid"].inc()
         raise
     except Underpaid:

@@ -20,8 +20,21 @@ from typing import TYPE_CHECKING, Any
 
 from anonticket.domain.address import AddressError, decode_address, make_integrated_address
 from anonticket.config import SETTINGS, Config, settings_table_markdown
-from anonticket.domain.ids import PaymentId, ServiceToken, derive_service_token
-from anonticket.domain.errors import DatabaseConnectFailed, InvalidPid, InvalidToken, SchemaTooNew
+from anonticket.domain.ids import (
+    PaymentId,
+    Receipt,
+    ServiceToken,
+    derive_receipt_token,
+    derive_service_token,
+    parse_txid,
+)
+from anonticket.domain.errors import (
+    DatabaseConnectFailed,
+    InvalidPid,
+    InvalidReceipt,
+    InvalidToken,
+    SchemaTooNew,
+)
 from anonticket.domain.payment_uri import format_xmr, payment_uri
 
 if TYPE_CHECKING:  # imported for real only by the commands that talk to the service
@@ -102,6 +115,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_token_derive(args: argparse.Namespace) -> int:
+    if args.receipt:
+        text = sys.stdin.readline().strip() if args.pid == "-" else args.pid
+        try:
+            receipt = Receipt.parse(text)
+            txid = parse_txid(args.txid)
+        except InvalidReceipt as exc:
+            raise CommandFailed(f"RECEIPT: {exc.message}") from None
+        except ValueError as exc:
+            raise CommandFailed(f"TXID: {exc}") from None
+        print(derive_receipt_token(receipt.raw, txid).hex())
+        return EXIT_OK
     try:
         pid = PaymentId.parse(args.pid, accept_long=True)
     except InvalidPid as exc:
@@ -119,7 +143,8 @@ def cmd_pid_new(args: argparse.Namespace) -> int:
         qr_kind = _QR_KINDS.get(os.path.splitext(args.qr_out)[1].lower())
         if qr_kind is None:
             raise UsageError("--qr-out must name a .png or .svg file")
-    pid = PaymentId.generate()
+    receipt = Receipt.generate() if args.receipt else None
+    pid = receipt.pid if receipt is not None else PaymentId.generate()
     integrated = uri = None
     if args.address is not None:
         try:
@@ -131,9 +156,12 @@ def cmd_pid_new(args: argparse.Namespace) -> int:
     if qr_kind is not None:
         _write_qr(qr_text, args.qr_out, qr_kind)
     if args.json:
-        print(json.dumps({"pid": pid.hex(), "integrated_address": integrated, "uri": uri}))
+        made = {"pid": pid.hex(), "integrated_address": integrated, "uri": uri}
+        print(json.dumps(made if receipt is None else {"receipt": receipt.hex(), **made}))
         return EXIT_OK
     rows = [("payment id", pid.hex())]
+    if receipt is not None:
+        rows.insert(0, ("receipt", receipt.hex()))
     if integrated is not None and uri is not None:
         rows += [("integrated address", integrated), ("payment uri", uri)]
         if args.amount is not None:
@@ -145,7 +173,12 @@ def cmd_pid_new(args: argparse.Namespace) -> int:
         import segno
 
         segno.make(qr_text, error="m").terminal(out=sys.stdout, compact=True)
-    print("Keep the payment id secret until you redeem it: whoever knows it can redeem the payment.")
+    if receipt is not None:
+        print("Keep the receipt secret: whoever has it can claim the payment. Redeem with "
+              "{\"receipt\": \"<receipt>\"}. The payment id and the address claim nothing.")
+    else:
+        print("Keep the payment id secret until you redeem it: whoever knows it can redeem the "
+              "payment. 'pid new --receipt' is safer: the address you pay then claims nothing.")
     return EXIT_OK
 
 

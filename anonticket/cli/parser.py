@@ -178,9 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pid = _subcommands(commands.add_parser("pid", help="make a payment id (customers)"), "pid_cmd")
     new = pid.add_parser(
-        "new", help="a fresh random payment id, and what to pay with it",
-        description="Print a fresh random 16-hex payment id; with --address also the integrated "
-                    "address to pay and a monero: payment URI. Works offline.")
+        "new", help="a fresh receipt (--receipt) or random payment id, and what to pay with it",
+        description="With --receipt (the safe way): a fresh receipt, the 16-hex payment id "
+                    "derived from it and, with --address, the integrated address to pay and a "
+                    "monero: payment URI; the receipt claims the payment, the address does not. "
+                    "Without it: a fresh random payment id, which claims the payment itself. "
+                    "Works offline.")
+    new.add_argument("--receipt", action="store_true",
+                     help="make a receipt (64 hex) and pay to the payment id derived from it")
     new.add_argument("--address", metavar="ADDR", help="the operator's primary address")
     new.add_argument("--amount", type=_amount, metavar="XMR",
                      help="amount in XMR for the URI, e.g. 0.05 (at most 12 decimals)")
@@ -188,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--qr", action="store_true",
                        help="also print the URI (or the payment id) as a terminal QR code")
     shown.add_argument("--json", action="store_true",
-                       help="print one JSON object: pid, integrated_address, uri")
+                       help="print one JSON object: (receipt,) pid, integrated_address, uri")
     new.add_argument("--qr-out", metavar="FILE",
                      help="write the QR code to FILE.png or FILE.svg (mode 0600)")
     new.set_defaults(func=cmd_pid_new)
@@ -206,8 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = _subcommands(commands.add_parser("token", help="service token tools"), "token_cmd")
     derive = token.add_parser(
-        "derive", help="print SHA3-256(PID|TXID), the token a payment redeems to (for support)")
-    derive.add_argument("pid", help="payment ID, 16 or 64 hex")
+        "derive", help="print the token a payment redeems to (for support): SHA3-256(PID|TXID), "
+                       "or with --receipt the token of a receipt payment")
+    derive.add_argument("--receipt", action="store_true",
+                        help="the first argument is the payment's receipt (64 hex, or - to read "
+                             "it from stdin)")
+    derive.add_argument("pid", metavar="PID_OR_RECEIPT",
+                        help="payment ID, 16 or 64 hex; with --receipt the receipt")
     derive.add_argument("txid", help="transaction id, taken verbatim (wallets report lowercase hex)")
     derive.set_defaults(func=cmd_token_derive)
     token_help = "service token, 64 hex, or - to read it from stdin (keeps it out of ps and history)"

@@ -10,8 +10,8 @@ process be killed without a chance to clean up.
 
 DIR holds ``chain/`` (regtest's env.json, wallets, monerod's data), ``sandbox.db``
 and ``sandbox.env``. ``sandbox pay`` and ``sandbox mine`` find the running chain
-through ``chain/env.json``, from any process. The payment id, token and txid this
-prints belong to a throw-away chain: showing them is the point here.
+through ``chain/env.json``, from any process. The receipt, payment id, token and txid
+this prints belong to a throw-away chain: showing them is the point here.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from anonticket.domain.address import make_integrated_address
+from anonticket.domain.address import AddressError, decode_address, make_integrated_address
 from anonticket.config import SETTINGS, Config
-from anonticket.domain.ids import PaymentId
+from anonticket.domain.ids import Receipt
 from anonticket.regtest import RegtestError, RegtestNetwork, ensure_monero_installed
 from anonticket.regtest.actions import wait_until_minable
 from anonticket.regtest.record import load_state, running
@@ -109,6 +109,7 @@ class Ready:
     merchant_address: str
     height: int
     confirmations: int
+    receipt: str  # the example payment's secret; pid derives from it
     pid: str
     integrated_address: str
 
@@ -120,15 +121,19 @@ class Ready:
 def flow(r: Ready) -> list[tuple[str, list[str]]]:
     """The walk through the payment flow, step by step; TOKEN stands for the token that
     step 4 answers. tests/cli/test_sandbox.py runs exactly these commands."""
-    redeem = f"curl -s -w '\\n' {r.public_url}/api/v1/redeem -d '{{\"pid\":\"{r.pid}\"}}'"
+    redeem = f"curl -s -w '\\n' {r.public_url}/api/v1/redeem -d '{{\"receipt\":\"{r.receipt}\"}}'"
+    bare = f"curl -s -w '\\n' {r.public_url}/api/v1/redeem -d '{{\"pid\":\"{r.pid}\"}}'"
     introspect = f"curl -s -w '\\n' {r.public_url}/api/v1/token/TOKEN"
     n = r.confirmations
     return [
-        (f"pay {EXAMPLE_XMR} XMR to the example payment id, as the customer's wallet would",
+        (f"pay {EXAMPLE_XMR} XMR to the example receipt's payment id, as the customer's wallet would",
          [f"{r.program} sandbox pay {r.pid} {EXAMPLE_XMR}{r.dir_option}"]),
-        (f"redeem: 202 pending with 0 of {n} confirmations (404 until the monitor's next poll)", [redeem]),
+        (f"redeem with the receipt: 202 pending with 0 of {n} confirmations (404 until the "
+         "monitor's next poll)", [redeem]),
         (f"mine {n} blocks, so the payment has {n} confirmations", [f"{r.program} sandbox mine {n}{r.dir_option}"]),
         ("redeem again: 200 success with the service_token, TOKEN below (a retry: already_claimed)", [redeem]),
+        ("the payment id alone (what the payer's wallet saw) claims nothing: 404, as for a "
+         "payment nobody made", [bare]),
         ("introspect the token, as the operator's other services do", [introspect]),
         ("revoke it as the operator, through the internal listener that sandbox.env names",
          [f"set -a; . {shlex.quote(str(r.env_file))}; set +a",
@@ -144,7 +149,8 @@ def banner(r: Ready) -> str:
             ("merchant address", r.merchant_address), ("chain height", str(r.height)),
             ("confirmations", f"{r.confirmations} (MONITOR_MIN_CONFIRMATIONS)"),
             ("settings", f"{r.env_file} (for token inspect/revoke and stats)"),
-            ("example payment id", r.pid), ("integrated address", r.integrated_address)]
+            ("example receipt", r.receipt), ("its payment id", r.pid),
+            ("integrated address", r.integrated_address)]
     width = max(len(label) for label, _ in rows)
     lines = ["anonticket sandbox: a private regtest Monero chain and the service watching it", ""]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
@@ -152,8 +158,9 @@ def banner(r: Ready) -> str:
     for number, (what, commands) in enumerate(flow(r), 1):
         lines.append(f"  {number}. {what}")
         lines += [f"     $ {command}" for command in commands]
-    lines += ["", f"Or as a customer, in a browser: open {r.public_url}/pay, create a payment, pay it with",
-              f"  $ {r.program} sandbox pay <its payment id> <its amount>{r.dir_option}",
+    lines += ["", f"Or as a customer, in a browser: open {r.public_url}/pay, create a payment, pay the "
+              "address it shows with",
+              f"  $ {r.program} sandbox pay <its address> <its amount>{r.dir_option}",
               f"then check the payment, mine with `{r.program} sandbox mine {r.confirmations}{r.dir_option}`"
               " and get the access token."]
     lines += ["", f"{READY} (pid {os.getpid()}); Ctrl-C stops the service, both wallets and monerod."]
@@ -229,12 +236,13 @@ async def _serve(net: RegtestNetwork, config: Config, settings: dict[str, str], 
         settings.update(API_BIND_ADDRESS=service.public_address,
                         API_INTERNAL_BIND_ADDRESS=service.internal_address)
         write_env_file(net.directory.parent / ENV_FILE, settings)
-        pid = PaymentId.generate().hex()
+        receipt = Receipt.generate()
+        pid = receipt.pid.hex()
         ready = Ready(
             directory=net.directory.parent, program=program_name(Path.cwd()), dir_option=dir_option,
             public_url=f"http://{service.public_address}", internal_url=f"http://{service.internal_address}",
             merchant_url=net.merchant_url, merchant_address=net.merchant_address, height=net.start_height,
-            confirmations=config.monitor_min_confirmations, pid=pid,
+            confirmations=config.monitor_min_confirmations, receipt=receipt.hex(), pid=pid,
             integrated_address=make_integrated_address(net.merchant_address, pid))
         print(banner(ready), file=out, flush=True)
         chain_died = await until_stopped(stop, net)
@@ -294,9 +302,16 @@ def _attach(directory: Path, dir_option: str) -> RegtestNetwork:
                            f"(start one with: {program_name(Path.cwd())} sandbox{dir_option})") from None
 
 
-def pay(directory: Path, pid16: str, piconero: int, dir_option: str = "") -> dict[str, Any]:
-    """Pay the merchant's integrated address for pid16 from the payer wallet."""
+def pay(directory: Path, pid_or_address: str, piconero: int, dir_option: str = "") -> dict[str, Any]:
+    """Pay the merchant's integrated address for a 16-hex PID, or an integrated address of
+    the sandbox's merchant as the checkout shows it, from the payer wallet."""
     net = _attach(directory, dir_option)
+    pid16 = pid_or_address
+    if not _PID16.fullmatch(pid_or_address):
+        decoded = decode_address(pid_or_address)  # _pid_or_address checked it decodes
+        if decoded.payment_id is None or decoded.standard_address() != net.merchant_address:
+            raise SandboxError("sandbox pay: that is not an integrated address of this sandbox's merchant")
+        pid16 = decoded.payment_id.hex()
     try:
         with net.lock:  # nobody mines it between the transfer and the template check
             paid = net.pay(pid16.lower(), piconero)
@@ -318,10 +333,16 @@ def mine(directory: Path, blocks: int, dir_option: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- command line
-def _pid16(text: str) -> str:
-    if not _PID16.fullmatch(text):
-        raise argparse.ArgumentTypeError("must be 16 hex characters (an integrated-address payment id)")
-    return text
+def _pid_or_address(text: str) -> str:
+    if _PID16.fullmatch(text):
+        return text
+    try:
+        if decode_address(text).payment_id is not None:
+            return text
+    except AddressError:
+        pass
+    raise argparse.ArgumentTypeError("must be 16 hex characters (an integrated-address payment id) "
+                                     "or an integrated address")
 
 
 def _count(text: str) -> int:
@@ -385,10 +406,12 @@ def add_sandbox_parser(commands: Any, amount: Callable[[str], int]) -> None:
     # SUPPRESS: an action's --dir, when absent, must not reset one given before the action
     pay_cmd = actions.add_parser(
         "pay", help="pay the sandbox merchant's integrated address for PID from the payer wallet",
-        description="Pay AMOUNT XMR to the running sandbox's merchant for payment id PID and print one "
+        description="Pay AMOUNT XMR to the running sandbox's merchant for payment id PID (or to an "
+                    "integrated address of that merchant, as the checkout shows it) and print one "
                     "JSON line: txid, amount and fee (piconero), and the height the payment will be "
                     "mined at.")
-    pay_cmd.add_argument("pid", metavar="PID", type=_pid16, help="payment id, 16 hex")
+    pay_cmd.add_argument("pid", metavar="PID", type=_pid_or_address,
+                         help="payment id, 16 hex, or an integrated address of the sandbox's merchant")
     pay_cmd.add_argument("amount", metavar="AMOUNT_XMR", type=amount, help="amount in XMR, e.g. 0.5")
     pay_cmd.add_argument("--dir", metavar="DIR", default=argparse.SUPPRESS, help=dir_help)
     pay_cmd.set_defaults(func=cmd_sandbox_pay)

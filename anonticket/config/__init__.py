@@ -35,6 +35,7 @@ from anonticket.config.values import (
     parse_optional_path,
     parse_optional_price,
     parse_optional_text,
+    parse_plain_pids,
     parse_positive_seconds,
     parse_retry_schedule,
     parse_synchronous,
@@ -91,6 +92,11 @@ SETTINGS: tuple[Setting, ...] = (
             parse_int_at_least(0), "Most unknown PIDs remembered by the negative cache."),
     Setting("API_ACCEPT_LONG_PIDS", "api_accept_long_pids", "false", parse_bool,
             "Accept genuine 64-hex payment IDs (clear text on chain, so they can be front-run)."),
+    Setting("REDEEM_PLAIN_PIDS", "redeem_plain_pids", "refuse", parse_plain_pids,
+            "refuse: a bare PID (no receipt) redeems or tops up only payments credited before "
+            "the database adopted receipts, and any other payment answers it as unknown; "
+            "allow: every bare PID claims its payment, so whoever saw the integrated address "
+            "(the payer's exchange or wallet) can too (docs/operations.md#receipts)."),
     Setting("API_MAX_IN_FLIGHT", "api_max_in_flight", "512", parse_int_at_least(1),
             "Requests handled at once per listener; beyond it a fast 503 with Retry-After."),
     Setting("API_KEEPALIVE_TIMEOUT_SECS", "api_keepalive_timeout_secs", "15", parse_positive_seconds,
@@ -221,6 +227,7 @@ class Config:
     api_negative_cache_ttl_secs: float
     api_negative_cache_capacity: int
     api_accept_long_pids: bool
+    redeem_plain_pids: str
     api_max_in_flight: int
     api_keepalive_timeout_secs: float
     api_body_timeout_secs: float

@@ -315,6 +315,13 @@ def parse_cookie_secure(text: str) -> str:
     return "true" if parse_bool(value) else "false"
 
 
+def parse_plain_pids(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("refuse", "allow"):
+        raise ValueError("expected refuse or allow")
+    return value
+
+
 def parse_log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -36,12 +36,18 @@ class InvalidPid(ServiceError):
     status, code, message = 400, "invalid_pid", "pid must be 16 or 64 hex characters and not all zero"
 
 
+class InvalidReceipt(ServiceError):
+    status, code, message = (400, "invalid_receipt",
+                             "receipt must be 64 hex characters, or eight groups of eight "
+                             "separated by '-' or by spaces")
+
+
 class InvalidToken(ServiceError):
     status, code, message = 400, "invalid_token", "token must be 64 hex characters"
 
 
 class InvalidAudience(ServiceError):
-    status, code, message = (400, "invalid_audience",
+    status, code, message = (422, "invalid_audience",
                              "aud must be one of the audiences this service issues "
                              "credentials for (CREDENTIAL_AUDIENCES)")
 
@@ -89,7 +95,7 @@ class IdempotencyKeyReused(ServiceError):
 
 
 class PaymentNotFound(ServiceError):
-    status, code, message = 404, "payment_not_found", "no confirmed or pending payment for this pid"
+    status, code, message = 404, "payment_not_found", "no confirmed or pending payment for this receipt or pid"
 
 
 class TokenNotFound(ServiceError):

@@ -1,25 +1,40 @@
-"""Payment IDs, service tokens and the derivation between them. No I/O.
+"""Payment IDs, receipts, service tokens and the derivations between them. No I/O.
 
 These values are the only secrets of the system, so their ``repr``/``str`` never
 show the value: a stray ``log.info("%s", pid)`` or an exception that captures one
 prints a placeholder, and only an explicit ``.hex()`` reveals it.
+
+A **receipt** is 32 random bytes only the customer holds. The PID it pays to is a
+one-way hash of it, and the token of its payment hashes the receipt with the txid, so
+the payer's side (an exchange, a wallet's history), which sees the PID inside the
+integrated address and knows the txid, can neither claim the payment nor compute its
+token. A bare PID (one not derived from a receipt) keeps the older derivation,
+``SHA3-256("<pid hex>|<txid hex>")``. Exact derivations and vectors: docs/security.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from Crypto.Hash import SHA3_256
 
-from anonticket.domain.errors import InvalidPid, InvalidToken
+from anonticket.domain.errors import InvalidPid, InvalidReceipt, InvalidToken
 
 SHORT_PID_BYTES = 8
 LONG_PID_BYTES = 32
 TOKEN_BYTES = 32
 TXID_BYTES = 32
+RECEIPT_BYTES = 32
 _PADDING = bytes(LONG_PID_BYTES - SHORT_PID_BYTES)
+# domain separation: the PID and the token of one receipt are hashes no other use shares
+RECEIPT_PID_TAG = b"anonticket/pid/v1"
+RECEIPT_TOKEN_TAG = b"anonticket/token/v1"
+# the checkout shows a receipt as eight groups of eight hex digits joined by this
+RECEIPT_GROUP_SEPARATOR = "-"
+_RECEIPT_SEPARATORS = ("-", " ")
+_GROUPED_RECEIPT_CHARS = 2 * RECEIPT_BYTES + 7
 
 
 def _exact_hex(text: str) -> bytes | None:
@@ -117,6 +132,90 @@ class ServiceToken:
         return "ServiceToken(<redacted>)"
 
     __str__ = __repr__
+
+
+def receipt_pid(receipt: bytes) -> bytes:
+    """The raw (zero-padded, 32-byte) short PID a receipt pays to: the first 8 bytes of
+    ``SHA3-256("anonticket/pid/v1" || receipt)``. ``hashlib``'s SHA3 (OpenSSL) costs
+    half of pycryptodome's on 49 bytes, and redeem by receipt pays it on every request."""
+    return hashlib.sha3_256(RECEIPT_PID_TAG + receipt).digest()[:SHORT_PID_BYTES] + _PADDING
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Receipt:
+    """The customer's secret of a payment: 32 random bytes, never stored by the service.
+
+    Two receipts are equal when their bytes are, so one can key a batch of claims.
+    """
+
+    raw: bytes
+    # the PID's raw bytes, hashed once: a claim asks for it several times on its way
+    pid_raw: bytes = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pid_raw", receipt_pid(self.raw))
+
+    @classmethod
+    def parse(cls, text: object) -> Receipt:
+        """64 hex digits (either case), or the grouping the checkout shows: eight groups
+        of eight separated by single '-' (or single spaces, as one writes it down). Nothing
+        else, not even surrounding blanks. Raises InvalidReceipt, which never holds the
+        input."""
+        if not isinstance(text, str):
+            raise InvalidReceipt()
+        if len(text) == _GROUPED_RECEIPT_CHARS:
+            separator = text[8]
+            groups = text.split(separator) if separator in _RECEIPT_SEPARATORS else []
+            if len(groups) != 8 or any(len(group) != 8 for group in groups):
+                raise InvalidReceipt()
+            text = "".join(groups)
+        raw = _exact_hex(text) if len(text) == 2 * RECEIPT_BYTES else None
+        if raw is None:
+            raise InvalidReceipt()
+        return cls.from_bytes(raw)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Receipt:
+        """A receipt whose PID is the zero PID (a chance of 2^-64) is refused like the
+        zero PID itself: every payment without a PID carries it."""
+        receipt = cls(bytes(raw)) if len(raw) == RECEIPT_BYTES else None
+        if receipt is None or not any(receipt.pid_raw):
+            raise InvalidReceipt()
+        return receipt
+
+    @classmethod
+    def generate(cls) -> Receipt:
+        """A fresh receipt from ``secrets``; retries the (2^-64) draw whose PID is zero."""
+        while True:
+            receipt = cls(secrets.token_bytes(RECEIPT_BYTES))
+            if any(receipt.pid_raw):
+                return receipt
+
+    @property
+    def pid(self) -> PaymentId:
+        """The short PID this receipt pays to (inside the integrated address)."""
+        return PaymentId(self.pid_raw)
+
+    def hex(self) -> str:
+        """64 lowercase hex digits: what the command line prints."""
+        return self.raw.hex()
+
+    def grouped(self) -> str:
+        """Eight groups of eight hex digits joined by '-': what the checkout shows."""
+        text = self.raw.hex()
+        return RECEIPT_GROUP_SEPARATOR.join(text[i:i + 8] for i in range(0, len(text), 8))
+
+    def __repr__(self) -> str:
+        return "Receipt(<redacted>)"
+
+    __str__ = __repr__
+
+
+def derive_receipt_token(receipt: bytes, txid: bytes) -> ServiceToken:
+    """``SHA3-256("anonticket/token/v1" || receipt || txid)``, the txid as its 32 raw bytes:
+    the token of a payment claimed with its receipt. The same payment always yields the
+    same token (a retry is safe), and nobody without the receipt can compute it."""
+    return ServiceToken(hashlib.sha3_256(RECEIPT_TOKEN_TAG + receipt + txid).digest())
 
 
 def derive_service_token(pid: PaymentId, txid_text: str) -> ServiceToken:

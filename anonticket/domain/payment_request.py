@@ -1,4 +1,4 @@
-"""What a customer is asked to pay: a PID, its integrated address, the amount, URI and QR. No I/O.
+"""What a customer is asked to pay: a receipt's PID, its integrated address, the amount, URI and QR. No I/O.
 
 The checkout page shows these to a customer whose browser may run no script and draw
 no SVG (Tor Browser at "Safest"), so the QR code is a PNG in a ``data:`` URI. Every
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import segno
 
 from anonticket.domain.address import make_integrated_address
-from anonticket.domain.ids import PaymentId
+from anonticket.domain.ids import PaymentId, Receipt
 from anonticket.domain.payment_uri import format_xmr, payment_uri
 
 # 5 pixels a module: a version-8 code (an address and an amount) is 57 modules with its
@@ -73,7 +73,10 @@ def payment_request(merchant_address: str, pid: PaymentId, piconero: int | None)
     return PaymentRequest(pid, make_integrated_address(merchant_address, pid.hex()), piconero)
 
 
-def new_payment_request(merchant_address: str, piconero: int | None) -> PaymentRequest:
-    """A fresh random PID (``secrets``, through ``PaymentId.generate``) and what to pay
-    with it. Nothing is stored: the service first hears of the PID from the wallet."""
-    return payment_request(merchant_address, PaymentId.generate(), piconero)
+def new_payment_request(merchant_address: str, piconero: int | None
+                        ) -> tuple[Receipt, PaymentRequest]:
+    """A fresh receipt (``secrets``, through ``Receipt.generate``) and what to pay with it:
+    the integrated address of the PID derived from it. Nothing is stored: the service first
+    hears of the PID from the wallet, and never of the receipt until the customer claims."""
+    receipt = Receipt.generate()
+    return receipt, payment_request(merchant_address, receipt.pid, piconero)

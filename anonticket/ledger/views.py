@@ -12,7 +12,14 @@ only what it reports as new: its retry then repairs what the lost answer left ou
   without a query (a prefix hit still asks the database);
 - bounded maps PID → token and token → record (balance, expiry) for claimed PIDs,
   filled on first use and replaced after every write that changes a record;
-- the pending view (PIDs the wallet shows unconfirmed), replaced by each monitor poll.
+- the pending view (PIDs the wallet shows unconfirmed), replaced by each monitor poll;
+- under REDEEM_PLAIN_PIDS=refuse, a ``KeyIndex`` of the payments a bare PID may claim: those
+  credited before receipts, a set the migration fixed, so loading it at start is enough.
+
+A receipt's PID takes the same memory-first path as a PID (storage derives its token). Under
+``refuse`` a bare PID outside that set is answered as unknown before anything else is looked
+at, the pending view included, and stays out of the negative cache (where it would hide the
+payment from its receipt for a while).
 
 Concurrent claims and debits are grouped (``batching``): while one batch is in SQLite,
 new ones queue for the next, so N concurrent redeems cost one transaction, not N.
@@ -23,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
+from anonticket.ledger.answers import ASK_STORAGE, Claimed, Pending, AskStorage
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
 from anonticket.ledger.credentials import Credentials
 from anonticket.ledger.private_tokens import PrivateTokens
 from anonticket.ledger.cache import BoundedMap, TtlSet
-from anonticket.domain.ids import PaymentId, ServiceToken, Transfer
+from anonticket.domain.ids import PaymentId, Receipt, ServiceToken, Transfer
 from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
 from anonticket.ledger.key_index import KeyIndex
 from anonticket.storage import (
@@ -49,34 +56,6 @@ log = logging.getLogger("anonticket.ledger")
 _RECORD_CACHE_CAPACITY = 200_000
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class Claimed:
-    status: str  # "success" | "already_claimed"
-    token: bytes
-    record: TokenRow
-
-    @property
-    def balance(self) -> int:
-        """What was credited in all (the name the redeem answer has always used)."""
-        return self.record.amount
-
-    def __repr__(self) -> str:
-        return f"Claimed({self.status}, <redacted>)"
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    confirmations: int
-    required: int
-
-
-class _AskStorage:
-    """``Ledger.redeem_from_memory``'s "memory cannot tell": the claim must reach SQLite."""
-
-
-ASK_STORAGE = _AskStorage()
-
-
 class Ledger:
     def __init__(
         self,
@@ -90,10 +69,13 @@ class Ledger:
         clock: Callable[[], int] = unix_now,
         credentials: Credentials | None = None,
         private_tokens: PrivateTokens | None = None,
+        plain_pids: str = "refuse",
     ) -> None:
         self.storage = storage
         self.credentials = credentials  # keys and recent revocations, loaded with the rest
         self.private_tokens = private_tokens  # Privacy Pass units, their keys share the ring
+        # REDEEM_PLAIN_PIDS: "refuse" (a bare PID claims only what _plain_pids holds) or "allow"
+        self.refuse_plain = plain_pids == "refuse"
         self.min_payment = min_payment
         self.min_confirmations = min_confirmations
         self.price_per_day = price_per_day
@@ -102,13 +84,14 @@ class Ledger:
         self.clock = clock
         self._known_pids = KeyIndex()
         self._known_tokens = KeyIndex()
+        self._plain_pids = KeyIndex()
         self._claimed: BoundedMap[bytes, bytes] = BoundedMap(_RECORD_CACHE_CAPACITY)
         self._records: BoundedMap[bytes, TokenRow] = BoundedMap(_RECORD_CACHE_CAPACITY)
         self._pending: dict[bytes, int] = {}
         # bumped after every commit that changes a cached record, so a read that raced
         # with a write does not put the stale row it read into the cache
         self._write_version = 0
-        self._claims: KeyedBatcher[bytes, ClaimRow] = KeyedBatcher(
+        self._claims: KeyedBatcher[bytes | Receipt, ClaimRow] = KeyedBatcher(
             self._claim_batch, lambda row: row.claimed_now)
         self._debits: SequenceBatcher[DebitRequest, DebitOutcome] = SequenceBatcher(
             self._debit_batch)
@@ -121,24 +104,40 @@ class Ledger:
             await self.credentials.load(self.storage)
         if self.private_tokens is not None:
             await self.private_tokens.load()
-        log.info("loaded %d payments and %d tokens", len(self._known_pids), len(self._known_tokens))
+        if self.refuse_plain:
+            self._plain_pids.replace(await self.storage.load_plain_pid_prefixes())
+        log.info("loaded %d payments (%d claimable by a bare PID) and %d tokens",
+                 len(self._known_pids), len(self._plain_pids) if self.refuse_plain
+                 else len(self._known_pids), len(self._known_tokens))
 
     # ------------------------------------------------------------------ redeem
-    async def redeem(self, pid: PaymentId) -> Claimed | Pending:
-        answer = await self.redeem_or_none(pid)
+    async def redeem(self, claim: PaymentId | Receipt) -> Claimed | Pending:
+        answer = await self.redeem_or_none(claim)
         if answer is None:
             raise PaymentNotFound()
         return answer
 
-    async def redeem_or_none(self, pid: PaymentId) -> Claimed | Pending | None:
+    async def redeem_or_none(self, claim: PaymentId | Receipt) -> Claimed | Pending | None:
         """``redeem``, with None for an unknown PID: in a flood of random PIDs raising
         and catching the 404 cost more than finding out (docs/benchmarks.md)."""
-        answer = self.redeem_from_memory(pid.raw)
+        if isinstance(claim, Receipt):
+            raw, receipt = claim.pid_raw, claim
+        elif self.plain_pid_refused(claim.raw):
+            return None
+        else:
+            raw, receipt = claim.raw, None
+        answer = self.redeem_from_memory(raw)
         if answer is ASK_STORAGE:
-            return await self.redeem_from_storage(pid.raw)
+            return await self.redeem_from_storage(raw, receipt)
         return answer  # type: ignore[return-value]
 
-    def redeem_from_memory(self, raw: bytes) -> Claimed | Pending | None | _AskStorage:
+    def plain_pid_refused(self, raw: bytes) -> bool:
+        """Whether a bare PID is answered as unknown whatever is stored or pending for it:
+        REDEEM_PLAIN_PIDS=refuse and no payment credited before receipts has its prefix.
+        One bisect, before the caches: a PID thief learns nothing, not even by timing."""
+        return self.refuse_plain and not self._plain_pids.might_contain(raw)
+
+    def redeem_from_memory(self, raw: bytes) -> Claimed | Pending | None | AskStorage:
         """What memory alone can answer (already claimed, pending, certainly unknown), or
         ``ASK_STORAGE``; synchronous, so the hot answers cost no coroutine."""
         token = self._claimed.get(raw)
@@ -159,10 +158,13 @@ class Ledger:
             return None
         return ASK_STORAGE
 
-    async def redeem_from_storage(self, raw: bytes) -> Claimed | Pending | None:
-        """The rest of ``redeem_or_none``, after ``redeem_from_memory`` said ``ASK_STORAGE``."""
+    async def redeem_from_storage(self, raw: bytes, receipt: Receipt | None = None
+                                  ) -> Claimed | Pending | None:
+        """The rest of ``redeem_or_none``, after ``redeem_from_memory`` said ``ASK_STORAGE``:
+        ``raw`` is the PID, ``receipt`` the receipt it derives from (None: a bare PID, which
+        the caller has checked with ``plain_pid_refused``)."""
         pending = self._pending.get(raw)
-        row, won = await self._claims.submit(raw)
+        row, won = await self._claims.submit(raw if receipt is None else receipt)
         if row is not None and row.status == 1 and row.record is not None:
             return Claimed("success" if won else "already_claimed", row.record.token, row.record)
         if pending is not None or (pending := self._pending.get(raw)) is not None:
@@ -172,7 +174,7 @@ class Ledger:
             return None
         raise Underpaid(balance=row.amount, minimum=self.min_payment)
 
-    def _unknown_pid_answer(self, raw: bytes) -> Pending | None | _AskStorage:
+    def _unknown_pid_answer(self, raw: bytes) -> Pending | None | AskStorage:
         """For a PID memory knows has no payment row (no credited PID has its prefix, or
         the negative cache holds it), what it is: pending or unknown (None). Otherwise
         ``ASK_STORAGE``. The same rules as ``redeem_from_memory``'s, without its claims."""
@@ -190,39 +192,61 @@ class Ledger:
     def _remember_unknown(self, raw: bytes) -> None:
         self.negative_cache.add(raw)
 
-    async def _claim_batch(self, pids: list[bytes]) -> Mapping[bytes, ClaimRow]:
+    async def _claim_batch(self, claims: list[bytes | Receipt]) -> Mapping[bytes | Receipt, ClaimRow]:
         try:
-            rows = await self.storage.claim_payments(pids, self.min_payment, self.clock())
+            rows = await self.storage.claim_payments(
+                claims, self.min_payment, self.clock(), refuse_plain=self.refuse_plain)
         finally:
             self._write_version += 1
         # no await from here on: the caches are updated before any other write can start.
         # A claim only creates rows (nothing cached can go stale by it), so a failed one
         # drops nothing; every claimed row's token is indexed, not only one claimed now:
         # the retry of a claim whose answer was lost reads it as claimed before
-        for pid, row in rows.items():
+        for claim, row in rows.items():
             record = row.record
             if row.status == 1 and record is not None:
                 self._known_tokens.add(record.token)
                 self._records.put(record.token, record)
-                self._claimed.put(pid, record.token)
+                self._claimed.put(claim if isinstance(claim, bytes) else claim.pid_raw,
+                                  record.token)
         return rows
 
+    async def peek(self, claim: PaymentId | Receipt) -> tuple[ClaimRow | None, int | None]:
+        """A payment's stored row and its pending confirmations, without claiming it (the
+        checkout's status page): what a redeem would find, the same rule for a bare PID."""
+        if isinstance(claim, Receipt):
+            raw, refuse = claim.pid_raw, False
+        elif self.plain_pid_refused(claim.raw):
+            return None, None
+        else:
+            raw, refuse = claim.raw, self.refuse_plain
+        row = await self.storage.get_claim(raw, refuse_plain=refuse)
+        return row, self._pending.get(raw)
+
     # ------------------------------------------------------------------ top-ups
-    async def topup(self, token: ServiceToken, pid: PaymentId) -> TopupOutcome | Pending | None:
-        """Add a paid PID's credit to a token. None: the PID is unknown (nothing confirmed
-        or pending); ``Pending`` while its payment waits for confirmations.
+    async def topup(self, token: ServiceToken, claim: PaymentId | Receipt
+                    ) -> TopupOutcome | Pending | None:
+        """Add a paid PID's credit to a token (by its receipt, or by the bare PID under the
+        same rule as redeem). None: the PID is unknown (nothing confirmed or pending);
+        ``Pending`` while its payment waits for confirmations.
 
         An unknown PID is answered from memory, as redeem does: otherwise anyone holding
         one token could queue a write transaction per random PID ahead of the operator's
         debits."""
         if not self._known_tokens.might_contain(token.raw):
             return TopupOutcome("token_not_found")
+        if isinstance(claim, Receipt):
+            pid, refuse = claim.pid, False
+        elif self.plain_pid_refused(claim.raw):
+            return None
+        else:
+            pid, refuse = claim, self.refuse_plain
         unknown = self._unknown_pid_answer(pid.raw)
         if unknown is not ASK_STORAGE:
             return unknown  # type: ignore[return-value]
         try:
             outcome = await self.storage.topup_token(
-                token.raw, pid.raw, self.min_payment, self.clock())
+                token.raw, pid.raw, self.min_payment, self.clock(), refuse_plain=refuse)
         except BaseException:
             self._records.pop(token.raw)  # the outcome is unknown: it may have topped up
             raise

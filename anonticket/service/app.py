@@ -84,6 +84,7 @@ def make_ledger(config: Config, storage: Storage, metrics: Metrics) -> Ledger:
         on_negative_cache_hit=metrics.negative_cache_hits.inc,
         credentials=(credentials := make_credentials(config, storage)),
         private_tokens=make_private_tokens(config, credentials.ring),
+        plain_pids=config.redeem_plain_pids,
     )
 
 

@@ -6,6 +6,9 @@ construction, not by two copies kept in step:
 
 - ``plan_debits``: a batch of debits decided in order, each against the balance the earlier
   ones left, with Idempotency-Key replays and conflicts;
+- ``plan_claims``, ``claim_token`` and ``visible_row``: a batch of claims (bare PIDs and
+  receipts) split by kind, each claimed payment's token, and which stored rows a bare PID
+  may see under REDEEM_PLAIN_PIDS=refuse;
 - ``refuse_topup``: whether a top-up may claim a PID onto a token, or what it answers instead;
 - ``claim_row``: a PID's state as a redeem answers it;
 - ``credits_per_pid`` and ``credits_per_token``: a credit's new transfers summed per PID
@@ -21,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from anonticket.domain.ids import Transfer
+from anonticket.domain.ids import PaymentId, Receipt, Transfer, derive_receipt_token, derive_service_token
 from anonticket.storage.rows import ClaimRow, DebitOutcome, DebitRequest, TokenRow, TopupOutcome
 from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, MAX_TIMESTAMP, SECONDS_PER_DAY
 
@@ -121,6 +124,63 @@ def plan_debits(requests: Sequence[DebitRequest], records: dict[bytes, TokenRow]
 
 
 # ---------------------------------------------------------------------- claims and top-ups
+# what a redeem claims with: a bare PID (its 32 raw bytes) or the receipt its PID derives from
+Claim = bytes | Receipt
+
+
+def claim_pid(claim: Claim) -> bytes:
+    """The raw PID of the payment a claim is for."""
+    return claim if isinstance(claim, bytes) else claim.pid_raw
+
+
+@dataclass(slots=True)
+class ClaimPlan:
+    """A batch of claims by kind: ``by_receipt`` maps each PID a receipt claims to the first
+    such receipt, ``plain`` holds the bare PIDs no receipt of the batch claims. A receipt
+    claim goes first, so a bare PID given at the same moment (REDEEM_PLAIN_PIDS=allow)
+    finds the payment claimed and its receipt-derived token, never the reverse."""
+
+    by_receipt: dict[bytes, Receipt]
+    plain: set[bytes]
+
+    def claimant(self, pid: bytes) -> Claim:
+        """The claim a payment claimed by this batch's UPDATE answers."""
+        return self.by_receipt.get(pid, pid)
+
+
+def plan_claims(claims: Iterable[Claim]) -> ClaimPlan:
+    by_receipt: dict[bytes, Receipt] = {}
+    plain: set[bytes] = set()
+    for claim in claims:
+        if isinstance(claim, bytes):
+            plain.add(claim)
+        else:
+            by_receipt.setdefault(claim.pid_raw, claim)
+    return ClaimPlan(by_receipt, plain - by_receipt.keys())
+
+
+def claim_token(claim: Claim, pid: bytes, txid: bytes) -> bytes:
+    """The token of the payment ``pid`` claimed now by ``claim``, from its earliest transfer
+    ``txid``: ``SHA3-256(receipt-tag || receipt || txid)`` for a receipt,
+    ``SHA3-256("<pid hex>|<txid hex>")`` for a bare PID (anonticket/domain/ids.py)."""
+    if isinstance(claim, bytes):
+        return derive_service_token(PaymentId(pid), txid.hex()).raw
+    return derive_receipt_token(claim.raw, txid).raw
+
+
+def visible_row(claim: Claim, found: tuple[int, ClaimRow] | None, refuse_plain: bool
+                ) -> ClaimRow | None:
+    """The row a claim that claimed nothing now is answered with: ``found`` is the stored
+    (plain_pid_ok, row) of its PID. Under ``refuse_plain`` a bare PID does not see a
+    payment that is not marked plain_pid_ok: it is answered as an unknown PID."""
+    if found is None:
+        return None
+    plain_pid_ok, row = found
+    if refuse_plain and isinstance(claim, bytes) and not plain_pid_ok:
+        return None
+    return row
+
+
 def claim_row(status: int, amount: int, token_columns: Sequence[Any]) -> ClaimRow:
     """A PID's state read with its token's columns (NULLs while unclaimed), not claimed now."""
     token = token_columns[0]

@@ -1,4 +1,4 @@
-"""Payments and claims: crediting the wallet's transfers, redeeming a PID, top-ups.
+"""Payments and claims: crediting the wallet's transfers, redeeming a PID or a receipt, top-ups.
 
 A payment row sums a PID's credited transfers. Claiming it (a redeem) issues its token;
 a top-up claims it onto an existing token instead. Either way ``payments.token`` then
@@ -13,15 +13,20 @@ from collections.abc import Iterable, Sequence
 
 import aiosqlite
 
-from anonticket.domain.ids import PaymentId, Transfer, derive_service_token
+from anonticket.domain.ids import Transfer
 from anonticket.storage.core import StorageCore, chunks, marks
 from anonticket.storage.ledger_rules import (
+    Claim,
     PidCredit,
+    claim_pid,
     claim_row,
+    claim_token,
     credits_per_pid,
     credits_per_token,
     expiry_after,
+    plan_claims,
     refuse_topup,
+    visible_row,
 )
 from anonticket.storage.events import Event, issued_event, topped_up_event
 from anonticket.storage.rows import TOKEN_COLUMNS, ClaimRow, CreditResult, TokenRow, TopupOutcome
@@ -44,71 +49,92 @@ _EXTEND_EXPIRY = f"""CASE WHEN expires_at IS NULL OR ?1 IS NULL THEN NULL
 class PaymentStore(StorageCore):
     # ------------------------------------------------------------------ redeem
     async def claim_payments(
-        self, pids: Sequence[bytes], min_amount: int, now: int
-    ) -> dict[bytes, ClaimRow]:
-        """Claim every given PID whose confirmed total reaches ``min_amount``, in one transaction.
+        self, claims: Sequence[Claim], min_amount: int, now: int, *, refuse_plain: bool = False
+    ) -> dict[Claim, ClaimRow]:
+        """Claim every given payment whose confirmed total reaches ``min_amount``, in one
+        transaction. A claim is a bare PID (32 raw bytes; its token is ``SHA3(pid|txid)``)
+        or a ``Receipt`` (its PID's payment; the token derives from the receipt, here,
+        and the receipt is not stored). With ``refuse_plain`` a bare PID reaches only a
+        payment marked ``plain_pid_ok`` and finds no other (REDEEM_PLAIN_PIDS=refuse).
 
         The conditional UPDATE is the exactly-one-winner guard: a PID already claimed
         (by this batch's predecessor, a top-up, anyone) is not returned by RETURNING, so
-        only one caller ever sees ``claimed_now``. Absent PIDs are absent from the result.
-        The clock of a time-limited token starts here, at issue, not when it was paid.
+        only one caller ever sees ``claimed_now``; within a batch a receipt claim of a PID
+        goes before a bare one. Absent payments are absent from the result, which is
+        keyed by the claims as given. The clock of a time-limited token starts here, at
+        issue, not when it was paid.
         """
-        result: dict[bytes, ClaimRow] = {}
+        plan = plan_claims(claims)
+        result: dict[Claim, ClaimRow] = {}
         async with self._transaction() as db:
-            for chunk in chunks(pids):
-                claimed = await db.execute_fetchall(
-                    f"""UPDATE payments SET status = 1, claimed_at = ?
-                        WHERE status = 0 AND amount >= ? AND pid IN ({marks(len(chunk))})
-                        RETURNING pid, txid, amount, seconds""",
-                    (now, min_amount, *chunk),
-                )
-                tokens, links, records = [], [], []
-                for pid, txid, amount, seconds in claimed:
-                    token = derive_service_token(PaymentId(pid), txid.hex()).raw
-                    expires_at = expiry_after(now, seconds)
-                    tokens.append((token, pid, amount, now, expires_at))
-                    links.append((token, pid))
-                    record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
-                    records.append(record)
-                    result[pid] = ClaimRow(1, amount, token, claimed_now=True, record=record)
-                if tokens:
-                    await db.executemany(
-                        """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
-                           VALUES (?, ?, ?, ?, ?)""",
-                        tokens,
+            for pids, only_plain in ((plan.by_receipt, False), (plan.plain, refuse_plain)):
+                for chunk in chunks(sorted(pids)):
+                    claimed = await db.execute_fetchall(
+                        f"""UPDATE payments SET status = 1, claimed_at = ?
+                            WHERE status = 0 AND amount >= ? AND pid IN ({marks(len(chunk))})
+                                  {"AND plain_pid_ok = 1" if only_plain else ""}
+                            RETURNING pid, txid, amount, seconds""",
+                        (now, min_amount, *chunk),
                     )
-                    await db.executemany("UPDATE payments SET token = ? WHERE pid = ?", links)
-                    if self.outbox is not None:
-                        await self.outbox.add(db, map(issued_event, records), now)
-            rest = [pid for pid in pids if pid not in result]
-            for chunk in chunks(rest):
+                    tokens, links, records = [], [], []
+                    for pid, txid, amount, seconds in claimed:
+                        claim = plan.claimant(pid)
+                        token = claim_token(claim, pid, txid)
+                        expires_at = expiry_after(now, seconds)
+                        tokens.append((token, pid, amount, now, expires_at))
+                        links.append((token, pid))
+                        record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                        records.append(record)
+                        result[claim] = ClaimRow(1, amount, token, claimed_now=True, record=record)
+                    if tokens:
+                        await db.executemany(
+                            """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
+                               VALUES (?, ?, ?, ?, ?)""",
+                            tokens,
+                        )
+                        await db.executemany("UPDATE payments SET token = ? WHERE pid = ?", links)
+                        if self.outbox is not None:
+                            await self.outbox.add(db, map(issued_event, records), now)
+            rest = [claim for claim in claims if claim not in result]
+            found: dict[bytes, tuple[int, ClaimRow]] = {}
+            for chunk in chunks(sorted({claim_pid(claim) for claim in rest})):
                 rows = await db.execute_fetchall(
-                    f"""SELECT p.pid, p.status, p.amount, {_prefixed('t', TOKEN_COLUMNS)}
+                    f"""SELECT p.pid, p.plain_pid_ok, p.status, p.amount,
+                               {_prefixed('t', TOKEN_COLUMNS)}
                         FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
                         WHERE p.pid IN ({marks(len(chunk))})""",
                     chunk,
                 )
-                for pid, status, amount, *token_columns in rows:
-                    result[pid] = claim_row(status, amount, token_columns)
+                for pid, plain_pid_ok, status, amount, *token_columns in rows:
+                    found[pid] = plain_pid_ok, claim_row(status, amount, token_columns)
+            for claim in rest:
+                row = visible_row(claim, found.get(claim_pid(claim)), refuse_plain)
+                if row is not None:
+                    result[claim] = row
         return result
 
-    async def get_claim(self, pid: bytes) -> ClaimRow | None:
-        """A PID's state without claiming it (the checkout's status page reads this)."""
+    async def get_claim(self, pid: bytes, *, refuse_plain: bool = False) -> ClaimRow | None:
+        """A PID's state without claiming it (the checkout's status page reads this).
+        ``refuse_plain``: the PID was given bare, so only a payment marked ``plain_pid_ok``
+        is seen (``claim_payments``)."""
         rows = await self._read(
-            f"""SELECT p.status, p.amount, {_prefixed('t', TOKEN_COLUMNS)}
+            f"""SELECT p.plain_pid_ok, p.status, p.amount, {_prefixed('t', TOKEN_COLUMNS)}
                 FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
                 WHERE p.pid = ?""",
             (pid,),
         )
-        for status, amount, *token_columns in rows:
+        for plain_pid_ok, status, amount, *token_columns in rows:
+            if refuse_plain and not plain_pid_ok:
+                return None
             return claim_row(status, amount, token_columns)
         return None
 
     async def topup_token(
-        self, token: bytes, pid: bytes, min_amount: int, now: int
+        self, token: bytes, pid: bytes, min_amount: int, now: int, *, refuse_plain: bool = False
     ) -> TopupOutcome:
         """Claim a paid PID onto an existing token: its credit and the time it bought move
-        onto the token in one transaction, or nothing changes.
+        onto the token in one transaction, or nothing changes. ``refuse_plain``: the PID
+        was given bare, so a payment not marked ``plain_pid_ok`` is not seen.
 
         A retry of the same top-up finds the PID already on this token and answers as
         the first time did; on any other token it is ``pid_already_claimed``.
@@ -121,10 +147,11 @@ class PaymentStore(StorageCore):
             own_pid, *columns = found[0]
             record = TokenRow(*columns)
             payment = await db.execute_fetchall(
-                "SELECT status, amount, seconds, token FROM payments WHERE pid = ?", (pid,))
-            if not payment:
+                "SELECT status, amount, seconds, token, plain_pid_ok FROM payments WHERE pid = ?",
+                (pid,))
+            if not payment or (refuse_plain and not payment[0][4]):
                 return TopupOutcome("pending_or_unknown")
-            status, amount, seconds, owner = payment[0]
+            status, amount, seconds, owner, _ = payment[0]
             refused = refuse_topup(token, own_pid, record, pid, status, amount, owner, min_amount)
             if refused is not None:
                 return refused
@@ -194,6 +221,12 @@ class PaymentStore(StorageCore):
 
     async def load_pid_prefixes(self) -> array:
         return await self._load_prefixes("SELECT substr(pid, 1, 8) FROM payments ORDER BY pid")
+
+    async def load_plain_pid_prefixes(self) -> array:
+        """The prefixes of the payments a bare PID may claim under REDEEM_PLAIN_PIDS=refuse:
+        a set fixed by the migration to version 5 (nothing marks a payment later)."""
+        return await self._load_prefixes(
+            "SELECT substr(pid, 1, 8) FROM payments WHERE plain_pid_ok = 1 ORDER BY pid")
 
 
 async def _owners(db: aiosqlite.Connection, transfers: Iterable[Transfer]

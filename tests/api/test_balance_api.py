@@ -126,9 +126,9 @@ async def test_a_topup_with_an_unknown_pid_is_answered_from_memory(
     storage = service.state.ledger.storage
     real, transactions = storage.topup_token, []
 
-    async def counted(*args: Any) -> Any:
+    async def counted(*args: Any, **kwargs: Any) -> Any:
         transactions.append(args)
-        return await real(*args)
+        return await real(*args, **kwargs)
 
     monkeypatch.setattr(storage, "topup_token", counted)
     for _ in range(50):

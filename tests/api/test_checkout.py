@@ -21,7 +21,7 @@ import segno
 from anonticket.domain.address import decode_address
 from anonticket.api.pages import STYLE, security_headers
 from anonticket.service.app import Service, start_service
-from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.domain.ids import PaymentId, Receipt, derive_receipt_token, derive_service_token
 from anonticket.domain.payment_uri import parse_xmr
 from anonticket.regtest import MERCHANT_KEYS, PAYER_KEYS
 from conftest import make_config, transfer, url
@@ -63,14 +63,23 @@ async def create(http: aiohttp.ClientSession, service: Service, offer: str = "7d
     return page
 
 
-async def status_of(http: aiohttp.ClientSession, service: Service, pid: str, path: str = "/pay/status") -> Page:
-    status, page, _ = await fetch(http, service, "POST", path, {"pid": pid})
+async def status_of(http: aiohttp.ClientSession, service: Service, claim: str,
+                    path: str = "/pay/status", field: str = "receipt") -> Page:
+    """The page for a receipt (or what else a customer types into the receipt field);
+    ``field="pid"``: as a payment page rendered before receipts sends it."""
+    status, page, _ = await fetch(http, service, "POST", path, {field: claim})
     assert status == 200, page.source
     return page
 
 
-async def credit(service: Service, pid: str, amount: int, height: int = 100) -> bytes:
-    t = transfer(PaymentId.parse(pid), amount, height)
+def pid_of(receipt: str) -> PaymentId:
+    """The PID a receipt shown on a page pays to."""
+    return Receipt.parse(receipt).pid
+
+
+async def credit(service: Service, receipt_or_pid: str, amount: int, height: int = 100) -> bytes:
+    pid = PaymentId.parse(receipt_or_pid) if len(receipt_or_pid) == 16 else pid_of(receipt_or_pid)
+    t = transfer(pid, amount, height)
     await service.state.ledger.credit([t], None)
     return t.txid
 
@@ -84,8 +93,9 @@ async def test_shop_lists_the_declared_offers_and_both_forms(shop: Service, http
     assert "checked" in radios[0] and "checked" not in radios[1]
     assert "7 days of access: 0.07 XMR" in page.source and "0.5 XMR of credit" in page.source
     assert [action for action, _ in page.forms()] == ["/pay", "/pay/status"]
-    check = page.by_id("check-pid").attrs
-    assert check["autocomplete"] == "off" and check["name"] == "pid"
+    check = page.by_id("check-receipt").attrs
+    assert check["autocomplete"] == "off" and check["name"] == "receipt"
+    assert check["aria-describedby"] == "check-hint" and "payment ID" in page.by_id("check-hint").text
 
 
 async def test_without_declared_offers_one_offer_at_the_minimum(config_factory, http: aiohttp.ClientSession) -> None:  # type: ignore[no-untyped-def]
@@ -101,8 +111,10 @@ async def test_without_declared_offers_one_offer_at_the_minimum(config_factory, 
 
 async def test_payment_page_builds_the_integrated_address_uri_and_qr(shop: Service, http: aiohttp.ClientSession) -> None:
     page = await create(http, shop, "30d")
-    pid, address, amount = page.field("pid"), page.field("address"), page.field("amount")
-    assert re.fullmatch(r"[0-9a-f]{16}", pid) and pid != "0" * 16
+    receipt, address, amount = page.field("receipt"), page.field("address"), page.field("amount")
+    # the receipt as eight groups of eight, and the address carries the PID derived from it
+    assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{8}){7}", receipt)
+    pid = pid_of(receipt).hex()
     decoded = decode_address(address)
     assert (decoded.kind, decoded.payment_id.hex() if decoded.payment_id else None) == ("integrated", pid)
     primary = decode_address(MERCHANT)
@@ -120,12 +132,16 @@ async def test_payment_page_builds_the_integrated_address_uri_and_qr(shop: Servi
     code = segno.make(uri, error="m", micro=False)
     assert (code.mode, code.error, code.is_micro) == ("byte", "M", False)
     assert image.attrs["width"] == image.attrs["height"] == str(code.symbol_size(scale=5, border=4)[0])
-    # the warning that the PID is the receipt, and the copy fields
-    assert "This is your receipt. Keep it secret." in page.source
+    # the receipt is the thing to keep, and the address alone claims nothing
+    text = re.sub(r"\s+", " ", page.source)
+    assert "This is your receipt. Keep it secret: whoever has it can claim the access." in text
+    assert "The address below no longer claims anything" in text
     assert page.by_id("address").tag == "textarea" and "readonly" in page.by_id("address").attrs
-    assert all("readonly" in page.by_id(i).attrs for i in ("pid", "amount"))
+    assert page.by_id("receipt").tag == "textarea"
+    assert all("readonly" in page.by_id(i).attrs for i in ("receipt", "amount"))
     assert "user-select:all" in page.style
-    assert page.forms()[-1] == ("/pay/status", {"pid": pid})
+    assert page.forms()[-1] == ("/pay/status", {"receipt": Receipt.parse(receipt).hex()})
+    assert pid not in page.source.replace(address, "")  # the PID only inside the address
 
 
 async def test_the_qr_png_reads_back_as_the_uri(shop: Service, http: aiohttp.ClientSession,
@@ -138,12 +154,12 @@ async def test_the_qr_png_reads_back_as_the_uri(shop: Service, http: aiohttp.Cli
     assert zbar_decode(png) == [uri]
 
 
-async def test_every_payment_is_a_fresh_pid_and_nothing_is_stored(shop: Service, http: aiohttp.ClientSession) -> None:
-    pids = {(await create(http, shop)).field("pid") for _ in range(5)}
-    assert len(pids) == 5
+async def test_every_payment_is_a_fresh_receipt_and_nothing_is_stored(shop: Service, http: aiohttp.ClientSession) -> None:
+    receipts = {(await create(http, shop)).field("receipt") for _ in range(5)}
+    assert len(receipts) == 5 and len({pid_of(r) for r in receipts}) == 5
     assert (await shop.state.ledger.storage.get_stats())["payments_unclaimed"] == 0
-    for pid in pids:
-        assert await shop.state.ledger.storage.get_claim(PaymentId.parse(pid).raw) is None
+    for receipt in receipts:
+        assert await shop.state.ledger.storage.get_claim(pid_of(receipt).raw) is None
 
 
 async def test_csp_hash_is_the_style_block(shop: Service, http: aiohttp.ClientSession) -> None:
@@ -159,14 +175,16 @@ async def test_csp_hash_is_the_style_block(shop: Service, http: aiohttp.ClientSe
 
 # ---------------------------------------------------------------------- every state, from the ledger
 async def test_every_state_from_the_real_ledger(shop: Service, http: aiohttp.ClientSession) -> None:
-    pid = (await create(http, shop)).field("pid")
+    shown = (await create(http, shop)).field("receipt")
+    receipt, pid = Receipt.parse(shown), pid_of(shown).hex()
+    hidden = {"receipt": receipt.hex()}  # what the buttons send back
     ledger = shop.state.ledger
 
-    page = await status_of(http, shop, pid)
-    assert page.h1 == "Payment not seen yet" and page.forms() == [("/pay/status", {"pid": pid})]
+    page = await status_of(http, shop, shown)
+    assert page.h1 == "Payment not seen yet" and page.forms() == [("/pay/status", hidden)]
 
     ledger.set_pending({PaymentId.parse(pid).raw: 4})
-    page = await status_of(http, shop, pid)
+    page = await status_of(http, shop, receipt.hex())
     assert page.h1 == "Payment seen, waiting for confirmations"
     bar = page.by_id("progress").attrs
     assert (bar["value"], bar["max"]) == ("4", "10")
@@ -174,7 +192,7 @@ async def test_every_state_from_the_real_ledger(shop: Service, http: aiohttp.Cli
 
     txid = await credit(shop, pid, MINIMUM // 4)  # the pending payment lands, below the minimum
     ledger.set_pending({})
-    page = await status_of(http, shop, pid)
+    page = await status_of(http, shop, shown)
     assert page.h1 == "Payment incomplete"
     assert "Received 0.0025 XMR, but the minimum is 0.01 XMR" in page.source
     assert "0.0075 XMR missing" in page.source
@@ -184,30 +202,32 @@ async def test_every_state_from_the_real_ledger(shop: Service, http: aiohttp.Cli
     assert page.all("img")[0].attrs["src"] == segno.make(uri, error="m", micro=False).png_data_uri(scale=5, border=4)
 
     await credit(shop, pid, MINIMUM, height=101)
-    page = await status_of(http, shop, pid)
+    page = await status_of(http, shop, shown)
     assert page.h1 == "Payment confirmed" and "0.0125 XMR is confirmed" in page.source
-    assert page.forms() == [("/pay/redeem", {"pid": pid})]
-    again = await status_of(http, shop, pid)  # checking never claims
+    assert page.forms() == [("/pay/redeem", hidden)]
+    again = await status_of(http, shop, shown)  # checking never claims
     assert again.h1 == "Payment confirmed"
 
-    page = await status_of(http, shop, pid, "/pay/redeem")
-    token = derive_service_token(PaymentId.parse(pid), txid.hex()).hex()
+    page = await status_of(http, shop, receipt.hex(), "/pay/redeem")
+    # the receipt's token, not the one its PID and the txid would give
+    token = derive_receipt_token(receipt.raw, txid).hex()
+    assert token != derive_service_token(PaymentId.parse(pid), txid.hex()).hex()
     assert page.h1 == "Your access token" and page.field("token") == token
     # the button that hands the token to the gateway's access page (a POST body, not a URL)
     assert page.forms() == [("/access", {"token": token, "next": "/"})]
     assert "Paid: 0.0125 XMR." in page.source and "Keep it secret." in page.source
     assert shop.state.metrics.redeem["success"].value == 1
 
-    page = await status_of(http, shop, pid)
-    assert page.h1 == "Already redeemed" and page.forms() == [("/pay/redeem", {"pid": pid})]
-    page = await status_of(http, shop, pid, "/pay/redeem")
+    page = await status_of(http, shop, shown)
+    assert page.h1 == "Already redeemed" and page.forms() == [("/pay/redeem", hidden)]
+    page = await status_of(http, shop, shown.replace("-", " ").upper(), "/pay/redeem")
     assert page.field("token") == token and shop.state.metrics.redeem["already_claimed"].value == 1
 
 
 async def test_redeem_page_answers_each_state_like_the_api(shop: Service, http: aiohttp.ClientSession) -> None:
-    unseen, pending, short = (PaymentId.generate().hex() for _ in range(3))
+    unseen, pending, short = (Receipt.generate().hex() for _ in range(3))
     assert (await status_of(http, shop, unseen, "/pay/redeem")).h1 == "Payment not seen yet"
-    shop.state.ledger.set_pending({PaymentId.parse(pending).raw: 0})
+    shop.state.ledger.set_pending({pid_of(pending).raw: 0})
     page = await status_of(http, shop, pending, "/pay/redeem")
     assert page.h1 == "Payment seen, waiting for confirmations" and page.by_id("progress").attrs["value"] == "0"
     await credit(shop, short, 5)
@@ -216,29 +236,42 @@ async def test_redeem_page_answers_each_state_like_the_api(shop: Service, http: 
     assert (counts["not_found"].value, counts["pending"].value, counts["underpaid"].value) == (1, 1, 1)
 
 
-async def test_the_integrated_address_checks_a_payment_too(shop: Service, http: aiohttp.ClientSession) -> None:
-    page = await create(http, shop)
-    pid, address = page.field("pid"), page.field("address")
+async def test_a_payment_id_or_address_checks_a_payment_made_before_receipts(
+        shop: Service, http: aiohttp.ClientSession) -> None:
+    """REDEEM_PLAIN_PIDS=allow (the shop fixture) stands for a payment a bare PID may claim:
+    typed into the receipt field, or sent by a payment page rendered before receipts."""
+    from anonticket.domain.address import make_integrated_address
+    pid = PaymentId.generate().hex()
+    address = make_integrated_address(MERCHANT, pid)
     await credit(shop, pid, MINIMUM)
     assert (await status_of(http, shop, f"  {address}\n")).h1 == "Payment confirmed"
     assert (await status_of(http, shop, pid.upper() + " ")).h1 == "Payment confirmed"
+    page = await status_of(http, shop, pid, field="pid")
+    assert page.h1 == "Payment confirmed" and page.forms() == [("/pay/redeem", {"pid": pid})]
     # an integrated address of someone else's wallet is not this shop's payment
-    from anonticket.domain.address import make_integrated_address
     foreign = make_integrated_address(PAYER_KEYS.address, pid)
-    status, page, _ = await fetch(http, shop, "POST", "/pay/status", {"pid": foreign})
-    assert status == 400 and foreign not in page.source and pid not in page.source
+    for field in ("receipt", "pid"):
+        status, page, _ = await fetch(http, shop, "POST", "/pay/status", {field: foreign})
+        assert status == 400 and foreign not in page.source and pid not in page.source
 
 
 # ---------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("bad", ["", "0000000000000000", "0123456789abcdeg", "0123456789abcde",
-                                 "ab" * 32, "x" * 106, "<script>0123456789abcdef"])
-async def test_a_malformed_pid_is_a_400_page_that_does_not_echo_it(shop: Service, http: aiohttp.ClientSession,
-                                                                    bad: str) -> None:
+                                 "x" * 106, "<script>0123456789abcdef", "ab" * 31 + "ag",
+                                 "-".join(["0123abcd"] * 7 + ["0123abc"]),
+                                 "-".join(["0123abcd"] * 4) + " " + " ".join(["0123abcd"] * 4),
+                                 "_".join(["0123abcd"] * 8), "ab" * 33])
+async def test_a_malformed_receipt_is_a_400_page_that_does_not_echo_it(
+        shop: Service, http: aiohttp.ClientSession, bad: str) -> None:
     for path in ("/pay/status", "/pay/redeem"):
-        status, page, _ = await fetch(http, shop, "POST", path, {"pid": bad})
-        assert (status, page.h1) == (400, "Not a payment ID")
-        assert not bad or bad not in page.source
-        assert "0123456789abcde" not in page.source
+        for field in ("receipt", "pid"):
+            status, page, _ = await fetch(http, shop, "POST", path, {field: bad})
+            assert (status, page.h1) == (400, "Not a receipt")
+            assert not bad or bad not in page.source
+            assert "0123456789abcde" not in page.source and "0123abc" not in page.source
+    status, page, _ = await fetch(http, shop, "POST", "/pay/status",
+                                  {"receipt": Receipt.generate().hex(), "pid": "0123456789abcdef"})
+    assert (status, page.h1) == (400, "Not a receipt")
 
 
 async def test_refused_forms_and_methods_are_pages_with_the_headers(shop: Service, http: aiohttp.ClientSession) -> None:
@@ -281,12 +314,13 @@ async def test_checkout_off_without_an_address(config_factory, http: aiohttp.Cli
 
 async def test_the_access_log_names_route_templates_only(shop: Service, http: aiohttp.ClientSession,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    pid = (await create(http, shop)).field("pid")
-    await status_of(http, shop, pid)
-    await fetch(http, shop, "GET", f"/pay/{pid}")
+    receipt = (await create(http, shop)).field("receipt")
+    await status_of(http, shop, receipt)
+    await fetch(http, shop, "GET", f"/pay/{receipt}")
     await shop.aclose()  # flushes the access log
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "anonticket.access" in line]
     assert [line.split()[4:7] for line in lines] == [
         ["POST", "/pay", "200"], ["POST", "/pay/status", "200"], ["GET", "unmatched", "404"]]
-    assert pid not in err
+    assert receipt not in err and receipt.replace("-", "") not in err
+    assert pid_of(receipt).hex() not in err

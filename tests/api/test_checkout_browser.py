@@ -1,8 +1,9 @@
 """The checkout in real browsers, against the real wallet on a private regtest chain.
 
 Debian's chromium, driven by Playwright with JavaScript disabled, walks the flow as a
-customer would: pick an offer, read the address and amount, pay them from the payer
-wallet, watch the confirmations, redeem, see the token — checking what is on screen
+customer would: pick an offer, keep the receipt, read the address and amount, pay them
+from the payer wallet, watch the confirmations, redeem, see the token, and find that the
+address pasted in place of the receipt shows nothing — checking what is on screen
 (the QR in a screenshot decodes to the payment URI), that axe-core finds no
 accessibility violation in light and dark mode at 360 px, and that no URL, Referer or
 cookie ever carries a secret. Then Debian's firefox-esr, headless over Marionette with
@@ -30,7 +31,7 @@ import pytest
 import segno
 
 from anonticket.service.app import Service, start_service
-from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.domain.ids import Receipt, derive_receipt_token, derive_service_token
 from anonticket.domain.payment_uri import parse_xmr
 from anonticket.regtest import MERCHANT_KEYS, RegtestNetwork
 from anonticket.regtest.actions import wait_until_minable
@@ -53,7 +54,8 @@ async def shop(net: RegtestNetwork, tmp_path: Path) -> AsyncIterator[Service]:
     service = await start_service(make_config(
         tmp_path, MONERO_RPC_URL=net.merchant_url, MONITOR_ENABLED="true", MONITOR_START_HEIGHT=start,
         MONITOR_MIN_CONFIRMATIONS=N, MONITOR_POLL_INTERVAL_SECS="0.2", MONERO_RPC_TIMEOUT_SECS="30",
-        CHECKOUT_OFFERS="7d, 30d", ACCESS_PRICE_PER_DAY=PRICE_PER_DAY, MONITOR_MIN_PAYMENT_AMOUNT=WEEK))
+        CHECKOUT_OFFERS="7d, 30d", ACCESS_PRICE_PER_DAY=PRICE_PER_DAY, MONITOR_MIN_PAYMENT_AMOUNT=WEEK,
+        REDEEM_PLAIN_PIDS="refuse"))  # the production default: the address claims nothing
     try:
         # the address comes from the watch-only wallet itself (MERCHANT_ADDRESS is unset)
         assert service.state.merchant.address == net.merchant_address == MERCHANT_KEYS.address
@@ -77,8 +79,18 @@ async def until(what: str, attempt: Callable[[], Awaitable[T]], done: Callable[[
     return value
 
 
-def wallet_address(net: RegtestNetwork, pid: str) -> str:
+def wallet_address(net: RegtestNetwork, receipt: str) -> str:
+    """The wallet's own integrated address for the PID the receipt on the page derives."""
+    pid = Receipt.parse(receipt).pid.hex()
     return str(net.merchant_rpc("make_integrated_address", {"payment_id": pid})["integrated_address"])
+
+
+def receipt_token(receipt: str, txid: str) -> str:
+    """The token a receipt payment redeems to; never the one its PID and txid would give."""
+    parsed = Receipt.parse(receipt)
+    token = derive_receipt_token(parsed.raw, bytes.fromhex(txid)).hex()
+    assert token != derive_service_token(parsed.pid, txid).hex()
+    return token
 
 
 # ---------------------------------------------------------------------- chromium
@@ -162,11 +174,15 @@ async def test_a_customer_buys_access_in_chromium_without_javascript(
 
         # the payment page, as the customer sees it
         assert await heading() == "Pay 0.007 XMR"
-        assert await page.get_by_text("This is your receipt. Keep it secret.").is_visible()
-        pid = await page.input_value("#pid")
+        assert await page.get_by_text("This is your receipt. Keep it secret: whoever has it can "
+                                      "claim the access.").is_visible()
+        assert await page.get_by_text("The address below no longer claims anything").is_visible()
+        receipt = await page.input_value("#receipt")
         address = await page.input_value("#address")
         amount = await page.input_value("#amount")
-        assert amount == "0.007" and address == wallet_address(net, pid)
+        assert amount == "0.007" and address == wallet_address(net, receipt)
+        pid = Receipt.parse(receipt).pid.hex()
+        secrets = (receipt, receipt.replace("-", ""), pid, address)
         uri = await page.get_by_role("link", name="Open in my wallet").get_attribute("href")
         assert uri == f"monero:{address}?tx_amount=0.007"
         qr = page.locator(".qr img")
@@ -196,16 +212,23 @@ async def test_a_customer_buys_access_in_chromium_without_javascript(
         await submit("Get my access")
         assert await heading() == "Your access token"
         token = await page.input_value("#token")
-        assert token == derive_service_token(PaymentId.parse(pid), txid).hex()
+        assert token == receipt_token(receipt, txid)
         assert "Paid: 0.007 XMR." in await page.inner_text("main")
 
-        # later, from the start page, with the payment ID kept as the receipt
+        # later, from the start page, with the receipt kept
         await page.goto(base + "/pay")
-        await page.get_by_label("Payment ID, or the integrated address you paid").fill(pid)
+        await page.get_by_label("Your receipt").fill(receipt)
         await submit("Check payment")
         assert await heading() == "Already redeemed"
         await submit("Show my token again")
         assert await page.input_value("#token") == token
+        # what the payer's wallet history shows, pasted in its place, claims and shows nothing
+        for seen_by_the_payer in (address, pid):
+            await page.goto(base + "/pay")
+            await page.get_by_label("Your receipt").fill(seen_by_the_payer)
+            await submit("Check payment")
+            assert await heading() == "Payment not seen yet"
+            assert token not in await page.content()
         # a reload of a POST-only page goes back to the start, carrying nothing
         await page.goto(base + "/pay/status")
         assert page.url == base + "/pay" and await heading() == "Buy access"
@@ -220,7 +243,7 @@ async def test_a_customer_buys_access_in_chromium_without_javascript(
         assert any("label" in v for v in await axe.violations(page))
         assert await context.cookies() == [] and ran_script == []
         for method, url, headers in sent:
-            assert pid not in url and address not in url and token not in url, url
+            assert not any(secret in url for secret in (*secrets, token)), url
             assert "referer" not in headers and "cookie" not in headers, (method, url, headers)
         for url, status, headers in answered:
             assert "set-cookie" not in headers
@@ -287,8 +310,10 @@ async def test_a_customer_buys_access_in_firefox_at_safest_and_each_state_is_scr
             assert "30 days of access: 0.03 XMR" in await ff("text")
             await shot("1-shop")
             assert await ff.press("/pay") == "Pay 0.007 XMR"
-            pid, address = await ff("value", "#pid"), await ff("value", "#address")
-            assert address == wallet_address(net, pid) and await ff("value", "#amount") == "0.007"
+            receipt, address = await ff("value", "#receipt"), await ff("value", "#address")
+            assert address == wallet_address(net, receipt) and await ff("value", "#amount") == "0.007"
+            assert "This is your receipt. Keep it secret: whoever has it can claim the access." \
+                in await ff("text")
             uri = await ff("attribute", "a.button", "href")
             assert uri == f"monero:{address}?tx_amount=0.007"
             # the PNG QR is drawn at Safest, and reads back as the URI
@@ -318,15 +343,18 @@ async def test_a_customer_buys_access_in_firefox_at_safest_and_each_state_is_scr
             assert "0.007 XMR is confirmed" in await ff("text")
             await shot("6-confirmed")
             assert await ff.press("/pay/redeem") == "Your access token"
-            # the token derives from the earliest payment
-            assert await ff("value", "#token") == derive_service_token(PaymentId.parse(pid), first).hex()
+            # the token derives from the receipt and the earliest payment
+            assert await ff("value", "#token") == receipt_token(receipt, first)
             await shot("7-token")
 
             await ff("go", base + "/pay")
-            await ff("type", "#check-pid", pid)
+            await ff("type", "#check-receipt", receipt)
             assert await ff.press("/pay/status") == "Already redeemed"
             await shot("8-redeemed")
             assert await ff("url") == base + "/pay/status"
+            await ff("go", base + "/pay")
+            await ff("type", "#check-receipt", address)  # the address claims nothing
+            assert await ff.press("/pay/status") == "Payment not seen yet"
     finally:
         await asyncio.to_thread(firefox.close)
 

@@ -1,4 +1,4 @@
-"""A whole checkout run leaks no PID, integrated address, txid or token.
+"""A whole checkout run leaks no receipt, PID, integrated address, txid or token.
 
 Create → pay → status (pending, confirmed) → redeem → status again, plus the usual
 mistakes, against the real ``bin/anonticket serve`` with debug logging and the access
@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from anonticket.domain.ids import PaymentId, derive_service_token
+from anonticket.domain.ids import Receipt, derive_receipt_token
 from anonticket.regtest import MERCHANT_KEYS
 from fake_wallet import FakeWallet
 from page_helpers import SECURITY_HEADERS, LOCAL_TARGET, Page, assert_safe_page
@@ -55,8 +55,8 @@ class Browser:
         self.seen.append(Seen(method, self.base + path, status, headers, page, typed))
         return status, page
 
-    async def status(self, pid: str) -> tuple[int, Page]:
-        return await self.go("POST", "/pay/status", {"pid": pid})
+    async def status(self, receipt: str) -> tuple[int, Page]:
+        return await self.go("POST", "/pay/status", {"receipt": receipt})
 
 
 def add_address(secret: Secrets, name: str, address: str) -> None:
@@ -71,41 +71,51 @@ async def checkout_run(browser: Browser, chain: Chain, secret: Secrets) -> None:
     offer = [e.attrs["value"] for e in page.all("input") if e.attrs.get("type") == "radio"][0]
     status, page = await browser.go("POST", "/pay", {"offer": offer})
     assert status == 200, page.source
-    pid, address = page.field("pid"), page.field("address")
-    secret.add_pid("pid", pid)
+    shown, address = page.field("receipt"), page.field("address")
+    receipt = Receipt.parse(shown)
+    pid = receipt.pid.hex()
+    secret.add_receipt("receipt", receipt)
     add_address(secret, "integrated address", address)
 
-    status, page = await browser.status(pid)
+    status, page = await browser.status(shown)
     assert page.h1 == "Payment not seen yet"
     txid = await chain.pay(pid, 2 * 10**9)
     secret.add("txid", txid)
-    await poll("the pending page", lambda: browser.status(pid),
+    await poll("the pending page", lambda: browser.status(shown),
                lambda s, p: p.h1.startswith("Payment seen"), chain.timeout)
     await chain.mine(1)
-    _, page = await poll("one confirmation", lambda: browser.status(pid),
+    _, page = await poll("one confirmation", lambda: browser.status(shown),
                          lambda s, p: p.h1.startswith("Payment seen")
                          and p.by_id("progress").attrs["value"] == "1", chain.timeout)
     assert f"1 of {N} confirmations" in page.source
     await chain.mine(N)
-    await poll("the confirmed page", lambda: browser.status(pid),
+    await poll("the confirmed page", lambda: browser.status(shown),
                lambda s, p: p.h1 == "Payment confirmed", chain.timeout)
-    status, page = await browser.go("POST", "/pay/redeem", {"pid": pid})
-    token = derive_service_token(PaymentId.parse(pid), txid).hex()
+    status, page = await browser.go("POST", "/pay/redeem", {"receipt": receipt.hex()})
+    token = derive_receipt_token(receipt.raw, bytes.fromhex(txid)).hex()
     secret.add("token", token)
     assert (status, page.h1, page.field("token")) == (200, "Your access token", token)
-    assert (await browser.status(pid))[1].h1 == "Already redeemed"
-    assert (await browser.go("POST", "/pay/redeem", {"pid": address}))[1].field("token") == token
+    assert (await browser.status(shown))[1].h1 == "Already redeemed"
+    # the address and the PID (the payer's side knows both) show nothing and claim nothing
+    for seen_by_the_payer in (address, pid):
+        for path, field in (("/pay/redeem", "receipt"), ("/pay/status", "receipt"),
+                            ("/pay/redeem", "pid")):
+            status, page = await browser.go("POST", path, {field: seen_by_the_payer})
+            assert (status, page.h1) == (200, "Payment not seen yet")
+            # only what was typed comes back (the buttons send the address's PID back)
+            assert secret.found_in(page.source.replace(address, "").replace(pid, "")) == []
+            assert token not in page.source
 
     # reloads, bookmarks and mistakes
     for path in ("/pay/status", "/pay/redeem"):
         status, _ = await browser.go("GET", path)
         assert status == 303
-    for bad in (pid + "0", address + "x", token):
+    for bad in (receipt.hex() + "0", shown[:-1], pid + "0", address + "x", token + "-"):
         status, page = await browser.status(bad)
         assert status == 400 and secret.found_in(page.source) == []
-    status, page = await browser.go("GET", f"/pay/{pid}", typed=True)
+    status, page = await browser.go("GET", f"/pay/{shown}", typed=True)
     assert status == 404 and secret.found_in(page.source) == []
-    assert (await browser.go("PUT", "/pay/status", {"pid": pid}))[0] == 405
+    assert (await browser.go("PUT", "/pay/status", {"receipt": shown}))[0] == 405
 
 
 def check_seen(seen: list[Seen], secret: Secrets) -> None:

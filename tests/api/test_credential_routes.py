@@ -164,10 +164,14 @@ async def test_audiences_are_the_operators_and_the_gateway_takes_none(
     service_side = CredentialVerifier.from_key_document(keys, audience="files")
     assert service_side.verify(credential).subject == token_subject(bytes.fromhex(token))
     assert (await check(http, svc, {"Authorization": f"Bearer {credential}"}))[0] == 401
-    for body, code in (({"aud": "other"}, "invalid_audience"), ({"aud": 5}, "invalid_audience"),
-                       ({"aud": "files", "sub": "x"}, "invalid_request"), ([1], "invalid_request")):
+    # an audience the operator does not issue is well-formed: 422; a malformed body is 400
+    for body, want in (({"aud": "other"}, (422, "invalid_audience")),
+                       ({"aud": ""}, (422, "invalid_audience")),
+                       ({"aud": 5}, (400, "invalid_request")),
+                       ({"aud": "files", "sub": "x"}, (400, "invalid_request")),
+                       ([1], (400, "invalid_request"))):
         status, _, answer = await post_credential(http, svc, auth, body)
-        assert (status, answer["error"]) == (400, code), body
+        assert (status, answer["error"]) == want, body
         assert "other" not in answer["message"]
     status, _, answer = await post_credential(http, svc, auth, data=b"{nope")
     assert (status, answer["error"]) == (400, "invalid_request")
@@ -330,7 +334,8 @@ async def test_rotation_through_the_internal_api(svc: Service, http: aiohttp.Cli
         status, _, body = await check(http, svc, {"Authorization": f"Bearer {credential}"})
         assert (status, json.loads(body)["error"]) == (401, "invalid_credential")
     assert len((await key_document(http, svc))["keys"]) == 1
-    for body in ({"purpose": "nope"}, {"immediately": "yes"}, {"other": 1}):
+    for body in ({"purpose": "nope"}, {"purpose": [None]}, {"purpose": 5}, {"immediately": "yes"},
+                 {"other": 1}):
         async with http.post(url(svc.internal_address, "/api/v1/keys/rotate"), json=body) as resp:
             assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
 

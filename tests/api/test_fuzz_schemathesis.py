@@ -253,6 +253,7 @@ async def test_schemathesis_fuzz_both_listeners(tmp_path: Path) -> None:
         served = Served(tmp_path, MONITOR_ENABLED="true", MONERO_RPC_URL=wallet.url,
                         MONITOR_POLL_INTERVAL_SECS="0.1", MONITOR_START_HEIGHT="1",
                         MONITOR_MIN_CONFIRMATIONS="10", MONITOR_MIN_PAYMENT_AMOUNT="1000",
+                        REDEEM_PLAIN_PIDS="allow",  # the seeds are bare PIDs
                         PRIVATE_TOKEN_UNITS="hour=session:3600:100, call=request:7")
         async with served:
             seeds = await seed(txids, http, served)

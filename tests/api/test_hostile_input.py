@@ -150,30 +150,48 @@ GET_ROUTES = [("public", "/health/live"), ("public", "/api/v1/token/{token}"),
 OPEN_PATHS = {"/health/live", "/health/ready"}
 
 
-def string_fields() -> list[tuple[str, str, str]]:
+def _resolved(spec: dict, schema: dict) -> dict:
+    """A schema with its ``$ref`` (to components) followed."""
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def string_fields() -> tuple[list[tuple[str, str, str]], dict[tuple[str, str], list[str]]]:
     """(listener, path, field) for every string property of every JSON request body in
-    anonticket/api/openapi.yaml, so a field added to the contract is fuzzed without a test edit."""
+    anonticket/api/openapi.yaml, so a field added to the contract is fuzzed without a test edit, and
+    for each (path, field) the string fields sent with it: all of the body's, or those of
+    its ``oneOf`` alternative (a redeem sends ``receipt`` or ``pid``, never both)."""
     spec = yaml.safe_load(SPEC_PATH.read_text())
-    found = []
+    found, siblings = [], {}
     for path, item in spec["paths"].items():
         for operation in item.values():
             content = operation.get("requestBody", {}).get("content", {})
-            properties = content.get("application/json", {}).get("schema", {}).get("properties", {})
-            for name, schema in properties.items():
-                if schema.get("type") == "string":
-                    found += [(listener, path, name) for listener in operation["x-listeners"]]
-    return found
+            body = _resolved(spec, content.get("application/json", {}).get("schema", {}))
+            for alternative in body.get("oneOf", [{}]):
+                # the body's own properties hold in every alternative (the replay's ``id``)
+                properties = {**body.get("properties", {}),
+                              **_resolved(spec, alternative).get("properties", {})}
+                strings = [name for name, schema in properties.items()
+                           if _resolved(spec, schema).get("type") == "string"]
+                for name in strings:
+                    found += [(listener, path, name) for listener in operation["x-listeners"]
+                              if (listener, path, name) not in found]
+                    siblings.setdefault((path, name), strings)
+    return found, siblings
 
 
-STRING_FIELDS = string_fields()
+STRING_FIELDS, SENT_WITH = string_fields()
 # a valid value for each field, so the one carrying the surrogate is the only thing wrong
-VALID = {"pid": PAID_PID, "reason": "chargeback", "memo": "GET /file", "id": "msg_0",
-         "aud": "files", "purpose": "credential"}
+VALID = {"pid": PAID_PID, "receipt": "5eed" * 16, "reason": "chargeback", "memo": "GET /file",
+         "id": "msg_0", "aud": "files", "purpose": "credential"}
 
 
 def test_the_contract_has_the_string_fields_we_expect() -> None:
     assert {(path, name) for _, path, name in STRING_FIELDS} >= {
-        ("/api/v1/redeem", "pid"), ("/api/v1/token/{token}/revoke", "reason")}
+        ("/api/v1/redeem", "pid"), ("/api/v1/redeem", "receipt"),
+        ("/api/v1/token/{token}/topup", "receipt"), ("/api/v1/token/{token}/revoke", "reason")}
+    assert SENT_WITH[("/api/v1/redeem", "receipt")] == ["receipt"]
 
 
 # ---------------------------------------------------------------------- deep nesting
@@ -227,10 +245,12 @@ async def test_lone_surrogates_in_every_string_field_are_400(target: Target) -> 
              spelling="escaped")  # the report
     def check(where: tuple[str, str, str], text: str, spelling: str) -> None:
         listener, path, field = where
-        fields = {name: VALID[name] for at, route, name in STRING_FIELDS if (at, route) == (listener, path)}
-        if field == "(key)":
+        if field == "(key)":  # the route's first body, with a surrogate key added
+            first = next(name for at, route, name in STRING_FIELDS if (at, route) == (listener, path))
+            fields: dict[str, object] = {name: VALID[name] for name in SENT_WITH[(path, first)]}
             fields[text] = 1
         else:
+            fields = {name: VALID[name] for name in SENT_WITH[(path, field)]}
             fields[field] = text
         request = raw_request("POST", path.format(token=target.token), bearer(),
                               encode_json(fields, spelling))

@@ -1,7 +1,8 @@
-"""No PID, token or txid ever leaves the service except to the customer who owns it.
+"""No receipt, PID, token or txid ever leaves the service except to the customer who owns it.
 
-A full customer and operator run (pay, pending, redeem, introspect, revoke, and the
-usual mistakes) against the real ``bin/anonticket serve`` with debug logging and the
+A full customer and operator run (pay a receipt's PID, pending, redeem with the receipt,
+introspect, revoke, and the usual mistakes, the bare PID among them) against the real
+``bin/anonticket serve`` at its default settings (REDEEM_PLAIN_PIDS=refuse), with debug logging and the
 access log on, its stdout and stderr in one file. Afterwards every log line, the
 metrics text and every response body are searched for each secret in every spelling
 a careless line could use: hex in either case, the wallet's 64-hex PID form, bytes
@@ -30,7 +31,7 @@ import aiohttp
 import pytest
 
 from anonticket.config import SETTINGS
-from anonticket.domain.ids import PaymentId, derive_service_token, token_subject
+from anonticket.domain.ids import Receipt, derive_receipt_token, token_subject
 from conftest import REPO
 from fake_wallet import FakeWallet, make_transfer
 from secret_search import Secrets
@@ -147,6 +148,9 @@ class Client:
     async def redeem(self, pid: str) -> tuple[int, Any]:
         return await self.request("POST", "public", "/api/v1/redeem", body={"pid": pid})
 
+    async def redeem_receipt(self, receipt: str) -> tuple[int, Any]:
+        return await self.request("POST", "public", "/api/v1/redeem", body={"receipt": receipt})
+
 
 async def poll(what: str, attempt: Callable[[], Awaitable[tuple[int, Any]]],
                done: Callable[[int, Any], bool], timeout: float) -> tuple[int, Any]:
@@ -220,37 +224,45 @@ def service_settings(wallet_url: str, start_height: int) -> dict[str, object]:
 
 # ---------------------------------------------------------------------- the scenario
 async def customer_and_operator_run(client: Client, chain: Chain, secret: Secrets) -> None:
-    pid, small_pid, stranger = (secrets.token_hex(8) for _ in range(3))
-    for name, value in (("pid", pid), ("underpaid pid", small_pid), ("unknown pid", stranger)):
-        secret.add_pid(name, value)
+    paid, small = Receipt.generate(), Receipt.generate()
+    receipt, small_receipt = paid.hex(), small.hex()
+    pid, small_pid = paid.pid.hex(), small.pid.hex()
+    stranger = secrets.token_hex(8)
+    secret.add_receipt("receipt", paid)
+    secret.add_receipt("underpaid receipt", small)
+    secret.add_pid("unknown pid", stranger)
     secret.items["operator bearer"] = {OPERATOR.lower()}
 
-    status, body = await client.redeem(pid)
+    status, body = await client.redeem_receipt(receipt)
     assert (status, body["error"]) == (404, "payment_not_found")
 
     txid = await chain.pay(pid, 2 * MIN_PAYMENT)
     secret.add("txid", txid)
-    status, body = await poll("pending answer", lambda: client.redeem(pid),
+    status, body = await poll("pending answer", lambda: client.redeem_receipt(receipt),
                               lambda s, b: s == 202, chain.timeout)
     assert body == {"status": "pending", "confirmations": 0, "required": 2}
+    status, body = await client.redeem(pid)  # what the payer's wallet saw: nothing pending
+    assert (status, body["error"]) == (404, "payment_not_found")
     await chain.mine(1)
-    await poll("one confirmation", lambda: client.redeem(pid),
+    await poll("one confirmation", lambda: client.redeem_receipt(receipt),
                lambda s, b: s == 202 and b["confirmations"] == 1, chain.timeout)
     # paid only now: a regtest payer may mine blocks to unlock coins before it can pay,
     # which would have confirmed the first payment before its pending answers were seen
     small_txid = await chain.pay(small_pid, MIN_PAYMENT // 2)
     secret.add("underpaid txid", small_txid)
     await chain.mine(2)
-    status, body = await poll("the confirmed redeem", lambda: client.redeem(pid),
+    status, body = await poll("the confirmed redeem", lambda: client.redeem_receipt(receipt),
                               lambda s, b: s == 200, chain.timeout)
-    token = derive_service_token(PaymentId.parse(pid), txid).hex()
+    token = derive_receipt_token(paid.raw, bytes.fromhex(txid)).hex()
     secret.add("token", token)
     assert body == {"status": "success", "service_token": token, "balance": 2 * MIN_PAYMENT,
                     "remaining": 2 * MIN_PAYMENT, "expires_at": None}
-    status, again = await client.redeem(pid.upper())
+    status, again = await client.redeem_receipt(paid.grouped().upper())
     assert (status, again["status"], again["service_token"]) == (200, "already_claimed", token)
+    status, body = await client.redeem(pid)
+    assert (status, body["error"]) == (404, "payment_not_found")
 
-    status, body = await poll("the underpaid answer", lambda: client.redeem(small_pid),
+    status, body = await poll("the underpaid answer", lambda: client.redeem_receipt(small_receipt),
                               lambda s, b: s == 402, chain.timeout)
     assert (body["error"], body["balance"], body["minimum"]) == ("underpaid", MIN_PAYMENT // 2, MIN_PAYMENT)
 
@@ -289,7 +301,7 @@ async def customer_and_operator_run(client: Client, chain: Chain, secret: Secret
     status, body = await client.request("POST", "internal", f"/api/v1/token/{token}/revoke",
                                         body={"reason": "abuse report", "abuse_score": 7}, bearer=OPERATOR)
     assert (status, body["status"], body["abuse_score"]) == (200, "revoked", 7)
-    status, again = await client.redeem(pid)
+    status, again = await client.redeem_receipt(receipt)
     assert (status, again["status"]) == (200, "already_claimed")
     status, info = await client.request("GET", "public", f"/api/v1/token/{token}")
     assert (status, info["status"]) == (200, "revoked")
@@ -302,8 +314,15 @@ async def customer_and_operator_run(client: Client, chain: Chain, secret: Secret
     for bad in (pid + "zz", pid[:-1] + "g", " " + pid, pid + "1" * 48, txid, token):
         status, body = await client.redeem(bad)
         assert (status, body["error"]) == (400, "invalid_pid"), bad
+    for bad in (receipt + "0", receipt[:-1] + "g", " " + receipt, receipt[:-2], paid.grouped() + "-",
+                paid.grouped().replace("-", "_"), pid, txid + "00"):
+        status, body = await client.redeem_receipt(bad)
+        assert (status, body["error"]) == (400, "invalid_receipt"), bad
     status, body = await client.request("POST", "public", "/api/v1/redeem", body={"pid": [pid]})
     assert (status, body["error"]) == (400, "invalid_pid")
+    status, body = await client.request("POST", "public", "/api/v1/redeem",
+                                        body={"receipt": receipt, "pid": pid})
+    assert (status, body["error"]) == (400, "invalid_request")
     for raw in (b'{"pid": "' + pid.encode() + b'"', b'["' + pid.encode() + b'"]',
                 b'{"pid": "' + pid.encode() + b'", "x": \xff}'):
         status, body = await client.request("POST", "public", "/api/v1/redeem", data=raw)

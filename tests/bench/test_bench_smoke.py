@@ -23,21 +23,22 @@ from hypothesis import strategies as st
 
 from anonticket.api.public import (
     _claimed_bytes,
+    claim_from_body,
     claimed_view,
-    _redeem_pid,
+    _redeem_claim,
     _token_view_bytes,
     parse_pid,
     token_view,
 )
 from anonticket.api.request import json_object
-from anonticket.domain.ids import PaymentId
-from anonticket.domain.errors import InvalidPid, InvalidRequest
+from anonticket.domain.ids import PaymentId, Receipt
+from anonticket.domain.errors import InvalidPid, InvalidReceipt, InvalidRequest
 from anonticket.ledger.views import Claimed
 from anonticket.storage import TokenRow
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_already_claimed", "redeem_unknown_flood",
-             "token_issued", "token_unknown", "mixed", "uds_redeem_unknown_flood",
+SCENARIOS = ("health_vs_bare", "redeem_success", "redeem_receipt_vs_pid", "redeem_already_claimed",
+             "redeem_unknown_flood", "token_issued", "token_unknown", "mixed", "uds_redeem_unknown_flood",
              "uds_token_issued_cold", "redeem_success_plans", "token_issued_plans", "debit")
 
 
@@ -61,9 +62,12 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     # each scenario measured what it claims: every redeem of a fresh PID won, every
     # random PID was unknown, every issued token was found
     assert result["scenarios"]["redeem_success"]["pairs"][0]["scenario"]["outcomes"]["success"] > 0
+    receipt_pair = result["scenarios"]["redeem_receipt_vs_pid"]["pairs"][0]
+    assert receipt_pair["baseline"]["outcomes"]["success"] > 0 and "404" not in receipt_pair["baseline"]["outcomes"]
     # plans on: every redeem won a token that expires, every such token was found, and
     # every debit (each its own Idempotency-Key) was applied, none replayed
-    for name in ("redeem_already_claimed", "redeem_unknown_flood", "token_issued", "token_unknown",
+    # (redeem_receipt_vs_pid: every receipt and every bare PID of its baseline won)
+    for name in ("redeem_receipt_vs_pid", "redeem_already_claimed", "redeem_unknown_flood", "token_issued", "token_unknown",
                  "redeem_success_plans", "token_issued_plans", "debit"):
         assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
     assert result["rss"]["vmhwm_mb"] > 0 and result["rss"]["answered_404"] >= 5_000
@@ -130,39 +134,52 @@ def test_fence_cost_benchmark_runs_both_modes(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- shortcuts = long way
-def _general_pid(raw: bytes) -> PaymentId:
-    """What a redeem body meant before the regex shortcut: json.loads, then PaymentId.parse."""
-    body = json_object(raw)
-    if "pid" not in body:
-        raise InvalidRequest()
-    return PaymentId.parse(body["pid"])
+def _general_claim(raw: bytes) -> tuple[bytes, bytes | None]:
+    """What a redeem body means without the regex shortcut: json.loads, then Receipt.parse
+    or PaymentId.parse, as (raw PID, raw receipt or None)."""
+    claim = claim_from_body(json_object(raw), False)
+    if isinstance(claim, Receipt):
+        return claim.pid_raw, claim.raw
+    return claim.raw, None
+
+
+def _fast_claim(raw: bytes) -> tuple[bytes, bytes | None]:
+    pid, receipt = _redeem_claim(raw, False)
+    return pid, None if receipt is None else receipt.raw
 
 
 def _outcome(fn: Any, *args: Any) -> tuple[str, object]:
     try:
-        return "ok", fn(*args).raw
+        value = fn(*args)
     except InvalidPid:
         return "invalid_pid", None
+    except InvalidReceipt:
+        return "invalid_receipt", None
     except InvalidRequest:
         return "invalid_request", None
+    return "ok", getattr(value, "raw", value)
 
 
 _hex = st.text(alphabet="0123456789abcdefABCDEF", min_size=0, max_size=70)
-_pid_text = _hex | st.text(max_size=20) | st.just("0" * 16) | st.just(" " + "a" * 15)
+_receipt_hex = st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64)
+_pid_text = (_hex | st.text(max_size=20) | st.just("0" * 16) | st.just(" " + "a" * 15)
+             | _receipt_hex | _receipt_hex.map(lambda h: "-".join(h[i:i + 8] for i in range(0, 64, 8))))
 _space = st.sampled_from(["", " ", "\t", "\n", "\r\n", "\f", "\v", "\u00a0"])
 
 
-@given(pid=_pid_text, a=_space, b=_space, c=_space)
-def test_redeem_body_shortcut_answers_like_json_and_parse(pid: str, a: str, b: str, c: str) -> None:
-    for raw in (f'{a}{{{b}"pid"{c}:{a}"{pid}"{b}}}{c}'.encode(),
-                json.dumps({"pid": pid}).encode(),
-                json.dumps({"pid": pid, "x": 1}).encode()):
-        assert _outcome(_redeem_pid, raw, False) == _outcome(_general_pid, raw), raw
+@given(pid=_pid_text, a=_space, b=_space, c=_space, field=st.sampled_from(["pid", "receipt"]))
+def test_redeem_body_shortcut_answers_like_json_and_parse(pid: str, a: str, b: str, c: str,
+                                                          field: str) -> None:
+    for raw in (f'{a}{{{b}"{field}"{c}:{a}"{pid}"{b}}}{c}'.encode(),
+                json.dumps({field: pid}).encode(),
+                json.dumps({field: pid, "x": 1}).encode(),
+                json.dumps({"pid": pid, "receipt": pid}).encode()):
+        assert _outcome(_fast_claim, raw) == _outcome(_general_claim, raw), raw
 
 
-@given(raw=st.binary(max_size=40))
+@given(raw=st.binary(max_size=80))
 def test_redeem_body_shortcut_on_arbitrary_bytes(raw: bytes) -> None:
-    assert _outcome(_redeem_pid, raw, False) == _outcome(_general_pid, raw)
+    assert _outcome(_fast_claim, raw) == _outcome(_general_claim, raw)
 
 
 @given(text=_pid_text | st.integers() | st.none())

@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 
 from anonticket.config import SETTINGS
-from anonticket.domain.ids import PaymentId, derive_service_token
-from anonticket.regtest import MERCHANT_KEYS, RegtestError, RegtestNetwork, RpcError
+from anonticket.domain.ids import PaymentId, Receipt, derive_receipt_token, derive_service_token
+from anonticket.domain.address import make_integrated_address
+from anonticket.regtest import MERCHANT_KEYS, PAYER_KEYS, RegtestError, RegtestNetwork, RpcError
 from anonticket.regtest.process import pid_alive
 from anonticket.regtest.record import ENV_FORMAT, write_state
 from anonticket.cli.sandbox import (
@@ -260,11 +261,11 @@ def test_the_printed_flow_works_and_ctrl_c_leaves_nothing(sandbox_dir: Path) -> 
     try:
         banner = sandbox.wait_ready(START_DEADLINE)
         rows, steps = banner.rows, banner.steps
-        pid = rows["example payment id"]
-        assert PaymentId.parse(pid).is_short
+        receipt, pid = Receipt.parse(rows["example receipt"]), rows["its payment id"]
+        assert PaymentId.parse(pid) == receipt.pid  # the printed flow pays the receipt's PID
         assert rows["merchant address"] == MERCHANT_KEYS.address
         assert rows["confirmations"].startswith(f"{CONFIRMATIONS} ")
-        assert len(steps) == 6 and all(steps)
+        assert len(steps) == 7 and all(steps)
 
         state = json.loads((sandbox_dir / "chain" / "env.json").read_text())
         pids = state["pids"]
@@ -290,10 +291,22 @@ def test_the_printed_flow_works_and_ctrl_c_leaves_nothing(sandbox_dir: Path) -> 
         checkout = rows["checkout"].split()[0]
         assert checkout == rows["public listener"] + "/pay"
         page = checkout_page(checkout, {"offer": TUNABLE_DEFAULTS["MONITOR_MIN_PAYMENT_AMOUNT"]})
-        sold = page.field("pid")
+        sold = Receipt.parse(page.field("receipt")).pid.hex()
         assert net.merchant_rpc("make_integrated_address", {"payment_id": sold})["integrated_address"] \
             == page.field("address")
         assert page.field("amount") == "0.001"
+        # what the banner tells a browser customer: `sandbox pay <its address> <its amount>`
+        bought = subprocess.run([BIN, "sandbox", "pay", page.field("address"), "0.001", "--dir",
+                                 str(sandbox_dir)], cwd=REPO, env=clean_env(), capture_output=True,
+                                text=True, timeout=120)
+        assert bought.returncode == 0, bought.stderr
+        assert json.loads(bought.stdout)["amount"] == XMR // 1000
+        someone_else = make_integrated_address(PAYER_KEYS.address, pid)
+        foreign = subprocess.run([BIN, "sandbox", "pay", someone_else, "0.001", "--dir",
+                                  str(sandbox_dir)], cwd=REPO, env=clean_env(), capture_output=True,
+                                 text=True, timeout=60)
+        assert foreign.returncode == 1 and foreign.stdout == ""
+        assert "not an integrated address of this sandbox's merchant" in one_error_line(foreign.stderr)
 
         # a second sandbox in the same directory is refused at once, touching nothing
         second = subprocess.run([BIN, "sandbox", "--dir", str(sandbox_dir)], cwd=REPO, env=clean_env(),
@@ -314,23 +327,28 @@ def test_the_printed_flow_works_and_ctrl_c_leaves_nothing(sandbox_dir: Path) -> 
         mined_run = shell(steps[2])
         assert mined_run.returncode == 0, mined_run.stderr
         assert json.loads(mined_run.stdout) == {"mined": CONFIRMATIONS, "height": paid["height"] + CONFIRMATIONS}
-        # 4. success, with the token the payment derives
-        token = derive_service_token(PaymentId.parse(pid), paid["txid"]).hex()
+        # 4. success, with the token the receipt and the payment derive
+        token = derive_receipt_token(receipt.raw, bytes.fromhex(paid["txid"])).hex()
+        assert token != derive_service_token(PaymentId.parse(pid), paid["txid"]).hex()
         success = poll(steps[3], "success", {"pending"})
         assert success == {"status": "success", "service_token": token, "balance": XMR // 2,
                            "remaining": XMR // 2, "expires_at": None}
         assert answers(shell(steps[3]).stdout)[0]["status"] == "already_claimed"
-        # 5. introspect
-        (active,) = answers(shell(steps[4], token).stdout)
+        # 5. the bare payment id: 404, the very answer an unknown PID gets
+        (bare,) = answers(shell(steps[4]).stdout)
+        (unknown,) = answers(shell([steps[4][0].replace(pid, PaymentId.generate().hex())]).stdout)
+        assert bare == unknown and bare["error"] == "payment_not_found"
+        # 6. introspect
+        (active,) = answers(shell(steps[5], token).stdout)
         assert active["status"] == "active" and active["amount"] == XMR // 2
-        # 6. revoke through the CLI with sandbox.env, then introspect again
-        revoked_run = shell(steps[5], token)
+        # 7. revoke through the CLI with sandbox.env, then introspect again
+        revoked_run = shell(steps[6], token)
         assert revoked_run.returncode == 0, revoked_run.stderr
         revoked, introspected = answers(revoked_run.stdout)
         assert revoked["status"] == "revoked" and revoked["revoke_reason"] == "test"
         assert introspected["status"] == "revoked"
         # sandbox.env is enough for stats too
-        stats = shell([steps[5][0], "bin/anonticket stats --json"])
+        stats = shell([steps[6][0], "bin/anonticket stats --json"])
         assert stats.returncode == 0, stats.stderr
         assert json.loads(stats.stdout)["tokens_revoked"] == 1
 
@@ -345,7 +363,8 @@ def test_the_printed_flow_works_and_ctrl_c_leaves_nothing(sandbox_dir: Path) -> 
         assert not (sandbox_dir / ENV_FILE).exists()
         assert json.loads((sandbox_dir / "chain" / "env.json").read_text())["stopped"]
         assert "Traceback" not in sandbox.stderr()
-        assert pid not in sandbox.stderr() and token not in sandbox.stderr()  # logs stay secret-free
+        logged = sandbox.stderr()  # logs stay secret-free
+        assert pid not in logged and token not in logged and receipt.hex() not in logged
 
         # and once stopped, pay says so in one line
         late = subprocess.run([BIN, "sandbox", "pay", pid, "0.1", "--dir", str(sandbox_dir)], cwd=REPO,
@@ -469,8 +488,8 @@ async def test_the_sandbox_notices_a_chain_that_died(tmp_path: Path) -> None:
 
 def test_the_readme_shows_what_the_sandbox_prints() -> None:
     ready = Ready(Path("/home/you/anonticket/var/sandbox"), "bin/anonticket", "", "http://127.0.0.1:PORT",
-                  "http://127.0.0.1:PORT2", "http://127.0.0.1:PORT3", MERCHANT_KEYS.address, 101, 10, "PID",
-                  "INTEGRATED")
+                  "http://127.0.0.1:PORT2", "http://127.0.0.1:PORT3", MERCHANT_KEYS.address, 101, 10,
+                  "RECEIPT", "PID", "INTEGRATED")
     printed = banner(ready) + "\n"
     for page in (REPO / "README.md", REPO / "docs" / "operations.md"):
         text = page.read_text()

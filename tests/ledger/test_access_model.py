@@ -40,7 +40,8 @@ def clock() -> Clock:
 @pytest.fixture
 async def ledger(storage: Storage, clock: Clock) -> AsyncIterator[Ledger]:
     ledger = Ledger(storage, min_payment=MIN, min_confirmations=10,
-                    negative_cache=TtlSet(100, 0.5), price_per_day=PRICE, clock=clock)
+                    negative_cache=TtlSet(100, 0.5), price_per_day=PRICE, clock=clock,
+                    plain_pids="allow")
     await ledger.load()
     yield ledger
 

@@ -34,7 +34,7 @@ MIN = 1000
 @pytest.fixture
 async def ledger(storage: Storage) -> AsyncIterator[Ledger]:
     ledger = Ledger(storage, min_payment=MIN, min_confirmations=10,
-                    negative_cache=TtlSet(1000, 60.0))
+                    negative_cache=TtlSet(1000, 60.0), plain_pids="allow")
     await ledger.load()
     yield ledger
 

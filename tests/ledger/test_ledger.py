@@ -45,6 +45,7 @@ def make_ledger(storage: Storage, clock: Clock, hits: Hits) -> Ledger:
     return Ledger(
         storage, min_payment=MIN, min_confirmations=CONFIRMATIONS,
         negative_cache=TtlSet(100, TTL, clock), on_negative_cache_hit=hits, clock=lambda: NOW,
+        plain_pids="allow",
     )
 
 

@@ -124,7 +124,8 @@ async def test_the_retry_of_a_credit_indexes_what_is_stored_not_only_what_is_new
     retry alone: every incoming PID enters the index and leaves the negative cache."""
     def ledger() -> Ledger:
         return Ledger(storage, min_payment=MIN, min_confirmations=10,
-                      negative_cache=TtlSet(100, 3600), clock=lambda: NOW)
+                      negative_cache=TtlSet(100, 3600), clock=lambda: NOW,
+                      plain_pids="allow")
 
     failed, other = ledger(), ledger()
     await other.load()

@@ -179,7 +179,8 @@ async def test_the_takeover_waits_for_a_write_in_flight_and_its_views_hold_it(
         await takeover
     finally:
         await blocker.close()
-    views = Ledger(new, min_payment=MIN, min_confirmations=10, negative_cache=TtlSet(10, 60))
+    views = Ledger(new, min_payment=MIN, min_confirmations=10, negative_cache=TtlSet(10, 60),
+                   plain_pids="allow")
     await views.load()
     record = await views.find_token(ServiceToken(world.token))
     assert record is not None and record.revoked_at == NOW

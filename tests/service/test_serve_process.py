@@ -37,10 +37,12 @@ READY_LINE = re.compile(r"public listener on (\S+), internal listener on (\S+?):
 
 
 def serve_env(sockdir: Path, **extra: str) -> dict[str, str]:
-    """The caller's environment minus every anonticket setting, plus ours."""
+    """The caller's environment minus every anonticket setting, plus ours (bare PIDs redeem,
+    as the tests here pay random PIDs)."""
     names = {s.name for s in SETTINGS}
     env = {k: v for k, v in os.environ.items() if k not in names}
     env.update({
+        "REDEEM_PLAIN_PIDS": "allow",
         "DATABASE_URL": str(sockdir / "anonticket.db"),
         "API_UNIX_SOCKET": str(sockdir / "public.sock"),
         "API_INTERNAL_BIND_ADDRESS": "127.0.0.1:0",

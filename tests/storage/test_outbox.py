@@ -47,7 +47,8 @@ def wakes() -> list[int]:
 async def ledger(storage: Storage, clock: Clock, wakes: list[int]) -> AsyncIterator[Ledger]:
     storage.enable_outbox(lambda: wakes.append(1))
     ledger = Ledger(storage, min_payment=1000, min_confirmations=10,
-                    negative_cache=TtlSet(100, 0.5), price_per_day=PRICE, clock=clock)
+                    negative_cache=TtlSet(100, 0.5), price_per_day=PRICE, clock=clock,
+                    plain_pids="allow")
     await ledger.load()
     yield ledger
 
@@ -163,7 +164,8 @@ async def test_nothing_is_written_while_webhooks_are_off(database_url: str) -> N
     store = await open_storage(database_url)
     try:
         ledger = Ledger(store, min_payment=1000, min_confirmations=10,
-                        negative_cache=TtlSet(100, 0.5), price_per_day=PRICE, clock=lambda: T0)
+                        negative_cache=TtlSet(100, 0.5), price_per_day=PRICE, clock=lambda: T0,
+                        plain_pids="allow")
         await ledger.load()
         pid, token = await issue(ledger)
         await ledger.credit([transfer(pid, 1000)], None)

@@ -72,7 +72,7 @@ async def test_version_3_keys_move_to_a_rowid_table_and_still_replay(
     finally:
         await store.close()
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # the upgrade goes on to the latest
         without_rowid, = conn.execute(
             "SELECT wr FROM pragma_table_list WHERE name = 'idempotency_keys'").fetchone()
         indexes = {(name, unique) for _, name, unique, *_ in

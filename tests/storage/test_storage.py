@@ -113,7 +113,7 @@ async def test_broken_migration_leaves_the_previous_version(
     # version 3 and 4 keep the table names: before 4 the tables are 3's, copy not left over;
     # before 6 there are no signing keys, before 7 no spent-set
     later = {"signing_keys", "private_token_spent"}
-    before = {3: (2, V2_TABLES), 4: (3, TABLES - later), 6: (4, TABLES - later),
+    before = {3: (2, V2_TABLES), 4: (3, TABLES - later), 6: (5, TABLES - later),
               7: (6, TABLES - {"private_token_spent"})}
     assert (user_version(path), tables(path)) == before[version]
     monkeypatch.undo()

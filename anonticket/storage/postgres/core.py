@@ -240,7 +240,7 @@ class PostgresCore:
                 log.info("a pooled connection was closed by the server; reading again")
             return await self._pool.fetch(sql, *args)
 
-    async def _load_prefixes(self, table: str, column: str) -> array:
+    async def _load_prefixes(self, table: str, column: str, where: str = "") -> array:
         """8-byte key prefixes, sorted: one query, aggregated server-side into one bytea
         (8 MB for a million keys) over an index-only scan in key order. A million Records
         would cost more memory and time than the prefixes themselves, and the earlier
@@ -251,7 +251,7 @@ class PostgresCore:
         async with unavailable_on_error():
             raw, count = await self._pool.fetchrow(
                 f"""SELECT string_agg(substr(k, 1, 8), ''::bytea), count(*)
-                    FROM (SELECT {column} AS k FROM {table} ORDER BY {column}) AS s""")
+                    FROM (SELECT {column} AS k FROM {table} {where} ORDER BY {column}) AS s""")
         prefixes = array("Q")
         if not count:
             return prefixes

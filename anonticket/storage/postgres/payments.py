@@ -16,14 +16,19 @@ from collections.abc import Iterable, Sequence
 
 import asyncpg
 
-from anonticket.domain.ids import PaymentId, Transfer, derive_service_token
+from anonticket.domain.ids import Transfer
 from anonticket.storage.ledger_rules import (
+    Claim,
     PidCredit,
+    claim_pid,
     claim_row,
+    claim_token,
     credits_per_pid,
     credits_per_token,
     expiry_after,
+    plan_claims,
     refuse_topup,
+    visible_row,
 )
 from anonticket.storage.events import issued_event, topped_up_event
 from anonticket.storage.payments import _topped_up_events
@@ -45,80 +50,93 @@ _TOKEN_T = column_list(TOKEN_COLUMNS, "t")
 class PgPaymentStore(PostgresCore):
     # ------------------------------------------------------------------ redeem
     async def claim_payments(
-        self, pids: Sequence[bytes], min_amount: int, now: int
-    ) -> dict[bytes, ClaimRow]:
+        self, claims: Sequence[Claim], min_amount: int, now: int, *, refuse_plain: bool = False
+    ) -> dict[Claim, ClaimRow]:
         """See ``PaymentStore.claim_payments``. The conditional UPDATE is the one-winner
         guard here too: a concurrent claimer blocks on the row lock, re-reads the row
         once the winner commits, finds ``status = 1`` and returns nothing for it."""
+        plan = plan_claims(claims)
 
-        async def work(db: asyncpg.Connection) -> dict[bytes, ClaimRow]:
-            result: dict[bytes, ClaimRow] = {}
-            claimed = await db.fetch(
-                """UPDATE payments SET status = 1, claimed_at = $1
-                   WHERE status = 0 AND amount >= $2 AND pid = ANY($3::bytea[])
-                   RETURNING pid, txid, amount, seconds""",
-                now, min_amount, list(pids))
-            tokens: list[bytes] = []
-            owners: list[bytes] = []
-            amounts: list[int] = []
-            expiries: list[int | None] = []
-            records: list[TokenRow] = []
-            for pid, txid, amount, seconds in claimed:
-                token = derive_service_token(PaymentId(pid), txid.hex()).raw
-                expires_at = expiry_after(now, seconds)
-                tokens.append(token)
-                owners.append(pid)
-                amounts.append(amount)
-                expiries.append(expires_at)
-                record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
-                records.append(record)
-                result[pid] = ClaimRow(1, amount, token, claimed_now=True, record=record)
-            if tokens:
-                await db.execute(
-                    """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
-                       SELECT token, pid, amount, $5, expires_at
-                       FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])
-                            AS n(token, pid, amount, expires_at)""",
-                    tokens, owners, amounts, expiries, now)
-                await db.execute(
-                    """UPDATE payments AS p SET token = n.token
-                       FROM unnest($1::bytea[], $2::bytea[]) AS n(token, pid)
-                       WHERE p.pid = n.pid""",
-                    tokens, owners)
-                if self.outbox is not None:
-                    await self.outbox.add(db, map(issued_event, records), now)
-            rest = [pid for pid in pids if pid not in result]
+        async def work(db: asyncpg.Connection) -> dict[Claim, ClaimRow]:
+            result: dict[Claim, ClaimRow] = {}
+            for pids, only_plain in ((plan.by_receipt, False), (plan.plain, refuse_plain)):
+                if not pids:
+                    continue
+                claimed = await db.fetch(
+                    f"""UPDATE payments SET status = 1, claimed_at = $1
+                       WHERE status = 0 AND amount >= $2 AND pid = ANY($3::bytea[])
+                             {"AND plain_pid_ok = 1" if only_plain else ""}
+                       RETURNING pid, txid, amount, seconds""",
+                    now, min_amount, sorted(pids))
+                tokens: list[bytes] = []
+                owners: list[bytes] = []
+                amounts: list[int] = []
+                expiries: list[int | None] = []
+                records: list[TokenRow] = []
+                for pid, txid, amount, seconds in claimed:
+                    claim = plan.claimant(pid)
+                    token = claim_token(claim, pid, txid)
+                    expires_at = expiry_after(now, seconds)
+                    tokens.append(token)
+                    owners.append(pid)
+                    amounts.append(amount)
+                    expiries.append(expires_at)
+                    record = TokenRow(token, amount, now, None, None, 0, 0, expires_at)
+                    records.append(record)
+                    result[claim] = ClaimRow(1, amount, token, claimed_now=True, record=record)
+                if tokens:
+                    await db.execute(
+                        """INSERT INTO service_tokens (token, pid, amount, issued_at, expires_at)
+                           SELECT token, pid, amount, $5, expires_at
+                           FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])
+                                AS n(token, pid, amount, expires_at)""",
+                        tokens, owners, amounts, expiries, now)
+                    await db.execute(
+                        """UPDATE payments AS p SET token = n.token
+                           FROM unnest($1::bytea[], $2::bytea[]) AS n(token, pid)
+                           WHERE p.pid = n.pid""",
+                        tokens, owners)
+                    if self.outbox is not None:
+                        await self.outbox.add(db, map(issued_event, records), now)
+            rest = [claim for claim in claims if claim not in result]
             if rest:
                 rows = await db.fetch(
-                    f"""SELECT p.pid, p.status, p.amount, {_TOKEN_T}
+                    f"""SELECT p.pid, p.plain_pid_ok, p.status, p.amount, {_TOKEN_T}
                         FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
                         WHERE p.pid = ANY($1::bytea[])""",
-                    rest)
-                for pid, status, amount, *token_columns in rows:
-                    result[pid] = claim_row(status, amount, token_columns)
+                    sorted({claim_pid(claim) for claim in rest}))
+                found = {pid: (plain_pid_ok, claim_row(status, amount, token_columns))
+                         for pid, plain_pid_ok, status, amount, *token_columns in rows}
+                for claim in rest:
+                    row = visible_row(claim, found.get(claim_pid(claim)), refuse_plain)
+                    if row is not None:
+                        result[claim] = row
             return result
 
         return await self._write(work)
 
-    async def get_claim(self, pid: bytes) -> ClaimRow | None:
+    async def get_claim(self, pid: bytes, *, refuse_plain: bool = False) -> ClaimRow | None:
         rows = await self._read(
-            f"""SELECT p.status, p.amount, {_TOKEN_T}
+            f"""SELECT p.plain_pid_ok, p.status, p.amount, {_TOKEN_T}
                 FROM payments AS p LEFT JOIN service_tokens AS t ON t.token = p.token
                 WHERE p.pid = $1""",
             pid)
-        for status, amount, *token_columns in rows:
+        for plain_pid_ok, status, amount, *token_columns in rows:
+            if refuse_plain and not plain_pid_ok:
+                return None
             return claim_row(status, amount, token_columns)
         return None
 
     async def topup_token(
-        self, token: bytes, pid: bytes, min_amount: int, now: int
+        self, token: bytes, pid: bytes, min_amount: int, now: int, *, refuse_plain: bool = False
     ) -> TopupOutcome:
         """See ``PaymentStore.topup_token``. Both rows are locked (payment first) before
         anything is decided, so a concurrent redeem or top-up of the PID waits."""
 
         async def work(db: asyncpg.Connection) -> TopupOutcome:
             payment = await db.fetchrow(
-                "SELECT status, amount, seconds, token FROM payments WHERE pid = $1 FOR UPDATE",
+                """SELECT status, amount, seconds, token, plain_pid_ok FROM payments
+                   WHERE pid = $1 FOR UPDATE""",
                 pid)
             found = await db.fetchrow(
                 f"SELECT pid, {TOKEN_COLUMNS} FROM service_tokens WHERE token = $1 FOR UPDATE",
@@ -127,9 +145,9 @@ class PgPaymentStore(PostgresCore):
                 return TopupOutcome("token_not_found")
             own_pid, *columns = found
             record = TokenRow(*columns)
-            if payment is None:
+            if payment is None or (refuse_plain and not payment[4]):
                 return TopupOutcome("pending_or_unknown")
-            status, amount, seconds, owner = payment
+            status, amount, seconds, owner, _ = payment
             refused = refuse_topup(token, own_pid, record, pid, status, amount, owner, min_amount)
             if refused is not None:
                 return refused
@@ -206,6 +224,9 @@ class PgPaymentStore(PostgresCore):
 
     async def load_pid_prefixes(self) -> array:
         return await self._load_prefixes("payments", "pid")
+
+    async def load_plain_pid_prefixes(self) -> array:
+        return await self._load_prefixes("payments", "pid", "WHERE plain_pid_ok = 1")
 
 
 async def _insert_fresh_transfers(
