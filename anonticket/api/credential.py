@@ -193,11 +193,11 @@ async def rotate_keys(request: web.Request) -> web.Response:
     units = private_tokens.purposes() if private_tokens is not None else {}
     if type(purpose) is not str or not _PURPOSE.fullmatch(purpose):
         raise InvalidRequest("purpose must be credential or private_token:<unit>")
+    flags = [body.get(name, False) for name in ("immediately", "compromised")]
+    if any(type(flag) is not bool for flag in flags):  # the form first (400), then meaning
+        raise InvalidRequest("immediately and compromised must be true or false")
     if purpose not in KINDS and purpose not in units:
         raise PurposeRefused("purpose must be one of: " + ", ".join(sorted([*KINDS, *units])))
-    flags = [body.get(name, False) for name in ("immediately", "compromised")]
-    if any(type(flag) is not bool for flag in flags):
-        raise InvalidRequest("immediately and compromised must be true or false")
     if purpose in units:
         if not any(flags):
             raise PurposeRefused("an issuer key follows its epoch schedule: rotate it with "
