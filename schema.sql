@@ -1,8 +1,8 @@
 -- anonticket's SQLite schema as it is now (version 8), as one script to read.
 --
 -- The service does not run this file: it applies the migrations in anonticket/storage/sql/
--- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql, v8.sql), each with its PRAGMA user_version
--- in one transaction, so any older database is brought up to date the same way.
+-- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql, v7.sql, v8.sql), each with its PRAGMA
+-- user_version in one transaction, so any older database is brought up to date the same way.
 -- tests/storage/test_schema_files.py checks that
 -- this script and those migrations build the same database (tables, columns, CHECKs, keys,
 -- indexes, seed rows, version). A change is a new migration (docs/architecture.md) and an
@@ -183,6 +183,16 @@ CREATE TABLE signing_keys (
     CHECK (retired_at IS NULL OR (retired_at >= not_before AND expires_at >= retired_at))
 ) STRICT;
 
+-- The spent-set of Privacy Pass tokens (v7.sql says more): one row per redeemed token, its
+-- issuer key (signing_keys.key_id of a 'private_token:<unit>' key) and its nonce; the primary
+-- key lets a token be spent once. Nothing here names a buyer. Rows of a removed key are
+-- deleted by housekeeping.
+CREATE TABLE private_token_spent (
+    key_id   TEXT    NOT NULL CHECK (length(key_id) = 64),
+    nonce    BLOB    NOT NULL CHECK (length(nonce) = 32),
+    spent_at INTEGER NOT NULL,
+    PRIMARY KEY (key_id, nonce)
+) STRICT, WITHOUT ROWID;
 
 -- Provisional credit (docs/operations.md#provisional-credit): payments credited before
 -- MONITOR_MIN_CONFIRMATIONS, kept here (not in transfers) until final.

@@ -15,13 +15,14 @@ owns and what it may import, and docs/architecture.md draws the whole house::
     api/       the HTTP handlers and pages           monitor/   the wallet poll loop
     webhooks/  the outbox's sender
     service/   wiring: the app, leadership, housekeeping, sockets, systemd notify
+    client/    the customer's Privacy Pass client (fetch, store, spend tokens): crypto only
     cli/       the command line, the admin client, the sandbox
     regtest/   a private regtest Monero network for tests and the sandbox (stdlib only)
 
 Imports go one way, down this line, and never in a circle, not even inside a package
 (tests/docs/test_layers.py)::
 
-    crypto ← domain ← config ← storage ← ledger ← monero ← runtime ← {api, monitor, webhooks} ← service ← cli
+    crypto ← domain ← config ← storage ← ledger ← monero ← runtime ← {api, monitor, webhooks} ← service ← client ← cli
 
 The three in braces never import each other (they meet in ``runtime.State``); ``regtest``
 imports nothing of the service and only ``cli`` imports it; nothing below ``api`` imports

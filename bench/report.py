@@ -27,6 +27,8 @@ RATIO_TARGETS = {
     # issue 23 (bench/credentials.py): to /health/live on the listener each is served on
     "credential_issue": 0.50,
     "gateway_check_credential": 0.85,
+    # issue 24 (bench/private_tokens.py): a signature verify and a spent-set insert per request
+    "private_token_redeem": 0.50,
 }
 # issue 15: the writes on PostgreSQL (a round trip per statement, the server on the same core)
 PG_RATIO_TARGETS = {**RATIO_TARGETS, "redeem_success": 0.15, "redeem_success_plans": 0.15,

@@ -16,6 +16,13 @@
 --                                       a file of credentials works the same way
 --   mode=credential keys=FILE           POST /api/v1/credential with "Authorization: Bearer"
 --                                       and a random token of FILE (counted: "credential")
+--   mode=private_token_redeem keys=FILE GET /api/v1/check with "Authorization: PrivateToken
+--                                       token=..." (FILE: one base64url token a line), each
+--                                       token once (threads split FILE; the thread stops when
+--                                       its share is spent)
+--   mode=private_token_issue body=FILE token=T nonce=S
+--                                       POST /api/v1/private-token with FILE's batch of token
+--                                       requests, paid by T, each with a key of its own
 -- Every mode defines response(), so the client pays the same per-response cost in the
 -- baselines as in the scenarios. done() prints one line "BENCH_JSON {...}" for run.py.
 
@@ -155,6 +162,29 @@ builders.debit = function()
                     '{"amount":1}')
 end
 
+-- Privacy Pass: a token is spent once, so the list is walked like redeem_new's
+builders.private_token_redeem = function()
+  local reqs = pools.private_token_redeem
+  local i = cursors.private_token_redeem + 1
+  cursors.private_token_redeem = i
+  if reqs[i] == nil then
+    count("exhausted")
+    finish()
+    return wrk.format("GET", "/health/live")
+  end
+  return reqs[i]
+end
+
+local issue_body = ""
+local issue_headers = { ["Content-Type"] = "application/private-token-request" }
+local issue_prefix = ""
+local issue_count = 0
+builders.private_token_issue = function()
+  issue_count = issue_count + 1
+  issue_headers["Idempotency-Key"] = issue_prefix .. issue_count
+  return wrk.format("POST", "/api/v1/private-token", issue_headers, issue_body)
+end
+
 -- mixed: 10% new redeems, 20% already claimed, 30% unknown PIDs, 30% issued tokens,
 -- 10% unknown tokens
 local mix = {
@@ -219,6 +249,21 @@ function init(args)
     build_pool("credential", load_keys(opts.keys, 0, 1), function(token)
       return wrk.format("POST", "/api/v1/credential", { Authorization = "Bearer " .. token })
     end)
+  end
+  if mode == "private_token_redeem" then
+    build_pool("private_token_redeem", load_keys(opts.keys, thread_index, threads_total),
+               function(token)
+                 return wrk.format("GET", "/api/v1/check",
+                                   { Authorization = 'PrivateToken token="' .. token .. '"' })
+               end)
+  end
+  if mode == "private_token_issue" then
+    local f = assert(io.open(opts.body, "rb"))
+    issue_body = f:read("*a")
+    f:close()
+    issue_headers["Authorization"] = "Bearer " .. (opts.token or error("needs token="))
+    issue_prefix = (opts.nonce or error("mode=private_token_issue needs nonce=")) .. "-"
+                   .. thread_index .. "-"
   end
   build = builders[mode]
 end

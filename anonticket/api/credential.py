@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,6 +32,7 @@ from anonticket.crypto.credential import KEY_DOCUMENT_PATH, KeyEntry, key_docume
 from anonticket.domain.errors import (
     InvalidAudience,
     InvalidRequest,
+    ServiceError,
     TokenProvisional,
     Unavailable,
 )
@@ -163,6 +165,15 @@ def make_key_document_handler(app: web.Application) -> Any:
 
 
 # ---------------------------------------------------------------------- operator's routes
+_PURPOSE = re.compile(r"credential|private_token:[a-z0-9][a-z0-9_-]{0,31}")
+
+
+class PurposeRefused(ServiceError):
+    """A well-formed purpose this deployment cannot rotate now (a unit not configured, or an
+    issuer key without --now / --compromised): the request was understood, so 422."""
+
+    status, code, message = 422, "invalid_request", "this key cannot be rotated so"
+
 def key_view(row: SigningKeyRow, now: int) -> dict[str, Any]:
     """A key as the operator sees it: never its secret."""
     if row.retired_at is not None and row.retired_at <= now:
@@ -190,13 +201,24 @@ async def rotate_keys(request: web.Request) -> web.Response:
     if set(body) - {"purpose", "immediately", "compromised"}:
         raise InvalidRequest("the body may hold purpose, immediately and compromised")
     purpose = body.get("purpose", CREDENTIAL)
-    if type(purpose) is not str or purpose not in KINDS:  # a list is not even hashable
-        raise InvalidRequest("purpose must be one of: " + ", ".join(sorted(KINDS)))
+    private_tokens = state.ledger.private_tokens
+    units = private_tokens.purposes() if private_tokens is not None else {}
+    if type(purpose) is not str or not _PURPOSE.fullmatch(purpose):
+        raise InvalidRequest("purpose must be credential or private_token:<unit>")
     flags = [body.get(name, False) for name in ("immediately", "compromised")]
-    if any(type(flag) is not bool for flag in flags):
+    if any(type(flag) is not bool for flag in flags):  # the form first (400), then meaning
         raise InvalidRequest("immediately and compromised must be true or false")
-    ring = _credentials(state).ring
-    key = await ring.rotate(purpose, immediately=flags[0], compromised=flags[1])
+    if purpose not in KINDS and purpose not in units:
+        raise PurposeRefused("purpose must be one of: " + ", ".join(sorted([*KINDS, *units])))
+    if purpose in units:
+        if not any(flags):
+            raise PurposeRefused("an issuer key follows its epoch schedule: rotate it with "
+                                 "immediately (--now) or compromised (--compromised)")
+        key = await private_tokens.rotate(units[purpose],  # type: ignore[union-attr]
+                                          compromised=flags[1])
+    else:
+        ring = _credentials(state).ring
+        key = await ring.rotate(purpose, immediately=flags[0], compromised=flags[1])
     state.metrics.key_rotations.inc()
     now = state.ledger.clock()
     return json_body({"rotated": key_view(key.row, now),

@@ -45,6 +45,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,6 +53,8 @@ from aiohttp import web
 
 from anonticket.api.access_cookie import AccessCookie
 from anonticket.api.request import STATE, rfc3339
+from anonticket.crypto.privacy_pass import PrivacyPassError, Token
+from anonticket.crypto.privacy_pass_http import b64url_decode, parse_authorization
 from anonticket.domain.ids import ServiceToken, token_subject
 from anonticket.domain.errors import (
     ChargeUnconfirmed,
@@ -75,6 +78,9 @@ REMAINING_HEADER = "X-Anonticket-Remaining"
 EXPIRES_HEADER = "X-Anonticket-Expires-At"
 REASON_HEADER = "X-Anonticket-Reason"
 PROVISIONAL_HEADER = "X-Anonticket-Provisional"
+# the credential of a session a spent private token bought, for the proxy to hand the client
+SESSION_HEADER = "X-Anonticket-Credential"
+CACHE_HEADER = "Cache-Control"
 # what a cost can be: a debit's own limit (amounts and their sums fit SQLite's INTEGER)
 MAX_COST = 2**62
 _MAX_COST_DIGITS = len(str(MAX_COST))
@@ -100,6 +106,10 @@ DENIALS: dict[str, tuple[int, str, str | None]] = {
     "credential_revoked": (403, "the credential's token has been revoked", None),
     "token_required": (401, "this location is metered: it takes the service token itself, "
                             "a credential cannot pay", _CHALLENGE_INVALID),
+    "private_token_invalid": (401, "the private token is not valid (malformed, another type, "
+                                   "an unknown or removed key, another issuer's challenge or "
+                                   "a bad signature)", _CHALLENGE),
+    "private_token_spent": (401, "the private token has been spent already", _CHALLENGE),
 }
 _DENIAL_BODIES = {reason: json.dumps({"error": reason, "message": message}).encode()
                   for reason, (_, message, _) in DENIALS.items()}
@@ -113,6 +123,8 @@ CREDENTIAL_PREFIX = "v4.public."
 # what is read as a credential rather than a token: any PASETO-looking value (v1 to v4,
 # local or public), so another version is refused as an invalid credential, not a token
 _PASETO_LIKE = re.compile(r"v[0-9]\.[a-z]+\.")
+# Authorization: PrivateToken token="<base64url of a 354-byte token>", as clients write it
+_PRIVATE_TOKEN = re.compile(r'PrivateToken token="([A-Za-z0-9_-]{472}={0,2})"')
 
 
 class Presented(str):
@@ -197,11 +209,16 @@ def allowed_headers(record: TokenRow) -> dict[str, str]:
     return headers
 
 
-def denial(reason: str, remaining: int | None = None) -> web.Response:
+def denial(reason: str, remaining: int | None = None,
+           private_token_challenges: str = "") -> web.Response:
+    """The refusal; a 401 also offers ``private_token_challenges`` (RFC 9577's PrivateToken
+    challenge for each unit, when Privacy Pass is on) beside the Bearer challenge, in one
+    WWW-Authenticate value: a proxy that passes one header on passes them all."""
     status, _, challenge = DENIALS[reason]
     headers = {REASON_HEADER: reason}
     if challenge is not None:
-        headers["WWW-Authenticate"] = challenge
+        headers["WWW-Authenticate"] = (f"{challenge}, {private_token_challenges}"
+                                       if private_token_challenges else challenge)
     if remaining is not None:
         headers[REMAINING_HEADER] = str(remaining)
     return web.Response(status=status, body=_DENIAL_BODIES[reason],
@@ -217,6 +234,7 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
     credential = (config.api_internal_token.encode("utf-8", "surrogateescape")
                   if config.api_internal_token else None)
     allowed_tally, credential_tally = tallies["allowed"], tallies["allowed_credential"]
+    private_token_tally = tallies["allowed_private_token"]
 
     def with_credential(text: str, cost: int) -> web.Response:
         """The check for a credential: never storage, never a charge."""
@@ -237,7 +255,54 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
 
     def refuse(reason: str, remaining: int | None = None) -> web.Response:
         tallies[reason].inc()
+        private_tokens = state.ledger.private_tokens
+        if private_tokens is not None and DENIALS[reason][0] == 401:
+            return denial(reason, remaining, private_tokens.challenges())
         return denial(reason, remaining)
+
+    async def with_private_token(value: str, cost: int, secure: bool) -> web.Response:
+        """RFC 9577 §2.2: verify offline, then spend the nonce; grant what the unit is worth."""
+        private_tokens = state.ledger.private_tokens
+        if private_tokens is None:
+            return refuse("token_missing")
+        try:
+            canonical = _PRIVATE_TOKEN.fullmatch(value)
+            # the form every client sends, read without the RFC 9110 parser (the same
+            # answer: tests/api/test_private_tokens_service.py)
+            token = (Token.decode(b64url_decode(canonical.group(1))) if canonical
+                     else parse_authorization(value))
+            if token is None:
+                return refuse("private_token_invalid")
+            found = private_tokens.verify(token)
+        except PrivacyPassError:
+            return refuse("private_token_invalid")
+        if cost and found.unit.grants == "session":
+            return refuse("token_required")  # a session is a credential: it cannot pay
+        try:
+            won = await private_tokens.spend(found, token)
+        except NotActive:
+            tallies["unavailable"].inc()
+            raise  # fenced out before anything was spent: a standby's 503, ask the other
+        except Unavailable:
+            tallies["unavailable"].inc()
+            raise ChargeUnconfirmed() from None
+        if not won:
+            return refuse("private_token_spent")
+        private_token_tally.inc()
+        if found.unit.grants == "request":
+            return web.Response(headers={SUBJECT_HEADER: secrets.token_hex(16),
+                                         CACHE_HEADER: "no-store"})
+        credentials = state.ledger.credentials
+        if credentials is None:
+            raise Unavailable()
+        subject, issued = credentials.issue_session(found.unit.seconds)
+        response = web.Response(headers={
+            SUBJECT_HEADER: subject, EXPIRES_HEADER: rfc3339(issued.expires_at),
+            SESSION_HEADER: issued.credential, CACHE_HEADER: "no-store"})
+        response.set_cookie(cookie.name(secure), issued.credential, path="/",
+                            max_age=found.unit.seconds, secure=secure, httponly=True,
+                            samesite="Lax")
+        return response
 
     async def metered(raw: bytes, cost: int) -> web.Response:
         try:
@@ -279,6 +344,11 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
         # answers the same for it
         authorization = headers.get("Authorization")
         raw: bytes | str | None = None
+        if authorization is not None and authorization[:13].lower() == "privatetoken ":
+            if len(headers.getall("Authorization")) > 1:
+                return refuse("invalid_token")
+            return await with_private_token(
+                authorization, cost, cookie.is_secure(headers.get("X-Forwarded-Proto")))
         if (authorization is not None and authorization[:7] == "Bearer "
                 and "Cookie" not in headers and len(headers.getall("Authorization")) == 1):
             if len(authorization) == 71:

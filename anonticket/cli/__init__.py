@@ -7,5 +7,5 @@ backup`` and ``db check``), ``sandbox`` (the whole payment flow on a regtest cha
 imports happen inside the commands that need them, so ``--help`` and ``pid new`` start fast.
 
 May import: crypto, domain, config, storage, ledger, monero, runtime, api, monitor, webhooks,
-service, regtest.
+service, client, regtest.
 """

@@ -104,9 +104,12 @@ class AdminClient:
     async def signing_keys(self) -> dict[str, Any]:
         return await self._request("GET", "/api/v1/keys")
 
-    async def rotate_keys(self, *, immediately: bool, compromised: bool) -> dict[str, Any]:
-        return await self._request("POST", "/api/v1/keys/rotate",
-                                   body={"immediately": immediately, "compromised": compromised})
+    async def rotate_keys(self, *, immediately: bool, compromised: bool,
+                          purpose: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"immediately": immediately, "compromised": compromised}
+        if purpose is not None:
+            body["purpose"] = purpose
+        return await self._request("POST", "/api/v1/keys/rotate", body=body)
 
     async def webhook_events(self, *, dead: bool, limit: int) -> dict[str, Any]:
         query = f"?dead={'true' if dead else 'false'}&limit={limit}"

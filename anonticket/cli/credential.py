@@ -52,7 +52,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     answer = _admin(args, lambda client: client.rotate_keys(
-        immediately=args.now, compromised=args.compromised))
+        immediately=args.now, compromised=args.compromised, purpose=args.purpose))
     if args.json:
         print(json.dumps(answer, indent=2))
         return EXIT_OK
@@ -184,6 +184,9 @@ def add_credential_parsers(commands: Any, timeout: Any) -> None:
                       help="the current key has leaked: sign with the new key at once and "
                       "delete every previous key, so their credentials stop working here at "
                       "once (and at services when they fetch the key document again)")
+    rotate.add_argument("--purpose", metavar="PURPOSE", help="credential (the default), or "
+                        "private_token:<unit> for a Privacy Pass unit's issuer key (--now or "
+                        "--compromised: a routine one follows the epoch schedule)")
     rotate.add_argument("--json", action="store_true", help="print the JSON answer as it is")
     timeout(rotate)
     rotate.set_defaults(func=cmd_keys_rotate)

@@ -42,6 +42,7 @@ from anonticket.cli.command import (
 )
 from anonticket.domain.errors import ConfigError
 from anonticket.domain.payment_uri import parse_xmr
+from anonticket.cli.client import add_client_parsers
 from anonticket.cli.credential import add_credential_parsers
 from anonticket.cli.sandbox import SandboxError, add_sandbox_parser
 
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_webhook_parser(commands)
     add_credential_parsers(commands, _add_timeout)
+    add_client_parsers(commands, _add_timeout)
     add_sandbox_parser(commands, _amount)
     return parser
 

@@ -46,6 +46,7 @@ from anonticket.config.values import (
     parse_webhook_url,
     redact_secrets,
 )
+from anonticket.config.units import Unit, parse_issuer_name, parse_units
 from anonticket.domain.errors import ConfigError
 from anonticket.domain.timestamp import MAX_CREDIT_SECONDS, SECONDS_PER_DAY
 
@@ -204,6 +205,25 @@ SETTINGS: tuple[Setting, ...] = (
             "The audiences (aud) a credential may be asked for, comma-separated (files,api): "
             "a credential for one is refused by services expecting another or none; empty: "
             "none. The gateway check takes credentials without an audience only."),
+    Setting("PRIVATE_TOKEN_UNITS", "private_token_units", "", parse_units,
+            "The Privacy Pass units sold, comma-separated: name=session:SECONDS:PRICE (a spent "
+            "token opens a session of SECONDS, at most 86400) or name=request:PRICE (one "
+            "request); PRICE (piconero or XMR) is debited per token issued. Each unit has its "
+            "own issuer key. Empty: Privacy Pass off (docs/operations.md, Private tokens)."),
+    Setting("PRIVATE_TOKEN_KEY_EPOCH_SECS", "private_token_key_epoch_secs", "2592000",
+            parse_int_between(3600, 366 * 86400),
+            "How long one issuer key of a unit signs before the next takes over; the next is "
+            "published a quarter of an epoch (at most 7 days) ahead with its not-before."),
+    Setting("PRIVATE_TOKEN_KEY_GRACE_SECS", "private_token_key_grace_secs", "604800",
+            parse_int_between(600, 366 * 86400),
+            "How long a key whose epoch ended still redeems the tokens it signed; then it is "
+            "removed with its spent nonces, and its unspent tokens are worthless."),
+    Setting("PRIVATE_TOKEN_ISSUER_NAME", "private_token_issuer_name", "anonticket",
+            parse_issuer_name,
+            "The issuer name in every TokenChallenge this deployment sends and accepts "
+            "(typically its public host name)."),
+    Setting("PRIVATE_TOKEN_MAX_BATCH", "private_token_max_batch", "64", parse_int_between(1, 1000),
+            "How many tokens one issuance request may ask for."),
 )
 
 
@@ -260,6 +280,11 @@ class Config:
     access_cookie_credential: bool
     credential_ttl_secs: int
     credential_audiences: tuple[str, ...]
+    private_token_units: tuple[Unit, ...]
+    private_token_key_epoch_secs: int
+    private_token_key_grace_secs: int
+    private_token_issuer_name: str
+    private_token_max_batch: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -355,6 +380,8 @@ class Config:
                 value = ", ".join(offer.key for offer in value)
             elif setting.parse is parse_audiences:
                 value = ",".join(value)
+            elif setting.parse is parse_units:
+                value = ", ".join(unit.spec() for unit in value)
             out[setting.name] = "" if value is None else redact_secrets(str(value))
         return out
 

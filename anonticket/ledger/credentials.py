@@ -149,6 +149,22 @@ class Credentials:
             claims["aud"] = audience
         return Issued(sign_credential(key.secret_key, claims), expires, audience)
 
+    def issue_session(self, seconds: int) -> tuple[str, Issued]:
+        """A credential for a session a spent private token bought: a fresh random subject,
+        tied to no token and no payment, ``exp`` = now + ``seconds``. Returns the subject
+        too (the gateway sends it upstream)."""
+        now = self.clock()
+        key = self.ring.signing_key(CREDENTIAL, now)
+        if key is None:
+            raise Unavailable()
+        subject = secrets.token_hex(16)
+        expires = now + seconds
+        claims: dict[str, object] = {
+            "sub": subject, "iat": _moment(now), "nbf": _moment(now), "exp": _moment(expires),
+            "jti": b64url_encode(secrets.token_bytes(16)), "unlimited": False,
+            "token_expires_at": format_time(_moment(expires))}
+        return subject, Issued(sign_credential(key.secret_key, claims), expires, None)
+
     # ------------------------------------------------------------------ check
     def verifier(self) -> CredentialVerifier | None:
         """The verifier over the ring's credential keys, rebuilt when they change (a

@@ -11,9 +11,11 @@ deployment stores one, and ``rotate`` makes the next. Their secrets live in stor
 the key objects below, whose repr names only the public id; nothing here logs or returns
 one.
 
-Generic over purposes (``KINDS``): each purpose says how its keys are made and read back.
-Only credentials (Ed25519, PASETO v4.public) exist today; another purpose (Privacy Pass
-issuer keys) adds its kind and reads its keys through the same ring.
+Generic over purposes (``kind_of``): each purpose says how its keys are made and read back.
+Credentials (Ed25519, PASETO v4.public) and the Privacy Pass issuer keys of each unit
+(``private_token:<unit>``, RSA-2048, ``ledger.private_tokens`` schedules them) share the
+ring. A stored row already loaded keeps its key object across re-reads, so an RSA key is
+parsed once, and the ring's ``version`` moves only when the set of keys does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anonticket.crypto.paseto_v4 import PublicKey, SecretKey
+from anonticket.crypto.privacy_pass import IssuerKey
 from anonticket.storage import SigningKeyRow, Storage
 
 log = logging.getLogger("anonticket.keys")
@@ -54,7 +57,7 @@ class RingKey:
     """A stored key and its key object."""
 
     row: SigningKeyRow
-    secret_key: SecretKey
+    secret_key: SecretKey | IssuerKey
 
     @property
     def key_id(self) -> str:
@@ -62,7 +65,12 @@ class RingKey:
 
     @property
     def public_key(self) -> PublicKey:
-        return self.secret_key.public_key
+        return self.secret_key.public_key  # type: ignore[union-attr]
+
+    @property
+    def issuer_key(self) -> IssuerKey:
+        assert isinstance(self.secret_key, IssuerKey)
+        return self.secret_key
 
     def signs_at(self, now: int) -> bool:
         row = self.row
@@ -90,7 +98,36 @@ class KeyKind:
         return key
 
 
+class IssuerKeyKind(KeyKind):
+    """Privacy Pass issuer keys (token type 2): RSA-2048 in PKCS#8 DER, the public half as
+    the SPKI a client sees, the key id the hex of its token key id (RFC 9578 §6.5)."""
+
+    def generate(self, purpose: str, now: int, not_before: int) -> SigningKeyRow:
+        return self.row_of(IssuerKey.generate(), purpose, now, not_before)
+
+    @staticmethod
+    def row_of(key: IssuerKey, purpose: str, now: int, not_before: int) -> SigningKeyRow:
+        token_key = key.token_key
+        return SigningKeyRow(token_key.token_key_id.hex(), purpose, key.to_pkcs8(),
+                             token_key.spki, now, not_before)
+
+    def load(self, row: SigningKeyRow) -> IssuerKey:  # type: ignore[override]
+        key = IssuerKey.from_pkcs8(row.secret)
+        if key.token_key.spki != row.public or key.token_key.token_key_id.hex() != row.key_id:
+            raise RuntimeError(f"the stored issuer key {row.key_id} does not match its "
+                               "public key; restore the database from a backup")
+        return key
+
+
+PRIVATE_TOKEN_PREFIX = "private_token:"
 KINDS: dict[str, KeyKind] = {CREDENTIAL: KeyKind()}
+_ISSUER_KIND = IssuerKeyKind()
+
+
+def kind_of(purpose: str) -> KeyKind | None:
+    if purpose.startswith(PRIVATE_TOKEN_PREFIX):
+        return _ISSUER_KIND
+    return KINDS.get(purpose)
 
 
 class KeyRing:
@@ -122,17 +159,23 @@ class KeyRing:
         self._replace(await self.storage.list_signing_keys())
 
     def _replace(self, rows: list[SigningKeyRow]) -> None:
+        loaded = {key.row: key for found in self._keys.values() for key in found}
         keys: dict[str, list[RingKey]] = {}
         for row in rows:
-            kind = KINDS.get(row.purpose)
+            kind = kind_of(row.purpose)
             if kind is not None:  # a purpose a newer release added: not ours to use
-                keys.setdefault(row.purpose, []).append(RingKey(row, kind.load(row)))
+                key = loaded.get(row) or RingKey(row, kind.load(row))
+                keys.setdefault(row.purpose, []).append(key)
         new = {purpose: tuple(sorted(found, key=lambda k: (k.row.not_before,
                                                            k.row.retired_at is None, k.key_id)))
                for purpose, found in keys.items()}
         if new != self._keys:
             self._keys = new
             self.version += 1
+
+    def items(self) -> list[tuple[str, tuple[RingKey, ...]]]:
+        """Every purpose's keys."""
+        return list(self._keys.items())
 
     def keys(self, purpose: str = CREDENTIAL) -> tuple[RingKey, ...]:
         """Every stored key of ``purpose``: what verifies (a retired key until housekeeping
@@ -159,7 +202,7 @@ class KeyRing:
         """
         now = self.clock()
         start = now if immediately or compromised else now + self.publish_ahead_secs
-        row = KINDS[purpose].generate(purpose, now, start)
+        row = KINDS[purpose].generate(purpose, now, start)  # credentials only
         try:
             await self.storage.rotate_signing_key(row, verify_secs=self.verify_secs,
                                                   drop_previous=compromised)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from anonticket.ledger.answers import ASK_STORAGE, Claimed, Pending, AskStorage
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
 from anonticket.ledger.credentials import Credentials
+from anonticket.ledger.private_tokens import PrivateTokens
 from anonticket.ledger.cache import BoundedMap, TtlSet
 from anonticket.domain.ids import PaymentId, Receipt, ServiceToken, Transfer
 from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
@@ -68,10 +69,12 @@ class Ledger(ProvisionalViews):
         on_negative_cache_hit: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = unix_now,
         credentials: Credentials | None = None,
+        private_tokens: PrivateTokens | None = None,
         plain_pids: str = "refuse",
     ) -> None:
         self.storage = storage
         self.credentials = credentials  # keys and recent revocations, loaded with the rest
+        self.private_tokens = private_tokens  # Privacy Pass units, their keys share the ring
         # REDEEM_PLAIN_PIDS: "refuse" (a bare PID claims only what _plain_pids holds) or "allow"
         self.refuse_plain = plain_pids == "refuse"
         self.min_payment = min_payment
@@ -100,6 +103,8 @@ class Ledger(ProvisionalViews):
         self._known_tokens.replace(await self.storage.load_token_prefixes())
         if self.credentials is not None:
             await self.credentials.load(self.storage)
+        if self.private_tokens is not None:
+            await self.private_tokens.load()
         if self.refuse_plain:
             self._plain_pids.replace(await self.storage.load_plain_pid_prefixes())
         log.info("loaded %d payments (%d claimable by a bare PID) and %d tokens",

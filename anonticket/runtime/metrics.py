@@ -28,7 +28,13 @@ DEBIT_OUTCOMES = ("success", "replayed", "insufficient_balance", "token_expired"
 GATEWAY_OUTCOMES = ("allowed", "allowed_credential", "token_missing", "invalid_token",
                     "token_not_found", "token_revoked", "payment_withdrawn", "token_expired",
                     "insufficient_balance", "invalid_credential", "credential_expired", "credential_revoked",
-                    "token_required", "invalid_cost", "gateway_unauthorized", "unavailable")
+                    "token_required", "invalid_cost", "gateway_unauthorized", "unavailable",
+                    "allowed_private_token", "private_token_invalid", "private_token_spent")
+# POST /api/v1/private-token: issued (a batch), replayed, or the refusal
+PRIVATE_TOKEN_OUTCOMES = ("issued", "replayed", "invalid", "unknown_token_key",
+                          "unsupported_token_type", "token_missing", "invalid_token",
+                          "token_not_found", "token_revoked", "payment_withdrawn", "token_expired",
+                          "insufficient_balance", "key_reused", "unavailable")
 # POST /api/v1/credential: issued, or the refusal (the gateway's reasons for a token)
 CREDENTIAL_OUTCOMES = ("issued", "token_missing", "invalid_token", "token_not_found",
                        "token_revoked", "payment_withdrawn", "token_expired",
@@ -45,7 +51,7 @@ ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revo
           "/api/v1/webhooks/enable", "/api/v1/monitor/rescan", "/pay", "/pay/status", "/pay/redeem",
           "/api/v1/check", "/access", "/access/logout", "/api/v1/credential",
           "/.well-known/anonticket-credential-keys", "/api/v1/keys", "/api/v1/keys/rotate",
-          "unmatched")
+          "/api/v1/private-token", "/.well-known/private-token-issuer-directory", "unmatched")
 # why a webhook delivery attempt failed: a fixed vocabulary, never the receiver's text
 WEBHOOK_FAILURES = ("timeout", "unreachable", "redirect", "rate_limited", "gone", "client_error",
                     "server_error", "error")
@@ -107,6 +113,13 @@ class Metrics:
         self.credential = TallyCounter("anonticket_credential_requests", "Credential "
                                        "requests (POST /api/v1/credential) by outcome.",
                                        "outcome", CREDENTIAL_OUTCOMES, r).tallies
+        self.private_token = TallyCounter(
+            "anonticket_private_token_requests", "Privacy Pass issuance requests "
+            "(POST /api/v1/private-token) by outcome.", "outcome", PRIVATE_TOKEN_OUTCOMES,
+            r).tallies
+        self.private_tokens_issued = Counter(
+            "anonticket_private_tokens_issued", "Privacy Pass tokens blind-signed (retries "
+            "not counted).", registry=r)
         self.key_rotations = Counter(
             "anonticket_key_rotations", "Signing key rotations made by this instance.",
             registry=r)

@@ -26,6 +26,7 @@ from anonticket.service import sd_notify
 from anonticket.api.access import add_access_routes
 from anonticket.api.balance import add_topup_route
 from anonticket.api.credential import add_credential_routes
+from anonticket.api.private_token import add_private_token_routes
 from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
 from anonticket.api.errors import JsonErrorRunner, make_middleware
 from anonticket.api.internal import add_internal_routes, make_auth_middleware
@@ -35,6 +36,7 @@ from anonticket.api.standby import make_standby_middleware
 from anonticket.ledger.cache import TtlSet
 from anonticket.ledger.credentials import Credentials, Revocations, key_document_max_age
 from anonticket.ledger.keyring import KeyRing
+from anonticket.ledger.private_tokens import PrivateTokens
 from anonticket.config import Config, HostPort
 from anonticket.service.housekeeping import Housekeeper
 from anonticket.ledger.views import Ledger
@@ -80,9 +82,22 @@ def make_ledger(config: Config, storage: Storage, metrics: Metrics) -> Ledger:
         negative_cache=TtlSet(config.api_negative_cache_capacity, config.api_negative_cache_ttl_secs),
         price_per_day=config.access_price_per_day,
         on_negative_cache_hit=metrics.negative_cache_hits.inc,
-        credentials=make_credentials(config, storage),
+        credentials=(credentials := make_credentials(config, storage)),
+        private_tokens=make_private_tokens(config, credentials.ring),
         plain_pids=config.redeem_plain_pids,
     )
+
+
+def make_private_tokens(config: Config, ring: KeyRing) -> PrivateTokens | None:
+    """The Privacy Pass units, their keys in the credential keys' ring; None when no unit
+    is configured (PRIVATE_TOKEN_UNITS empty: the feature is off)."""
+    if not config.private_token_units:
+        return None
+    return PrivateTokens(ring, config.private_token_units,
+                         epoch_secs=config.private_token_key_epoch_secs,
+                         grace_secs=config.private_token_key_grace_secs,
+                         issuer_name=config.private_token_issuer_name,
+                         max_batch=config.private_token_max_batch, clock=ring.clock)
 
 
 def make_credentials(config: Config, storage: Storage, clock: Callable[[], int] = unix_now
@@ -121,6 +136,7 @@ def build_public_app(state: State) -> web.Application:
     add_topup_route(app)
     add_access_routes(app)
     add_credential_routes(app)
+    add_private_token_routes(app)
     return app
 
 

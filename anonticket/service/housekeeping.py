@@ -1,6 +1,7 @@
 """Background chores that must never run on a request's path: noticing expired tokens
 (their ``token.expired`` events), removing the signing keys whose last signature has expired
-(and re-reading the key ring), forgetting old Idempotency-Key answers and delivered webhook
+(and re-reading the key ring; publishing the next Privacy Pass issuer keys and forgetting
+the spent nonces of removed ones), forgetting old Idempotency-Key answers and delivered webhook
 events. A start/stop pair like the monitor, with its own backoff."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from anonticket.domain.errors import StorageUnavailable
+from anonticket.ledger.private_tokens import RETRY_WINDOW_SECS
 from anonticket.runtime.state import State
 
 log = logging.getLogger("anonticket.housekeeping")
@@ -35,6 +37,9 @@ class Housekeeper:
         ledger = self.state.ledger
         cutoff = ledger.clock() - self.state.config.debit_idempotency_ttl_secs
         pruned = await ledger.storage.prune_idempotency_keys(cutoff)
+        if ledger.private_tokens is not None:
+            pruned += await ledger.storage.prune_private_token_retries(
+                ledger.clock() - RETRY_WINDOW_SECS)
         if pruned:
             log.info("forgot %d idempotency keys older than the retention period", pruned)
         webhooks = ledger.clock() - self.state.config.webhook_retention_secs
@@ -60,7 +65,15 @@ class Housekeeper:
         credentials = self.state.ledger.credentials
         if credentials is None:
             return 0
-        return await credentials.ring.remove_expired()
+        removed = await credentials.ring.remove_expired()
+        private_tokens = self.state.ledger.private_tokens
+        if private_tokens is not None:
+            # the next epoch's key, published ahead; then the nonces of removed keys
+            await private_tokens.ensure_keys()
+            forgotten = await private_tokens.remove_orphans()
+            if forgotten:
+                log.info("forgot %d spent private tokens of removed issuer keys", forgotten)
+        return removed
 
     async def run(self) -> None:
         # the first round waits too: start-up (and the monitor's first credit) goes first

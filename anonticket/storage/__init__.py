@@ -2,7 +2,8 @@
 
 ``core`` (connections, the one write path), ``schema`` (versions), ``ledger_rules`` (the
 decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
-``keys`` (the signing keys anonticket generates for itself), ``events`` (the webhook
+``keys`` (the signing keys anonticket generates for itself), ``private_tokens`` (the
+Privacy Pass spent-set), ``events`` (the webhook
 events a change writes inside its own transaction), ``outbox``
 (the sender's side of those rows: due events, outcomes, replays), ``maintenance``
 (counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
@@ -23,6 +24,7 @@ from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
 from anonticket.storage.ledger_rules import seconds_bought
 from anonticket.storage.payments import PaymentStore
 from anonticket.storage.provisional import ProvisionalStore
+from anonticket.storage.private_tokens import RETRY_KEY_PREFIX, PrivateTokenStore
 from anonticket.storage.rows import (
     ClaimRow,
     CreditResult,
@@ -40,7 +42,7 @@ from anonticket.storage.tokens import TokenStore
 
 
 class Storage(PaymentStore, ProvisionalStore, TokenStore, MaintenanceStore, OutboxStore,
-              SigningKeyStore):
+              SigningKeyStore, PrivateTokenStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -68,8 +70,8 @@ async def open_storage(
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
-    "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult", "SigningKeyRow",
-    "Storage", "TokenRow", "TopupOutcome", "WithdrawResult",
+    "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult", "RETRY_KEY_PREFIX",
+    "SigningKeyRow", "Storage", "TokenRow", "TopupOutcome", "WithdrawResult",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",
 ]

@@ -76,7 +76,10 @@ INTERNAL_ONLY = sorted(
 )
 # JSON routes on the public listener only: a credential is issued where customers are, and
 # the keys that verify it are published there (tests/api/test_credential_routes.py)
-PUBLIC_ONLY_API = {"/api/v1/credential", "/.well-known/anonticket-credential-keys"}
+PUBLIC_ONLY_API = {"/api/v1/credential", "/.well-known/anonticket-credential-keys",
+                   # Privacy Pass issuance and its directory: where customers are
+                   # (tests/api/test_private_tokens_service.py)
+                   "/api/v1/private-token", "/.well-known/private-token-issuer-directory"}
 # the checkout's HTML pages: for customers' browsers, on the public listener only
 PAGES = sorted(op for op in set(operations("public")) - set(operations("internal"))
                if op[0] not in PUBLIC_ONLY_API)
@@ -173,6 +176,14 @@ async def test_the_credential_routes_are_public_only(service: Service,
     status, _, answer = await call(http, "GET", service.public_address,
                                    "/.well-known/anonticket-credential-keys")
     assert status == 200 and answer["version"] == 1 and answer["keys"], answer
+    # Privacy Pass is off in this service (no PRIVATE_TOKEN_UNITS): its routes exist publicly
+    # and say so; on the internal listener they are no route at all
+    for path, method in (("/api/v1/private-token", "POST"),
+                         ("/.well-known/private-token-issuer-directory", "GET")):
+        status, ctype, answer = await call(http, method, service.public_address, path,
+                                           headers=bearer)
+        assert (status, ctype, answer["error"]) == (404, "application/json", "not_found")
+        assert "PRIVATE_TOKEN_UNITS" in answer["message"]
     for path in sorted(PUBLIC_ONLY_API):
         for method in ("GET", "POST"):
             status, ctype, answer = await call(http, method, service.internal_address, path,

@@ -89,7 +89,14 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert verifier["verifications"] > 0 and verifier["verifications_per_core_sec"] > 0
     assert verifier["sign_pycryptodome"] > 0 and verifier["sign_cryptography"] > 0
     assert verifier["source"] == "the service's key document and credentials"
-    for line in ("health_vs_bare", "peak RSS", "start-up", "monitor ingest", "shipped verifier"):
+    # the private_token phase: every batch signed, every token redeemed once (a 200 each)
+    for name in ("private_token_issue", "private_token_redeem"):
+        assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
+    assert result["scenarios"]["private_token_issue"]["tokens_per_sec"] > 0
+    assert result["private_tokens_spent"] >= result["scenarios"]["private_token_redeem"]["pairs"][0][
+        "scenario"]["outcomes"]["200"]
+    for line in ("health_vs_bare", "peak RSS", "start-up", "monitor ingest", "shipped verifier",
+                 "tokens/s through the API"):
         assert line in run.stdout
 
 

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runtime",),
     ("api", "monitor", "webhooks"),
     ("service",),
+    ("client",),
     ("cli",),
 ]
 # the private test chain: stdlib only, imports no service code, and only these import it

@@ -88,6 +88,40 @@ const ops = {
         if (parsed.length !== 1) throw new Error(`expected one token, parsed ${parsed.length}`);
         return { verifies: await new Origin(MODE).verify(parsed[0].token, issuer.publicKey) };
     },
+    // privacypass-ts as a customer of a running anonticket, over HTTP: the check's 401
+    // challenge (the one for token_key), the issuer directory, one issuance request through the
+    // issuer route (Bearer + Idempotency-Key), finalize; its Origin verifies the token
+    async http_fetch_token({ check_url, directory_url, bearer, idempotency_key, token_key }) {
+        const refused = await fetch(check_url);
+        const header = refused.headers.get('www-authenticate');
+        const challenges = WWWAuthenticateHeader.parse(header);
+        const chosen = challenges.find((c) => b64(c.tokenKey) === token_key);
+        if (!chosen) throw new Error(`no challenge for the key among ${challenges.length}`);
+        const directory = await (await fetch(directory_url)).json();
+        const issuerUri = new URL(directory['issuer-request-uri'], directory_url).toString();
+        const client = new Client(MODE);
+        const request = await client.createTokenRequest(chosen.challenge, chosen.tokenKey);
+        const answer = await fetch(issuerUri, {
+            method: 'POST', body: request.serialize(),
+            headers: { 'Content-Type': 'application/private-token-request',
+                       'Authorization': `Bearer ${bearer}`, 'Idempotency-Key': idempotency_key },
+        });
+        if (answer.status !== 200) throw new Error(`the issuer answered ${answer.status}: ${await answer.text()}`);
+        const token = await client.finalize(TokenResponse.deserialize(new Uint8Array(await answer.arrayBuffer())));
+        const verifies = await new Origin(MODE).verify(token, await importTokenKey(chosen.tokenKey));
+        return {
+            authorization: new AuthorizationHeader(token).toString(true),
+            origin_verifies: verifies,
+            challenges: challenges.length,
+            status: refused.status,
+        };
+    },
+    // its Origin verifies a token against a given token key (SPKI)
+    async origin_verify_key({ authorization, token_key }) {
+        const parsed = AuthorizationHeader.parse(TOKEN_TYPES.BLIND_RSA, authorization);
+        if (parsed.length !== 1) throw new Error(`expected one token, parsed ${parsed.length}`);
+        return { verifies: await new Origin(MODE).verify(parsed[0].token, await importTokenKey(bytes(token_key))) };
+    },
     // raw RFC 9474 with blindrsa-ts (any modulus size): keys as standard DER SPKI / PKCS#8
     async rsabssa_blind({ spki, msg }) {
         const suite = RSABSSA.SHA384.PSS.Deterministic();

@@ -142,10 +142,12 @@ async def test_revoked_tokens_since_a_moment(storage: Storage) -> None:
 async def test_the_previous_sqlite_version_gains_the_keys_table_keeping_its_rows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "anonticket.db"
-    # the version before the keys table (6); the rows are written by today's code into a
-    # database of today's version, then copied in that version's columns (today's writes
-    # use columns later versions added)
-    previous = max(v for v in schema_module.MIGRATIONS if v < 6)
+    # the version before the one that made the keys table (later versions follow it); the
+    # rows are written by today's code into a database of today's version, then copied in
+    # that version's columns (today's writes use columns later versions added)
+    adds_keys = min(v for v, sql in schema_module.MIGRATIONS.items()
+                    if "CREATE TABLE signing_keys" in sql.read_text())
+    previous = max(v for v in schema_module.MIGRATIONS if v < adds_keys)
     current = tmp_path / "current.db"
     now = await Storage.open(current)
     try:
@@ -192,7 +194,10 @@ async def test_the_previous_postgres_version_gains_the_keys_table_keeping_its_ro
 
     from anonticket.storage.postgres.schema import MIGRATIONS, PG_SCHEMA_VERSION
 
-    previous = [v for v in sorted(MIGRATIONS) if v < 6]  # the versions before the keys table
+    # the versions before the one that made the table (a later version may follow it)
+    adds_keys = min(v for v, sql in MIGRATIONS.items()
+                    if "CREATE TABLE signing_keys" in sql.read_text())
+    previous = [v for v in sorted(MIGRATIONS) if v < adds_keys]
     raw = await asyncpg.connect(pg_url)
     try:
         async with raw.transaction():
@@ -230,7 +235,8 @@ async def test_the_previous_postgres_version_gains_the_keys_table_keeping_its_ro
         finally:
             await store.close()
         versions = [r[0] for r in await raw.fetch("SELECT version FROM schema_versions ORDER BY 1")]
-        assert versions == sorted(MIGRATIONS) and versions[-1] == PG_SCHEMA_VERSION
+        assert versions == [*previous, *(v for v in sorted(MIGRATIONS) if v >= adds_keys)]
+        assert versions[-1] == PG_SCHEMA_VERSION
         index = await raw.fetchval(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'service_tokens_by_revoked_at'")
         assert "WHERE (revoked_at IS NOT NULL)" in index

@@ -28,7 +28,7 @@ NOW = 1_700_000_000
 MIN = 1000
 TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log", "debits",
           "idempotency_keys", "webhook_events", "webhook_state", "signing_keys",
-          "provisional_credits", "provisional_outstanding"}
+          "private_token_spent", "provisional_credits", "provisional_outstanding"}
 PROVISIONAL_TABLES = {"provisional_credits", "provisional_outstanding"}  # version 8
 V2_TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
 
@@ -101,6 +101,7 @@ async def test_broken_schema_applies_nothing(
     (4, "PRAGMA user_version = 4;"),
     (4, "DROP TABLE idempotency_keys;"),  # the old table dropped, the copy not yet renamed
     (6, "PRAGMA user_version = 6;"),
+    (7, "PRAGMA user_version = 7;"),
     (8, "PRAGMA user_version = 8;"),
     (8, "ALTER TABLE service_tokens ADD COLUMN lost"),  # the new tables made, columns half added
 ])
@@ -113,10 +114,11 @@ async def test_broken_migration_leaves_the_previous_version(
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(path)
     # version 3 and 4 keep the table names: before 4 the tables are 3's, copy not left over;
-    # before 6 there are no signing keys, before 8 no provisional credits
-    before = {3: (2, V2_TABLES), 4: (3, TABLES - {"signing_keys"} - PROVISIONAL_TABLES),
-              6: (5, TABLES - {"signing_keys"} - PROVISIONAL_TABLES),
-              8: (6, TABLES - PROVISIONAL_TABLES)}
+    # before 6 there are no signing keys, before 7 no spent-set, before 8 no provisional credits
+    later = {"signing_keys", "private_token_spent"} | PROVISIONAL_TABLES
+    before = {3: (2, V2_TABLES), 4: (3, TABLES - later), 6: (5, TABLES - later),
+              7: (6, TABLES - {"private_token_spent"} - PROVISIONAL_TABLES),
+              8: (7, TABLES - PROVISIONAL_TABLES)}
     assert (user_version(path), tables(path)) == before[version]
     monkeypatch.undo()
     store = await Storage.open(path)

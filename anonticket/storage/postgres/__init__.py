@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from anonticket.storage.postgres.core import FencedOut, PostgresError, PostgresIntegrityError
 from anonticket.storage.postgres.keys import PgSigningKeyStore
+from anonticket.storage.postgres.private_tokens import PgPrivateTokenStore
 from anonticket.storage.postgres.maintenance import PgMaintenanceStore
 from anonticket.storage.postgres.outbox import PgOutboxStore
 from anonticket.storage.postgres.payments import PgPaymentStore
@@ -21,7 +22,7 @@ from anonticket.storage.postgres.tokens import PgTokenStore
 
 
 class PostgresStorage(PgPaymentStore, PgProvisionalStore, PgTokenStore, PgMaintenanceStore,
-                      PgOutboxStore, PgSigningKeyStore):
+                      PgOutboxStore, PgSigningKeyStore, PgPrivateTokenStore):
     """Every storage operation on PostgreSQL, over a pool of connections."""
 
 
