@@ -4,7 +4,7 @@
 decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
 ``events`` (the webhook events a change writes inside its own transaction), ``outbox``
 (the sender's side of those rows: due events, outcomes, replays), ``maintenance``
-(counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
+(counts, backup, invariants), ``subaddresses`` (the checkout's allocated subaddresses). ``Storage`` is all of them on one SQLite writer and one reader
 connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
 by hand. ``open_storage`` picks one from ``DATABASE_URL``.
 
@@ -30,10 +30,11 @@ from anonticket.storage.rows import (
     is_storable_text,
 )
 from anonticket.storage.schema import SCHEMA_VERSION
+from anonticket.storage.subaddresses import Allocation, SubaddressStore
 from anonticket.storage.tokens import TokenStore
 
 
-class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore):
+class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore, SubaddressStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -60,7 +61,7 @@ async def open_storage(
 
 
 __all__ = [
-    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
+    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "Allocation", "AttemptResult", "ClaimRow", "CreditResult",
     "DebitOutcome", "DebitRequest", "OutboxEvent", "Storage", "TokenRow", "TopupOutcome",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",

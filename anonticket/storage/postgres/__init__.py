@@ -15,10 +15,12 @@ from anonticket.storage.postgres.core import FencedOut, PostgresError, PostgresI
 from anonticket.storage.postgres.maintenance import PgMaintenanceStore
 from anonticket.storage.postgres.outbox import PgOutboxStore
 from anonticket.storage.postgres.payments import PgPaymentStore
+from anonticket.storage.postgres.subaddresses import PgSubaddressStore
 from anonticket.storage.postgres.tokens import PgTokenStore
 
 
-class PostgresStorage(PgPaymentStore, PgTokenStore, PgMaintenanceStore, PgOutboxStore):
+class PostgresStorage(PgPaymentStore, PgTokenStore, PgMaintenanceStore, PgOutboxStore,
+                      PgSubaddressStore):
     """Every storage operation on PostgreSQL, over a pool of connections."""
 
 
