@@ -1,7 +1,7 @@
 -- anonticket's SQLite schema as it is now (version 9), as one script to read.
 --
 -- The service does not run this file: it applies the migrations in anonticket/storage/sql/
--- (v2.sql, then v3.sql, v4.sql, v5.sql, v9.sql), each with its PRAGMA user_version in one transaction, so any
+-- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql, v9.sql), each with its PRAGMA user_version in one transaction, so any
 -- older database is brought up to date the same way. tests/storage/test_schema_files.py checks that
 -- this script and those migrations build the same database (tables, columns, CHECKs, keys,
 -- indexes, seed rows, version). A change is a new migration (docs/architecture.md) and an
@@ -73,6 +73,9 @@ CREATE TABLE service_tokens (
 -- only the tokens still to be noticed, so the sweep's probe costs nothing when none expired
 CREATE INDEX service_tokens_to_notice ON service_tokens (expires_at)
     WHERE expired_notified = 0 AND expires_at IS NOT NULL;
+-- the tokens revoked lately: a start refuses their credentials (CREDENTIAL_TTL_SECS)
+CREATE INDEX service_tokens_by_revoked_at ON service_tokens (revoked_at)
+    WHERE revoked_at IS NOT NULL;
 
 -- The monitor's cursor: the last block height fully scanned (NULL until the first poll).
 CREATE TABLE monitor_state (
@@ -150,6 +153,25 @@ CREATE TABLE webhook_state (
     disabled_url BLOB CHECK (disabled_url IS NULL OR length(disabled_url) = 32)
 ) STRICT;
 INSERT INTO webhook_state (id) VALUES (1);
+
+-- The signing keys anonticket generates and keeps: one row per key (v6.sql says more).
+-- key_id names it where it is published (a k4.pid for a credential key); purpose says what it
+-- signs ('credential'); secret and public are its raw bytes, never printed or logged.
+-- not_before: when it starts signing; retired_at: when the next key took over (NULL while in
+-- force); expires_at: when the last thing it signed has expired (housekeeping deletes it then).
+CREATE TABLE signing_keys (
+    key_id     TEXT    PRIMARY KEY CHECK (length(key_id) BETWEEN 1 AND 128),
+    purpose    TEXT    NOT NULL CHECK (length(purpose) BETWEEN 1 AND 64),
+    secret     BLOB    NOT NULL CHECK (length(secret) BETWEEN 1 AND 4096),
+    public     BLOB    NOT NULL CHECK (length(public) BETWEEN 1 AND 4096),
+    created_at INTEGER NOT NULL,
+    not_before INTEGER NOT NULL,
+    retired_at INTEGER,
+    expires_at INTEGER,
+    CHECK ((retired_at IS NULL) = (expires_at IS NULL)),
+    CHECK (retired_at IS NULL OR (retired_at >= not_before AND expires_at >= retired_at))
+) STRICT;
+
 
 -- One row per subaddress the checkout allocated (SUBADDRESS mode, v9.sql): pid is the receipt's
 -- PID, the one-way hash the monitor credits a transfer to (account, idx) under; the receipt is

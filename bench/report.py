@@ -24,6 +24,9 @@ RATIO_TARGETS = {
     "gateway_nginx_check": 0.90,
     "gateway_nginx_cached": 0.60,
     "gateway_nginx_metered": 0.50,
+    # issue 23 (bench/credentials.py): to /health/live on the listener each is served on
+    "credential_issue": 0.50,
+    "gateway_check_credential": 0.85,
 }
 # issue 15: the writes on PostgreSQL (a round trip per statement, the server on the same core)
 PG_RATIO_TARGETS = {**RATIO_TARGETS, "redeem_success": 0.15, "redeem_success_plans": 0.15,
@@ -35,7 +38,8 @@ PG_INGEST_TARGET_PER_SEC = 10_000
 # answered from the same in-process views on both backends: issue 15 asks their PostgreSQL
 # ratios to stay within 10 % of SQLite's
 FROM_MEMORY = ("health_vs_bare", "redeem_already_claimed", "redeem_unknown_flood", "token_issued",
-               "token_unknown", "token_issued_plans", "uds_redeem_unknown_flood", "gateway_check")
+               "token_unknown", "token_issued_plans", "uds_redeem_unknown_flood", "gateway_check",
+               "credential_issue", "gateway_check_credential")
 
 
 def targets_for(backend: str) -> dict[str, float]:
@@ -130,6 +134,14 @@ def table(result: dict[str, Any]) -> str:
     empty = result.get("ingest_empty_db")
     if empty:
         lines.append(f"{'  (into an empty DB)':<26}{empty['transfers_per_sec']:>9} transfers/s")
+    verifier = result.get("credential_verifier")
+    if verifier:
+        lines.append(f"{'shipped verifier':<26}{verifier['verifications_per_core_sec']:>9} "
+                     f"verifications/s per core (the check with a credential: "
+                     f"{verifier['check_per_core_sec']}/s per core)")
+        lines.append(f"{'credential signing':<26}{verifier['sign_cryptography_per_core_sec']:>9} "
+                     f"/s per core with cryptography, "
+                     f"{verifier['sign_pycryptodome_per_core_sec']} with pycryptodome")
     build = result.get("dataset", {})
     if build.get("credit_secs") is not None:
         lines.append(f"{'database build':<26}{build['payments']} payments credited in "
@@ -155,6 +167,8 @@ _LABELS = {
     "gateway_nginx_check": "nginx `auth_request` → the check vs → `/health/live`",
     "gateway_nginx_cached": "nginx, cached check vs the same file unprotected",
     "gateway_nginx_metered": "nginx, metered (cost > 0) vs uncached check only",
+    "credential_issue": "issuing a credential (POST /api/v1/credential) vs `/health/live`",
+    "gateway_check_credential": "gateway check with a credential (verified before) vs `/health/live`",
 }
 
 
@@ -183,6 +197,15 @@ def markdown(result: dict[str, Any]) -> str:
     if empty:
         rows.append(f"| monitor ingest into an empty database (context) "
                     f"| {empty['transfers_per_sec']:,} transfers/s | — | — |")
+    verifier = result.get("credential_verifier")
+    if verifier:
+        rows += [f"| the shipped verifier (`CredentialVerifier.verify`, no cache), one core "
+                 f"| {verifier['verifications_per_core_sec']:,} verifications/s "
+                 f"(the check with a credential: {verifier['check_per_core_sec'] or 0:,}/s per core) "
+                 f"| — | — |",
+                 f"| credential signing, Ed25519 with cryptography vs pycryptodome, one core "
+                 f"| {verifier['sign_cryptography_per_core_sec']:,}/s vs "
+                 f"{verifier['sign_pycryptodome_per_core_sec']:,}/s | — | — |"]
     if build.get("credit_secs") is not None:
         rows.append(f"| building the 1M database: one `credit_transfers` call, one transaction "
                     f"| {build['credit_secs']:.1f} s ({build['credit_per_sec']:,} payments/s) "

@@ -34,6 +34,7 @@ import aiohttp  # noqa: E402
 
 import dataset  # noqa: E402
 import loadgen  # noqa: E402
+from credentials import credential_phase  # noqa: E402
 from gateway import Nginx, Together  # noqa: E402
 from ingest import run_in_own_process  # noqa: E402
 from procs import REPO, Proc, cpu_secs_of_tree, postmaster_pid, start_bare, start_service  # noqa: E402
@@ -56,7 +57,7 @@ RECEIPTS_PER_SEC = 10_000  # receipts (and as many bare PIDs) per second of a re
 # piconero a day for the plans phase: 1 XMR (every dataset payment) buys 100 days
 PRICE_PER_DAY = 10**10
 GATEWAY_TOKENS = 20_000
-PHASES = ("tcp", "plans", "gateway", "uds", "ingest")
+PHASES = ("tcp", "plans", "gateway", "credential", "uds", "ingest")
 
 
 class Bench:
@@ -391,6 +392,10 @@ class Bench:
             rc = service.stop()
         if rc != 0:
             raise RuntimeError(f"anonticket serve (gateway) exited with {rc} on SIGTERM")
+
+    def credential_phase(self) -> None:
+        """Issuing a credential, the check with one, the shipped verifier (bench/credentials.py)."""
+        credential_phase(self)
 
     def ingest_phase(self) -> None:
         args = self.args

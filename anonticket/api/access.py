@@ -15,6 +15,15 @@ Tor Browser (one behind Orbot, say) would refuse to send a Secure cookie over ht
 A Secure cookie is named ``__Host-<name>``, which no sibling subdomain can set
 (access_cookie.py).
 
+With ``ACCESS_COOKIE_CREDENTIAL=true`` the access cookie holds a credential (it expires
+after ``CREDENTIAL_TTL_SECS``, and the gateway then checks it without storage), and the
+token goes into a second cookie that only ``/access`` receives (``Path=/access``, see
+access_cookie.py). When the gateway finds the credential expired, the browser comes to
+``/access`` (nginx, Caddy), and the page renews it from that cookie and sends the browser on,
+with no form: but only when the browser's credential is one of ours, expired, and for the
+very token in the refresh cookie (a planted refresh cookie names another subject, and gets
+the form). A revoked or expired token gets the form with the reason, and loses the cookie.
+
 Where to go on is a relative path only (``/…``, never ``//host`` or a scheme): an open
 redirect would let anyone's link send a customer elsewhere straight after they logged in.
 The proxy passes it as the last query parameter, verbatim (``/access?next=$request_uri``),
@@ -33,7 +42,7 @@ neither header (curl, a browser too old for both) is taken as it is.
 from __future__ import annotations
 
 
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -43,8 +52,9 @@ from anonticket.api.forms import read_form
 from anonticket.api.gateway import hex_token
 from anonticket.api.pages import Markup
 from anonticket.api.request import STATE
-from anonticket.domain.ids import ServiceToken
+from anonticket.domain.ids import ServiceToken, token_subject
 from anonticket.runtime.state import State
+from anonticket.storage import TokenRow
 
 ACCESS_PATH = "/access"
 LOGOUT_PATH = "/access/logout"
@@ -57,6 +67,12 @@ _REASONS = {
     "insufficient_balance": "This access token's balance is too low for that page.",
     "token_not_found": "The access token this browser sent is not known here.",
     "invalid_token": "This browser sent something that is not an access token.",
+    "invalid_credential": "This browser's access pass is not valid here any more.",
+    "credential_expired": "This browser's access pass has expired.",
+    "credential_revoked": "This access token has been revoked: it no longer opens this service.",
+    "token_required": "That part of the site is paid per request: it takes the access token "
+                      "itself (in an Authorization header), which this browser does not send "
+                      "there.",
 }
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
 
@@ -74,13 +90,24 @@ def safe_next(text: str | None) -> str | None:
 
 
 def next_from_query(raw_query: str) -> str | None:
-    """``next`` is everything after the first ``next=`` parameter, taken verbatim."""
+    """``next`` is everything after the first ``next=`` parameter, taken verbatim. Without
+    one, a ``url`` parameter (what Traefik's errors middleware sends: the refused request's
+    whole URL, escaped) gives its path and query; never its host, so it cannot lead away."""
     if raw_query.startswith("next="):
         value = raw_query[5:]
     elif "&next=" in raw_query:
         value = raw_query.split("&next=", 1)[1]
     else:
-        return None
+        for part in raw_query.split("&"):
+            if part.startswith("url="):
+                try:
+                    target = urlsplit(unquote(part[4:]))
+                except ValueError:
+                    return None
+                value = target.path + (f"?{target.query}" if target.query else "")
+                break
+        else:
+            return None
     return safe_next(value)
 
 
@@ -93,8 +120,9 @@ def reason_from_query(raw_query: str) -> str | None:
     return None
 
 
-def cookie_header(name: str, value: str, max_age: int | None, secure: bool) -> str:
-    parts = [f"{name}={value}", "Path=/", "HttpOnly", "SameSite=Strict"]
+def cookie_header(name: str, value: str, max_age: int | None, secure: bool,
+                  path: str = "/") -> str:
+    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Strict"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
     if secure:
@@ -115,6 +143,72 @@ def set_access_cookie(response: web.Response, state: State, request: web.Request
     response.headers.add("Set-Cookie", cookie_header(name, value, max_age, secure))
     if secure and cookie.plain_name is not None and cookie.plain_name != name:
         response.headers.add("Set-Cookie", cookie_header(cookie.plain_name, "", 0, secure))
+
+
+def set_refresh_cookie(response: web.Response, state: State, request: web.Request,
+                       value: str, max_age: int | None) -> None:
+    """Set (or with ``max_age`` 0 clear) the refresh cookie: the token, for /access only."""
+    cookie = AccessCookie.refresh_from_config(state.config)
+    secure = cookie.is_secure(request.headers.get("X-Forwarded-Proto"))
+    name = cookie.name(secure)
+    response.headers.add("Set-Cookie", cookie_header(name, value, max_age, secure, ACCESS_PATH))
+    if secure and cookie.plain_name is not None and cookie.plain_name != name:
+        response.headers.add("Set-Cookie",
+                             cookie_header(cookie.plain_name, "", 0, secure, ACCESS_PATH))
+
+
+def _one_cookie(request: web.Request, cookie: AccessCookie) -> str | None:
+    """The one value of ``cookie`` this request carries (the secure name's over HTTPS), or
+    None when it carries none or more than one, as the gateway check reads it."""
+    secure, plain = cookie.copies(request.headers.getall("Cookie", ()))
+    if len(secure) > 1 or len(plain) > 1:
+        return None
+    if secure:
+        return secure[0].strip(" \t")
+    if plain and not cookie.is_secure(request.headers.get("X-Forwarded-Proto")):
+        return plain[0].strip(" \t")
+    return None
+
+
+def grant(response: web.Response, state: State, request: web.Request, record: TokenRow) -> None:
+    """Log this browser in with ``record``'s token: the access cookie holds the token, or
+    (``ACCESS_COOKIE_CREDENTIAL``) a credential, with the token in the refresh cookie."""
+    max_age = state.config.access_cookie_max_age_secs or None
+    credentials = state.ledger.credentials
+    if state.config.access_cookie_credential and credentials is not None:
+        issued = credentials.issue(record)
+        set_access_cookie(response, state, request, issued.credential, max_age)
+        set_refresh_cookie(response, state, request, record.token.hex(), max_age)
+    else:
+        set_access_cookie(response, state, request, record.token.hex(), max_age)
+
+
+async def renewed(request: web.Request, state: State, next_path: str | None
+                  ) -> web.Response | str | None:
+    """``GET /access`` in credential mode: a response that renews this browser's expired
+    credential and sends it on; a refusal reason (the token's, for the form's note, and the
+    refresh cookie is gone); or None (nothing to renew: the form as usual)."""
+    credentials = state.ledger.credentials
+    if not state.config.access_cookie_credential or credentials is None:
+        return None
+    refresh = _one_cookie(request, AccessCookie.refresh_from_config(state.config))
+    held = _one_cookie(request, AccessCookie.from_config(state.config))
+    if refresh is None or held is None:
+        return None
+    raw = hex_token(refresh)
+    signed = credentials.signed_subject(held)
+    if type(raw) is str or signed is None or signed[0] != token_subject(raw):  # type: ignore[arg-type]
+        return None  # not this browser's own login: the form
+    if signed[1] > state.ledger.clock():
+        return None  # still valid: whatever the gateway refused, renewing would not help
+    record = await state.ledger.find_token(ServiceToken(raw))  # type: ignore[arg-type]
+    status = "not_found" if record is None else record.status(state.ledger.clock())
+    if record is None or status != "active":
+        return {"not_found": "token_not_found", "revoked": "token_revoked"}.get(
+            status, "token_expired")
+    response = pages.see_other(next_path or "/")
+    grant(response, state, request, record)
+    return response
 
 
 def foreign_origin(request: web.Request) -> bool:
@@ -204,10 +298,18 @@ def log_in_form(token_hex: str, *, next_path: str = "/",
 
 # ---------------------------------------------------------------------- handlers
 async def access_form(request: web.Request) -> web.Response:
+    state = request.app[STATE]
     raw_query = request.rel_url.raw_query_string
     reason = reason_from_query(raw_query)
-    return form_page(request.app[STATE], next_path=next_from_query(raw_query),
-                     note=_REASONS[reason] if reason else None)
+    next_path = next_from_query(raw_query)
+    outcome = await renewed(request, state, next_path)
+    if isinstance(outcome, web.Response):
+        return outcome
+    if outcome is not None:  # the refresh cookie's token no longer opens anything
+        response = form_page(state, next_path=next_path, note=_REASONS[outcome])
+        set_refresh_cookie(response, state, request, "", 0)
+        return response
+    return form_page(state, next_path=next_path, note=_REASONS[reason] if reason else None)
 
 
 async def log_in(request: web.Request) -> web.Response:
@@ -228,8 +330,7 @@ async def log_in(request: web.Request) -> web.Response:
         return form_page(state, next_path=next_path, status=403,
                          note=_REASONS["token_revoked" if status == "revoked" else "token_expired"])
     response = pages.see_other(next_path or "/")
-    max_age = state.config.access_cookie_max_age_secs or None
-    set_access_cookie(response, state, request, raw.hex(), max_age)  # type: ignore[union-attr]
+    grant(response, state, request, record)
     return response
 
 
@@ -241,6 +342,8 @@ async def log_out(request: web.Request) -> web.Response:
     response = pages.page("Token forgotten", Markup(_LOGGED_OUT), home="/access",
                           home_label="Enter a token")
     set_access_cookie(response, state, request, "", 0)
+    if state.config.access_cookie_credential:
+        set_refresh_cookie(response, state, request, "", 0)
     return response
 
 

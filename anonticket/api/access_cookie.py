@@ -19,6 +19,13 @@ So with ``ACCESS_COOKIE_NAME=anonticket_access`` (the default):
   more than one copy of either name is refused.
 
 A name the operator already prefixed (``__Host-…``, ``__Secure-…``) is used as it is.
+
+With ``ACCESS_COOKIE_CREDENTIAL=true`` the access cookie holds a credential, and a second
+cookie, the *refresh* cookie, holds the token for ``/access`` alone (``Path=/access``) to
+renew it: ``<name>_refresh``, over HTTPS ``__Secure-<name>_refresh`` (a ``__Host-`` name
+must have ``Path=/``). A sibling could plant a ``__Secure-`` cookie, so the page renews
+only for a refresh token whose subject is the one of the (``__Host-``) credential the
+browser already holds (api/access.py).
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from collections.abc import Iterable
 from anonticket.config import Config
 
 HOST_PREFIX = "__Host-"
-_PREFIXES = (HOST_PREFIX, "__Secure-")
+SECURE_PREFIX = "__Secure-"
+_PREFIXES = (HOST_PREFIX, SECURE_PREFIX)
+REFRESH_SUFFIX = "_refresh"
 
 
 class AccessCookie:
@@ -46,7 +55,8 @@ class AccessCookie:
         if plain_name is None or plain_name == secure_name:
             pattern = "()" + re.escape(plain_name or secure_name)
         else:
-            pattern = f"({re.escape(HOST_PREFIX)})?" + re.escape(plain_name)
+            prefix = secure_name.removesuffix(plain_name)  # __Host- (or __Secure-)
+            pattern = f"({re.escape(prefix)})?" + re.escape(plain_name)
         self._find = re.compile(r"(?:^|;)\s*" + pattern + r"=([^;]*)", re.ASCII).findall
 
     @classmethod
@@ -57,6 +67,19 @@ class AccessCookie:
         if config.access_cookie_secure == "false":
             return cls(name, name, "false")  # never Secure: browsers would refuse the prefix
         return cls(HOST_PREFIX + name, name, config.access_cookie_secure)
+
+    @classmethod
+    def refresh_from_config(cls, config: Config) -> AccessCookie:
+        """The refresh cookie's names (see the module docstring)."""
+        base = config.access_cookie_name
+        for prefix in _PREFIXES:
+            base = base.removeprefix(prefix)
+        plain = base + REFRESH_SUFFIX
+        if config.access_cookie_name.startswith(_PREFIXES):
+            return cls(SECURE_PREFIX + plain, None, config.access_cookie_secure)
+        if config.access_cookie_secure == "false":
+            return cls(plain, plain, "false")
+        return cls(SECURE_PREFIX + plain, plain, config.access_cookie_secure)
 
     def is_secure(self, forwarded_proto: str | None) -> bool:
         """Whether the cookie is Secure for a request the proxy says came over

@@ -16,7 +16,14 @@ passes only 401 and 403 on to the client and turns any other status into a 500, 
   asks another instance after a 503 (a standby's, which comes before anything is read).
 
 The token comes from ``Authorization: Bearer`` or the access cookie (``__Host-`` over
-HTTPS, see access_cookie.py), never from the URL.
+HTTPS, see access_cookie.py), never from the URL. Either may hold a credential instead
+(``v4.public.…``, from ``POST /api/v1/credential`` or the access page): it is verified
+without storage (``ledger/credentials.py``: a cache of verified credentials, the recent
+revocations) and opens what a token opens except a metered location, where only a token
+can pay (401 ``token_required``). Its refusals have reasons of their own:
+``invalid_credential`` and ``credential_expired`` (401: get a new one),
+``credential_revoked`` (403). The upstream gets the credential's subject, and its token's
+expiry; no remaining balance (a credential carries none).
 A request carrying two of either (two ``Authorization`` headers, the access cookie twice,
 whatever else it carries) is refused, and so are two cost headers: a proxy strips or
 replaces what it knows of, and the copy it missed must never be the one that counts or
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,6 +60,7 @@ from anonticket.domain.errors import (
     TokenRevoked,
     Unavailable,
 )
+from anonticket.ledger.credentials import Checked
 from anonticket.storage import DebitRequest, TokenRow
 
 CHECK_PATH = "/api/v1/check"
@@ -77,12 +86,33 @@ DENIALS: dict[str, tuple[int, str, str | None]] = {
     "token_revoked": (403, TokenRevoked.message, None),
     "token_expired": (403, TokenExpired.message, None),
     "insufficient_balance": (403, InsufficientBalance.message, None),
+    "invalid_credential": (401, "the credential is not valid (malformed, another version, an "
+                                "unknown key or a bad signature): get a new one with the "
+                                "service token", _CHALLENGE_INVALID),
+    "credential_expired": (401, "the credential has expired: get a new one with the service "
+                                "token", _CHALLENGE_INVALID),
+    "credential_revoked": (403, "the credential's token has been revoked", None),
+    "token_required": (401, "this location is metered: it takes the service token itself, "
+                            "a credential cannot pay", _CHALLENGE_INVALID),
 }
 _DENIAL_BODIES = {reason: json.dumps({"error": reason, "message": message}).encode()
                   for reason, (_, message, _) in DENIALS.items()}
 # what a refused debit's stored code means at the gateway
 _DEBIT_REFUSALS = {"token_not_found": "token_not_found", "token_revoked": "token_revoked",
                    "token_expired": "token_expired", "insufficient_balance": "insufficient_balance"}
+
+
+CREDENTIAL_PREFIX = "v4.public."
+# what is read as a credential rather than a token: any PASETO-looking value (v1 to v4,
+# local or public), so another version is refused as an invalid credential, not a token
+_PASETO_LIKE = re.compile(r"v[0-9]\.[a-z]+\.")
+
+
+class Presented(str):
+    """A credential's text as the customer presented it: a ``str`` that is not a refusal
+    reason (those are plain ``str``), told apart by ``type(...) is Presented``."""
+
+    __slots__ = ()
 
 
 def hex_token(text: str) -> bytes | str:
@@ -99,8 +129,16 @@ def hex_token(text: str) -> bytes | str:
     return raw if len(raw) == 32 else "invalid_token"
 
 
+def bearer_value(text: str) -> bytes | str:
+    """A token (32 bytes), a credential (``Presented``), or the reason ``invalid_token``."""
+    if len(text) != 64 and _PASETO_LIKE.match(text):
+        return Presented(text)
+    return hex_token(text)
+
+
 def token_from(headers: Any, cookie: AccessCookie) -> bytes | str:
-    """The customer's token, or why there is none (a reason of ``DENIALS``).
+    """The customer's token (or credential, a ``Presented``), or why there is none (a
+    reason of ``DENIALS``).
 
     ``Authorization: Bearer`` wins; another scheme (a site's own Basic auth) is not ours
     and is passed over. Two ``Authorization`` headers, or either name of the cookie twice
@@ -115,11 +153,11 @@ def token_from(headers: Any, cookie: AccessCookie) -> bytes | str:
     if len(authorizations) > 1 or len(secure) > 1 or len(plain) > 1:
         return "invalid_token"
     if authorizations and authorizations[0][:7].lower() == "bearer ":
-        return hex_token(authorizations[0][7:].strip(" \t"))
+        return bearer_value(authorizations[0][7:].strip(" \t"))
     if secure:
-        return hex_token(secure[0].strip(" \t"))
+        return bearer_value(secure[0].strip(" \t"))
     if plain and not cookie.is_secure(headers.get("X-Forwarded-Proto")):
-        return hex_token(plain[0].strip(" \t"))
+        return bearer_value(plain[0].strip(" \t"))
     return "token_missing"
 
 
@@ -133,6 +171,13 @@ def parse_cost(text: str | None) -> int:
     if cost > MAX_COST:
         raise InvalidRequest("X-Anonticket-Cost must be a whole number of piconero")
     return cost
+
+
+def credential_headers(checked: Checked) -> dict[str, str]:
+    headers = {SUBJECT_HEADER: checked.subject}
+    if checked.token_expires_at is not None:
+        headers[EXPIRES_HEADER] = rfc3339(checked.token_expires_at)  # type: ignore[assignment]
+    return headers
 
 
 def allowed_headers(record: TokenRow) -> dict[str, str]:
@@ -162,7 +207,24 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
     # encoded like the admin middleware's: a header that is not UTF-8 is a wrong credential
     credential = (config.api_internal_token.encode("utf-8", "surrogateescape")
                   if config.api_internal_token else None)
-    allowed_tally = tallies["allowed"]
+    allowed_tally, credential_tally = tallies["allowed"], tallies["allowed_credential"]
+
+    def with_credential(text: str, cost: int) -> web.Response:
+        """The check for a credential: never storage, never a charge."""
+        if cost:
+            return refuse("token_required")
+        credentials = state.ledger.credentials
+        if credentials is None:
+            return refuse("invalid_credential")
+        try:
+            checked = credentials.check(text)
+        except Unavailable:
+            tallies["unavailable"].inc()
+            raise
+        if type(checked) is str:
+            return refuse(checked)
+        credential_tally.inc()
+        return web.Response(headers=credential_headers(checked))  # type: ignore[arg-type]
 
     def refuse(reason: str, remaining: int | None = None) -> web.Response:
         tallies[reason].inc()
@@ -208,16 +270,22 @@ def make_check_handler(app: web.Application) -> Callable[[web.Request], Awaitabl
         # answers the same for it
         authorization = headers.get("Authorization")
         raw: bytes | str | None = None
-        if (authorization is not None and len(authorization) == 71 and authorization[:7] == "Bearer "
+        if (authorization is not None and authorization[:7] == "Bearer "
                 and "Cookie" not in headers and len(headers.getall("Authorization")) == 1):
-            try:
-                raw = bytes.fromhex(authorization[7:])
-            except ValueError:
-                raw = None
-            if raw is not None and len(raw) != 32:
-                raw = None
+            if len(authorization) == 71:
+                try:
+                    raw = bytes.fromhex(authorization[7:])
+                except ValueError:
+                    raw = None
+                if raw is not None and len(raw) != 32:
+                    raw = None
+            elif authorization[7:17] == CREDENTIAL_PREFIX and authorization[-1] not in " \t":
+                # the usual credential request, as token_from would read it
+                return with_credential(authorization[7:], cost)
         if raw is None:
             raw = token_from(headers, cookie)
+            if type(raw) is Presented:
+                return with_credential(raw, cost)
             if type(raw) is str:
                 return refuse(raw)
         if cost:

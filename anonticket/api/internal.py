@@ -20,6 +20,7 @@ from anonticket.api.public import add_token_routes, live, lookup_token, redeem, 
 from anonticket.api.request import STATE, json_body, read_json_object, rfc3339
 from anonticket.api.balance import add_debit_route, add_topup_route
 from anonticket.api.gateway import CHECK_PATH, add_check_route
+from anonticket.api.credential import add_key_routes
 from anonticket.api.webhooks import add_webhook_routes
 from anonticket.domain.ids import ServiceToken, token_id
 from anonticket.domain.errors import InvalidRequest, MonitorDisabled, Unauthorized
@@ -181,3 +182,4 @@ def add_internal_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/docs/openapi.yaml", openapi, allow_head=False)
     add_webhook_routes(app)
+    add_key_routes(app)

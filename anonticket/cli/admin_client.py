@@ -1,5 +1,5 @@
 """A small HTTP client for the internal listener: token introspection, revocation, stats,
-the monitor's rescan, the webhook outbox.
+the monitor's rescan, the webhook outbox, the signing keys.
 
 It finds the listener from the same settings ``serve`` binds, so whoever can start
 the service can administer it without extra flags. The proxy environment is ignored
@@ -100,6 +100,13 @@ class AdminClient:
         """Scheduled, not done: the service answers 202 and its monitor re-reads at its next poll."""
         return await self._request("POST", "/api/v1/monitor/rescan",
                                    body={"from_height": from_height}, accepted=(202,))
+
+    async def signing_keys(self) -> dict[str, Any]:
+        return await self._request("GET", "/api/v1/keys")
+
+    async def rotate_keys(self, *, immediately: bool, compromised: bool) -> dict[str, Any]:
+        return await self._request("POST", "/api/v1/keys/rotate",
+                                   body={"immediately": immediately, "compromised": compromised})
 
     async def webhook_events(self, *, dead: bool, limit: int) -> dict[str, Any]:
         query = f"?dead={'true' if dead else 'false'}&limit={limit}"

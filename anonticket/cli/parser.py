@@ -42,6 +42,7 @@ from anonticket.cli.command import (
 )
 from anonticket.domain.errors import ConfigError
 from anonticket.domain.payment_uri import parse_xmr
+from anonticket.cli.credential import add_credential_parsers
 from anonticket.cli.sandbox import SandboxError, add_sandbox_parser
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_db_check)
 
     _add_webhook_parser(commands)
+    add_credential_parsers(commands, _add_timeout)
     add_sandbox_parser(commands, _amount)
     return parser
 

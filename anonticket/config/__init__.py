@@ -20,6 +20,7 @@ from anonticket.config.values import (
     HostPort,
     Offer,
     parse_address_mode,
+    parse_audiences,
     parse_bool,
     parse_cookie_name,
     parse_cookie_secure,
@@ -27,6 +28,7 @@ from anonticket.config.values import (
     parse_file_mode,
     parse_host_port,
     parse_int_at_least,
+    parse_int_between,
     parse_log_level,
     parse_network,
     parse_non_negative_seconds,
@@ -195,6 +197,18 @@ SETTINGS: tuple[Setting, ...] = (
             "(X-Forwarded-Proto: https), not over a plain-HTTP onion service; true or false."),
     Setting("ACCESS_COOKIE_MAX_AGE_SECS", "access_cookie_max_age_secs", "0", parse_int_at_least(0),
             "Lifetime of the access cookie; 0: a session cookie, gone when the browser closes."),
+    Setting("ACCESS_COOKIE_CREDENTIAL", "access_cookie_credential", "false", parse_bool,
+            "true: /access puts a credential in the access cookie instead of the token, and "
+            "keeps the token in a second cookie only /access receives, to renew it "
+            "(docs/customers.md); metered locations then refuse browsers."),
+    Setting("CREDENTIAL_TTL_SECS", "credential_ttl_secs", "300", parse_int_between(30, 86400),
+            "Lifetime of a credential (POST /api/v1/credential), never past its token's expiry. "
+            "A revoked token's credentials still open services that verify offline until they "
+            "expire: this is that bound (docs/operations.md, Credentials)."),
+    Setting("CREDENTIAL_AUDIENCES", "credential_audiences", "", parse_audiences,
+            "The audiences (aud) a credential may be asked for, comma-separated (files,api): "
+            "a credential for one is refused by services expecting another or none; empty: "
+            "none. The gateway check takes credentials without an audience only."),
 )
 
 
@@ -250,6 +264,9 @@ class Config:
     access_cookie_name: str
     access_cookie_secure: str
     access_cookie_max_age_secs: int
+    access_cookie_credential: bool
+    credential_ttl_secs: int
+    credential_audiences: tuple[str, ...]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -339,6 +356,8 @@ class Config:
                 value = value.split("?", 1)[0] + "?***"  # a query may hold a key too
             elif setting.parse is parse_offers:
                 value = ", ".join(offer.key for offer in value)
+            elif setting.parse is parse_audiences:
+                value = ",".join(value)
             out[setting.name] = "" if value is None else redact_secrets(str(value))
         return out
 

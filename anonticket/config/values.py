@@ -383,3 +383,22 @@ def parse_retry_schedule(text: str) -> tuple[float, ...]:
     if not delays or len(delays) > 50 or not all(math.isfinite(d) and d > 0 for d in delays):
         raise ValueError("expected 1 to 50 positive numbers of seconds, separated by commas")
     return delays
+
+
+def parse_int_between(low: int, high: int) -> Callable[[str], int]:
+    return lambda text: parse_int(text, low, high)
+
+
+# an audience is a name a service is known by: printable, no separators, short
+_AUDIENCE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def parse_audiences(text: str) -> tuple[str, ...]:
+    """Comma-separated audience names (``files,api``): what a credential's ``aud`` may be."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        if not _AUDIENCE.fullmatch(name):
+            raise ValueError("each audience is 1-64 characters of A-Z a-z 0-9 . _ : -")
+    if len(set(names)) != len(names):
+        raise ValueError("an audience is listed twice")
+    return tuple(names)

@@ -226,7 +226,17 @@ class SecretKey:
         return SECRET_PREFIX + b64url_encode(self._seed + self.public_key.raw)
 
     def _sign(self, m2: bytes) -> bytes:
+        """The one place a signature is made. Ed25519 (RFC 8032) is deterministic, so a
+        subclass may make it with another implementation and sign the very same bytes: the
+        service does, with `cryptography` (three times faster), and a test checks that the
+        two agree. PAE and the encoding stay here either way."""
         return eddsa.new(self._ecc, "rfc8032").sign(m2)
+
+    @property
+    def seed(self) -> bytes:
+        """The RFC 8032 secret seed: for storage that is itself secret and for a subclass's
+        signing backend, never for a log or a response."""
+        return self._seed
 
     def __repr__(self) -> str:
         return f"<SecretKey for {self.public_key.pid()}>"

@@ -46,6 +46,12 @@ class InvalidToken(ServiceError):
     status, code, message = 400, "invalid_token", "token must be 64 hex characters"
 
 
+class InvalidAudience(ServiceError):
+    status, code, message = (422, "invalid_audience",
+                             "aud must be one of the audiences this service issues "
+                             "credentials for (CREDENTIAL_AUDIENCES)")
+
+
 class Unauthorized(ServiceError):
     status, code, message = 401, "unauthorized", "a valid bearer token is required"
 

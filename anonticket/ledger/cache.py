@@ -1,4 +1,5 @@
-"""Bounded in-memory maps: the negative PID cache (with a TTL) and a FIFO record cache.
+"""Bounded in-memory maps: the negative PID cache (with a TTL), a FIFO record cache, and a
+map whose entries expire at times of their own (verified credentials, revoked subjects).
 
 Both are plain dicts underneath because the redeem and introspection hot paths call
 them on every request; the clock is injected so tests control time without sleeping.
@@ -88,6 +89,59 @@ class BoundedMap(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class ExpiringMap(Generic[K, V]):
+    """Entries that each expire at a time of their own (``clock``'s seconds: the ledger's
+    wall clock, as credentials' ``exp`` are), at most ``capacity`` of them, the oldest
+    inserted going first (None: no bound, for a set that must never forget early).
+
+    An expired entry is never answered: ``get`` drops it when it meets it, and ``purge``
+    drops expired ones from the front (where they collect when entries are inserted in
+    expiry order, as revocations are).
+    """
+
+    def __init__(self, capacity: int | None, clock: Callable[[], float]) -> None:
+        self._capacity = capacity
+        self._clock = clock
+        self._items: OrderedDict[K, tuple[V, float]] = OrderedDict()  # O(1) oldest, see TtlSet
+
+    def get(self, key: K) -> V | None:
+        entry = self._items.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._items[key]
+            return None
+        return entry[0]
+
+    def __contains__(self, key: K) -> bool:
+        return self.get(key) is not None
+
+    def put(self, key: K, value: V, expires_at: float) -> None:
+        items = self._items
+        items.pop(key, None)  # re-inserting moves the key to the back
+        if self._capacity is not None:
+            if self._capacity <= 0:
+                return
+            while len(items) >= self._capacity:
+                del items[next(iter(items))]
+        items[key] = (value, expires_at)
+
+    def purge(self) -> None:
+        """Drop the expired entries at the front."""
+        items, now = self._items, self._clock()
+        while items:
+            oldest = next(iter(items))
+            if items[oldest][1] > now:
+                return
+            del items[oldest]
+
+    def clear(self) -> None:
+        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from anonticket.ledger.answers import ASK_STORAGE, Claimed, Pending, AskStorage
 from anonticket.ledger.batching import KeyedBatcher, SequenceBatcher
+from anonticket.ledger.credentials import Credentials
 from anonticket.ledger.cache import BoundedMap, TtlSet
 from anonticket.domain.ids import PaymentId, Receipt, ServiceToken, Transfer
 from anonticket.domain.errors import InvalidRequest, PaymentNotFound, TokenNotFound, Underpaid
@@ -65,9 +66,11 @@ class Ledger:
         price_per_day: int | None = None,
         on_negative_cache_hit: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = unix_now,
+        credentials: Credentials | None = None,
         plain_pids: str = "refuse",
     ) -> None:
         self.storage = storage
+        self.credentials = credentials  # keys and recent revocations, loaded with the rest
         # REDEEM_PLAIN_PIDS: "refuse" (a bare PID claims only what _plain_pids holds) or "allow"
         self.refuse_plain = plain_pids == "refuse"
         self.min_payment = min_payment
@@ -94,6 +97,8 @@ class Ledger:
         """Build the prefix indexes from the database (start-up)."""
         self._known_pids.replace(await self.storage.load_pid_prefixes())
         self._known_tokens.replace(await self.storage.load_token_prefixes())
+        if self.credentials is not None:
+            await self.credentials.load(self.storage)
         if self.refuse_plain:
             self._plain_pids.replace(await self.storage.load_plain_pid_prefixes())
         log.info("loaded %d payments (%d claimable by a bare PID) and %d tokens",
@@ -289,14 +294,21 @@ class Ledger:
     async def revoke(
         self, token: ServiceToken, reason: str | None, abuse_score: int | None
     ) -> TokenRow:
+        now = self.clock()
         try:
-            record = await self.storage.revoke_token(token.raw, reason, abuse_score, self.clock())
+            record = await self.storage.revoke_token(token.raw, reason, abuse_score, now)
+        except BaseException:
+            if self.credentials is not None:  # it may have committed: refuse its credentials
+                self.credentials.revocations.add(token.raw, now)
+            raise
         finally:
             self._write_version += 1
             self._records.pop(token.raw)
         if record is None:
             raise TokenNotFound()
         self._records.put(token.raw, record)
+        if self.credentials is not None and record.revoked_at is not None:
+            self.credentials.revocations.add(token.raw, record.revoked_at)
         return record
 
     # ------------------------------------------------------------------ debits

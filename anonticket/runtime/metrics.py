@@ -23,9 +23,14 @@ DEBIT_OUTCOMES = ("success", "replayed", "insufficient_balance", "token_expired"
                   "token_revoked", "not_found", "key_reused", "invalid", "unavailable")
 # the gateway check's answers: allowed, or the reason it sends in X-Anonticket-Reason;
 # invalid_cost and gateway_unauthorized are the proxy's configuration, unavailable storage
-GATEWAY_OUTCOMES = ("allowed", "token_missing", "invalid_token", "token_not_found",
-                    "token_revoked", "token_expired", "insufficient_balance", "invalid_cost",
-                    "gateway_unauthorized", "unavailable")
+GATEWAY_OUTCOMES = ("allowed", "allowed_credential", "token_missing", "invalid_token",
+                    "token_not_found", "token_revoked", "token_expired", "insufficient_balance",
+                    "invalid_credential", "credential_expired", "credential_revoked",
+                    "token_required", "invalid_cost", "gateway_unauthorized", "unavailable")
+# POST /api/v1/credential: issued, or the refusal (the gateway's reasons for a token)
+CREDENTIAL_OUTCOMES = ("issued", "token_missing", "invalid_token", "token_not_found",
+                       "token_revoked", "token_expired", "invalid_audience", "invalid",
+                       "unavailable")
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
@@ -38,7 +43,9 @@ ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revo
           "/health/live", "/health/ready", "/metrics", "/docs/openapi.yaml",
           "/api/v1/webhooks", "/api/v1/webhooks/replay", "/api/v1/webhooks/test",
           "/api/v1/webhooks/enable", "/api/v1/monitor/rescan", "/pay", "/pay/status", "/pay/redeem",
-          "/api/v1/check", "/access", "/access/logout", "unmatched")
+          "/api/v1/check", "/access", "/access/logout", "/api/v1/credential",
+          "/.well-known/anonticket-credential-keys", "/api/v1/keys", "/api/v1/keys/rotate",
+          "unmatched")
 # why a webhook delivery attempt failed: a fixed vocabulary, never the receiver's text
 WEBHOOK_FAILURES = ("timeout", "unreachable", "redirect", "rate_limited", "gone", "client_error",
                     "server_error", "error")
@@ -97,6 +104,12 @@ class Metrics:
         self.gateway = TallyCounter("anonticket_gateway_checks", "Gateway checks (proxy "
                                     "auth requests) by outcome.", "outcome", GATEWAY_OUTCOMES,
                                     r).tallies
+        self.credential = TallyCounter("anonticket_credential_requests", "Credential "
+                                       "requests (POST /api/v1/credential) by outcome.",
+                                       "outcome", CREDENTIAL_OUTCOMES, r).tallies
+        self.key_rotations = Counter(
+            "anonticket_key_rotations", "Signing key rotations made by this instance.",
+            registry=r)
         self.gateway_debited = Counter(
             "anonticket_gateway_debited_piconero", "Piconero drawn from token balances by "
             "metered gateway checks.", registry=r)

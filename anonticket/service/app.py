@@ -25,6 +25,7 @@ from aiohttp import web
 from anonticket.service import sd_notify
 from anonticket.api.access import add_access_routes
 from anonticket.api.balance import add_topup_route
+from anonticket.api.credential import add_credential_routes
 from anonticket.api.access_log import AccessLogBuffer, make_access_logger_class
 from anonticket.api.errors import JsonErrorRunner, make_middleware
 from anonticket.api.internal import add_internal_routes, make_auth_middleware
@@ -32,6 +33,8 @@ from anonticket.api.public import add_public_routes
 from anonticket.api.request import MAX_BODY_BYTES, STATE
 from anonticket.api.standby import make_standby_middleware
 from anonticket.ledger.cache import TtlSet
+from anonticket.ledger.credentials import Credentials, Revocations, key_document_max_age
+from anonticket.ledger.keyring import KeyRing
 from anonticket.config import Config, HostPort
 from anonticket.service.housekeeping import Housekeeper
 from anonticket.ledger.views import Ledger
@@ -40,7 +43,7 @@ from anonticket.monero.subaddresses import SubaddressAllocator
 from anonticket.runtime.metrics import Metrics
 from anonticket.monitor.loop import Monitor
 from anonticket.runtime.state import MonitorStatus, State, WebhookControl
-from anonticket.storage import Storage, is_postgres_url, open_storage
+from anonticket.storage import Storage, is_postgres_url, open_storage, unix_now
 from anonticket.service.unix_socket import claim_socket_path, remove_socket, restrictive_umask, socket_inode
 from anonticket.webhooks.sender import WebhookSender
 
@@ -69,7 +72,8 @@ async def open_state(config: Config, stack: AsyncExitStack) -> State:
 
 
 def make_ledger(config: Config, storage: Storage, metrics: Metrics) -> Ledger:
-    """A ledger with empty in-memory views (``load`` fills the indexes)."""
+    """A ledger with empty in-memory views (``load`` fills the indexes, the signing keys
+    and the recent revocations)."""
     return Ledger(
         storage,
         min_payment=config.monitor_min_payment_amount,
@@ -77,8 +81,20 @@ def make_ledger(config: Config, storage: Storage, metrics: Metrics) -> Ledger:
         negative_cache=TtlSet(config.api_negative_cache_capacity, config.api_negative_cache_ttl_secs),
         price_per_day=config.access_price_per_day,
         on_negative_cache_hit=metrics.negative_cache_hits.inc,
+        credentials=make_credentials(config, storage),
         plain_pids=config.redeem_plain_pids,
     )
+
+
+def make_credentials(config: Config, storage: Storage, clock: Callable[[], int] = unix_now
+                     ) -> Credentials:
+    """The credential keys and checks. A rotated-in key is published for as long as the key
+    document may be cached before it signs (``key_document_max_age``)."""
+    ttl = config.credential_ttl_secs
+    ring = KeyRing(storage, clock=clock, verify_secs=ttl,
+                   publish_ahead_secs=key_document_max_age(ttl))
+    return Credentials(ring, Revocations(ttl, clock), ttl=ttl,
+                       audiences=config.credential_audiences, clock=clock)
 
 
 def _standby(state: State, internal: bool) -> list[Any]:
@@ -105,6 +121,7 @@ def build_public_app(state: State) -> web.Application:
     add_public_routes(app)
     add_topup_route(app)
     add_access_routes(app)
+    add_credential_routes(app)
     return app
 
 

@@ -1,6 +1,7 @@
 """Background chores that must never run on a request's path: noticing expired tokens
-(their ``token.expired`` events), forgetting old Idempotency-Key answers and delivered
-webhook events. A start/stop pair like the monitor, with its own backoff."""
+(their ``token.expired`` events), removing the signing keys whose last signature has expired
+(and re-reading the key ring), forgetting old Idempotency-Key answers and delivered webhook
+events. A start/stop pair like the monitor, with its own backoff."""
 
 from __future__ import annotations
 
@@ -52,12 +53,22 @@ class Housekeeper:
             total += marked
         return total
 
+    async def tend_keys(self) -> int:
+        """Remove the signing keys nothing they signed can still be presented with, and
+        read the ring again (a cheap read: it also repairs the view after a key write whose
+        outcome was unknown); returns how many were removed."""
+        credentials = self.state.ledger.credentials
+        if credentials is None:
+            return 0
+        return await credentials.ring.remove_expired()
+
     async def run(self) -> None:
         # the first round waits too: start-up (and the monitor's first credit) goes first
         last_prune = self._monotonic()
         while True:
             await self._sleep(EXPIRY_SWEEP_INTERVAL_SECS)
             await self._guarded(self.sweep_expired)
+            await self._guarded(self.tend_keys)
             now = self._monotonic()
             if now - last_prune >= PRUNE_INTERVAL_SECS:
                 last_prune = now

@@ -2,7 +2,8 @@
 
 ``core`` (connections, the one write path), ``schema`` (versions), ``ledger_rules`` (the
 decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups), ``tokens`` (introspection, revocation, debits, expiry notices),
-``events`` (the webhook events a change writes inside its own transaction), ``outbox``
+``keys`` (the signing keys anonticket generates for itself), ``events`` (the webhook
+events a change writes inside its own transaction), ``outbox``
 (the sender's side of those rows: due events, outcomes, replays), ``maintenance``
 (counts, backup, invariants), ``subaddresses`` (the checkout's allocated subaddresses). ``Storage`` is all of them on one SQLite writer and one reader
 connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
@@ -16,6 +17,7 @@ May import: crypto, domain, config.
 from __future__ import annotations
 
 from anonticket.storage.core import DEFAULT_BUSY_TIMEOUT_MS, database_path, unix_now
+from anonticket.storage.keys import SigningKeyStore
 from anonticket.storage.maintenance import MaintenanceStore
 from anonticket.storage.outbox import AttemptResult, OutboxEvent, OutboxStore
 from anonticket.storage.ledger_rules import seconds_bought
@@ -25,6 +27,7 @@ from anonticket.storage.rows import (
     CreditResult,
     DebitOutcome,
     DebitRequest,
+    SigningKeyRow,
     TokenRow,
     TopupOutcome,
     is_storable_text,
@@ -34,7 +37,8 @@ from anonticket.storage.subaddresses import Allocation, SubaddressStore
 from anonticket.storage.tokens import TokenStore
 
 
-class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore, SubaddressStore):
+class Storage(PaymentStore, TokenStore, MaintenanceStore, OutboxStore, SigningKeyStore,
+              SubaddressStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -61,8 +65,9 @@ async def open_storage(
 
 
 __all__ = [
-    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "Allocation", "AttemptResult", "ClaimRow", "CreditResult",
-    "DebitOutcome", "DebitRequest", "OutboxEvent", "Storage", "TokenRow", "TopupOutcome",
+    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "Allocation", "AttemptResult", "ClaimRow",
+    "CreditResult", "DebitOutcome", "DebitRequest", "OutboxEvent", "SigningKeyRow", "Storage",
+    "TokenRow", "TopupOutcome",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",
 ]

@@ -139,3 +139,27 @@ class TopupOutcome:
 
     def __repr__(self) -> str:
         return f"TopupOutcome({self.kind}, amount={self.amount})"
+
+
+# the columns of a SigningKeyRow, in field order
+SIGNING_KEY_COLUMNS = "key_id, purpose, secret, public, created_at, not_before, retired_at, expires_at"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SigningKeyRow:
+    """One signing key as stored (``signing_keys``): the secret is raw bytes the ledger turns
+    into a key object; the repr names the key by its public id and never shows the secret."""
+
+    key_id: str
+    purpose: str
+    secret: bytes
+    public: bytes
+    created_at: int
+    not_before: int  # when it starts signing (it is published before)
+    retired_at: int | None = None  # when the next key took over; None while in force
+    expires_at: int | None = None  # when the last thing it signed has expired
+
+    def __repr__(self) -> str:
+        return (f"SigningKeyRow({self.key_id!r}, purpose={self.purpose!r}, secret=<redacted>, "
+                f"not_before={self.not_before}, retired_at={self.retired_at}, "
+                f"expires_at={self.expires_at})")

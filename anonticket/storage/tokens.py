@@ -94,6 +94,16 @@ class TokenStore(StorageCore):
                                            if revoked_at is None], now)
         return len(rows)
 
+    async def list_revoked_since(self, since: int) -> list[tuple[bytes, int]]:
+        """(token, revoked_at) of every token revoked at or after ``since``, oldest first:
+        what a start or a takeover reads to refuse those tokens' credentials at once
+        (their partial index holds revoked tokens only)."""
+        rows = await self._read(
+            """SELECT token, revoked_at FROM service_tokens
+               WHERE revoked_at IS NOT NULL AND revoked_at >= ? ORDER BY revoked_at, token""",
+            (since,))
+        return [(token, revoked_at) for token, revoked_at in rows]
+
     async def list_audit(self, token: bytes) -> list[dict[str, object]]:
         rows = await self._read(
             """SELECT at, action, reason, abuse_score FROM audit_log

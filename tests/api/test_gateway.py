@@ -433,7 +433,7 @@ def test_metric_outcomes_are_the_reasons() -> None:
     from anonticket.runtime.metrics import GATEWAY_OUTCOMES
 
     assert set(DENIALS) < set(GATEWAY_OUTCOMES)
-    assert set(GATEWAY_OUTCOMES) - set(DENIALS) == {"allowed", "invalid_cost",
+    assert set(GATEWAY_OUTCOMES) - set(DENIALS) == {"allowed", "allowed_credential", "invalid_cost",
                                                      "gateway_unauthorized", "unavailable"}
 
 

@@ -184,7 +184,7 @@ def string_fields() -> tuple[list[tuple[str, str, str]], dict[tuple[str, str], l
 STRING_FIELDS, SENT_WITH = string_fields()
 # a valid value for each field, so the one carrying the surrogate is the only thing wrong
 VALID = {"pid": PAID_PID, "receipt": "5eed" * 16, "reason": "chargeback", "memo": "GET /file",
-         "id": "msg_0"}
+         "id": "msg_0", "aud": "files", "purpose": "credential"}
 
 
 def test_the_contract_has_the_string_fields_we_expect() -> None:

@@ -30,7 +30,7 @@ SPEC = yaml.safe_load((REPO / "anonticket" / "api" / "openapi.yaml").read_text()
 ADMIN_PATHS = {"/metrics", "/api/v1/token/{token}/revoke", "/api/v1/token/{token}/debit",
                "/api/v1/monitor/rescan", "/api/v1/stats", "/docs/openapi.yaml",
                "/api/v1/webhooks", "/api/v1/webhooks/replay", "/api/v1/webhooks/test",
-               "/api/v1/webhooks/enable"}
+               "/api/v1/webhooks/enable", "/api/v1/keys", "/api/v1/keys/rotate"}
 # what the route answers the valid call with when it is not 200: these test services run
 # without a monitor, so a rescan request is refused (and reached the handler: not 401/404)
 NOT_200 = {"/api/v1/monitor/rescan": 409, "/api/v1/webhooks/test": 409}  # nor webhooks
@@ -74,8 +74,12 @@ def operations(listener: str) -> list[tuple[str, str]]:
 INTERNAL_ONLY = sorted(
     {path for path, _ in operations("internal")} - {path for path, _ in operations("public")}
 )
+# JSON routes on the public listener only: a credential is issued where customers are, and
+# the keys that verify it are published there (tests/api/test_credential_routes.py)
+PUBLIC_ONLY_API = {"/api/v1/credential", "/.well-known/anonticket-credential-keys"}
 # the checkout's HTML pages: for customers' browsers, on the public listener only
-PAGES = sorted(set(operations("public")) - set(operations("internal")))
+PAGES = sorted(op for op in set(operations("public")) - set(operations("internal"))
+               if op[0] not in PUBLIC_ONLY_API)
 # one method per path (GET, where a path documents several: the gateway check takes any)
 SPEC_METHOD = dict(sorted(operations("internal"), key=lambda op: op[1] == "GET"))
 
@@ -127,7 +131,8 @@ async def test_public_routes_answer_on_both_listeners(service: Service, http: ai
         ("/health/live", "GET"): (200, "ok"),
         ("/health/ready", "GET"): (200, "ready"),
     }
-    assert set(operations("public")) - set(PAGES) == set(expected)
+    assert {op for op in operations("public") if op[0] not in PUBLIC_ONLY_API} - set(PAGES) == set(
+        expected)
     for address in (service.public_address, service.internal_address):
         for (path, method), (want_status, want_state) in expected.items():
             body, headers = valid_call(path, method)
@@ -154,6 +159,26 @@ async def test_the_pages_are_public_only(service: Service, http: aiohttp.ClientS
             assert resp.status == 303 or resp.content_type == "text/html", (path, method)
         status, ctype, answer = await call(http, method, service.internal_address, path)
         assert (status, ctype, answer["error"]) == (404, "application/json", "not_found"), (path, method)
+
+
+async def test_the_credential_routes_are_public_only(service: Service,
+                                                    http: aiohttp.ClientSession) -> None:
+    assert {path for path, _ in set(operations("public")) - set(operations("internal"))} - {
+        path for path, _ in PAGES} == PUBLIC_ONLY_API
+    token = await redeemed_token(service, http)
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, _, answer = await call(http, "POST", service.public_address, "/api/v1/credential",
+                                   headers=bearer)
+    assert status == 200 and answer["credential"].startswith("v4.public."), answer
+    status, _, answer = await call(http, "GET", service.public_address,
+                                   "/.well-known/anonticket-credential-keys")
+    assert status == 200 and answer["version"] == 1 and answer["keys"], answer
+    for path in sorted(PUBLIC_ONLY_API):
+        for method in ("GET", "POST"):
+            status, ctype, answer = await call(http, method, service.internal_address, path,
+                                               headers=bearer)
+            assert (status, ctype, answer["error"]) == (404, "application/json", "not_found"), (
+                path, method)
 
 
 @pytest.mark.parametrize("path", INTERNAL_ONLY)

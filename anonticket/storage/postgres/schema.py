@@ -23,7 +23,8 @@ from anonticket.domain.errors import SchemaTooNew
 # package data (setup.cfg), so an installed wheel has them
 _SQL = Path(__file__).resolve().parent / "sql"
 # version reached → script that reaches it from the one before (a new database: from 0)
-MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql", 5: _SQL / "v5.sql", 9: _SQL / "v9.sql"}
+MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql", 5: _SQL / "v5.sql", 6: _SQL / "v6.sql",
+              9: _SQL / "v9.sql"}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 # an arbitrary 64-bit key of our own, so the lock never meets another application's
 SCHEMA_LOCK_KEY = 0x616E_6F6E_7363_6801  # "anonsch" + 1

@@ -102,6 +102,14 @@ class PgTokenStore(PostgresCore):
 
         return await self._write(work)
 
+    async def list_revoked_since(self, since: int) -> list[tuple[bytes, int]]:
+        """See ``TokenStore.list_revoked_since``."""
+        rows = await self._read(
+            """SELECT token, revoked_at FROM service_tokens
+               WHERE revoked_at IS NOT NULL AND revoked_at >= $1 ORDER BY revoked_at, token""",
+            since)
+        return [(token, revoked_at) for token, revoked_at in rows]
+
     async def list_audit(self, token: bytes) -> list[dict[str, object]]:
         rows = await self._read(
             "SELECT at, action, reason, abuse_score FROM audit_log WHERE token = $1 ORDER BY id",
