@@ -27,7 +27,7 @@ BOTH_BACKENDS = True
 NOW = 1_700_000_000
 MIN = 1000
 TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log", "debits",
-          "idempotency_keys", "webhook_events", "webhook_state", "signing_keys"}
+          "idempotency_keys", "webhook_events", "webhook_state", "signing_keys", "subaddresses"}
 V2_TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
 
 
@@ -99,6 +99,7 @@ async def test_broken_schema_applies_nothing(
     (4, "PRAGMA user_version = 4;"),
     (4, "DROP TABLE idempotency_keys;"),  # the old table dropped, the copy not yet renamed
     (6, "PRAGMA user_version = 6;"),
+    (9, "PRAGMA user_version = 9;"),
 ])
 async def test_broken_migration_leaves_the_previous_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int, marker: str
@@ -109,9 +110,10 @@ async def test_broken_migration_leaves_the_previous_version(
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(path)
     # version 3 and 4 keep the table names: before 4 the tables are 3's, copy not left over;
-    # before 6 there are no signing keys
-    before = {3: (2, V2_TABLES), 4: (3, TABLES - {"signing_keys"}),
-              6: (5, TABLES - {"signing_keys"})}
+    # before 6 there are no signing keys, before 9 no subaddresses
+    later = {"signing_keys", "subaddresses"}
+    before = {3: (2, V2_TABLES), 4: (3, TABLES - later), 6: (5, TABLES - later),
+              9: (6, TABLES - {"subaddresses"})}
     assert (user_version(path), tables(path)) == before[version]
     monkeypatch.undo()
     store = await Storage.open(path)

@@ -84,7 +84,7 @@ async def test_a_fresh_database_gets_the_schema_and_its_version_once(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables == {"payments", "transfers", "service_tokens", "monitor_state", "audit_log",
                       "debits", "idempotency_keys", "schema_versions", "webhook_events",
-                      "webhook_state", "signing_keys"}
+                      "webhook_state", "signing_keys", "subaddresses"}
     types = dict(await raw.fetch(
         """SELECT column_name, data_type FROM information_schema.columns
            WHERE table_name IN ('payments', 'service_tokens', 'transfers', 'debits')
