@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -113,7 +114,8 @@ def wallet_index(net: RegtestNetwork, address: str) -> int:
 
 async def test_a_batched_payment_credits_each_customer_its_own_output(
         net: RegtestNetwork, config_factory: Callable[..., Config],
-        http: aiohttp.ClientSession) -> None:
+        http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with shop(net, config_factory) as service:
         (first, first_address), (second, second_address) = [await buy(http, service) for _ in "ab"]
         assert first_address != second_address
@@ -141,6 +143,10 @@ async def test_a_batched_payment_credits_each_customer_its_own_output(
             second.raw, subaddress_transfer_id(txid, account, second_index)).hex()
         counts = await stats(http, service)
         assert counts["subaddresses_unpaid"] == 0
+    # nothing that claims or identifies a payment reached a log line
+    for secret in (first.hex(), second.hex(), first.pid.hex(), second.pid.hex(), first_address,
+                   second_address, paid["txid"], first_body["service_token"]):
+        assert secret not in caplog.text
         assert counts["subaddress_highest_index"] is None or counts["subaddress_highest_index"] >= 0
 
 
@@ -213,6 +219,12 @@ async def test_a_flood_is_refused_past_the_cap_and_the_rate(
     async with shop(net, config_factory, SUBADDRESS_MAX_UNPAID="3") as service:
         storage = service.state.ledger.storage
         start = await storage.count_unpaid_subaddresses(int(time.time()))
+        # hostile forms are refused before anything is allocated
+        for form in ({"offer": "nope"}, {"offer": str(AMOUNT // 2), "extra": "1"}, {},
+                     {"offer": "\x00" * 10_000}):
+            async with http.post(url(service.public_address, "/pay"), data=form) as resp:
+                assert resp.status in (400, 404, 413)
+        assert await storage.count_unpaid_subaddresses(int(time.time())) == start
         answers = [await checkout(http, service) for _ in range(8)]
         allowed = max(3 - start, 0)
         assert [status for status, _ in answers] == [200] * allowed + [503] * (8 - allowed)
