@@ -115,7 +115,7 @@ def wallet_index(net: RegtestNetwork, address: str) -> int:
 async def test_a_batched_payment_credits_each_customer_its_own_output(
         net: RegtestNetwork, config_factory: Callable[..., Config],
         http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="anonticket")
     async with shop(net, config_factory) as service:
         (first, first_address), (second, second_address) = [await buy(http, service) for _ in "ab"]
         assert first_address != second_address
