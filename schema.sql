@@ -1,7 +1,7 @@
--- anonticket's SQLite schema as it is now (version 8), as one script to read.
+-- anonticket's SQLite schema as it is now (version 9), as one script to read.
 --
 -- The service does not run this file: it applies the migrations in anonticket/storage/sql/
--- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql, v7.sql, v8.sql), each with its PRAGMA
+-- (v2.sql, then v3.sql, v4.sql, v5.sql, v6.sql, v7.sql, v8.sql, v9.sql), each with its PRAGMA
 -- user_version in one transaction, so any older database is brought up to date the same way.
 -- tests/storage/test_schema_files.py checks that
 -- this script and those migrations build the same database (tables, columns, CHECKs, keys,
@@ -239,5 +239,21 @@ CREATE TABLE provisional_outstanding (
 ) STRICT;
 INSERT INTO provisional_outstanding (id, amount) VALUES (1, 0);
 
-PRAGMA user_version = 8;
+-- One row per subaddress the checkout allocated (SUBADDRESS mode, v9.sql): pid is the receipt's
+-- PID, the one-way hash the monitor credits a transfer to (account, idx) under; the receipt is
+-- never stored. The key proves two instances never record the same index; expires_at only
+-- bounds unpaid allocations (a payment after it is still credited).
+CREATE TABLE subaddresses (
+    account    INTEGER NOT NULL CHECK (account >= 0),
+    idx        INTEGER NOT NULL CHECK (idx > 0),
+    pid        BLOB    NOT NULL UNIQUE CHECK (length(pid) = 32),
+    address    TEXT    NOT NULL CHECK (length(address) BETWEEN 95 AND 106),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (account, idx)
+) STRICT, WITHOUT ROWID;
+-- what the cap counts: allocations not yet expired
+CREATE INDEX subaddresses_by_expiry ON subaddresses (expires_at);
+
+PRAGMA user_version = 9;
 COMMIT;

@@ -8,7 +8,13 @@ header: every step is a POST whose form body carries the receipt, and every answ
 the page itself (200), never a redirect to one. A GET on a POST-only route is sent back
 to ``/pay`` carrying nothing.
 
-``POST /pay`` stores nothing: the service first hears of the PID when the wallet reports
+In CHECKOUT_ADDRESS_MODE=subaddress, ``POST /pay`` shows a fresh subaddress of the wallet
+instead (``monero.subaddresses``: exchanges and batching wallets can pay it, and no
+customer sees the operator's primary address); the receipt is still the only secret, and
+the allocation row holds only the receipt's PID. A refused allocation (the cap, the global
+rate, the wallet down) is a 503 page and stores nothing.
+
+In the integrated mode ``POST /pay`` stores nothing: the service first hears of the PID when the wallet reports
 a payment, and of the receipt when the customer claims. ``/pay/status`` only reads
 (``Ledger.peek``), so checking never claims; ``/pay/redeem`` claims through the very
 ledger call ``/api/v1/redeem`` uses, counted in the same metrics. A payment ID or an
@@ -34,6 +40,7 @@ from anonticket.domain.ids import PaymentId, Receipt
 from anonticket.domain.errors import InvalidPid, InvalidReceipt, Underpaid, Unavailable
 from anonticket.ledger.views import Claimed, Ledger
 from anonticket.domain.payment_request import PaymentRequest, new_payment_request, payment_request
+from anonticket.monero.subaddresses import AllocationRefused
 from anonticket.runtime.state import State
 
 # one block every two minutes on average (DIFFICULTY_TARGET_V2 = 120 s)
@@ -181,11 +188,15 @@ async def state_page(state: State, claim: PaymentId | Receipt, found: PaymentSta
                      ) -> web.Response:
     # only the underpaid page draws a QR (the rest to pay): that one off the event loop
     if found.kind == "underpaid":
-        return await asyncio.to_thread(render_state, state, claim, found)
+        subaddress = None
+        if isinstance(claim, Receipt):  # a subaddress checkout: the rest goes to the same one
+            subaddress = await state.ledger.storage.subaddress_of(claim.pid.raw)
+        return await asyncio.to_thread(render_state, state, claim, found, subaddress)
     return render_state(state, claim, found)
 
 
-def render_state(state: State, claim: PaymentId | Receipt, found: PaymentState) -> web.Response:
+def render_state(state: State, claim: PaymentId | Receipt, found: PaymentState,
+                 subaddress: str | None = None) -> web.Response:
     shown = claim_field(claim)
     pid = claim.pid if isinstance(claim, Receipt) else claim
     if found.kind == "redeemed":
@@ -204,8 +215,11 @@ def render_state(state: State, claim: PaymentId | Receipt, found: PaymentState) 
     if found.kind == "underpaid":
         missing = found.minimum - found.balance
         merchant = state.merchant.address
-        pay_to = (_pay_to(payment_request(merchant, pid, missing))
-                  if merchant is not None and pid.is_short else None)
+        if subaddress is not None:
+            pay_to: Markup | None = _pay_to(PaymentRequest(pid, subaddress, missing))
+        else:
+            pay_to = (_pay_to(payment_request(merchant, pid, missing))
+                      if merchant is not None and pid.is_short else None)
         return pages.page("Payment incomplete", pages.underpaid_body(
             shown, balance=format_xmr(found.balance), minimum=format_xmr(found.minimum),
             missing=format_xmr(missing), pay_to=pay_to))
@@ -226,12 +240,18 @@ async def create_payment(request: web.Request) -> web.Response:
         return pages.page("Offer not available", Markup(
             "<p>That offer is not (or no longer) on sale.</p><p><a href=\"/pay\">See the offers"
             "</a></p>"), status=404)
-    merchant = state.merchant.address
-    if merchant is None:
-        return pages.page("Checkout unavailable", Markup(
-            "<p>Payments cannot be created right now. Please try again later.</p>"), status=503)
-    # ~10 ms of pure Python (QR masks): off the event loop, so redeems keep their latency
-    receipt, made, pay_to = await asyncio.to_thread(_new_payment, merchant, chosen[0].piconero)
+    if state.subaddresses is not None:
+        made_or_refusal = await _new_subaddress_payment(state, chosen[0].piconero)
+        if isinstance(made_or_refusal, web.Response):
+            return made_or_refusal
+        receipt, made, pay_to = made_or_refusal
+    else:
+        merchant = state.merchant.address
+        if merchant is None:
+            return _unavailable()
+        # ~10 ms of pure Python (QR masks): off the event loop, so redeems keep their latency
+        receipt, made, pay_to = await asyncio.to_thread(_new_payment, merchant,
+                                                        chosen[0].piconero)
     config = state.config
     body = pages.payment_body(
         pay_to=pay_to, receipt=receipt.grouped(), field=claim_field(receipt),
@@ -239,6 +259,38 @@ async def create_payment(request: web.Request) -> web.Response:
         minutes=config.monitor_min_confirmations * MINUTES_PER_BLOCK)
     amount = made.amount_xmr
     return pages.page(f"Pay {amount} XMR" if amount else "Pay any amount", body)
+
+
+def _unavailable() -> web.Response:
+    return pages.page("Checkout unavailable", Markup(
+        "<p>Payments cannot be created right now. Please try again later.</p>"), status=503)
+
+
+# seconds a refused subaddress checkout is told to wait (Retry-After)
+_RETRY_AFTER_SECS = {"rate_limited": 5, "capped": 300}
+
+
+async def _new_subaddress_payment(state: State, piconero: int | None
+                                  ) -> tuple[Receipt, PaymentRequest, Markup] | web.Response:
+    """A receipt, a fresh subaddress recorded against its PID, and what to show; or the
+    503 page when the allocation is refused (nothing stored then)."""
+    assert state.subaddresses is not None
+    counters = state.metrics.subaddress_allocations
+    receipt = Receipt.generate()
+    try:
+        address = await state.subaddresses.allocate(receipt.pid)
+    except AllocationRefused as exc:
+        counters[exc.reason].inc()
+        if exc.reason not in _RETRY_AFTER_SECS:
+            return _unavailable()
+        response = pages.page("Checkout busy", Markup(
+            "<p>Too many payments are being created right now. Please try again in a few "
+            "minutes.</p>"), status=503)
+        response.headers["Retry-After"] = str(_RETRY_AFTER_SECS[exc.reason])
+        return response
+    counters["allocated"].inc()
+    made = PaymentRequest(receipt.pid, address, piconero)
+    return receipt, made, await asyncio.to_thread(_pay_to, made)
 
 
 def _new_payment(merchant: str, piconero: int | None) -> tuple[Receipt, PaymentRequest, Markup]:

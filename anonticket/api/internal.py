@@ -154,6 +154,11 @@ async def stats(request: web.Request) -> web.Response:
     counts["wallet_height"] = state.monitor.wallet_height
     counts["pending_pids"] = len(state.ledger.pending_view)
     counts["rescan_from_height"] = state.monitor.rescan_from
+    counts["subaddresses_unpaid"] = await state.ledger.storage.count_unpaid_subaddresses(int(time.time()))
+    counts["subaddress_highest_index"] = state.monitor.subaddress_highest
+    counts["subaddress_known_to_wallet"] = state.monitor.subaddress_known
+    counts["unallocated_subaddress_transfers"] = int(
+        state.metrics.transfer["unallocated_subaddress"]._value.get())
     return json_body(counts)
 
 

@@ -266,7 +266,14 @@ _STAT_LABELS = {
     "scanned_height": "scanned height",
     "wallet_height": "wallet height",
     "rescan_from_height": "rescan pending from",
+    "subaddresses_unpaid": "subaddresses unpaid",
+    "subaddress_highest_index": "subaddress highest index",
+    "subaddress_known_to_wallet": "subaddress known to wallet",
+    "unallocated_subaddress_transfers": "transfers to unallocated subaddresses",
 }
+# shown only once a subaddress was allocated or paid (CHECKOUT_ADDRESS_MODE=subaddress)
+_SUBADDRESS_STATS = ("subaddresses_unpaid", "subaddress_highest_index",
+                     "subaddress_known_to_wallet", "unallocated_subaddress_transfers")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -277,11 +284,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     keys = [k for k in _STAT_LABELS if k in stats] + [k for k in stats if k not in _STAT_LABELS]
     rows = []
     scanned = stats.get("scanned_height")
+    no_subaddresses = not any(stats.get(k) for k in _SUBADDRESS_STATS if k != "subaddress_known_to_wallet")
     for key in keys:
         value = stats[key]
         if key == "rescan_from_height" and value is None:
             continue  # no rescan waiting: the usual case, not worth a row
+        if key in _SUBADDRESS_STATS and no_subaddresses:
+            continue  # the integrated-address checkout: nothing to say
         text = "unknown" if value is None else str(value)
+        if key == "subaddress_known_to_wallet" and value is not None:
+            text = "yes" if value else "NO: payments to it go unseen (docs/operations.md#subaddresses)"
         if key in ("credited_piconero", "debited_piconero") and isinstance(value, int):
             text += f" ({format_xmr(value)} XMR)"
         if key == "wallet_height" and isinstance(value, int) and isinstance(scanned, int):

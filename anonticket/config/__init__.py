@@ -19,6 +19,7 @@ from anonticket.config.values import (
     DEFAULT_WEBHOOK_RETRIES,
     HostPort,
     Offer,
+    parse_address_mode,
     parse_audiences,
     parse_bool,
     parse_cookie_name,
@@ -37,6 +38,7 @@ from anonticket.config.values import (
     parse_piconero_or_zero,
     parse_optional_text,
     parse_plain_pids,
+    parse_positive_rate,
     parse_positive_seconds,
     parse_retry_schedule,
     parse_synchronous,
@@ -184,6 +186,24 @@ SETTINGS: tuple[Setting, ...] = (
             "What /pay sells, comma-separated: days of access (7d, 30d; needs "
             "ACCESS_PRICE_PER_DAY) or amounts (0.05 XMR or piconero); empty: one offer at "
             "MONITOR_MIN_PAYMENT_AMOUNT."),
+    Setting("CHECKOUT_ADDRESS_MODE", "checkout_address_mode", "integrated", parse_address_mode,
+            "integrated: /pay shows an integrated address (no state before payment); "
+            "subaddress: /pay allocates a fresh subaddress of the wallet per payment, which "
+            "exchanges and batching wallets can pay (docs/operations.md#subaddresses)."),
+    Setting("SUBADDRESS_ACCOUNT", "subaddress_account", "0", parse_int_at_least(0),
+            "The wallet account subaddresses are allocated in; a dedicated one (create_account) "
+            "keeps the operator's own subaddresses apart from the checkout's."),
+    Setting("SUBADDRESS_UNPAID_TTL_SECS", "subaddress_unpaid_ttl_secs", "86400",
+            parse_int_at_least(60),
+            "How long an unpaid allocation counts against SUBADDRESS_MAX_UNPAID; a payment "
+            "after that is still credited."),
+    Setting("SUBADDRESS_MAX_UNPAID", "subaddress_max_unpaid", "10000", parse_int_at_least(1),
+            "Most unpaid, unexpired allocations at once; beyond it the checkout answers 503 "
+            "and allocates nothing."),
+    Setting("SUBADDRESS_ALLOCATIONS_PER_SEC", "subaddress_allocations_per_sec", "2",
+            parse_positive_rate,
+            "Global allocation rate (a token bucket, bursts of 10 × this): over Tor there is no "
+            "client identity, so the limit is for everyone at once; beyond it 503."),
     Setting("ACCESS_COOKIE_NAME", "access_cookie_name", "anonticket_access", parse_cookie_name,
             "Name of the cookie /access sets and the gateway check reads; a Secure one is "
             "__Host-<name>, which no sibling subdomain can set (the shipped proxy configs "
@@ -274,6 +294,11 @@ class Config:
     merchant_address: str | None
     monero_network: str
     checkout_offers: tuple[Offer, ...]
+    checkout_address_mode: str
+    subaddress_account: int
+    subaddress_unpaid_ttl_secs: int
+    subaddress_max_unpaid: int
+    subaddress_allocations_per_sec: float
     access_cookie_name: str
     access_cookie_secure: str
     access_cookie_max_age_secs: int

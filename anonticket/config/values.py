@@ -330,6 +330,23 @@ def parse_plain_pids(text: str) -> str:
     return value
 
 
+def parse_positive_rate(text: str) -> float:
+    try:
+        value = parse_decimal(text)
+    except ValueError:
+        raise ValueError("expected a number per second (fractions allowed)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number per second")
+    return value
+
+
+def parse_address_mode(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("integrated", "subaddress"):
+        raise ValueError("expected integrated or subaddress")
+    return value
+
+
 def parse_log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -228,6 +228,24 @@ def derive_service_token(pid: PaymentId, txid_text: str) -> ServiceToken:
     return ServiceToken(digest)
 
 
+SUBADDRESS_TRANSFER_TAG = b"anonticket/subaddress-transfer/v1"
+
+
+def subaddress_transfer_id(txid: bytes, account: int, index: int) -> bytes:
+    """``SHA3-256("anonticket/subaddress-transfer/v1" || txid || account u32le || index u32le)``:
+    what a transfer to an allocated subaddress is stored (and its token derived) under, in
+    the place of its txid.
+
+    One transaction can pay several customers' subaddresses at once (an exchange batching
+    withdrawals): each output is its own payment, but they share the txid, which keys the
+    transfers table. Keyed by this id instead, each is stored once, a re-read of the block
+    finds the same id (so re-ingestion stays harmless), and the receipt's token
+    ``SHA3-256("anonticket/token/v1" || receipt || id)`` stays out of reach of whoever sent it.
+    """
+    return hashlib.sha3_256(SUBADDRESS_TRANSFER_TAG + txid + account.to_bytes(4, "little")
+                            + index.to_bytes(4, "little")).digest()
+
+
 def parse_txid(text: object) -> bytes:
     """A wallet txid: 64 hex characters. Raises ValueError with a fixed message."""
     raw = _exact_hex(text) if isinstance(text, str) and len(text) == 2 * TXID_BYTES else None

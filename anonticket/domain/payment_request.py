@@ -46,6 +46,8 @@ def make_qr(text: str) -> QrImage:
 @dataclass(frozen=True, slots=True, repr=False)
 class PaymentRequest:
     pid: PaymentId
+    # the integrated address of ``pid``, or (a subaddress checkout) the subaddress
+    # allocated for it, which carries no PID: the monitor maps its index to the PID
     integrated_address: str
     piconero: int | None  # None: any amount (the operator has no minimum)
 

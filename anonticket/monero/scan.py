@@ -9,10 +9,11 @@ and what to count. The monitor (``anonticket.monitor.loop``) does the reading an
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from anonticket.domain.ids import PaymentId, Transfer, parse_txid
+from anonticket.domain.ids import PaymentId, Transfer, parse_txid, subaddress_transfer_id
 from anonticket.domain.errors import InvalidPid
 from anonticket.monero.wallet_rpc import WalletTransfers
 
@@ -26,11 +27,50 @@ class Classified:
     transfer: Transfer | None = None
     confirmations: int = 0
     problem: str = ""  # for ``invalid``: which field failed (a field name, never a value)
+    index: int = 0  # for ``unallocated_subaddress``: the subaddress index (not a secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Subaddresses:
+    """The checkout's allocations the scan knows: ``pids`` maps an index of ``account`` to
+    the PID a transfer to it is credited under (a cache of storage; an index missing here
+    is looked up by the monitor before it is called unallocated)."""
+
+    account: int
+    pids: Mapping[int, PaymentId]
+
+
+NO_SUBADDRESSES = Subaddresses(0, {})
+
+
+def subaddress_index(entry: dict[str, Any], account: int) -> int:
+    """The minor index of ``account`` an entry was received on, 0 for anything else (the
+    primary address, whose integrated addresses carry PIDs, or another account). A
+    ``subaddr_index`` of the wrong shape raises ValueError("subaddr_index")."""
+    where = entry.get("subaddr_index")
+    if where is None:
+        return 0
+    if type(where) is not dict:
+        raise ValueError("subaddr_index")
+    major, minor = where.get("major"), where.get("minor")
+    if type(major) is not int or type(minor) is not int or major < 0 or minor < 0:
+        raise ValueError("subaddr_index")
+    return minor if major == account else 0
 
 
 def classify(entry: Any, wallet_height: int, min_confirmations: int, accept_long: bool,
-             in_pool: bool) -> Classified:
-    """Decide what one raw wallet entry means. Never raises: bad entries are ``invalid``."""
+             in_pool: bool, subaddresses: Subaddresses = NO_SUBADDRESSES, *,
+             resolved: bool = True) -> Classified:
+    """Decide what one raw wallet entry means. Never raises: bad entries are ``invalid``.
+
+    An entry received on a subaddress (index > 0) of the checkout's account is credited
+    under that allocation's PID whatever payment ID the transaction carries (a batched
+    transaction paying an integrated address too shows that PID on every one of its
+    entries), keyed by ``subaddress_transfer_id``; one to an index never allocated is
+    ``unallocated_subaddress`` and credits nothing — unless the transaction carries a
+    payment ID (it also paid an integrated address): then, as before subaddresses, it is
+    credited to that PID. ``resolved=False``: ``subaddresses`` may not hold every allocated
+    index yet, so an unknown one is only ``unallocated_subaddress`` (to be looked up)."""
     key = _entry_key(entry)
     if not isinstance(entry, dict):
         return Classified("invalid", key, problem="entry")
@@ -52,8 +92,18 @@ def classify(entry: Any, wallet_height: int, min_confirmations: int, accept_long
         pid_text = entry.get("payment_id")
         if not isinstance(pid_text, str):
             raise ValueError("payment_id")
+        index = subaddress_index(entry, subaddresses.account)
     except ValueError as exc:
         return Classified("invalid", key, problem=exc.args[0])  # the field name
+    if index:
+        allocated = subaddresses.pids.get(index)
+        if allocated is None:
+            if not resolved or (len(pid_text) in (16, 64) and set(pid_text) == {"0"}):
+                return Classified("unallocated_subaddress", f"{key}:{index}", index=index)
+        else:
+            return _verdict(Transfer(subaddress_transfer_id(txid, subaddresses.account, index),
+                                 allocated, amount, height),
+                        key, unlock_time, double_spend, in_pool, wallet_height, min_confirmations)
     try:
         pid = PaymentId.parse(pid_text, accept_long=True)
     except InvalidPid:
@@ -61,11 +111,17 @@ def classify(entry: Any, wallet_height: int, min_confirmations: int, accept_long
         return Classified("zero_pid", key) if zero else Classified("invalid", key, problem="payment_id")
     if not pid.is_short and not accept_long:
         return Classified("long_pid", key)
+    return _verdict(Transfer(txid, pid, amount, height), key, unlock_time, double_spend, in_pool,
+                    wallet_height, min_confirmations)
+
+
+def _verdict(transfer: Transfer, key: str, unlock_time: int, double_spend: bool, in_pool: bool,
+             wallet_height: int, min_confirmations: int) -> Classified:
     if unlock_time != 0:
         return Classified("locked", key)
-    if double_spend:
-        return Classified("double_spend", key)
-    transfer = Transfer(txid, pid, amount, height)
+    if double_spend:  # the transfer: a subaddress's is known by its own id (provisional credit)
+        return Classified("double_spend", key, transfer)
+    height = transfer.height
     confirmations = 0 if in_pool else max(wallet_height - height, 0)
     if in_pool or confirmations < min_confirmations:
         return Classified("pending", key, transfer, confirmations)
@@ -103,6 +159,11 @@ class Scan:
     # pool, height 0) and the txids the wallet flags as double spends
     unconfirmed: dict[bytes, Transfer] = field(default_factory=dict)
     double_spent: set[bytes] = field(default_factory=set)
+    # txids (lowercase hex) credited under a subaddress's transfer id, not their own
+    credited_elsewhere: set[str] = field(default_factory=set)
+    # entries on a subaddress index the given ``Subaddresses`` did not know, with whether
+    # each came from the pool: the monitor looks the indexes up and scans these again
+    unresolved: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
 
     def add(self, other: Scan) -> None:
         """Merge a scan of other heights (the margin): no transaction is in both."""
@@ -115,9 +176,12 @@ class Scan:
         for txid, transfer in other.unconfirmed.items():
             self.unconfirmed.setdefault(txid, transfer)
         self.double_spent |= other.double_spent
+        self.credited_elsewhere |= other.credited_elsewhere
+        self.unresolved.extend(other.unresolved)
 
     def still_has(self, txid: str) -> bool:
-        return txid in self.watched or bytes.fromhex(txid) in self.credited
+        return (txid in self.watched or txid in self.credited_elsewhere
+                or bytes.fromhex(txid) in self.credited)
 
 
 def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -> Transfer | None:
@@ -138,6 +202,9 @@ def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -
         return None
     if entry.get("double_spend_seen", False) is not False or wallet_height - height < min_confirmations:
         return None
+    where = entry.get("subaddr_index")
+    if where is not None and (type(where) is not dict or where.get("minor") != 0):
+        return None  # a subaddress (or a malformed index): ``classify`` decides
     txid_text, pid_text = entry.get("txid"), entry.get("payment_id")
     if type(pid_text) is not str or len(pid_text) != 16:
         return None  # long and malformed PIDs take the general path
@@ -148,9 +215,14 @@ def confirmed_transfer(entry: Any, wallet_height: int, min_confirmations: int) -
 
 
 def scan(batch: WalletTransfers, wallet_height: int, floor: int, min_confirmations: int,
-         accept_long: bool) -> Scan:
+         accept_long: bool, subaddresses: Subaddresses = NO_SUBADDRESSES, *,
+         resolved: bool = True) -> Scan:
     """What a ``get_transfers`` answer asked from above ``floor`` means (entries at or
-    below it are dropped: a wallet ignoring ``min_height`` must not widen the window)."""
+    below it are dropped: a wallet ignoring ``min_height`` must not widen the window).
+
+    ``resolved=False`` (the monitor's first pass): an entry on a subaddress index
+    ``subaddresses`` does not know goes to ``unresolved``; the monitor looks the indexes up
+    and scans those entries again with ``resolved=True``, the final verdict."""
     out = Scan()
     for entries, in_pool in ((batch.incoming, False), (batch.pool, True)):
         for entry in entries:
@@ -159,15 +231,29 @@ def scan(batch: WalletTransfers, wallet_height: int, floor: int, min_confirmatio
             if transfer is not None:
                 result, confirmations = "credited", 0
             else:
-                verdict = classify(entry, wallet_height, min_confirmations, accept_long, in_pool)
+                verdict = classify(entry, wallet_height, min_confirmations, accept_long, in_pool,
+                                   subaddresses, resolved=resolved)
                 transfer, result, confirmations = (verdict.transfer, verdict.result,
                                                    verdict.confirmations)
+                if result == "unallocated_subaddress" and not resolved:
+                    out.unresolved.append((entry, in_pool))
+                    continue
+                if result == "credited" and transfer is not None and transfer.txid.hex() != verdict.key:
+                    out.credited_elsewhere.add(verdict.key)  # a subaddress's transfer id
                 if result != "credited":
                     out.reportable.append(verdict)
                     if result in ("pending", "double_spend"):
                         out.watched.add(verdict.key)
-                    if result == "double_spend" and len(verdict.key) == 64:
-                        out.double_spent.add(bytes.fromhex(verdict.key))
+                        if transfer is not None:
+                            # a subaddress's transfer id too: provisional credit knows a
+                            # payment to a subaddress by it, not by the transaction's txid
+                            out.watched.add(transfer.txid.hex())
+                    if result == "double_spend":
+                        if len(verdict.key) == 64:
+                            out.double_spent.add(bytes.fromhex(verdict.key))
+                        if transfer is not None:
+                            out.double_spent.add(transfer.txid)
+                        continue
             if transfer is None:
                 continue
             if result == "credited" and transfer.height > floor:

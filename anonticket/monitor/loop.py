@@ -37,7 +37,10 @@ from anonticket.ledger.cache import BoundedMap
 from anonticket.domain.ids import Transfer
 from anonticket.domain.errors import StorageUnavailable, StorageValueOutOfRange
 from anonticket.monero.gc_pause import paused_gc
-from anonticket.monero.scan import Classified, Scan, scan
+from anonticket.domain.ids import PaymentId
+from anonticket.monero.scan import Classified, Scan, Subaddresses, scan, subaddress_index
+from anonticket.monero.subaddresses import wallet_knows
+from anonticket.monero.wallet_rpc import WalletTransfers
 from anonticket.runtime.state import State
 from anonticket.monero.wallet_rpc import WalletError, WalletRpc
 
@@ -47,6 +50,10 @@ _BACKOFF_CAP_SECS = 60.0
 _REPORTED_CAPACITY = 100_000
 # One Monero block: the margin slides by about a block between two backstop re-reads.
 _MARGIN_BACKSTOP_SECS = 120.0
+# the subaddress restore check runs at the first poll and then this often
+_COVERAGE_CHECK_SECS = 300.0
+# allocations remembered (index -> PID); a miss is one indexed read
+_SUBADDRESS_CACHE = 100_000
 # CRYPTONOTE_MAX_BLOCK_NUMBER, wallet-rpc's own default max_height: "no upper bound"
 _NO_MAX_HEIGHT = 500_000_000
 
@@ -84,6 +91,9 @@ class Monitor:
         self._missing_since: dict[bytes, float] = {}
         self._withdrawn: BoundedMap[bytes, bool] = BoundedMap(_REPORTED_CAPACITY)
         self._provisional_watch = True  # read the outstanding ones at least once
+        # the checkout's allocations, a cache of storage (a row never changes once written)
+        self._subaddress_pids: BoundedMap[int, PaymentId] = BoundedMap(_SUBADDRESS_CACHE)
+        self._coverage_checked_at: float | None = None
 
     @property
     def cursor(self) -> int | None:
@@ -142,11 +152,17 @@ class Monitor:
         height = await self._wallet.get_height()
         need = config.monitor_min_confirmations
         batch = await self._wallet.get_transfers(max(cursor, 0), _NO_MAX_HEIGHT, pool=True)
+        subaddresses = Subaddresses(config.subaddress_account, self._subaddress_pids)
         with paused_gc():
-            found = scan(batch, height, cursor, need, config.api_accept_long_pids)
+            found = scan(batch, height, cursor, need, config.api_accept_long_pids, subaddresses,
+                         resolved=False)
         del batch  # the raw entries: the credit below should not carry them (or walk them)
+        floor = cursor
         if self._margin_due(found, cursor, height):
             await self._read_margin(found, cursor, height)
+            floor = min(cursor, self._margin_floor(cursor))
+        if found.unresolved:
+            await self._resolve_subaddresses(found, height, floor)
         new_cursor = max(cursor, height - need)
         credited = await self._credit(list(found.credited.values()),
                                       new_cursor if new_cursor != cursor else None)
@@ -158,7 +174,53 @@ class Monitor:
             self._count_once(verdict)
         state.metrics.transfer["credited"].inc(credited)
         self._record_success(height)
+        await self._check_coverage()
         return credited
+
+    async def _resolve_subaddresses(self, found: Scan, height: int, floor: int) -> None:
+        """Look up the subaddress indexes the cache did not know and scan their entries
+        again: an allocated one is credited under its PID, the rest are reported
+        ``unallocated_subaddress`` (not credited: no checkout is waiting for them)."""
+        config = self.state.config
+        account = config.subaddress_account
+        entries, found.unresolved = found.unresolved, []
+        known = await self.state.ledger.storage.subaddress_pids(
+            account, sorted({subaddress_index(entry, account) for entry, _ in entries}))
+        for index, raw in known.items():
+            self._subaddress_pids.put(index, PaymentId.from_bytes(raw))
+        again = WalletTransfers([e for e, in_pool in entries if not in_pool],
+                                [e for e, in_pool in entries if in_pool])
+        found.add(scan(again, height, floor, config.monitor_min_confirmations,
+                       config.api_accept_long_pids, Subaddresses(account, self._subaddress_pids),
+                       resolved=True))
+
+    async def _check_coverage(self) -> None:
+        """At the first poll and every few minutes: does the wallet know the highest
+        subaddress the checkout allocated? A wallet restored from keys with too short a
+        lookahead does not, and payments to it would go unseen (docs/operations.md)."""
+        now = self._clock()
+        if (self._coverage_checked_at is not None
+                and now - self._coverage_checked_at < _COVERAGE_CHECK_SECS):
+            return
+        self._coverage_checked_at = now
+        state = self.state
+        try:
+            coverage = await wallet_knows(self._wallet, state.ledger.storage,
+                                          state.config.subaddress_account)
+        except StorageUnavailable:
+            return
+        status, metrics = state.monitor, state.metrics
+        if coverage.known is False and status.subaddress_known is not False:
+            log.error("the wallet does not know subaddress index %d of account %d, the highest "
+                      "the checkout allocated: payments to it go unseen. Restore the wallet "
+                      "with a subaddress lookahead beyond it (docs/operations.md#subaddresses)",
+                      coverage.highest, state.config.subaddress_account)
+        elif coverage.known and status.subaddress_known is False:
+            log.info("the wallet knows every allocated subaddress again")
+        status.subaddress_highest, status.subaddress_known = coverage.highest, coverage.known
+        metrics.subaddress_highest_index.set(-1 if coverage.highest is None else coverage.highest)
+        if coverage.known is not None:
+            metrics.subaddress_unknown_to_wallet.set(0 if coverage.known else 1)
 
     async def _credit(self, transfers: list[Transfer], scanned_height: int | None) -> int:
         """Credit ``transfers`` and move the cursor in one transaction; returns how many
@@ -286,7 +348,9 @@ class Monitor:
         config = self.state.config
         with paused_gc():
             found.add(scan(batch, wallet_height, floor, config.monitor_min_confirmations,
-                           config.api_accept_long_pids))
+                           config.api_accept_long_pids,
+                           Subaddresses(config.subaddress_account, self._subaddress_pids),
+                           resolved=False))
 
     async def _apply_rescan_request(self) -> None:
         """Lower the cursor to just below an operator's requested height, durably and

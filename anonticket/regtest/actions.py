@@ -151,13 +151,29 @@ def pay_address(net: RunningNetwork, address: str, amount: int, *, mine: int = 0
     return _transfer(net, address, amount, mine=mine)
 
 
+def pay_many(net: RunningNetwork, destinations: list[tuple[str, int]], *, mine: int = 0) -> dict[str, Any]:
+    """One transaction paying every (address, amount) of ``destinations``: what an exchange
+    batching its customers' withdrawals sends (at most one integrated address among them)."""
+    if not destinations:
+        raise RegtestError("pay_many needs at least one destination")
+    for _, amount in destinations:
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise RegtestError("every amount must be a positive integer number of piconero")
+    first = destinations[0][0]
+    total = sum(amount for _, amount in destinations)
+    return _transfer(net, first, total, mine=mine,
+                     destinations=[{"amount": a, "address": d} for d, a in destinations])
+
+
 def _transfer(net: RunningNetwork, address: str, amount: int, *, mine: int, double_spend_attempt: bool = False,
-              unlock_time: int = 0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+              unlock_time: int = 0, extra: dict[str, Any] | None = None,
+              destinations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise RegtestError("the amount must be a positive integer number of piconero (1 XMR = 10**12)")
     if mine < 0 or unlock_time < 0:
         raise RegtestError("mine and unlock_time must be >= 0")
-    params: dict[str, Any] = {"destinations": [{"amount": amount, "address": address}], "account_index": 0,
+    params: dict[str, Any] = {"destinations": destinations or [{"amount": amount, "address": address}],
+                              "account_index": 0,
                               "priority": 0, "get_tx_key": True}
     if unlock_time:
         params["unlock_time"] = unlock_time

@@ -259,6 +259,10 @@ class RegtestNetwork:
     def pay_address(self, address: str, amount: int, *, mine: int = 0) -> dict[str, Any]:
         return actions.pay_address(self, address, amount, mine=mine)
 
+    def pay_many(self, destinations: list[tuple[str, int]], *, mine: int = 0) -> dict[str, Any]:
+        """One transaction paying every (address, amount); see ``actions.pay_many``."""
+        return actions.pay_many(self, destinations, mine=mine)
+
     def reorg(self, depth: int, *, drop: list[str] | tuple[str, ...] = (),
               move_by: int | None = None) -> dict[str, Any]:
         """Replace the top ``depth`` blocks; see ``actions.reorg``."""

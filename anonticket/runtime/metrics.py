@@ -42,7 +42,9 @@ CREDENTIAL_OUTCOMES = ("issued", "token_missing", "invalid_token", "token_not_fo
 POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "bad_response", "rpc_error",
                 "unauthorized", "storage_error", "internal")
 TRANSFER_RESULTS = ("credited", "pending", "zero_pid", "long_pid", "locked", "double_spend",
-                    "invalid", "uncreditable")
+                    "invalid", "uncreditable", "unallocated_subaddress")
+# what a subaddress checkout's allocation came to (CHECKOUT_ADDRESS_MODE=subaddress)
+ALLOCATION_OUTCOMES = ("allocated", "capped", "rate_limited", "wallet_error", "unavailable")
 # Route templates as registered (plus two for unmatched requests); never a concrete path.
 ROUTES = ("/api/v1/redeem", "/api/v1/token/{token}", "/api/v1/token/{token}/revoke",
           "/api/v1/token/{token}/topup", "/api/v1/token/{token}/debit", "/api/v1/stats",
@@ -179,6 +181,20 @@ class Metrics:
             "anonticket_provisional_unrecovered_piconero", "Piconero of withdrawn provisional "
             "credits that debits had already spent: the operator's loss (never taken back).",
             registry=r)
+        self.subaddress_allocations = TallyCounter(
+            "anonticket_subaddress_allocations", "Subaddress checkouts by outcome (capped: "
+            "SUBADDRESS_MAX_UNPAID reached; rate_limited: SUBADDRESS_ALLOCATIONS_PER_SEC).",
+            "outcome", ALLOCATION_OUTCOMES, r).tallies
+        self.subaddress_unknown_to_wallet = Gauge(
+            "anonticket_subaddress_unknown_to_wallet", "1 when the wallet does not know the "
+            "highest subaddress index the checkout allocated (restored with too short a "
+            "lookahead: payments to it go unseen), 0 when it does, -1 before the first check.",
+            registry=r)
+        self.subaddress_unknown_to_wallet.set(-1)
+        self.subaddress_highest_index = Gauge(
+            "anonticket_subaddress_highest_index", "Highest subaddress index the checkout "
+            "allocated in SUBADDRESS_ACCOUNT (-1: none).", registry=r)
+        self.subaddress_highest_index.set(-1)
         self.webhook_delivered = Counter(
             "anonticket_webhook_delivered", "Webhook events delivered (answered 2xx).", registry=r)
         self.webhook_failed_attempts = Counter(

@@ -10,6 +10,7 @@ from typing import Any
 from anonticket.config import Config
 from anonticket.ledger.views import Ledger
 from anonticket.monero.merchant import Merchant
+from anonticket.monero.subaddresses import SubaddressAllocator
 from anonticket.runtime.metrics import Metrics
 
 
@@ -30,6 +31,10 @@ class MonitorStatus:
     # an operator's rescan request (POST /api/v1/monitor/rescan), waiting for the next poll;
     # the API only records it, so the monitor stays the one writer of the cursor
     rescan_from: int | None = None
+    # the subaddress restore check (monero/subaddresses.py ``wallet_knows``): the highest
+    # allocated index, and whether the wallet knows it (None: not checked or could not tell)
+    subaddress_highest: int | None = None
+    subaddress_known: bool | None = None
 
     def request_rescan(self, from_height: int) -> int:
         """Ask the monitor to re-read from ``from_height`` before its next poll; returns the
@@ -75,3 +80,5 @@ class State:
     # (anonticket/service/leadership.py): the API then answers 503 (api/standby.py)
     active: bool = True
     merchant: Merchant = field(default_factory=Merchant)
+    # set when CHECKOUT_ADDRESS_MODE=subaddress: /pay allocates through it
+    subaddresses: SubaddressAllocator | None = None

@@ -41,6 +41,7 @@ from anonticket.config import Config, HostPort
 from anonticket.service.housekeeping import Housekeeper
 from anonticket.ledger.views import Ledger
 from anonticket.monero.merchant import AddressCheck
+from anonticket.monero.subaddresses import SubaddressAllocator
 from anonticket.runtime.metrics import Metrics
 from anonticket.monitor.loop import Monitor
 from anonticket.runtime.state import MonitorStatus, State, WebhookControl
@@ -269,6 +270,11 @@ async def start_service(config: Config) -> Service:
         # before the listeners: an address the wallet contradicts stops the start too
         await address_check.start(state.merchant)
         stack.push_async_callback(address_check.aclose)
+        if config.checkout_address_mode == "subaddress":
+            allocator = SubaddressAllocator(config, state.ledger.storage)
+            await allocator.start()
+            stack.push_async_callback(allocator.aclose)
+            state.subaddresses = allocator
         access_log = AccessLogBuffer() if config.api_access_log else None
         if access_log is not None:
             stack.callback(access_log.flush)

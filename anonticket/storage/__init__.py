@@ -6,7 +6,7 @@ decisions both dialects share, no I/O), ``payments`` (credits, claims, top-ups),
 Privacy Pass spent-set), ``events`` (the webhook
 events a change writes inside its own transaction), ``outbox``
 (the sender's side of those rows: due events, outcomes, replays), ``maintenance``
-(counts, backup, invariants). ``Storage`` is all of them on one SQLite writer and one reader
+(counts, backup, invariants), ``subaddresses`` (the checkout's allocated subaddresses). ``Storage`` is all of them on one SQLite writer and one reader
 connection; ``postgres/`` is the same interface on PostgreSQL, each dialect's SQL written
 by hand. ``open_storage`` picks one from ``DATABASE_URL``.
 
@@ -38,11 +38,12 @@ from anonticket.storage.rows import (
     is_storable_text,
 )
 from anonticket.storage.schema import SCHEMA_VERSION
+from anonticket.storage.subaddresses import Allocation, SubaddressStore
 from anonticket.storage.tokens import TokenStore
 
 
 class Storage(PaymentStore, ProvisionalStore, TokenStore, MaintenanceStore, OutboxStore,
-              SigningKeyStore, PrivateTokenStore):
+              SigningKeyStore, PrivateTokenStore, SubaddressStore):
     """Every storage operation, over one writer and one reader connection."""
 
 
@@ -69,9 +70,9 @@ async def open_storage(
 
 
 __all__ = [
-    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "AttemptResult", "ClaimRow", "CreditResult",
-    "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult", "RETRY_KEY_PREFIX",
-    "SigningKeyRow", "Storage", "TokenRow", "TopupOutcome", "WithdrawResult",
+    "DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "Allocation", "AttemptResult", "ClaimRow",
+    "CreditResult", "DebitOutcome", "DebitRequest", "OutboxEvent", "ProvisionalResult",
+    "RETRY_KEY_PREFIX", "SigningKeyRow", "Storage", "TokenRow", "TopupOutcome", "WithdrawResult",
     "database_path", "is_postgres_url", "is_storable_text", "open_storage", "seconds_bought",
     "unix_now",
 ]

@@ -19,7 +19,7 @@ _SQL = Path(__file__).resolve().parent / "sql"
 SCHEMA_PATH = _SQL / "v2.sql"  # versions 0 and 1 → 2
 # version reached → script that reaches it from the one before
 MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql", 5: _SQL / "v5.sql", 6: _SQL / "v6.sql",
-              7: _SQL / "v7.sql", 8: _SQL / "v8.sql"}
+              7: _SQL / "v7.sql", 8: _SQL / "v8.sql", 9: _SQL / "v9.sql"}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -150,7 +150,9 @@ async def test_stats(running: Running) -> None:
     assert json.loads(out) == {
         "payments_unclaimed": 1, "payments_claimed": 2, "tokens_active": 1, "tokens_revoked": 1,
         "credited_piconero": 12600, "transfers": 3, "scanned_height": 130, "wallet_height": 140,
-        "pending_pids": 1, "debits": 0, "debited_piconero": 0, "rescan_from_height": None}
+        "pending_pids": 1, "debits": 0, "debited_piconero": 0, "rescan_from_height": None,
+        "subaddresses_unpaid": 0, "subaddress_highest_index": None, "subaddress_known_to_wallet": None,
+        "unallocated_subaddress_transfers": 0}
 
     code, out, err = await cli(env, "stats")
     assert (code, err) == (0, "")

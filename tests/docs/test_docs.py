@@ -97,7 +97,7 @@ CITING = ["README.md", "setup.cfg", "bin/anonticket", "bin/setup", ".ci/run", *s
     and "node_modules" not in p.parts and p.parent != REPO / "tests" / "docs")]
 _PATH = re.compile(r"(?<![\w/.-])(?:anonticket|tests)/[\w/.*-]*")
 # not paths: the receipt derivations' domain-separation tags (anonticket/domain/ids.py)
-_TAGS = {"anonticket/pid/v1", "anonticket/token/v1"}
+_TAGS = {"anonticket/pid/v1", "anonticket/token/v1", "anonticket/subaddress-transfer/v1"}
 _DOTTED = re.compile(r"(?<![\w/.-])anonticket(?:\.[A-Za-z_]\w*)+")
 
 

@@ -28,7 +28,7 @@ NOW = 1_700_000_000
 MIN = 1000
 TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log", "debits",
           "idempotency_keys", "webhook_events", "webhook_state", "signing_keys",
-          "private_token_spent", "provisional_credits", "provisional_outstanding"}
+          "private_token_spent", "provisional_credits", "provisional_outstanding", "subaddresses"}
 PROVISIONAL_TABLES = {"provisional_credits", "provisional_outstanding"}  # version 8
 V2_TABLES = {"payments", "transfers", "service_tokens", "monitor_state", "audit_log"}
 
@@ -104,6 +104,7 @@ async def test_broken_schema_applies_nothing(
     (7, "PRAGMA user_version = 7;"),
     (8, "PRAGMA user_version = 8;"),
     (8, "ALTER TABLE service_tokens ADD COLUMN lost"),  # the new tables made, columns half added
+    (9, "PRAGMA user_version = 9;"),
 ])
 async def test_broken_migration_leaves_the_previous_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int, marker: str
@@ -114,11 +115,13 @@ async def test_broken_migration_leaves_the_previous_version(
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(path)
     # version 3 and 4 keep the table names: before 4 the tables are 3's, copy not left over;
-    # before 6 there are no signing keys, before 7 no spent-set, before 8 no provisional credits
-    later = {"signing_keys", "private_token_spent"} | PROVISIONAL_TABLES
+    # before 6 there are no signing keys, before 7 no spent-set, before 8 no provisional
+    # credits, before 9 no subaddresses
+    later = {"signing_keys", "private_token_spent", "subaddresses"} | PROVISIONAL_TABLES
     before = {3: (2, V2_TABLES), 4: (3, TABLES - later), 6: (5, TABLES - later),
-              7: (6, TABLES - {"private_token_spent"} - PROVISIONAL_TABLES),
-              8: (7, TABLES - PROVISIONAL_TABLES)}
+              7: (6, TABLES - {"private_token_spent", "subaddresses"} - PROVISIONAL_TABLES),
+              8: (7, TABLES - PROVISIONAL_TABLES - {"subaddresses"}),
+              9: (8, TABLES - {"subaddresses"})}
     assert (user_version(path), tables(path)) == before[version]
     monkeypatch.undo()
     store = await Storage.open(path)

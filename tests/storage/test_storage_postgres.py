@@ -86,7 +86,7 @@ async def test_a_fresh_database_gets_the_schema_and_its_version_once(
     assert tables == {"payments", "transfers", "service_tokens", "monitor_state", "audit_log",
                       "debits", "idempotency_keys", "schema_versions", "webhook_events",
                       "webhook_state", "signing_keys", "private_token_spent",
-                      "provisional_credits", "provisional_outstanding"}
+                      "provisional_credits", "provisional_outstanding", "subaddresses"}
     types = dict(await raw.fetch(
         """SELECT column_name, data_type FROM information_schema.columns
            WHERE table_name IN ('payments', 'service_tokens', 'transfers', 'debits')

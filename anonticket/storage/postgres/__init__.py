@@ -18,11 +18,12 @@ from anonticket.storage.postgres.maintenance import PgMaintenanceStore
 from anonticket.storage.postgres.outbox import PgOutboxStore
 from anonticket.storage.postgres.payments import PgPaymentStore
 from anonticket.storage.postgres.provisional import PgProvisionalStore
+from anonticket.storage.postgres.subaddresses import PgSubaddressStore
 from anonticket.storage.postgres.tokens import PgTokenStore
 
 
 class PostgresStorage(PgPaymentStore, PgProvisionalStore, PgTokenStore, PgMaintenanceStore,
-                      PgOutboxStore, PgSigningKeyStore, PgPrivateTokenStore):
+                      PgOutboxStore, PgSigningKeyStore, PgPrivateTokenStore, PgSubaddressStore):
     """Every storage operation on PostgreSQL, over a pool of connections."""
 
 

@@ -8,7 +8,8 @@ so a starter that dies mid-migration never leaves it held. The numbers are this 
 own: version 3 (``sql/v3.sql``) has SQLite version 3's ledger tables, version 4
 (``sql/v4.sql``) adds what SQLite's version 3 also holds, the webhook outbox
 and the expiry notices, and version 5 (``sql/v5.sql``) what SQLite's version 5 holds, the
-payments a bare PID may claim; ``PG_SCHEMA_VERSION`` is the one this program brings a database to.
+payments a bare PID may claim; version 9 (``sql/v9.sql``) the checkout's allocated
+subaddresses; ``PG_SCHEMA_VERSION`` is the one this program brings a database to.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from anonticket.domain.errors import SchemaTooNew
 _SQL = Path(__file__).resolve().parent / "sql"
 # version reached → script that reaches it from the one before (a new database: from 0)
 MIGRATIONS = {3: _SQL / "v3.sql", 4: _SQL / "v4.sql", 5: _SQL / "v5.sql", 6: _SQL / "v6.sql",
-              7: _SQL / "v7.sql", 8: _SQL / "v8.sql"}
+              7: _SQL / "v7.sql", 8: _SQL / "v8.sql", 9: _SQL / "v9.sql"}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 # an arbitrary 64-bit key of our own, so the lock never meets another application's
 SCHEMA_LOCK_KEY = 0x616E_6F6E_7363_6801  # "anonsch" + 1
