@@ -78,8 +78,14 @@ def test_time_locked_funds_are_locked_never_pending(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["in", "pool"])
 def test_double_spend_seen_is_never_credited_nor_pending(kind: str) -> None:
-    verdict = judge(make_transfer(PID, 5000, height=100, double_spend_seen=True, type=kind))
-    assert verdict.result == "double_spend" and verdict.transfer is None
+    entry = make_transfer(PID, 5000, height=100, double_spend_seen=True, type=kind)
+    assert judge(entry).result == "double_spend"
+    # the verdict names its transfer (a subaddress's is known by its own id), and the scan
+    # neither credits it nor keeps it pending: it only says the txid was double-spent
+    found = scan(WalletTransfers([entry], []) if kind == "in" else WalletTransfers([], [entry]),
+                 200, 0, N, False)
+    assert (found.credited, found.pending, found.unconfirmed) == ({}, {}, {})
+    assert found.double_spent == {bytes.fromhex(entry["txid"])}
 
 
 def _broken(**changes: Any) -> dict[str, Any]:

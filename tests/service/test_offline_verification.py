@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from anonticket.domain.ids import PaymentId
 from anonticket.storage import Storage
@@ -30,6 +31,7 @@ async def ask(http: aiohttp.ClientSession, port: int, credential: str) -> tuple[
         return resp.status, await resp.json()
 
 
+@pytest.mark.slow  # waits out a credential's lifetime (about 30 s): the full suite's
 async def test_a_protected_service_answers_while_anonticket_is_stopped(
         sockdir: Path, started: list[ServeProcess]) -> None:
     store = await Storage.open(sockdir / "anonticket.db")
