@@ -321,8 +321,10 @@ def test_the_traefik_files_agree_with_the_service() -> None:
     check = dynamic["middlewares"]["anonticket-check"]["forwardAuth"]
     assert check["address"] == f"http://{defaults.api_internal_bind_address}{gateway.CHECK_PATH}"
     assert check["trustForwardHeader"] is False
+    # Traefik deletes each of these from the request before it copies the check's (so a
+    # customer's own X-Anonticket-Provisional never reaches the upstream)
     assert set(check["authResponseHeaders"]) == {gateway.SUBJECT_HEADER, gateway.REMAINING_HEADER,
-                                                 gateway.EXPIRES_HEADER}
+                                                 gateway.EXPIRES_HEADER, gateway.PROVISIONAL_HEADER}
     assert set(check["authRequestHeaders"]) == {"Authorization", "Cookie", gateway.COST_HEADER,
                                                 gateway.CREDENTIAL_HEADER}
     upstream = dynamic["middlewares"]["anonticket-upstream"]["headers"]["customRequestHeaders"]
