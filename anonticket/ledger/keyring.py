@@ -23,8 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import Any
 
 from anonticket.crypto.paseto_v4 import PublicKey, SecretKey
 from anonticket.crypto.privacy_pass import IssuerKey
@@ -46,10 +45,16 @@ class FastSecretKey(SecretKey):
 
     def __init__(self, seed: bytes) -> None:
         super().__init__(seed)
-        self._fast = Ed25519PrivateKey.from_private_bytes(self.seed)
+        self._fast: Any = None
 
     def _sign(self, m2: bytes) -> bytes:
-        return self._fast.sign(m2)
+        fast = self._fast
+        if fast is None:
+            # imported at the first signature: OpenSSL's bindings hold about 7 MB, which
+            # a deployment that issues no credential need not carry (peak RSS, benchmarks)
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+            fast = self._fast = Ed25519PrivateKey.from_private_bytes(self.seed)
+        return fast.sign(m2)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

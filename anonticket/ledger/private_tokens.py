@@ -27,15 +27,16 @@ redemptions of one token wins.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 from anonticket.config.units import Unit
 from anonticket.crypto.blind_rsa import SALT_LEN
@@ -66,7 +67,18 @@ log = logging.getLogger("anonticket.private_tokens")
 # window the retry record is kept (a retry after it is a new issuance)
 RETRY_WINDOW_SECS = 600
 MAX_AHEAD_SECS = 7 * 86_400
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=SALT_LEN)
+
+
+@functools.cache
+def _openssl() -> tuple[Any, ...]:
+    """`cryptography`'s RSA verify, imported at the first redemption: OpenSSL's bindings
+    hold about 7 MB, which a deployment without private tokens need not carry
+    (docs/benchmarks.md, peak RSS). (InvalidSignature, RSAPublicNumbers, PSS, SHA384)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=SALT_LEN)
+    return InvalidSignature, rsa.RSAPublicNumbers, pss, hashes.SHA384()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,14 +264,15 @@ class PrivateTokens:
             raise InvalidToken()
         if token.token_type != TOKEN_TYPE:
             raise UnsupportedTokenType()
+        invalid_signature, public_numbers, pss, sha384 = _openssl()
         verifier = self._verifiers.get(found.key.key_id)
         if verifier is None:
             public = found.key.issuer_key.token_key.public_key
-            verifier = rsa.RSAPublicNumbers(public.e, public.n).public_key()
+            verifier = public_numbers(public.e, public.n).public_key()
             self._verifiers[found.key.key_id] = verifier
         try:
-            verifier.verify(token.authenticator, token.token_input, _PSS, hashes.SHA384())
-        except InvalidSignature:
+            verifier.verify(token.authenticator, token.token_input, pss, sha384)
+        except invalid_signature:
             raise InvalidToken() from None
         return found
 
