@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from anonticket.api.gateway import Presented, bearer_value, denial
+from anonticket.api.gateway import bearer_token_only, denial
 from anonticket.api.request import STATE, json_body, read_json_object, rfc3339
 from anonticket.crypto.credential import KEY_DOCUMENT_PATH, KeyEntry, key_document
 from anonticket.domain.errors import (
@@ -76,15 +76,7 @@ async def issue_credential(request: web.Request) -> web.Response:
     except (InvalidRequest, web.HTTPRequestEntityTooLarge):
         tallies["invalid"].inc()
         raise
-    authorizations = request.headers.getall("Authorization", ())
-    if len(authorizations) > 1:
-        raw: bytes | str = "invalid_token"
-    elif not authorizations or authorizations[0][:7].lower() != "bearer ":
-        raw = "token_missing"
-    else:
-        raw = bearer_value(authorizations[0][7:].strip(" \t"))
-        if type(raw) is Presented:
-            raw = "invalid_token"  # a credential never buys another
+    raw = bearer_token_only(request.headers)
     if type(raw) is str:
         tallies[raw].inc()
         return _no_store(denial(raw))

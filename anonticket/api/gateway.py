@@ -155,6 +155,20 @@ def bearer_value(text: str) -> bytes | str:
     return hex_token(text)
 
 
+def bearer_token_only(headers: Any) -> bytes | str:
+    """The service token of ``Authorization: Bearer`` and nothing else, or why not (a reason
+    of ``DENIALS``): what the routes that spend or vouch for a token take (a credential,
+    issuing private tokens). Two ``Authorization`` headers, or a credential in place of the
+    token, are ``invalid_token``: a credential never buys a credential or pays."""
+    authorizations = headers.getall("Authorization", ())
+    if len(authorizations) > 1:
+        return "invalid_token"
+    if not authorizations or authorizations[0][:7].lower() != "bearer ":
+        return "token_missing"
+    raw = bearer_value(authorizations[0][7:].strip(" \t"))
+    return "invalid_token" if type(raw) is Presented else raw
+
+
 def token_from(headers: Any, cookie: AccessCookie) -> bytes | str:
     """The customer's token (or credential, a ``Presented``), or why there is none (a
     reason of ``DENIALS``).

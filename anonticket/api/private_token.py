@@ -43,7 +43,7 @@ from typing import Any
 from aiohttp import web
 
 from anonticket.api.balance import idempotency_key, render_debit
-from anonticket.api.gateway import Presented, bearer_value, denial
+from anonticket.api.gateway import bearer_token_only, denial
 from anonticket.api.request import STATE
 from anonticket.runtime.state import State
 from anonticket.crypto.blind_rsa import SigningFailure
@@ -132,15 +132,7 @@ async def issue(request: web.Request) -> web.Response:
     state = request.app[STATE]
     tallies = state.metrics.private_token
     private_tokens = _private_tokens(request)
-    authorizations = request.headers.getall("Authorization", ())
-    if len(authorizations) > 1:
-        raw: bytes | str = "invalid_token"
-    elif not authorizations or authorizations[0][:7].lower() != "bearer ":
-        raw = "token_missing"
-    else:
-        raw = bearer_value(authorizations[0][7:].strip(" \t"))
-        if type(raw) is Presented:
-            raw = "invalid_token"  # a credential never pays
+    raw = bearer_token_only(request.headers)
     if type(raw) is str:
         tallies[raw].inc()
         return _no_store(denial(raw))
