@@ -29,6 +29,7 @@ from anonticket.domain.errors import (
     PaymentWithdrawn,
     TokenExpired,
     TokenNotFound,
+    TokenProvisional,
     TokenRevoked,
     Unavailable,
     Underpaid,
@@ -43,7 +44,7 @@ MAX_DEBIT = 2**62
 # every refusal a debit can be answered with, by its stored code
 _REFUSALS: dict[str, type[ServiceError]] = {
     cls.code: cls for cls in (InsufficientBalance, TokenExpired, TokenRevoked, TokenNotFound,
-                              IdempotencyKeyReused, PaymentWithdrawn)
+                              IdempotencyKeyReused, PaymentWithdrawn, TokenProvisional)
 }
 _TOPUP_REFUSALS: dict[str, type[ServiceError]] = {
     "token_not_found": TokenNotFound, "pid_already_claimed": PidAlreadyClaimed,

@@ -19,10 +19,13 @@ Order of refusals: the token's form (401, as the check), then the body (422 for 
 type, an unknown key id or a wrong size, RFC 9578 §6.2), then the Idempotency-Key, then
 whether the token can pay (404 unknown, 403 revoked or expired, 402 a balance below the
 price: as a debit refuses, read before any signing, so nobody without a funded token makes
-the issuer spend CPU), then the blind signatures (computed before anything is charged: a
+the issuer spend CPU; then 403 ``token_provisional`` while it holds provisional credit, as
+the credential route refuses one: a private token verifies offline and is unlinkable, so
+nothing could take it back from a double spender once the payment is withdrawn, and a
+service could no longer hold back what it sells on provisional credit), then the blind signatures (computed before anything is charged: a
 blinded message not below the modulus is a 422 and charges nothing), then the one debit
-(which decides, atomically: the same refusals, and 422 the key reused with another body,
-exactly as debits). A
+(which decides, atomically: the same refusals, provisional credit included, and 422 the key
+reused with another body, exactly as debits). A
 refusal changes nothing. A retry with the same key and body is charged once and gets the
 same signatures (a refusal the debit made is kept for the key too, as for debits; one found
 before signing is not: nothing was attempted): blind RSA signing is deterministic, so they
@@ -184,7 +187,7 @@ async def issue(request: web.Request) -> web.Response:
     try:
         outcome = await state.ledger.debit(DebitRequest(
             raw, amount, RETRY_KEY_PREFIX + key,  # type: ignore[arg-type]
-            hashlib.sha256(_DIGEST_PREFIX + body).digest(), memo))
+            hashlib.sha256(_DIGEST_PREFIX + body).digest(), memo, final_only=True))
     except Unavailable:
         tallies["unavailable"].inc()
         raise
@@ -206,8 +209,8 @@ async def issue(request: web.Request) -> web.Response:
 
 async def _cannot_pay(state: State, raw: bytes, amount: int) -> tuple[int, dict[str, Any]] | None:
     """The debit's own refusal when the token certainly cannot pay ``amount`` now (unknown,
-    revoked, expired, a balance too low); None when it may. Read from the record cache or
-    storage, as the credential route reads it."""
+    revoked, expired, a balance too low, provisional credit); None when it may. Read from
+    the record cache or storage, as the credential route reads it."""
     ledger = state.ledger
     try:
         record = await ledger.find_token(ServiceToken(raw))
@@ -216,7 +219,7 @@ async def _cannot_pay(state: State, raw: bytes, amount: int) -> tuple[int, dict[
         raise
     if record is None:
         return 404, {"error": "token_not_found"}
-    status, body = decide_debit(record, amount, ledger.clock())
+    status, body = decide_debit(record, amount, ledger.clock(), final_only=True)
     return None if status == 200 else (status, body)
 
 

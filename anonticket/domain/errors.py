@@ -83,8 +83,9 @@ class TokenExpired(ServiceError):
 
 class TokenProvisional(ServiceError):
     status, code, message = (403, "token_provisional",
-                             "this token holds provisional credit: a credential is issued once "
-                             "its payments are final (at their confirmations)")
+                             "this token holds provisional credit: credentials and private "
+                             "tokens are issued once its payments are final (at their "
+                             "confirmations)")
 
 
 class PaymentWithdrawn(ServiceError):

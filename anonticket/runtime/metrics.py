@@ -34,7 +34,8 @@ GATEWAY_OUTCOMES = ("allowed", "allowed_credential", "token_missing", "invalid_t
 PRIVATE_TOKEN_OUTCOMES = ("issued", "replayed", "invalid", "unknown_token_key",
                           "unsupported_token_type", "token_missing", "invalid_token",
                           "token_not_found", "token_revoked", "payment_withdrawn", "token_expired",
-                          "insufficient_balance", "key_reused", "unavailable")
+                          "insufficient_balance", "token_provisional", "key_reused",
+                          "unavailable")
 # POST /api/v1/credential: issued, or the refusal (the gateway's reasons for a token)
 CREDENTIAL_OUTCOMES = ("issued", "token_missing", "invalid_token", "token_not_found",
                        "token_revoked", "payment_withdrawn", "token_expired",

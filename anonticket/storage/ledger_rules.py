@@ -52,8 +52,12 @@ def expiry_after(now: int, seconds: int | None) -> int | None:
 
 
 # ---------------------------------------------------------------------- debits
-def decide_debit(record: TokenRow, amount: int, now: int) -> tuple[int, dict[str, Any]]:
-    """A debit's refusal, or 200 with the body to be filled in once applied."""
+def decide_debit(record: TokenRow, amount: int, now: int,
+                 final_only: bool = False) -> tuple[int, dict[str, Any]]:
+    """A debit's refusal, or 200 with the body to be filled in once applied.
+
+    ``final_only`` (private-token issuance) also refuses a token holding provisional credit,
+    after the balance (waiting for the confirmations would not cure a 402)."""
     status = record.status(now)
     if status == "revoked":
         return 403, {"error": "token_revoked"}
@@ -63,6 +67,8 @@ def decide_debit(record: TokenRow, amount: int, now: int) -> tuple[int, dict[str
         return 403, {"error": "token_expired"}
     if record.remaining < amount:
         return 402, {"error": "insufficient_balance", "remaining": record.remaining}
+    if final_only and record.provisional:
+        return 403, {"error": "token_provisional"}
     return 200, {}
 
 
@@ -110,7 +116,7 @@ def plan_debits(requests: Sequence[DebitRequest], records: dict[bytes, TokenRow]
         if record is None:
             outcomes.append(DebitOutcome(404, {"error": "token_not_found"}))
             continue
-        status, body = decide_debit(record, request.amount, now)
+        status, body = decide_debit(record, request.amount, now, request.final_only)
         if status == 200:
             record = record.with_spent(record.spent + request.amount)
             records[request.token] = record

@@ -107,13 +107,16 @@ class CreditResult:
 @dataclass(frozen=True, slots=True, repr=False)
 class DebitRequest:
     """One debit to apply; ``key`` None is a gateway check's debit (no replay, no record
-    of the answer), otherwise the caller's Idempotency-Key."""
+    of the answer), otherwise the caller's Idempotency-Key. ``final_only``: refuse (403
+    ``token_provisional``) while the token holds provisional credit, decided inside the
+    debit's transaction (private-token issuance: what it buys cannot be taken back)."""
 
     token: bytes
     amount: int
     key: str | None = None
     request_digest: bytes = b""
     memo: str | None = None
+    final_only: bool = False
 
     def __repr__(self) -> str:
         return f"DebitRequest(<redacted>, amount={self.amount})"

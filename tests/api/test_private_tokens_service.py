@@ -238,6 +238,47 @@ async def test_refusals_change_nothing(svc: Service, http: aiohttp.ClientSession
         assert (status, json.loads(answer)["error"]) == (code, "token_not_found")
 
 
+async def test_no_private_tokens_on_provisional_credit(
+        svc: Service, http: aiohttp.ClientSession) -> None:
+    """A private token verifies offline and cannot be tied to its issuance, so nothing could
+    take one back from a double spender once the payment is withdrawn: like a credential,
+    issuance waits for final credit (403 token_provisional, nothing signed, charged or kept
+    for the key), while the token itself keeps paying the gateway; the same request is
+    granted once the payment has its confirmations. A withdrawn token is refused as the
+    check refuses it."""
+    ledger = svc.state.ledger
+    _, document = await directory(http, svc)
+    key = unit_keys(document)["call"]
+    body = b"".join(create_token_request(challenge_of(svc), key)[0].encode() for _ in range(2))
+    tokens = {}
+    for name in ("final", "withdrawn"):
+        pid = PaymentId.generate()
+        pooled = transfer(pid, 5000, height=0)
+        await ledger.credit_provisional([pooled], max_per_pid=10**6, max_outstanding=10**6)
+        tokens[name] = ((await ledger.redeem(pid)).token.hex(), pid, pooled)  # type: ignore[union-attr]
+    for token, _, _ in tokens.values():
+        status, headers, answer = await post_batch(http, svc, token, body, "early")
+        assert (status, json.loads(answer)["error"]) == (403, "token_provisional")
+        assert headers["Cache-Control"] == "no-store"
+        assert await remaining(svc, token) == 5000
+        assert (await check(http, svc, {"Authorization": f"Bearer {token}"}, cost=1))[0] == 200
+    # more than the balance is a 402 first: waiting would not cure it
+    hours = create_token_request(challenge_of(svc), unit_keys(document)["hour"])[0].encode()
+    status, _, answer = await post_batch(http, svc, tokens["final"][0], hours * 60, "too-much")
+    assert (status, json.loads(answer)["error"]) == (402, "insufficient_balance")
+    token, pid, pooled = tokens["final"]
+    await ledger.credit([transfer(pid, 5000, 100, pooled.txid)], None)  # N confirmations
+    status, _, answer = await post_batch(http, svc, token, body, "early")  # nothing was kept
+    assert status == 200 and len(answer) == 2 * 256
+    assert await remaining(svc, token) == 5000 - 1 - 14
+    token, pid, pooled = tokens["withdrawn"]
+    await ledger.withdraw([pooled.txid], [pid.raw])
+    status, _, answer = await post_batch(http, svc, token, body, "late")
+    assert (status, json.loads(answer)["error"]) == (403, "payment_withdrawn")
+    tallies = svc.state.metrics.private_token
+    assert (tallies["token_provisional"].value, tallies["issued"].value) == (2, 1)
+
+
 async def test_a_401_offers_a_private_token_challenge_for_each_unit(
         svc: Service, http: aiohttp.ClientSession) -> None:
     _, document = await directory(http, svc)

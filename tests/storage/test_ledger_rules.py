@@ -57,6 +57,23 @@ def test_a_plan_decides_in_order_and_numbers_its_debits_once() -> None:
     assert plan.keyed[0][2]["debit_id"] == 7
 
 
+def test_a_final_only_debit_refuses_provisional_credit_after_the_balance() -> None:
+    """Private-token issuance (``final_only``) waits for final credit; a debit that is not
+    final-only spends provisional credit as before, and a 402 is answered first (waiting
+    for the confirmations would not cure it)."""
+    token = b"p" * 32
+    requests = [DebitRequest(token, 10, "a", b"a" * 32, final_only=True),
+                DebitRequest(token, 500, "b", b"b" * 32, final_only=True),
+                DebitRequest(token, 10, "c", b"c" * 32)]
+    records = {token: TokenRow(token, 100, NOW, None, None, 0, provisional=1)}
+    plan = plan_debits(requests, records, {}, NOW)
+    assert [(o.status, o.body.get("error")) for o in plan.outcomes] == [
+        (403, "token_provisional"), (402, "insufficient_balance"), (200, None)]
+    assert plan.spent == {token: 10}
+    final = {token: TokenRow(token, 100, NOW, None, None, 0)}
+    assert plan_debits(requests[:1], final, {}, NOW).outcomes[0].status == 200
+
+
 def test_the_ledger_report_names_only_what_was_violated() -> None:
     counts = [0] * len(LEDGER_INVARIANTS)
     assert ledger_report(counts) == []

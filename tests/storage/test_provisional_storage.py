@@ -96,6 +96,33 @@ async def test_withdrawal_takes_back_what_the_payment_bought(storage: Storage) -
     assert await storage.ledger_problems() == []
 
 
+async def test_a_final_only_debit_is_refused_inside_the_transaction_until_final(
+        storage: Storage) -> None:
+    """Private-token issuance debits ``final_only``: the debit's own transaction refuses a
+    token holding provisional credit (so a credit that turns provisional between the route's
+    look and the debit cannot pay for tokens nobody can take back), keeps that refusal for
+    its key like any debit refusal, and grants a new key once the credit is final. An
+    ordinary debit of the same token is granted meanwhile."""
+    p = pid()
+    t = pooled(p, 5000)
+    await credit(storage, [t])
+    record = await claim(storage, p)
+    issue = DebitRequest(record.token, 300, "issue-1", b"\x01" * 32, "private tokens: 3 hour",
+                         final_only=True)
+    outcome = (await storage.apply_debits([issue], NOW))[0]
+    assert (outcome.status, outcome.body["error"]) == (403, "token_provisional")
+    assert (await storage.get_token(record.token)).remaining == 5000
+    ordinary = DebitRequest(record.token, 7, "meter-1", b"\x02" * 32)
+    assert (await storage.apply_debits([ordinary], NOW))[0].status == 200
+    await storage.credit_transfers([mined(t)], None, NOW)
+    replay = (await storage.apply_debits([issue], NOW))[0]
+    assert (replay.status, replay.replayed) == (403, True)
+    fresh = DebitRequest(record.token, 300, "issue-2", b"\x01" * 32, final_only=True)
+    outcome = (await storage.apply_debits([fresh], NOW))[0]
+    assert (outcome.status, outcome.body["remaining"]) == (200, 5000 - 7 - 300)
+    assert await storage.ledger_problems() == []
+
+
 async def test_withdrawn_then_mined_is_credited_again_once(storage: Storage) -> None:
     p = pid()
     t = pooled(p, 5000)
