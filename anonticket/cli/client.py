@@ -1,10 +1,13 @@
 """``anonticket client``: the customer's Privacy Pass tokens (``anonticket.client``).
 
 - ``client fetch N --unit NAME``: N tokens of a unit, paid by the service token read from
-  ``--token-file`` (``-``: stdin) or ``ANONTICKET_TOKEN`` (never an argument), appended to
-  the token file (``--store``, default ``$XDG_DATA_HOME/anonticket/private-tokens``, mode
-  0600); ``--origin URL`` first checks that a protected location offers the key the
-  directory lists (a warning otherwise);
+  ``--token-file`` (``-``: stdin) or ``ANONTICKET_TOKEN``, or by a receipt read from
+  ``--receipt-file`` (``-``: stdin) or ``ANONTICKET_RECEIPT`` (neither ever an argument: ``ps``
+  and the shell's history would keep it; the receipt is traded for its service token through
+  the redeem route first, and neither is printed or stored), appended to the token file
+  (``--store``, default ``$XDG_DATA_HOME/anonticket/private-tokens``, mode 0600);
+  ``--origin URL`` first checks that a protected location offers the key the directory lists
+  (a warning otherwise);
 - ``client spend [--unit NAME]``: prints one ``Authorization: PrivateToken token="…"`` line
   for ``curl -H "$(anonticket client spend --unit call)"`` and removes that token from the
   file first;
@@ -22,7 +25,9 @@ from typing import Any
 
 from anonticket.cli.command import EXIT_OK, CommandFailed, UsageError
 from anonticket.cli.credential import TOKEN_ENV, public_base, read_token
-from anonticket.client.privacy_pass import ClientError, Issuer, TokenStore
+from anonticket.client.privacy_pass import ClientError, Issuer, TokenStore, parse_receipt
+
+RECEIPT_ENV = "ANONTICKET_RECEIPT"
 
 
 def default_store() -> Path:
@@ -39,10 +44,50 @@ def _warn_to_stderr(message: Any, *_: Any, **__: Any) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def read_receipt(receipt_file: str | None) -> str:
+    """The receipt from ``receipt_file`` (``-``: stdin; its first line) or, for None,
+    ``ANONTICKET_RECEIPT``; a malformed one is refused without being echoed."""
+    if receipt_file == "-":
+        text = sys.stdin.readline()
+    elif receipt_file is not None:
+        try:
+            with open(receipt_file, encoding="utf-8") as source:
+                text = source.readline()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise CommandFailed(f"cannot read {receipt_file}: {reason}") from None
+    else:
+        text = os.environ.get(RECEIPT_ENV, "")
+    try:
+        return parse_receipt(text)
+    except ClientError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+def _payer(args: argparse.Namespace) -> tuple[str, str]:
+    """("token" | "receipt", its text): a file given wins over the environment; with no
+    file, exactly one of ANONTICKET_TOKEN and ANONTICKET_RECEIPT must be set."""
+    if args.receipt_file is not None:
+        return "receipt", read_receipt(args.receipt_file)
+    if args.token_file is not None:
+        return "token", read_token(args.token_file).hex()
+    token_set, receipt_set = bool(os.environ.get(TOKEN_ENV)), bool(os.environ.get(RECEIPT_ENV))
+    if token_set and receipt_set:
+        raise UsageError(f"both {TOKEN_ENV} and {RECEIPT_ENV} are set: unset one, or give "
+                         "--token-file or --receipt-file")
+    if receipt_set:
+        return "receipt", read_receipt(None)
+    if token_set:
+        return "token", read_token(None).hex()
+    raise UsageError(f"give the service token (--token-file FILE, - for stdin, or {TOKEN_ENV}) "
+                     f"or the receipt (--receipt-file FILE, - for stdin, or {RECEIPT_ENV}); "
+                     "never on the command line")
+
+
 def cmd_client_fetch(args: argparse.Namespace) -> int:
     if not 1 <= args.count <= 1000:
         raise UsageError("N must be 1 to 1000")
-    token = read_token(args.token_file)
+    kind, secret = _payer(args)
     base, socket_path = public_base(args.url)
     if socket_path is not None:
         raise UsageError("give the issuer's address with --url (a Unix socket is not "
@@ -52,7 +97,10 @@ def cmd_client_fetch(args: argparse.Namespace) -> int:
     try:
         if args.origin:
             issuer.check_origin(args.origin, args.unit)
-        tokens = issuer.fetch(token.hex(), args.unit, args.count)
+        if kind == "receipt":
+            tokens = issuer.fetch_with_receipt(secret, args.unit, args.count)
+        else:
+            tokens = issuer.fetch(secret, args.unit, args.count)
         added = _store(args).add(tokens, args.unit, issuer.base)
     except ClientError as exc:
         raise CommandFailed(str(exc)) from None
@@ -82,10 +130,14 @@ def add_client_parsers(commands: Any, timeout: Any) -> None:
                                  "spend, count")
     actions = client.add_subparsers(dest="client_cmd", required=True, metavar="ACTION")
     fetch = actions.add_parser(
-        "fetch", help="fetch N blind-signed tokens of a unit, paid by a service token",
+        "fetch", help="fetch N blind-signed tokens of a unit, paid by a service token or a "
+                      "receipt",
         description=f"Fetch N tokens of --unit in one request paid by the service token read "
-                    f"from --token-file (- for stdin) or {TOKEN_ENV} (never an argument), "
-                    "verify each and append them to the token file (mode 0600). Fetch ahead "
+                    f"from --token-file (- for stdin) or {TOKEN_ENV}, or by the receipt read "
+                    f"from --receipt-file (- for stdin) or {RECEIPT_ENV} (never an argument; "
+                    "the receipt is redeemed for its service token first, which is neither "
+                    "printed nor stored), verify each and append them to the token file (mode "
+                    "0600). Fetch ahead "
                     "of use: the issuer sees when you fetch, and a spend right after a fetch "
                     "is easier to link (docs/customers.md).")
     fetch.add_argument("count", type=int, metavar="N", help="how many tokens (1-1000; the "
@@ -94,8 +146,13 @@ def add_client_parsers(commands: Any, timeout: Any) -> None:
                        "directory names them)")
     fetch.add_argument("--url", metavar="URL", help="the issuer's public address (default: "
                        "this machine's public listener, API_BIND_ADDRESS)")
-    fetch.add_argument("--token-file", metavar="FILE",
+    payer = fetch.add_mutually_exclusive_group()
+    payer.add_argument("--token-file", metavar="FILE",
                        help="file whose first line is the service token; - reads stdin")
+    payer.add_argument("--receipt-file", metavar="FILE",
+                       help="file whose first line is the payment's receipt (64 hex, or "
+                            "the checkout's eight groups); - reads stdin. Tokens are issued "
+                            "once the payment is final (not on provisional credit)")
     fetch.add_argument("--origin", metavar="URL", help="a protected location: check that its "
                        "401 offers the key the issuer directory lists (warns otherwise)")
     fetch.add_argument("--store", metavar="FILE", help="the token file (default: "

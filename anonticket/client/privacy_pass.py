@@ -10,6 +10,10 @@ Usage from a script::
     store.add(tokens, "hour", issuer.base)
     header = store.spend("hour")  # 'PrivateToken token="..."', removed from the file
 
+    # or paid by a receipt: traded for its service token first (POST /api/v1/redeem, which
+    # answers the same token every time), so the token never has to be handled by hand
+    tokens = issuer.fetch_with_receipt(receipt_text, unit="hour", count=10)
+
 ``fetch`` reads the issuer directory, picks the unit's key signing now, blinds ``count``
 token requests for the deployment's challenge, posts them in one request with a fresh
 ``Idempotency-Key`` (retried with the same key and body after a network error, so it is
@@ -18,6 +22,13 @@ is only as private as the key it is given: ``check_origin`` compares the key a p
 location's 401 offers with the directory's, and ``fetch`` warns (``warnings``) when the
 directory changes its key for the unit between two reads, either of which would let the
 issuer single a customer out.
+
+The issuance route itself takes only a service token: a receipt and a token are both 64 hex,
+so one ``Authorization`` header could not tell them apart, and the debit belongs to the
+token. A receipt still waiting for its confirmations, one for an unknown or underpaid payment,
+and a token whose payment is not final yet (provisional credit: the issuer signs nothing
+for it, docs/operations.md) each give a ``ClientError`` that says what to do; none of the
+messages holds the receipt or the token.
 
 The store is a JSON-lines file, mode 0600, one token a line (unit, token, issuer); ``spend``
 takes the first of a unit and rewrites the file without it atomically (a temporary file,
@@ -51,10 +62,29 @@ from anonticket.crypto.privacy_pass_http import (
 REQUEST_MEDIA_TYPE = "application/private-token-request"
 MAX_DIRECTORY_BYTES = 256 * 1024
 ATTEMPTS = 3
+REDEEM_PATH = "/api/v1/redeem"
+MAX_ANSWER_BYTES = 64 * 1024
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class ClientError(Exception):
-    """What went wrong, in words fit for a terminal: never a token or a key."""
+    """What went wrong, in words fit for a terminal: never a token, a receipt or a key."""
+
+
+def parse_receipt(text: str) -> str:
+    """A receipt as the redeem route takes it (64 lowercase hex) from what a customer keeps:
+    64 hex digits, or the checkout's grouping, eight groups of eight separated by ``-`` or
+    by spaces (the rule of ``anonticket.domain.ids.Receipt.parse``, which this module may
+    not import); surrounding blanks are dropped. The error never holds the input."""
+    text = text.strip()
+    if len(text) == 71 and text[8] in "- ":
+        groups = text.split(text[8])
+        if len(groups) == 8 and all(len(group) == 8 for group in groups):
+            text = "".join(groups)
+    if len(text) != 64 or not _HEX.issuperset(text):
+        raise ClientError("the receipt must be 64 hex characters, or eight groups of eight "
+                          "separated by '-' or by spaces")
+    return text.lower()
 
 
 @dataclass(frozen=True)
@@ -126,6 +156,50 @@ class Issuer:
             raise ClientError("the issuer directory is not JSON") from None
         return parse_directory(self.base, data)
 
+    def redeem(self, receipt: str) -> str:
+        """The service token a receipt's payment redeemed to (64 hex), claiming it if nobody
+        has: ``POST /api/v1/redeem`` answers the same token for the same receipt every time,
+        so a retry, or a second fetch with the receipt, never loses or doubles anything."""
+        body = json.dumps({"receipt": parse_receipt(receipt)}).encode()
+        request = urllib.request.Request(
+            self.base + REDEEM_PATH, data=body, method="POST",
+            headers={"Content-Type": "application/json", "Accept": "application/json"})
+        for attempt in range(ATTEMPTS):
+            try:
+                status, _, answer = self._open(request)
+                break
+            except OSError:  # redeem is idempotent: asking again is safe
+                if attempt == ATTEMPTS - 1:
+                    raise ClientError("cannot reach the issuer") from None
+        data = _json_object(answer)
+        if status == 200:
+            token = data.get("service_token")
+            if isinstance(token, str) and len(token) == 64 and _HEX.issuperset(token):
+                return token
+            raise ClientError("the issuer's redeem answer holds no service token")
+        if status == 202:
+            raise ClientError(
+                f"the payment is waiting for confirmations ({_count(data, 'confirmations')} of "
+                f"{_count(data, 'required')}): run this again once it has them (the receipt "
+                "stays valid)")
+        if status == 404:
+            raise ClientError("no payment for this receipt: the wallet has not seen it yet "
+                              "(try again in a few minutes), or this is not a receipt (a "
+                              "service token is given as a token, not as a receipt)")
+        if status == 402:
+            raise ClientError("the payment for this receipt is below the minimum price: it "
+                              "cannot be redeemed")
+        if status == 400:
+            raise ClientError("the issuer refused the receipt as malformed")
+        raise ClientError(f"the issuer refused the receipt: HTTP {status} "
+                          f"{_error_code(answer)}".rstrip())
+
+    def fetch_with_receipt(self, receipt: str, unit: str, count: int) -> list[Token]:
+        """``count`` tokens of ``unit``, paid by the service token ``receipt`` redeems to
+        (``redeem``, then ``fetch``). The token is never returned: the receipt stays the
+        customer's handle to what is left of the balance."""
+        return self.fetch(self.redeem(receipt), unit, count)
+
     def fetch(self, service_token: str, unit: str, count: int) -> list[Token]:
         """``count`` tokens of ``unit``, paid by ``service_token`` in one request."""
         if not 1 <= count <= 1000:
@@ -146,6 +220,10 @@ class Issuer:
             except OSError:  # lost on the way: the same key and body are charged once
                 if attempt == ATTEMPTS - 1:
                     raise ClientError("cannot reach the issuer") from None
+        if status == 403 and _error_code(answer) == "token_provisional":
+            raise ClientError("the payment is not final yet (it was credited from the pool): "
+                              "private tokens are issued once it has its confirmations; run "
+                              "this again then (nothing was charged)")
         if status != 200:
             raise ClientError(f"the issuer refused: HTTP {status} {_error_code(answer)}")
         if len(answer) != NK * count:
@@ -183,6 +261,19 @@ class Issuer:
         warnings.warn("the location does not offer the key the issuer directory lists for "
                       "this unit: its tokens could be told apart", stacklevel=2)
         return False
+
+
+def _json_object(answer: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(answer[:MAX_ANSWER_BYTES])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _count(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    return str(value) if type(value) is int else "?"
 
 
 def _error_code(answer: bytes) -> str:

@@ -1,7 +1,11 @@
 """``anonticket client fetch|spend|count`` as real subprocesses against the service running in
 the test's loop: tokens fetched with the service token read from the environment (never an
 argument), stored in a 0600 file, spent one at a time as a header the gateway check takes
-once; the key check against a protected location; and the Python API beside it."""
+once; the key check against a protected location; and the Python API beside it. Then the
+receipt path: a receipt (from a file, stdin or the environment) redeemed for its service
+token and the tokens fetched with it, the receipt and the token appearing nowhere; its
+refusals (unknown, waiting for confirmations, malformed, provisional credit) one clear line
+each."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import aiohttp
 import pytest
 
 from anonticket.client.privacy_pass import ClientError, Issuer, TokenStore
-from anonticket.domain.ids import PaymentId
+from anonticket.domain.ids import PaymentId, Receipt, derive_receipt_token
 from anonticket.service.app import Service, start_service
 from conftest import make_config, transfer, url
 from test_cli import BIN, clean_env
@@ -38,12 +42,14 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Service, dict[str, str]
         await service.aclose()
 
 
-async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+async def cli(env: dict[str, str], *args: str, stdin: bytes | None = None
+              ) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        BIN, *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+        BIN, *args, env=env,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -143,3 +149,144 @@ def test_the_client_needs_only_the_standard_library_and_pycryptodome() -> None:
                         or name.startswith(("anonticket.crypto", "anonticket.client"))), \
                     f"{path.name} imports {name}"
     assert "anonticket.crypto.privacy_pass" in seen
+
+
+# ---------------------------------------------------------------------- paid by a receipt
+def without_secrets(env: dict[str, str], **extra: str) -> dict[str, str]:
+    """``env`` with neither ANONTICKET_TOKEN nor ANONTICKET_RECEIPT, plus ``extra``."""
+    kept = {k: v for k, v in env.items() if k not in ("ANONTICKET_TOKEN", "ANONTICKET_RECEIPT")}
+    kept.update(extra)
+    return kept
+
+
+async def paid_receipt(service: Service, amount: int = 5000) -> tuple[Receipt, str]:
+    """A receipt whose payment is confirmed (not yet redeemed), and the token it redeems to."""
+    receipt = Receipt.generate()
+    paid = transfer(receipt.pid, amount)
+    await service.state.ledger.credit([paid], None)
+    return receipt, derive_receipt_token(receipt.raw, paid.txid).hex()
+
+
+def secrets_of(receipt: Receipt) -> list[str]:
+    spellings = [receipt.hex(), receipt.hex().upper(), receipt.grouped(),
+                 receipt.grouped().replace("-", " ")]
+    return spellings + [part for part in receipt.grouped().split("-")[::3]]
+
+
+async def test_fetch_with_a_receipt_from_a_file_stdin_or_the_environment(
+        running: tuple[Service, dict[str, str], str], tmp_path: Path) -> None:
+    """The receipt is redeemed for its service token (claimed the first time, the same token
+    after), which pays for the tokens; they verify and spend once at the gateway; neither
+    the receipt nor the token is printed or stored, and the token file holds tokens only."""
+    service, env, _ = running
+    receipt, token = await paid_receipt(service)
+    store = tmp_path / "private-tokens"
+    receipt_file = tmp_path / "receipt"
+    receipt_file.write_text(receipt.grouped() + "\n")
+    receipt_file.chmod(0o600)
+    env = without_secrets(env)
+    runs = [
+        await cli(env, "client", "fetch", "2", "--unit", "call", "--store", str(store),
+                  "--receipt-file", str(receipt_file)),
+        await cli(env, "client", "fetch", "1", "--unit", "hour", "--store", str(store),
+                  "--receipt-file", "-", stdin=receipt.hex().upper().encode() + b"\n"),
+        await cli(without_secrets(env, ANONTICKET_RECEIPT=receipt.hex()), "client", "fetch",
+                  "1", "--unit", "call", "--store", str(store)),
+    ]
+    for code, out, err in runs:
+        assert code == 0, err
+        assert out == "" and len(err.splitlines()) == 1 and "stored" in err
+    # one token paid for all three (the redeem route answers the same token every time)
+    record = await service.state.ledger.storage.get_token(bytes.fromhex(token))
+    assert record is not None and record.remaining == 5000 - 3 * 7 - 100
+    assert service.state.metrics.redeem["success"].value == 1
+    assert service.state.metrics.redeem["already_claimed"].value == 2
+    text = store.read_text()
+    assert len(text.splitlines()) == 4 and stat.S_IMODE(store.stat().st_mode) == 0o600
+    everything = text + "".join(out + err for _, out, err in runs)
+    for secret in [*secrets_of(receipt), token, token.upper()]:
+        assert secret not in everything
+    for line in text.splitlines():
+        assert set(json.loads(line)) == {"unit", "issuer", "token"}
+    for unit in ("call", "call", "hour", "call"):
+        code, out, err = await cli(env, "client", "spend", "--unit", unit, "--store", str(store))
+        assert code == 0, err
+        assert await check(service, out.strip()) == 200
+        assert await check(service, out.strip()) == 401
+
+
+async def test_receipt_refusals_are_one_clear_line(
+        running: tuple[Service, dict[str, str], str], tmp_path: Path) -> None:
+    """An unknown payment, one waiting for confirmations, a malformed receipt (never echoed),
+    and an ambiguous or missing payer: one line each, exit 1 (2 for usage), nothing stored."""
+    service, env, _ = running
+    store = str(tmp_path / "private-tokens")
+    fetch = ("client", "fetch", "1", "--unit", "call", "--store", store)
+    unknown = Receipt.generate()
+    code, out, err = await cli(without_secrets(env, ANONTICKET_RECEIPT=unknown.hex()), *fetch)
+    assert code == 1 and out == "" and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "no payment for this receipt" in err
+    pending = Receipt.generate()
+    service.state.ledger.set_pending({pending.pid_raw: 2})
+    code, _, err = await cli(without_secrets(env), *fetch, "--receipt-file", "-",
+                             stdin=pending.grouped().encode())
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "waiting for confirmations (2 of 10)" in err and "again" in err
+    for bad in (unknown.hex()[:-1], unknown.hex() + "0", "g" * 64, ""):
+        code, _, err = await cli(without_secrets(env), *fetch, "--receipt-file", "-",
+                                 stdin=bad.encode() + b"\n")
+        assert code == 1 and "receipt must be 64 hex characters" in err, bad
+        assert len(err.splitlines()) == 1 and (not bad or bad not in err)
+    code, _, err = await cli(without_secrets(env, ANONTICKET_RECEIPT=unknown.hex(),
+                                             ANONTICKET_TOKEN="ab" * 32), *fetch)
+    assert code == 2 and "both ANONTICKET_TOKEN and ANONTICKET_RECEIPT" in err
+    code, _, err = await cli(without_secrets(env), *fetch, "--receipt-file", "-",
+                             "--token-file", "-")
+    assert code == 2 and "not allowed with" in err
+    code, _, err = await cli(without_secrets(env), *fetch)
+    assert code == 2 and "--receipt-file" in err and "never on the command line" in err
+    code, _, err = await cli(without_secrets(env), *fetch, "--receipt-file",
+                             str(tmp_path / "missing"))
+    assert code == 1 and "cannot read" in err
+    assert not Path(store).exists()
+    assert all(secret not in err for secret in secrets_of(unknown) + secrets_of(pending))
+
+
+async def test_a_receipt_on_provisional_credit_waits_for_the_confirmations(
+        running: tuple[Service, dict[str, str], str], tmp_path: Path) -> None:
+    """A payment credited from the pool redeems at once, but no private token is issued on
+    it (nothing could take one back if the payment were withdrawn): a clear line, nothing
+    charged; the same command succeeds once the payment is final."""
+    service, env, _ = running
+    ledger = service.state.ledger
+    receipt = Receipt.generate()
+    pooled = transfer(receipt.pid, 5000, height=0)
+    await ledger.credit_provisional([pooled], max_per_pid=10**6, max_outstanding=10**6)
+    env = without_secrets(env, ANONTICKET_RECEIPT=receipt.hex())
+    store = str(tmp_path / "private-tokens")
+    fetch = ("client", "fetch", "2", "--unit", "call", "--store", store)
+    code, out, err = await cli(env, *fetch)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert "not final yet" in err and "nothing was charged" in err
+    token = bytes.fromhex(derive_receipt_token(receipt.raw, pooled.txid).hex())
+    record = await ledger.storage.get_token(token)
+    assert record is not None and record.provisional and record.remaining == 5000
+    await ledger.credit([transfer(receipt.pid, 5000, 100, pooled.txid)], None)
+    code, _, err = await cli(env, *fetch)
+    assert code == 0, err
+    assert (await ledger.storage.get_token(token)).remaining == 5000 - 14  # type: ignore[union-attr]
+
+
+async def test_the_python_api_fetches_with_a_receipt(
+        running: tuple[Service, dict[str, str], str]) -> None:
+    service, _, _ = running
+    receipt, token = await paid_receipt(service)
+    issuer = Issuer(f"http://{service.public_address}")
+    assert await asyncio.to_thread(issuer.redeem, receipt.grouped()) == token
+    tokens = await asyncio.to_thread(issuer.fetch_with_receipt, receipt.hex(), "call", 2)
+    assert len(tokens) == 2
+    with pytest.raises(ClientError, match="64 hex") as refused:
+        await asyncio.to_thread(issuer.redeem, receipt.hex()[:40])
+    assert receipt.hex()[:40] not in str(refused.value)
+    with pytest.raises(ClientError, match="no payment for this receipt"):
+        await asyncio.to_thread(issuer.fetch_with_receipt, Receipt.generate().hex(), "call", 1)
