@@ -219,7 +219,7 @@ def hostile(credential: str) -> dict[str, str]:
     flipped = bytearray(raw)
     flipped[5] ^= 1
     other_claims = json.dumps({**json.loads(raw[:-64]), "sub": "f" * 32}).encode() + raw[-64:]
-    return {
+    cases = {
         "tampered_claims": f"v4.public.{b64url_encode(bytes(flipped))}.{footer}",
         "swapped_claims": f"v4.public.{b64url_encode(other_claims)}.{footer}",
         "tampered_signature": f"v4.public.{b64url_encode(raw[:-1] + bytes([raw[-1] ^ 1]))}.{footer}",
@@ -234,6 +234,9 @@ def hostile(credential: str) -> dict[str, str]:
         "extra_part": credential + ".x",
         "unicode": credential[:-3] + "é" + credential[-2:],
     }
+    # a payload without '-' or '_' (about one credential in a hundred) reads the same in both
+    # alphabets: there is nothing to re-encode, and comparing it would fail by chance
+    return {name: bad for name, bad in cases.items() if name != "re_encoded" or bad != credential}
 
 
 async def test_tampered_truncated_re_encoded_or_wrong_version_is_refused_never_a_500(
