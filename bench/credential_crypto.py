@@ -13,9 +13,10 @@ built from the service's published key document and verifies the credentials the
 issued (bench/credentials.py passes them); without, the script makes a key and credentials
 shaped like the service's.
 
-The signing A/B (same run, same claims, same PASETO encoding: only the Ed25519 backend
-differs) is why the service signs with ``cryptography`` (anonticket.ledger.keyring's
-FastSecretKey) while the verifier module stays pycryptodome-only: docs/benchmarks.md.
+The signing A/B/C (same run, same claims, same PASETO encoding: only the Ed25519 backend
+differs: pycryptodome, OpenSSL through ``cryptography``, libsodium through PyNaCl) is why the
+service signs with libsodium (anonticket.ledger.keyring's FastSecretKey) while the verifier
+module stays pycryptodome-only: docs/benchmarks.md.
 
 Prints one line ``BENCH_JSON {...}``. Run it pinned (``taskset -c 0``) on a quiet machine.
 """
@@ -41,6 +42,22 @@ from anonticket.crypto.credential import (  # noqa: E402
 )
 from anonticket.crypto.paseto_v4 import SecretKey, b64url_encode  # noqa: E402
 from anonticket.ledger.keyring import FastSecretKey  # noqa: E402
+
+
+class OpenSSLSecretKey(SecretKey):
+    """The service's previous signing backend (OpenSSL through ``cryptography``), kept here
+    for the A/B that chose libsodium."""
+
+    __slots__ = ("_openssl",)
+
+    def __init__(self, seed: bytes) -> None:
+        super().__init__(seed)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self._openssl = Ed25519PrivateKey.from_private_bytes(seed)
+
+    def _sign(self, m2: bytes) -> bytes:
+        return self._openssl.sign(m2)  # type: ignore[no-any-return]
 
 
 def _claims(now: datetime) -> dict[str, object]:
@@ -88,14 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     verified, verify_rate = per_core_sec(lambda i: verifier.verify(tokens[i % len(tokens)]),
                                          args.secs)
     claims = _claims(now)
-    slow, fast = SecretKey.generate(), FastSecretKey(SecretKey.generate().seed)
-    signed_slow, slow_rate = per_core_sec(lambda i: sign_credential(slow, claims), args.secs / 2)
-    signed_fast, fast_rate = per_core_sec(lambda i: sign_credential(fast, claims), args.secs / 2)
+    seed = SecretKey.generate().seed
+    signing = {}
+    for name, key in (("pycryptodome", SecretKey(seed)), ("openssl", OpenSSLSecretKey(seed)),
+                      ("libsodium", FastSecretKey(seed))):
+        signing[name] = per_core_sec(lambda i: sign_credential(key, claims), args.secs / 3)
     print("BENCH_JSON " + json.dumps({
         "source": source, "credentials": len(tokens),
         "verifications": verified, "verifications_per_core_sec": round(verify_rate),
-        "sign_pycryptodome": signed_slow, "sign_pycryptodome_per_core_sec": round(slow_rate),
-        "sign_cryptography": signed_fast, "sign_cryptography_per_core_sec": round(fast_rate),
+        **{f"sign_{name}_per_core_sec": round(rate) for name, (_, rate) in signing.items()},
     }), flush=True)
     return 0
 

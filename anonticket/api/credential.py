@@ -27,7 +27,14 @@ from typing import Any
 from aiohttp import web
 
 from anonticket.api.gateway import bearer_token_only, denial
-from anonticket.api.request import STATE, json_body, read_json_object, rfc3339
+from anonticket.api.request import (
+    STATE,
+    json_body,
+    json_bytes,
+    json_stamp,
+    read_json_object,
+    rfc3339,
+)
 from anonticket.crypto.credential import KEY_DOCUMENT_PATH, KeyEntry, key_document
 from anonticket.domain.errors import (
     InvalidAudience,
@@ -104,9 +111,12 @@ async def issue_credential(request: web.Request) -> web.Response:
     else:
         issued = credentials.issue(record, audience)
         tallies["issued"].inc()
-        return _no_store(json_body({"credential": issued.credential,
-                                    "expires_at": rfc3339(issued.expires_at),
-                                    "audience": issued.audience}))
+        # written by hand, as json.dumps would (a credential and a stamp need no escaping):
+        # the encoder costs a tenth of this route, whose signature is the rest (benchmarks)
+        audience_json = "null" if audience is None else json.dumps(audience)
+        return _no_store(json_bytes(
+            f'{{"credential": "{issued.credential}", "expires_at": '
+            f'{json_stamp(issued.expires_at)}, "audience": {audience_json}}}'.encode()))
     tallies[reason].inc()
     return _no_store(denial(reason))
 

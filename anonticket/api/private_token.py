@@ -22,7 +22,8 @@ price: as a debit refuses, read before any signing, so nobody without a funded t
 the issuer spend CPU; then 403 ``token_provisional`` while it holds provisional credit, as
 the credential route refuses one: a private token verifies offline and is unlinkable, so
 nothing could take it back from a double spender once the payment is withdrawn, and a
-service could no longer hold back what it sells on provisional credit), then the blind signatures (computed before anything is charged: a
+service could no longer hold back what it sells on provisional credit), then the blind
+signatures (computed before anything is charged: a
 blinded message not below the modulus is a 422 and charges nothing), then the one debit
 (which decides, atomically: the same refusals, provisional credit included, and 422 the key
 reused with another body, exactly as debits). A

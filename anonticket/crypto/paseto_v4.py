@@ -228,7 +228,7 @@ class SecretKey:
     def _sign(self, m2: bytes) -> bytes:
         """The one place a signature is made. Ed25519 (RFC 8032) is deterministic, so a
         subclass may make it with another implementation and sign the very same bytes: the
-        service does, with `cryptography` (three times faster), and a test checks that the
+        service does, with libsodium (about six times faster), and a test checks that the
         two agree. PAE and the encoding stay here either way."""
         return eddsa.new(self._ecc, "rfc8032").sign(m2)
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import pyseto
 import pytest
 
-from anonticket.crypto.credential import CredentialVerifier
+from anonticket.crypto.credential import CredentialVerifier, encode_claims, format_time
 from anonticket.crypto.paseto_v4 import SecretKey, b64url_decode, sign, verify
 from anonticket.domain.ids import PaymentId, token_subject
-from anonticket.ledger.credentials import Credentials, Revocations
+from anonticket.ledger.credentials import Credentials, Revocations, claims_json
 from anonticket.ledger.keyring import CREDENTIAL, FastSecretKey, KeyRing
 from anonticket.storage import Storage, TokenRow
 from conftest import transfer
@@ -69,6 +70,29 @@ def test_the_fast_signer_makes_the_very_same_signature() -> None:
         for message in (b"", b"x" * 1000, bytes(range(256))):
             assert sign(fast, message, b"f") == sign(slow, message, b"f")
         assert repr(fast) == repr(slow) and seed.hex() not in repr(fast)
+
+
+@pytest.mark.parametrize("token_expires_at", [None, T0 + 60, 253402300799])
+@pytest.mark.parametrize("audience", [None, "files", 'q"uo\\te', "caf\u00e9/\u2603"])
+def test_the_hot_path_writes_the_very_claims_the_encoder_writes(
+        token_expires_at: int | None, audience: str | None) -> None:
+    """``claims_json`` writes the claims by hand (the issuer's hot path); what it writes must
+    be, byte for byte, what ``encode_claims`` (the checked, generic path) writes for them."""
+    subject = token_subject(bytes(range(32)))
+    expires = T0 + TTL if token_expires_at is None else min(T0 + TTL, token_expires_at)
+    written = claims_json(subject, T0, expires, token_expires_at,
+                          None if audience is None else json.dumps(audience, ensure_ascii=False))
+    claims = json.loads(written)
+    moment = lambda s: datetime.fromtimestamp(s, timezone.utc)  # noqa: E731
+    expected: dict[str, object] = {
+        "sub": subject, "iat": moment(T0), "nbf": moment(T0), "exp": moment(expires),
+        "jti": claims["jti"], "unlimited": token_expires_at is None}
+    if token_expires_at is not None:
+        expected["token_expires_at"] = format_time(moment(token_expires_at))
+    if audience is not None:
+        expected["aud"] = audience
+    assert written == encode_claims(expected)
+    assert len(b64url_decode(str(claims["jti"]))) == 16
 
 
 async def test_the_first_start_generates_one_key_and_the_next_reads_it(
