@@ -26,6 +26,8 @@ from anonticket.ledger.views import Claimed, Pending
 from anonticket.monitor.loop import Monitor
 from anonticket.regtest import RegtestNetwork
 from anonticket.runtime.state import State
+from anonticket.storage import is_postgres_url
+from anonticket.storage.postgres.leader import take_over
 from anonticket.monero.wallet_rpc import WalletUnauthorized
 from conftest import claim_summary, make_config, url
 from regtest_fixtures import DIGEST_LOGIN, random_pid16
@@ -94,13 +96,26 @@ def config_for(net: Net, tmp_path: Path, start: int, **overrides: Any) -> Any:
 
 @asynccontextmanager
 async def watching(net: Net, tmp_path: Path, start: int, **overrides: Any) -> AsyncIterator[tuple[State, Monitor]]:
-    """A state on a real SQLite file and a monitor polled by hand."""
+    """A state and a monitor polled by hand, on a real SQLite file (or the PostgreSQL
+    database a ``DATABASE_URL`` override names, as ``serving`` takes it)."""
     async with AsyncExitStack() as stack:
-        state = await open_state(config_for(net, tmp_path, start, **overrides), stack)
+        config = config_for(net, tmp_path, start, **overrides)
+        state = await open_state(config, stack)
+        if is_postgres_url(config.database_url):
+            await become_active(state)
         monitor = Monitor(state)
         await monitor.start()
         stack.push_async_callback(monitor.aclose)
         yield state, monitor
+
+
+async def become_active(state: State) -> None:
+    """What the leadership's takeover does on PostgreSQL, without the lock (one instance):
+    bump the fencing epoch, so every write of the monitor runs fenced as in production,
+    then load the views. ``open_state`` leaves that to the leadership."""
+    await take_over(state.ledger.storage)  # type: ignore[arg-type]
+    await state.ledger.load()
+    state.active = True
 
 
 @asynccontextmanager

@@ -4,12 +4,15 @@ spend (and a payment evicted from the pool) withdrawn and refused at the gateway
 under many payments at once, and a withdrawn payment mined after all credited once.
 
 Windows and helpers as in test_monitor_regtest.py (same folder): each test pays fresh PIDs
-after a block that sweeps what an earlier test left in the pool.
+after a block that sweeps what an earlier test left in the pool. Every test runs on both
+backends: on PostgreSQL ``watching`` fences the monitor's writes with a fresh epoch, as a
+takeover does, so the provisional writes are checked fenced.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from test_monitor_regtest import (
 )
 
 pytestmark = pytest.mark.regtest
-BOTH_BACKENDS = True  # the tests taking database_url run on SQLite and PostgreSQL
+BOTH_BACKENDS = True  # every test runs on SQLite and on PostgreSQL (database_url)
 
 PROVISIONAL = {"PROVISIONAL_MAX_PER_PID": str(XMR), "PROVISIONAL_MAX_OUTSTANDING": str(5 * XMR),
                "PROVISIONAL_WITHDRAW_GRACE_SECS": "0.3"}
@@ -59,12 +62,13 @@ async def gateway(http: aiohttp.ClientSession, service: Any, token: str) -> tupl
         return resp.status, resp.headers
 
 
-async def test_access_within_one_poll_and_final_at_exactly_n(monero_regtest: Net,
-                                                            tmp_path: Path) -> None:
+async def test_access_within_one_poll_and_final_at_exactly_n(
+        monero_regtest: Net, tmp_path: Path, database_url: str) -> None:
     net = monero_regtest
     start = await start_window(net)
     pid = random_pid16()
-    async with watching(net, tmp_path, start, **PROVISIONAL) as (state, monitor):
+    async with watching(net, tmp_path, start, DATABASE_URL=database_url,
+                        **PROVISIONAL) as (state, monitor):
         paid = await pay(net, pid, XMR // 10)
         await monitor.poll_once()  # the one poll after the payment entered the pool
         answer = await state.ledger.redeem(pid_of(pid))
@@ -118,11 +122,12 @@ async def test_a_double_spend_withdraws_and_the_gateway_refuses(
 
 
 async def test_a_flagged_double_spend_is_never_credited_provisionally(
-        monero_regtest: Net, tmp_path: Path) -> None:
+        monero_regtest: Net, tmp_path: Path, database_url: str) -> None:
     net = monero_regtest
     start = await start_window(net)
     pid = random_pid16()
-    async with watching(net, tmp_path, start, **PROVISIONAL) as (state, monitor):
+    async with watching(net, tmp_path, start, DATABASE_URL=database_url,
+                        **PROVISIONAL) as (state, monitor):
         await pay(net, pid, XMR // 10, double_spend_attempt=True)
         for _ in range(2):
             await monitor.poll_once()
@@ -131,8 +136,8 @@ async def test_a_flagged_double_spend_is_never_credited_provisionally(
         assert await state.ledger.redeem_or_none(pid_of(pid)) is None
 
 
-async def test_caps_hold_when_many_payments_arrive_at_once(monero_regtest: Net,
-                                                          tmp_path: Path) -> None:
+async def test_caps_hold_when_many_payments_arrive_at_once(
+        monero_regtest: Net, tmp_path: Path, database_url: str) -> None:
     """Six payments of 0.1 XMR in the pool at once, four to one PID: at most 0.25 XMR per
     PID and 0.4 XMR in all are provisional, so exactly four are credited now (two of the
     busy PID's and the two others), whatever their order; the rest wait for N."""
@@ -141,14 +146,15 @@ async def test_caps_hold_when_many_payments_arrive_at_once(monero_regtest: Net,
     busy, *others = [random_pid16() for _ in range(3)]
     caps = {"PROVISIONAL_MAX_PER_PID": str(XMR // 4), "PROVISIONAL_MAX_OUTSTANDING": str(4 * XMR // 10),
             "PROVISIONAL_WITHDRAW_GRACE_SECS": "30"}
-    async with watching(net, tmp_path, start, **caps) as (state, monitor):
+    async with watching(net, tmp_path, start, DATABASE_URL=database_url,
+                        **caps) as (state, monitor):
         paid = await asyncio.gather(*(pay(net, pid, XMR // 10) for pid in [busy] * 4 + others))
         await monitor.poll_once()
         storage = state.ledger.storage
-        rows = await storage._read(  # type: ignore[attr-defined]
-            "SELECT pid, sum(amount) FROM provisional_credits WHERE state = 0 GROUP BY pid")
-        totals = {bytes(pid)[:8].hex(): total for pid, total in rows}
-        assert totals == {busy: 2 * XMR // 10, others[0]: XMR // 10, others[1]: XMR // 10}
+        outstanding = await storage.outstanding_provisional()  # txid -> PID, either backend
+        assert set(outstanding) <= {bytes.fromhex(p["txid"]) for p in paid}  # 0.1 XMR each
+        credited = Counter(pid[:8].hex() for pid in outstanding.values())
+        assert credited == {busy: 2, others[0]: 1, others[1]: 1}
         assert state.metrics.provisional_over_cap._value.get() == 2
         for pid in others:
             assert isinstance(await state.ledger.redeem(pid_of(pid)), Claimed)
@@ -161,12 +167,13 @@ async def test_caps_hold_when_many_payments_arrive_at_once(monero_regtest: Net,
         assert await storage.ledger_problems() == []
 
 
-async def test_evicted_then_mined_after_all_is_credited_again_once(monero_regtest: Net,
-                                                                   tmp_path: Path) -> None:
+async def test_evicted_then_mined_after_all_is_credited_again_once(
+        monero_regtest: Net, tmp_path: Path, database_url: str) -> None:
     net = monero_regtest
     start = await start_window(net)
     pid = random_pid16()
-    async with watching(net, tmp_path, start, **PROVISIONAL) as (state, monitor):
+    async with watching(net, tmp_path, start, DATABASE_URL=database_url,
+                        **PROVISIONAL) as (state, monitor):
         paid = await pay(net, pid, XMR // 10)
         await monitor.poll_once()
         answer = await state.ledger.redeem(pid_of(pid))

@@ -25,7 +25,7 @@ import pytest
 from anonticket.api.standby import STANDBY_REASON
 from anonticket.service.app import Service, start_service
 from anonticket.ledger.cache import TtlSet
-from anonticket.domain.ids import PaymentId, ServiceToken
+from anonticket.domain.ids import PaymentId, ServiceToken, Transfer
 from anonticket.ledger.views import Ledger
 from anonticket.storage import AttemptResult, DebitRequest, open_storage
 from anonticket.storage.postgres import FencedOut, PostgresStorage
@@ -66,7 +66,8 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0)
 async def everything(raw: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table (but the schema's own), to compare before and after."""
     tables = ["payments", "transfers", "service_tokens", "monitor_state", "audit_log",
-              "debits", "idempotency_keys", "webhook_events", "webhook_state"]
+              "debits", "idempotency_keys", "webhook_events", "webhook_state",
+              "provisional_credits", "provisional_outstanding"]
     return {table: [tuple(row) for row in await raw.fetch(f"SELECT * FROM {table} ORDER BY 1")]
             for table in tables}
 
@@ -80,6 +81,7 @@ class World:
     spare: bytes  # credited, not claimed: a top-up's PID
     unclaimed: bytes  # credited, not claimed: a claim's PID
     pending_seq: int  # a webhook event due
+    pooled: Transfer  # credited provisionally (in the pool), claimed
 
 
 async def build(old: PostgresStorage, raw: asyncpg.Connection) -> World:
@@ -101,7 +103,14 @@ async def build(old: PostgresStorage, raw: asyncpg.Connection) -> World:
     await old.credit_transfers([transfer(third, 5000)], None, NOW)
     await old.claim_payments([third.raw], MIN, NOW)
     pending = (await old.due_webhook_events(NOW, 10))[0]
-    return World(token, spare.raw, unclaimed.raw, pending.seq)
+    pooled = transfer(PaymentId.generate(), 5000, height=0)
+    await provisionally(old, pooled)
+    await old.claim_payments([pooled.pid.raw], MIN, NOW)
+    return World(token, spare.raw, unclaimed.raw, pending.seq, pooled)
+
+
+def provisionally(storage: PostgresStorage, pooled: Transfer) -> Awaitable[object]:
+    return storage.credit_provisional([pooled], NOW, max_per_pid=10**6, max_outstanding=10**7)
 
 
 Write = Callable[[PostgresStorage, World], Awaitable[object]]
@@ -118,6 +127,11 @@ WRITES: dict[str, Write] = {
     "disable webhooks": lambda s, w: s.set_webhook_disabled("https://receiver.invalid/", NOW),
     "mark a delivery": lambda s, w: s.record_webhook_attempts(
         [AttemptResult(w.pending_seq, 1, NOW, "delivered", None)]),
+    "credit provisionally": lambda s, w: provisionally(
+        s, transfer(PaymentId.generate(), 5000, height=0)),
+    "withdraw provisional": lambda s, w: s.withdraw_provisional([w.pooled.txid], NOW),
+    "make provisional final": lambda s, w: s.credit_transfers(
+        [Transfer(w.pooled.txid, w.pooled.pid, w.pooled.amount, 50)], 99, NOW),
 }
 
 

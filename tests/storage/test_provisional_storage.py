@@ -149,6 +149,18 @@ async def test_an_unclaimed_payment_withdrawn_to_nothing_is_gone(storage: Storag
     assert await storage.ledger_problems() == []
 
 
+async def test_outstanding_lists_only_what_is_still_provisional(storage: Storage) -> None:
+    """The monitor's watch list (and the regtest caps test's view): txid -> PID of each
+    credit still provisional; a final or withdrawn one is off it."""
+    waiting, final, gone = (pooled(pid(), 5000) for _ in range(3))
+    await credit(storage, [waiting, final, gone])
+    assert await storage.outstanding_provisional() == {
+        t.txid: t.pid.raw for t in (waiting, final, gone)}
+    await storage.credit_transfers([mined(final)], None, NOW)
+    await storage.withdraw_provisional([gone.txid], NOW)
+    assert await storage.outstanding_provisional() == {waiting.txid: waiting.pid.raw}
+
+
 async def test_the_state_machine_refuses_illegal_moves_in_sql(storage: Storage) -> None:
     p = pid()
     t = pooled(p, 5000)
