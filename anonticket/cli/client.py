@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from anonticket.cli.command import EXIT_OK, CommandFailed, UsageError
-from anonticket.cli.credential import TOKEN_ENV, public_base, read_token
+from anonticket.cli.credential import TOKEN_ENV, public_base, read_secret_line, read_token
 from anonticket.client.privacy_pass import ClientError, Issuer, TokenStore, parse_receipt
 
 RECEIPT_ENV = "ANONTICKET_RECEIPT"
@@ -47,15 +47,8 @@ def _warn_to_stderr(message: Any, *_: Any, **__: Any) -> None:
 def read_receipt(receipt_file: str | None) -> str:
     """The receipt from ``receipt_file`` (``-``: stdin; its first line) or, for None,
     ``ANONTICKET_RECEIPT``; a malformed one is refused without being echoed."""
-    if receipt_file == "-":
-        text = sys.stdin.readline()
-    elif receipt_file is not None:
-        try:
-            with open(receipt_file, encoding="utf-8") as source:
-                text = source.readline()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not text"
-            raise CommandFailed(f"cannot read {receipt_file}: {reason}") from None
+    if receipt_file is not None:
+        text = read_secret_line(receipt_file)
     else:
         text = os.environ.get(RECEIPT_ENV, "")
     try:

@@ -84,17 +84,23 @@ def _age(seconds: object) -> str:
 
 
 # ---------------------------------------------------------------------- credential fetch
+def read_secret_line(path: str) -> str:
+    """The first line of ``path`` (``-``: stdin): how a secret (a token, a receipt) reaches a
+    command without landing in ``ps`` or the shell's history."""
+    if path == "-":
+        return sys.stdin.readline()
+    try:
+        with open(path, encoding="utf-8") as source:
+            return source.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise CommandFailed(f"cannot read {path}: {reason}") from None
+
+
 def read_token(token_file: str | None) -> ServiceToken:
     """The customer's token from ``token_file`` (``-``: stdin) or ``ANONTICKET_TOKEN``."""
-    if token_file == "-":
-        text = sys.stdin.readline()
-    elif token_file is not None:
-        try:
-            with open(token_file, encoding="utf-8") as source:
-                text = source.readline()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not text"
-            raise CommandFailed(f"cannot read {token_file}: {reason}") from None
+    if token_file is not None:
+        text = read_secret_line(token_file)
     elif os.environ.get(TOKEN_ENV):
         text = os.environ[TOKEN_ENV]
     else:

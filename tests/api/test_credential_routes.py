@@ -144,18 +144,27 @@ async def test_revoked_and_expired_tokens_are_refused_as_the_check_refuses_them(
         assert issued["X-Anonticket-Reason"] == checked_headers["X-Anonticket-Reason"] == reason
 
 
+
+async def provisional_tokens(ledger: Any, names: tuple[str, ...]
+                             ) -> dict[str, tuple[str, PaymentId, Any]]:
+    """A token per name, each bought by one payment still in the pool and credited
+    provisionally: (token hex, its PID, the pooled transfer to confirm or withdraw later)."""
+    tokens = {}
+    for name in names:
+        pid = PaymentId.generate()
+        pooled = transfer(pid, 5000, height=0)
+        await ledger.credit_provisional([pooled], max_per_pid=10**6, max_outstanding=10**6)
+        tokens[name] = ((await ledger.redeem(pid)).token.hex(), pid, pooled)
+    return tokens
+
+
 async def test_no_credential_on_provisional_credit_nor_on_a_withdrawn_one(
         svc: Service, http: aiohttp.ClientSession) -> None:
     """A credential verifies offline until it expires: issued on provisional credit, nothing
     could take it back when that payment is withdrawn (issue 25). So a provisional token is
     refused until its payment is final, and a withdrawn one as the check refuses it."""
     ledger = svc.state.ledger
-    tokens = {}
-    for name in ("final", "withdrawn"):
-        pid = PaymentId.generate()
-        pooled = transfer(pid, 5000, height=0)
-        await ledger.credit_provisional([pooled], max_per_pid=10**6, max_outstanding=10**6)
-        tokens[name] = ((await ledger.redeem(pid)).token.hex(), pid, pooled)  # type: ignore[union-attr]
+    tokens = await provisional_tokens(ledger, ("final", "withdrawn"))
     for token, _, _ in tokens.values():
         status, _, answer = await post_credential(http, svc, {"Authorization": f"Bearer {token}"})
         assert (status, answer["error"]) == (403, "token_provisional")

@@ -30,6 +30,7 @@ from anonticket.crypto.privacy_pass_http import (
 from anonticket.domain.ids import PaymentId
 from anonticket.service.app import Service, start_service
 from conftest import make_config, transfer, url
+from test_credential_routes import provisional_tokens
 
 BOTH_BACKENDS = True
 DIRECTORY = "/.well-known/private-token-issuer-directory"
@@ -250,12 +251,7 @@ async def test_no_private_tokens_on_provisional_credit(
     _, document = await directory(http, svc)
     key = unit_keys(document)["call"]
     body = b"".join(create_token_request(challenge_of(svc), key)[0].encode() for _ in range(2))
-    tokens = {}
-    for name in ("final", "withdrawn"):
-        pid = PaymentId.generate()
-        pooled = transfer(pid, 5000, height=0)
-        await ledger.credit_provisional([pooled], max_per_pid=10**6, max_outstanding=10**6)
-        tokens[name] = ((await ledger.redeem(pid)).token.hex(), pid, pooled)  # type: ignore[union-attr]
+    tokens = await provisional_tokens(ledger, ("final", "withdrawn"))
     for token, _, _ in tokens.values():
         status, headers, answer = await post_batch(http, svc, token, body, "early")
         assert (status, json.loads(answer)["error"]) == (403, "token_provisional")
