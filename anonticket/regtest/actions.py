@@ -381,10 +381,15 @@ def evict(net: RunningNetwork, txid: str) -> str:
 
 
 def resubmit(net: RunningNetwork, blob: str, txid: str) -> None:
-    """Relay an evicted transaction again (``evict``): back in the pool, minable."""
+    """Relay an evicted transaction again (``evict``): back in the pool, minable.
+
+    A raw transaction the daemon takes over RPC may wait in its Dandelion++ stem state,
+    out of every block template, far longer than a wallet's own transfer does (seen once:
+    more than 30 s); ``relay_tx`` broadcasts it at once, so the next block can hold it."""
     with net.lock:
         reply = net.daemon.path("/send_raw_transaction", {"tx_as_hex": blob}, check=False)
         if reply.get("status") != "OK":
             raise RegtestError(f"the daemon refused the transaction again: {reply.get('reason')}")
-        wait_until_minable(net, [txid])
+        net.daemon.call("relay_tx", {"txids": [txid]})
+        wait_until_minable(net, [txid], timeout=30.0)
         sync(net)
