@@ -46,8 +46,8 @@ class PrivateTokenStore(StorageCore):
         """Insert every (key_id, nonce) not spent yet; returns the ones inserted now.
 
         BEGIN, the INSERT and COMMIT are one call on the writer's thread (``_in_one_call``):
-        a redemption's batch is hot and short, and the three round trips it saves are a
-        tenth of a redemption at the gateway (docs/benchmarks.md). A caller cancelled
+        a redemption's batch is hot and short, and a thread round trip costs more than the
+        insert itself (docs/benchmarks.md). A caller cancelled
         meanwhile leaves the batch committed, as a COMMIT already sent would: those tokens
         are spent and their redemptions were not granted (the 503 the gateway answers when
         storage cannot say: docs/operations.md, "The spent-set")."""
